@@ -1,0 +1,510 @@
+//! Configuration: one TOML file, parsed with positions, validated as a whole.
+//!
+//! Loading never stops at the first semantic problem: every issue found is reported together,
+//! each as `file:line:column: message`, so an operator fixes a config in one pass.
+//! Unknown fields are rejected everywhere (`deny_unknown_fields`): a typo must not silently
+//! turn a policy off.
+
+mod cron;
+mod delivery;
+mod duration;
+mod provider;
+mod secret_ref;
+
+pub use cron::Schedule;
+pub use delivery::{DeliveryConfig, DeliveryKind};
+pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
+pub use provider::{ProviderConfig, ProviderKind};
+pub use secret_ref::{SecretRef, SecretRefError};
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Default path of the config file (systemd `ConfigurationDirectory=keyrotd`).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyrotd/keyrotd.toml";
+/// Default listen address. 9090 is Prometheus's own; this port is ours.
+pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9877";
+/// Default state directory (systemd `StateDirectory=keyrotd`).
+pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/keyrotd";
+pub const DATABASE_FILE_NAME: &str = "keyrotd.db";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub checks: ChecksConfig,
+    #[serde(default, rename = "provider")]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default, rename = "credential")]
+    pub credentials: Vec<CredentialConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address of the HTTP server for /metrics, /healthz, /readyz.
+    #[serde(default = "default_listen_address")]
+    pub listen_address: Spanned<String>,
+    /// SQLite database file. Default: `$STATE_DIRECTORY/keyrotd.db`, else /var/lib/keyrotd/keyrotd.db.
+    #[serde(default)]
+    pub database: Option<PathBuf>,
+}
+
+fn default_listen_address() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_LISTEN_ADDRESS.to_string())
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen_address: default_listen_address(),
+            database: None,
+        }
+    }
+}
+
+impl DaemonConfig {
+    pub fn listen_address(&self) -> SocketAddr {
+        self.listen_address
+            .get_ref()
+            .parse()
+            .expect("validated at load time")
+    }
+}
+
+/// Where the database lives when neither config nor command line says.
+pub fn default_database_path() -> PathBuf {
+    let dir = std::env::var_os("STATE_DIRECTORY")
+        // systemd may pass several colon-separated directories; the first is ours.
+        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIRECTORY));
+    dir.join(DATABASE_FILE_NAME)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksConfig {
+    /// Default interval between validity checks of one credential.
+    #[serde(default = "default_check_interval")]
+    pub interval: HumanDuration,
+    /// Random spread added to each interval, as a fraction of it (0.1 = up to 10 %).
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    /// Upper bound on checks in flight across all providers.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+}
+
+fn default_check_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_jitter() -> f64 {
+    0.1
+}
+fn default_max_concurrent() -> usize {
+    16
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            interval: default_check_interval(),
+            jitter: default_jitter(),
+            max_concurrent: default_max_concurrent(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    pub name: Spanned<String>,
+    pub provider: Spanned<String>,
+    /// Overrides `[checks] interval` for this credential.
+    #[serde(default)]
+    pub check_interval: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    pub rotation: RotationPolicyConfig,
+    #[serde(default)]
+    pub deliver: Vec<DeliveryConfig>,
+}
+
+impl CredentialConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+    pub fn provider(&self) -> &str {
+        self.provider.get_ref()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotationPolicyConfig {
+    /// Cron expression (5 or 6 fields, UTC).
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
+    /// Rotate when the current key is older than this.
+    #[serde(default)]
+    pub max_age: Option<Spanned<HumanDuration>>,
+    /// Rotate this long before the current key's expiry.
+    #[serde(default)]
+    pub rotate_before_expiry: Option<Spanned<HumanDuration>>,
+    /// How long the previous key stays valid after a rotation (default 24h).
+    #[serde(default)]
+    pub grace: Option<Spanned<HumanDuration>>,
+}
+
+impl RotationPolicyConfig {
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+    pub fn grace(&self) -> Duration {
+        self.grace
+            .as_ref()
+            .map(|g| g.get_ref().0)
+            .unwrap_or(Self::DEFAULT_GRACE)
+    }
+
+    pub fn schedule(&self) -> Option<Schedule> {
+        self.schedule
+            .as_ref()
+            .and_then(|s| Schedule::parse(s.get_ref()).ok())
+    }
+}
+
+/// One problem in a config file, at a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// 1-based; 0 when the problem has no position (e.g. the file is missing).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if issue.line == 0 {
+                write!(f, "{}: {}", self.file.display(), issue.message)?;
+            } else {
+                write!(
+                    f,
+                    "{}:{}:{}: {}",
+                    self.file.display(),
+                    issue.line,
+                    issue.column,
+                    issue.message
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Issues collected during validation, positioned by byte span until rendered.
+#[derive(Debug, Default)]
+pub(crate) struct Issues(Vec<(Option<Range<usize>>, String)>);
+
+impl Issues {
+    pub(crate) fn push(&mut self, span: Option<Range<usize>>, message: String) {
+        self.0.push((span, message));
+    }
+
+    fn into_error(self, file: &Path, source: &str) -> Option<ConfigError> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let issues = self
+            .0
+            .into_iter()
+            .map(|(span, message)| {
+                let (line, column) = match span {
+                    // A default value has an empty span at 0: no position in the file.
+                    Some(range) if range != (0..0) => line_column(source, range.start),
+                    _ => (0, 0),
+                };
+                ConfigIssue {
+                    line,
+                    column,
+                    message,
+                }
+            })
+            .collect();
+        Some(ConfigError {
+            file: file.to_path_buf(),
+            issues,
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = &source[..source.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.to_path_buf(),
+            issues: vec![ConfigIssue {
+                line: 0,
+                column: 0,
+                message: format!("cannot read config file: {err}"),
+            }],
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(source).map_err(|err| {
+            let mut issues = Issues::default();
+            // toml's message is multi-line with a snippet; keep its first line of meaning.
+            let message = err.message().trim().replace('\n', " ");
+            issues.push(Some(err.span().unwrap_or(0..0)), message);
+            let mut error = issues.into_error(path, source).expect("one issue");
+            if err.span().is_none() {
+                error.issues[0].line = 1;
+                error.issues[0].column = 1;
+            }
+            error
+        })?;
+        let mut issues = Issues::default();
+        config.validate(&mut issues);
+        match issues.into_error(path, source) {
+            Some(error) => Err(error),
+            None => Ok(config),
+        }
+    }
+
+    fn validate(&self, issues: &mut Issues) {
+        if self
+            .daemon
+            .listen_address
+            .get_ref()
+            .parse::<SocketAddr>()
+            .is_err()
+        {
+            issues.push(
+                Some(self.daemon.listen_address.span()),
+                format!(
+                    "`listen_address` {:?} is not an address like \"127.0.0.1:9877\"",
+                    self.daemon.listen_address.get_ref()
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.checks.jitter) {
+            issues.push(None, "`checks.jitter` must be between 0 and 1".into());
+        }
+        if self.checks.max_concurrent == 0 {
+            issues.push(None, "`checks.max_concurrent` must be at least 1".into());
+        }
+        if self.checks.interval.0 < Duration::from_secs(1) {
+            issues.push(None, "`checks.interval` must be at least 1s".into());
+        }
+
+        let mut providers: HashMap<&str, &ProviderConfig> = HashMap::new();
+        for provider in &self.providers {
+            if !valid_name(provider.name()) {
+                issues.push(Some(provider.name.span()), name_rule("provider", provider.name()));
+            }
+            if providers.insert(provider.name(), provider).is_some() {
+                issues.push(
+                    Some(provider.name.span()),
+                    format!("duplicate provider name {:?}", provider.name()),
+                );
+            }
+            provider.validate(issues);
+        }
+
+        let mut credentials: HashMap<&str, &CredentialConfig> = HashMap::new();
+        for credential in &self.credentials {
+            if !valid_name(credential.name()) {
+                issues.push(
+                    Some(credential.name.span()),
+                    name_rule("credential", credential.name()),
+                );
+            }
+            if credentials.insert(credential.name(), credential).is_some() {
+                issues.push(
+                    Some(credential.name.span()),
+                    format!("duplicate credential name {:?}", credential.name()),
+                );
+            }
+            if !providers.contains_key(credential.provider()) {
+                let known: Vec<&str> = self.providers.iter().map(|p| p.name()).collect();
+                issues.push(
+                    Some(credential.provider.span()),
+                    format!(
+                        "credential {:?} refers to undefined provider {:?} (defined: {})",
+                        credential.name(),
+                        credential.provider(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            if let Some(interval) = &credential.check_interval {
+                if interval.get_ref().0 < Duration::from_secs(1) {
+                    issues.push(
+                        Some(interval.span()),
+                        "`check_interval` must be at least 1s".into(),
+                    );
+                }
+            }
+            credential.rotation.validate(issues);
+            for target in &credential.deliver {
+                target.validate(issues);
+            }
+        }
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name() == name)
+    }
+
+    pub fn credential(&self, name: &str) -> Option<&CredentialConfig> {
+        self.credentials.iter().find(|c| c.name() == name)
+    }
+
+    /// Check interval of a credential (its own or the global default).
+    pub fn check_interval(&self, credential: &CredentialConfig) -> Duration {
+        credential
+            .check_interval
+            .as_ref()
+            .map(|i| i.get_ref().0)
+            .unwrap_or(self.checks.interval.0)
+    }
+}
+
+impl RotationPolicyConfig {
+    fn validate(&self, issues: &mut Issues) {
+        if let Some(schedule) = &self.schedule {
+            if let Err(message) = Schedule::parse(schedule.get_ref()) {
+                issues.push(Some(schedule.span()), message);
+            }
+        }
+        if let Some(max_age) = &self.max_age {
+            if max_age.get_ref().0 < Duration::from_secs(60) {
+                issues.push(Some(max_age.span()), "`max_age` must be at least 1m".into());
+            }
+        }
+        if let (Some(grace), Some(max_age)) = (&self.grace, &self.max_age) {
+            if grace.get_ref() > max_age.get_ref() {
+                issues.push(
+                    Some(grace.span()),
+                    format!(
+                        "`grace` ({}) is longer than `max_age` ({}): the previous key would outlive its successor's rotation",
+                        grace.get_ref(),
+                        max_age.get_ref()
+                    ),
+                );
+            }
+        }
+        if let (Some(before), Some(max_age)) = (&self.rotate_before_expiry, &self.max_age) {
+            if before.get_ref() >= max_age.get_ref() {
+                issues.push(
+                    Some(before.span()),
+                    "`rotate_before_expiry` must be shorter than `max_age`".into(),
+                );
+            }
+        }
+    }
+}
+
+/// Names appear in metric labels, file names and provider-side key names: keep them plain.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn name_rule(what: &str, name: &str) -> String {
+    format!("{what} name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ .")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn an_empty_file_is_a_valid_config_with_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(
+            config.daemon.listen_address().to_string(),
+            DEFAULT_LISTEN_ADDRESS
+        );
+        assert_eq!(config.checks.interval.0, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn semantic_issues_are_reported_together_with_positions() {
+        let text = r#"
+[[provider]]
+name = "or"
+kind = "openrouter"
+
+[[credential]]
+name = "a"
+provider = "nope"
+
+[[credential]]
+name = "a"
+provider = "or"
+rotation = { schedule = "bad cron", max_age = "1d", grace = "2d" }
+"#;
+        let err = parse(text).unwrap_err();
+        let rendered = err.to_string();
+        assert_eq!(err.issues.len(), 4, "{rendered}");
+        assert!(rendered.contains("test.toml:8:12: credential \"a\" refers to undefined provider \"nope\""), "{rendered}");
+        assert!(rendered.contains("test.toml:11:8: duplicate credential name"), "{rendered}");
+        assert!(rendered.contains("cron"), "{rendered}");
+        assert!(rendered.contains("`grace` (2d) is longer than `max_age` (1d)"), "{rendered}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_a_position() {
+        let err = parse("[daemon]\nlisten_adress = \"x\"\n").unwrap_err();
+        assert_eq!(err.issues[0].line, 2);
+        assert!(err.issues[0].message.contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Delivery targets: where a credential's current key is handed to its consumers.

@@ -1,0 +1,20 @@
+//! # keyrotd
+//!
+//! A daemon that owns the lifecycle of API keys: it keeps key state in SQLite, checks every
+//! live key against its provider, rotates keys on a schedule, delivers new keys to the
+//! programs that use them, and exports all of it as Prometheus metrics.
+//!
+//! ## Layout
+//!
+//! - [`config`]: the TOML file, parsed with positions and validated as a whole.
+//! - [`model`]: the shared words: stages, check statuses, fingerprints.
+//! - [`providers`]: one adapter per vendor behind the `Provider` trait.
+//! - [`delivery`]: targets that hand a key to its consumers, behind the `Target` trait.
+//!
+//! See `ARCHITECTURE.md` for the invariants.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod delivery;
+pub mod model;
+pub mod providers;
