@@ -14,7 +14,16 @@
 //! See `ARCHITECTURE.md` for the invariants.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod crypto;
+pub mod daemon;
 pub mod delivery;
+pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod providers;
+pub mod scheduler;
+pub mod store;

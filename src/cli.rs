@@ -1,0 +1,589 @@
+//! The command line: clap types and the dispatch of each subcommand.
+//!
+//! Secrets never come from argv (visible in `ps` and shell history): `key import` reads
+//! stdin or a file. Listing commands print fingerprints, never keys; `--json` for scripts.
+
+use crate::config::{self, Config, ConfigError};
+use crate::crypto::MasterKey;
+use crate::daemon::{self, DaemonSettings, MasterKeyNeed};
+use crate::logging::LogFormat;
+use crate::model::{Stage, UnixTime};
+use crate::store::{KeyVersion, NewKey, Store};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+use serde_json::json;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroize;
+
+/// Exit status for a bad configuration (sysexits.h EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+/// Exit status of `check` when a key is invalid.
+pub const EXIT_INVALID_KEY: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyrotd",
+    version,
+    about = "Rotates, checks, delivers and monitors API keys"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "KEYROTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// SQLite database (default: from the config, else $STATE_DIRECTORY/keyrotd.db, else /var/lib/keyrotd/keyrotd.db).
+    #[arg(long, global = true, env = "KEYROTD_DATABASE")]
+    pub database: Option<PathBuf>,
+    /// Master key file (default: $CREDENTIALS_DIRECTORY/master-key, else /etc/keyrotd/master.key).
+    #[arg(long, global = true, env = "KEYROTD_MASTER_KEY")]
+    pub master_key: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run,
+    /// Validate the config file; exit 0 if valid, 78 otherwise.
+    CheckConfig,
+    /// Manage key versions.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage the master key that seals stored secrets.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Store a key for a credential, read from stdin (or --from-file); never from argv.
+    Import {
+        name: String,
+        /// Read the key from this file instead of stdin.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// When the key expires: RFC 3339 (2026-12-31T00:00:00Z), a date (2026-12-31) or Unix seconds.
+        #[arg(long, value_parser = parse_time)]
+        expires_at: Option<UnixTime>,
+    },
+    /// List credentials and their live keys.
+    List(JsonFlag),
+    /// Show one credential and all its key versions.
+    Show {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show the audit trail of one credential.
+    History {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MasterKeyCommand {
+    /// Write a new random 256-bit master key to PATH (mode 0600; never overwrites).
+    Generate { path: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Accepts RFC 3339, a plain date (midnight UTC) or Unix seconds.
+fn parse_time(text: &str) -> Result<UnixTime, String> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.timestamp());
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp());
+    }
+    Err(format!(
+        "{text:?} is not a time: use RFC 3339 (2026-12-31T00:00:00Z), a date (2026-12-31) or Unix seconds"
+    ))
+}
+
+/// An error that maps to a specific exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitError {
+    pub code: i32,
+    pub message: String,
+}
+
+/// Loads the config: an explicit path must exist; the default path may be absent (defaults).
+fn load_config(cli: &Cli) -> Result<(PathBuf, Config), ConfigError> {
+    match &cli.config {
+        Some(path) => Config::load(path).map(|c| (path.clone(), c)),
+        None => {
+            let path = PathBuf::from(config::DEFAULT_CONFIG_PATH);
+            if path.exists() {
+                Config::load(&path).map(|c| (path, c))
+            } else {
+                Config::parse(&path, "").map(|c| (path, c))
+            }
+        }
+    }
+}
+
+fn database_path(cli: &Cli, config: &Config) -> PathBuf {
+    cli.database
+        .clone()
+        .or_else(|| config.daemon.database.clone())
+        .unwrap_or_else(config::default_database_path)
+}
+
+/// Runs a parsed command line.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if let Command::MasterKey(MasterKeyCommand::Generate { path }) = &cli.command {
+        MasterKey::generate().write_new(path)?;
+        println!("wrote a new master key to {}", path.display());
+        return Ok(());
+    }
+    let (config_path, config) = load_config(&cli).map_err(|error| ExitError {
+        code: EXIT_CONFIG,
+        message: error.to_string(),
+    })?;
+    let database = database_path(&cli, &config);
+    match cli.command {
+        Command::CheckConfig => {
+            println!(
+                "{}: ok ({} providers, {} credentials)",
+                config_path.display(),
+                config.providers.len(),
+                config.credentials.len()
+            );
+            Ok(())
+        }
+        Command::Run => {
+            daemon::run(DaemonSettings {
+                config_path,
+                config,
+                database,
+                master_key: cli.master_key,
+            })
+            .await
+        }
+        Command::Key(command) => {
+            key_command(command, &config, &database, cli.master_key.as_deref()).await
+        }
+        Command::MasterKey(_) => unreachable!("handled before the config is loaded"),
+    }
+}
+
+async fn key_command(
+    command: KeyCommand,
+    config: &Config,
+    database: &Path,
+    master_key: Option<&Path>,
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().timestamp();
+    let need = match command {
+        KeyCommand::Import { .. } => MasterKeyNeed::Always,
+        _ => MasterKeyNeed::Never,
+    };
+    let store = daemon::open_store(database, master_key, need).await?;
+    store
+        .sync_credentials(&daemon::credential_specs(config), now)
+        .await?;
+    match command {
+        KeyCommand::Import {
+            name,
+            from_file,
+            expires_at,
+        } => {
+            if config.credential(&name).is_none() {
+                bail!("unknown credential {name:?}: add a [[credential]] with this name to the config first");
+            }
+            let secret = read_secret(from_file.as_deref())?;
+            let version = store
+                .import_key(
+                    &name,
+                    NewKey {
+                        secret,
+                        expires_at,
+                        provider_key_id: None,
+                        rotation_id: None,
+                    },
+                    &actor(),
+                    now,
+                )
+                .await?;
+            println!(
+                "imported {} for {name} as version {} ({})",
+                version.fingerprint, version.id, version.stage
+            );
+            Ok(())
+        }
+        KeyCommand::List(JsonFlag { json }) => {
+            let snapshot = store.snapshot().await?;
+            let mut rows = Vec::new();
+            for state in &snapshot.credentials {
+                let versions = store.versions(&state.credential.name).await?;
+                let live: Vec<&KeyVersion> = versions
+                    .iter()
+                    .filter(|v| {
+                        matches!(v.stage, Stage::Pending | Stage::Current | Stage::Previous)
+                    })
+                    .collect();
+                if live.is_empty() {
+                    rows.push((state.credential.clone(), None));
+                }
+                for version in live {
+                    rows.push((state.credential.clone(), Some(version.clone())));
+                }
+            }
+            if json {
+                let items: Vec<_> = rows
+                    .iter()
+                    .map(|(c, v)| {
+                        json!({
+                            "credential": c.name,
+                            "provider": c.provider,
+                            "stage": v.as_ref().map(|v| v.stage.as_str()),
+                            "version": v.as_ref().map(|v| v.id),
+                            "fingerprint": v.as_ref().map(|v| &v.fingerprint),
+                            "created_at": v.as_ref().map(|v| v.created_at),
+                            "age_seconds": v.as_ref().map(|v| now - v.created_at),
+                            "expires_at": v.as_ref().and_then(|v| v.expires_at),
+                            "last_check_at": v.as_ref().and_then(|v| v.last_check_at),
+                            "last_check_status": v.as_ref().and_then(|v| v.last_check_status).map(|s| s.as_str()),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                let mut table = Table::new(&[
+                    "CREDENTIAL",
+                    "PROVIDER",
+                    "STAGE",
+                    "FINGERPRINT",
+                    "AGE",
+                    "EXPIRES",
+                    "LAST CHECK",
+                ]);
+                for (c, v) in &rows {
+                    match v {
+                        Some(v) => table.row(vec![
+                            c.name.clone(),
+                            c.provider.clone(),
+                            v.stage.to_string(),
+                            v.fingerprint.clone(),
+                            human_age(now - v.created_at),
+                            v.expires_at
+                                .map(|e| relative(now, e))
+                                .unwrap_or_else(|| "-".into()),
+                            check_summary(v, now),
+                        ]),
+                        None => table.row(vec![
+                            c.name.clone(),
+                            c.provider.clone(),
+                            "-".into(),
+                            "(no key)".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                        ]),
+                    }
+                }
+                print!("{}", table.render());
+            }
+            Ok(())
+        }
+        KeyCommand::Show {
+            name,
+            json: JsonFlag { json },
+        } => {
+            let credential = store
+                .credential(&name)
+                .await?
+                .with_context(|| format!("unknown credential {name:?}"))?;
+            let versions = store.versions(&name).await?;
+            if json {
+                let items: Vec<_> = versions.iter().map(version_json).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "credential": credential.name,
+                        "provider": credential.provider,
+                        "provider_kind": credential.provider_kind,
+                        "check_status": credential.check_status.map(|s| s.as_str()),
+                        "valid": credential.valid,
+                        "last_check_at": credential.last_check_at,
+                        "next_rotation_at": credential.next_rotation_at,
+                        "last_rotated_at": credential.last_rotated_at,
+                        "consecutive_failures": credential.consecutive_failures,
+                        "versions": items,
+                    }))?
+                );
+            } else {
+                println!("credential:   {}", credential.name);
+                println!(
+                    "provider:     {} ({})",
+                    credential.provider, credential.provider_kind
+                );
+                println!(
+                    "last check:   {}",
+                    match (credential.check_status, credential.last_check_at) {
+                        (Some(status), Some(at)) => format!(
+                            "{status} {} ago{}",
+                            human_age(now - at),
+                            credential
+                                .check_detail
+                                .as_deref()
+                                .map(|d| format!(" ({d})"))
+                                .unwrap_or_default()
+                        ),
+                        _ => "never".into(),
+                    }
+                );
+                println!(
+                    "next rotation: {}",
+                    credential
+                        .next_rotation_at
+                        .map(|t| relative(now, t))
+                        .unwrap_or_else(|| "not scheduled".into())
+                );
+                println!();
+                let mut table = Table::new(&[
+                    "VERSION",
+                    "STAGE",
+                    "FINGERPRINT",
+                    "CREATED",
+                    "EXPIRES",
+                    "LAST CHECK",
+                    "PROVIDER KEY ID",
+                ]);
+                for v in &versions {
+                    table.row(vec![
+                        v.id.to_string(),
+                        v.stage.to_string(),
+                        v.fingerprint.clone(),
+                        format!("{} ago", human_age(now - v.created_at)),
+                        v.expires_at
+                            .map(|e| relative(now, e))
+                            .unwrap_or_else(|| "-".into()),
+                        check_summary(v, now),
+                        v.provider_key_id.clone().unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                print!("{}", table.render());
+            }
+            Ok(())
+        }
+        KeyCommand::History {
+            name,
+            json: JsonFlag { json },
+        } => {
+            if store.credential(&name).await?.is_none() {
+                bail!("unknown credential {name:?}");
+            }
+            let events = store.events(&name).await?;
+            if json {
+                let items: Vec<_> = events
+                    .iter()
+                    .map(|e| json!({"id": e.id, "at": e.at, "kind": e.kind, "actor": e.actor, "version": e.version_id, "detail": e.detail}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                let mut table = Table::new(&["TIME (UTC)", "EVENT", "VERSION", "ACTOR", "DETAIL"]);
+                for e in &events {
+                    table.row(vec![
+                        format_time(e.at),
+                        e.kind.clone(),
+                        e.version_id
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        e.actor.clone(),
+                        e.detail.clone(),
+                    ]);
+                }
+                print!("{}", table.render());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Who did it, for the audit trail: the invoking user.
+fn actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Reads one key from a file or stdin, trimming surrounding whitespace.
+fn read_secret(from_file: Option<&Path>) -> anyhow::Result<SecretString> {
+    let mut raw = String::new();
+    match from_file {
+        Some(path) => {
+            std::fs::File::open(path)
+                .and_then(|mut f| f.read_to_string(&mut raw))
+                .with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("Paste the key and press Ctrl-D:");
+            }
+            std::io::stdin()
+                .take(64 * 1024)
+                .read_to_string(&mut raw)
+                .context("cannot read the key from stdin")?;
+        }
+    }
+    let trimmed = raw.trim();
+    let problem = if trimmed.is_empty() {
+        Some("the key is empty")
+    } else if trimmed.contains(['\n', '\r']) {
+        Some("the key spans several lines; give exactly one key")
+    } else if trimmed.chars().any(|c| c.is_control() || c == ' ') {
+        Some("the key contains spaces or control characters")
+    } else {
+        None
+    };
+    let result = match problem {
+        Some(problem) => Err(anyhow::anyhow!(problem)),
+        None => Ok(SecretString::from(trimmed.to_string())),
+    };
+    raw.zeroize();
+    result
+}
+
+fn version_json(v: &KeyVersion) -> serde_json::Value {
+    json!({
+        "version": v.id,
+        "stage": v.stage.as_str(),
+        "fingerprint": v.fingerprint,
+        "provider_key_id": v.provider_key_id,
+        "rotation_id": v.rotation_id,
+        "created_at": v.created_at,
+        "expires_at": v.expires_at,
+        "stage_changed_at": v.stage_changed_at,
+        "last_check_at": v.last_check_at,
+        "last_check_status": v.last_check_status.map(|s| s.as_str()),
+        "has_secret": v.has_secret,
+    })
+}
+
+fn check_summary(v: &KeyVersion, now: UnixTime) -> String {
+    match (v.last_check_status, v.last_check_at) {
+        (Some(status), Some(at)) => format!("{status} {} ago", human_age(now - at)),
+        _ => "never".into(),
+    }
+}
+
+/// "3d4h", "5m", "12s": the two largest units are enough to read at a glance.
+pub fn human_age(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+    let mut out = String::new();
+    let mut rest = seconds;
+    let mut shown = 0;
+    for (unit, size) in units {
+        if rest >= size && shown < 2 {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+            shown += 1;
+        } else if shown > 0 {
+            shown = 2;
+        }
+    }
+    if out.is_empty() {
+        "0s".into()
+    } else {
+        out
+    }
+}
+
+fn relative(now: UnixTime, at: UnixTime) -> String {
+    if at >= now {
+        format!("in {}", human_age(at - now))
+    } else {
+        format!("{} ago", human_age(now - at))
+    }
+}
+
+fn format_time(at: UnixTime) -> String {
+    chrono::DateTime::from_timestamp(at, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| at.to_string())
+}
+
+/// A plain left-aligned text table.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+    fn row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+    fn render(&self) -> String {
+        let columns = self.rows[0].len();
+        let widths: Vec<usize> = (0..columns)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_show_the_two_largest_units() {
+        assert_eq!(human_age(0), "0s");
+        assert_eq!(human_age(59), "59s");
+        assert_eq!(human_age(3 * 86_400 + 4 * 3_600 + 5), "3d4h");
+        assert_eq!(human_age(86_400 + 30), "1d");
+        assert_eq!(human_age(3_660), "1h1m");
+    }
+
+    #[test]
+    fn times_parse_in_three_forms() {
+        assert_eq!(parse_time("1700000000").unwrap(), 1_700_000_000);
+        assert_eq!(parse_time("2026-12-31").unwrap(), 1_798_675_200);
+        assert_eq!(parse_time("2026-12-31T00:00:00Z").unwrap(), 1_798_675_200);
+        assert!(parse_time("next tuesday").is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! The daemon's wiring: open the store, bind the port, start the scheduler, tell systemd,
+//! then wait for signals. SIGHUP re-reads the config (a broken one is logged and the running
+//! one stays); SIGTERM/SIGINT stop gracefully.
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::crypto::{MasterKey, Sealer};
+use crate::http::{self, Heartbeat, HttpState, HEARTBEAT_MAX_AGE};
+use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
+use crate::store::{CredentialSpec, SqliteStore, Store};
+use anyhow::Context;
+use sd_notify::NotifyState;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Everything `keyrotd run` needs, resolved from the command line and the config.
+pub struct DaemonSettings {
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub database: PathBuf,
+    pub master_key: Option<PathBuf>,
+}
+
+/// The credentials section of a config, as the store records it.
+pub fn credential_specs(config: &Config) -> Vec<CredentialSpec> {
+    config
+        .credentials
+        .iter()
+        .map(|c| CredentialSpec {
+            name: c.name().to_string(),
+            provider: c.provider().to_string(),
+            provider_kind: config
+                .provider(c.provider())
+                .map(|p| p.kind.as_str().to_string())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// When a command needs the master key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterKeyNeed {
+    /// Read-only listings: fingerprints and history need no secrets.
+    Never,
+    /// The daemon: needed as soon as the store holds a sealed secret.
+    IfSecretsStored,
+    /// Commands that write a secret.
+    Always,
+}
+
+/// Opens the store with the master key if one is available, and refuses to go on without
+/// it when `need` says so. A wrong key is an error here, not a failed check hours later.
+pub async fn open_store(
+    database: &Path,
+    master_key: Option<&Path>,
+    need: MasterKeyNeed,
+) -> anyhow::Result<SqliteStore> {
+    let key_path = MasterKey::locate(master_key);
+    let explicit = master_key.is_some();
+    let sealer = if explicit || key_path.exists() {
+        Some(Arc::new(Sealer::new(&MasterKey::load(&key_path)?)))
+    } else {
+        None
+    };
+    let store = SqliteStore::open(database, sealer.clone()).await?;
+    let required = match need {
+        MasterKeyNeed::Never => false,
+        MasterKeyNeed::IfSecretsStored => store.holds_secrets().await?,
+        MasterKeyNeed::Always => true,
+    };
+    if sealer.is_none() && required {
+        anyhow::bail!(
+            "no master key at {} (the store's secrets are sealed with it); create one with `keyrotd master-key generate {}` or pass --master-key",
+            key_path.display(),
+            key_path.display()
+        );
+    }
+    store
+        .verify_master_key()
+        .await
+        .with_context(|| format!("master key {} does not open this store", key_path.display()))?;
+    Ok(store)
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::debug!(%error, "sd_notify failed");
+    }
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut config = settings.config;
+    let store = Arc::new(
+        open_store(
+            &settings.database,
+            settings.master_key.as_deref(),
+            MasterKeyNeed::IfSecretsStored,
+        )
+        .await?,
+    );
+    store
+        .sync_credentials(&credential_specs(&config), clock.now())
+        .await?;
+    let address = config.daemon.listen_address();
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let bound = listener.local_addr()?;
+
+    let metrics = Arc::new(Metrics::new(clock.clone()));
+    let heartbeat = Arc::new(Heartbeat::default());
+    let scheduler = Scheduler::start(clock.clone(), heartbeat.clone(), metrics.clone())
+        .await
+        .context("cannot start the scheduler")?;
+
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_state = Arc::new(HttpState {
+        metrics: metrics.clone(),
+        store: store.clone() as Arc<dyn Store>,
+        heartbeat: heartbeat.clone(),
+        clock: clock.clone(),
+    });
+    let server = tokio::spawn(http::serve(listener, http_state, async {
+        let _ = http_stopped.await;
+    }));
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    tracing::info!(
+        listen_address = %bound,
+        database = %settings.database.display(),
+        credentials = config.credentials.len(),
+        "keyrotd ready"
+    );
+    let status = format!(
+        "serving metrics on {bound}; {} credentials",
+        config.credentials.len()
+    );
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    let watchdog = sd_notify::watchdog_enabled().map(|interval| {
+        let heartbeat = heartbeat.clone();
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval / 2);
+            loop {
+                ticker.tick().await;
+                // Feed the watchdog only while the scheduler proves it is alive: a stuck
+                // scheduler should get the service restarted.
+                if heartbeat.is_fresh(clock.now(), HEARTBEAT_MAX_AGE.min(interval)) {
+                    notify(&[NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("scheduler heartbeat is stale; not feeding the watchdog");
+                }
+            }
+        })
+    });
+
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
+                match reload(&settings.config_path, &config, store.as_ref(), clock.as_ref()).await {
+                    Ok(new_config) => {
+                        config = new_config;
+                        tracing::info!(credentials = config.credentials.len(), "configuration reloaded");
+                    }
+                    Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration"),
+                }
+                notify(&[NotifyState::Ready]);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+
+    tracing::info!("stopping");
+    notify(&[NotifyState::Stopping]);
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    let _ = stop_http.send(());
+    let _ = server.await;
+    scheduler.shutdown().await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn reload(
+    path: &Path,
+    running: &Config,
+    store: &dyn Store,
+    clock: &dyn Clock,
+) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    if config.daemon.listen_address() != running.daemon.listen_address() {
+        tracing::warn!("listen_address changed; it takes effect at the next restart");
+    }
+    store
+        .sync_credentials(&credential_specs(&config), clock.now())
+        .await?;
+    Ok(config)
+}

@@ -1,0 +1,154 @@
+//! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (the process answers),
+//! `/readyz` (the store is open and the scheduler's heartbeat is fresh).
+//!
+//! A dedicated listener, never shared with anything that takes input from consumers. The
+//! accept loop never dies on an accept error (EMFILE would otherwise take metrics down with
+//! it): it logs, backs off and goes on.
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Liveness of the scheduler, shared by the scheduler (writer) and `/readyz` and the
+/// watchdog (readers).
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    last: AtomicI64,
+}
+
+impl Heartbeat {
+    pub fn beat(&self, now: i64) {
+        self.last.store(now, Ordering::SeqCst);
+    }
+    pub fn last(&self) -> i64 {
+        self.last.load(Ordering::SeqCst)
+    }
+    pub fn is_fresh(&self, now: i64, max_age: Duration) -> bool {
+        let last = self.last();
+        last > 0 && now - last <= max_age.as_secs() as i64
+    }
+}
+
+/// How stale the heartbeat may be before the daemon reports itself not ready.
+pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(60);
+
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+    pub heartbeat: Arc<Heartbeat>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Serves until `shutdown` completes, then drains open connections (bounded wait).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed; backing off");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&state, request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 5s; closing them");
+    }
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+async fn route(state: &HttpState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "method not allowed\n",
+        );
+    }
+    match request.uri().path() {
+        "/metrics" => match state.metrics.refresh(state.store.as_ref()).await {
+            Ok(()) => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                state.metrics.render(),
+            ),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the store for /metrics");
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "store unavailable\n")
+            }
+        },
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
+        "/readyz" => {
+            let now = state.clock.now();
+            if !state.heartbeat.is_fresh(now, HEARTBEAT_MAX_AGE) {
+                return text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "scheduler heartbeat stale\n");
+            }
+            match state.store.generation().await {
+                Ok(_) => text(StatusCode::OK, PLAIN, "ready\n"),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "store unavailable\n"),
+            }
+        }
+        "/" => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            "<html><head><title>keyrotd</title></head><body><h1>keyrotd</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
+    }
+}

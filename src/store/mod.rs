@@ -1,0 +1,191 @@
+//! The store: the single source of truth for credentials, key versions, rotations and the
+//! audit trail.
+//!
+//! Callers speak to the [`Store`] trait; `sqlite` is the embedded backend. A second backend
+//! (PostgreSQL) implements the same trait with its own SQL and migrations. Nothing outside
+//! this folder writes SQL. Secrets cross this boundary only as `SecretString`; the backend
+//! seals them before they touch disk.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::crypto::CryptoError;
+use crate::model::{CheckStatus, Stage, UnixTime};
+use async_trait::async_trait;
+use secrecy::SecretString;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is not a keyrotd database (not SQLite, or corrupt); refusing to touch it")]
+    Corrupt { path: PathBuf },
+    #[error("{path} has schema version {found}, newer than this keyrotd knows ({known}); upgrade keyrotd or restore a backup — refusing to touch it")]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot create or write the database at {path}: {reason}")]
+    Unwritable { path: PathBuf, reason: String },
+    #[error("database {path} is locked by another writer for too long")]
+    Busy { path: PathBuf },
+    #[error("unknown credential {0:?} (is it in the config?)")]
+    UnknownCredential(String),
+    #[error("unknown key version {0}")]
+    UnknownVersion(i64),
+    #[error("key version {0} has no secret material (revoked)")]
+    NoSecret(i64),
+    #[error("the store holds sealed keys but no master key was given")]
+    MasterKeyRequired,
+    #[error("a key with fingerprint {0} already exists for this credential")]
+    DuplicateKey(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What the config says a credential is; synced into the store at start-up and reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialSpec {
+    pub name: String,
+    pub provider: String,
+    pub provider_kind: String,
+}
+
+/// A credential's row: its identity and the state the daemon keeps about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRecord {
+    pub id: i64,
+    pub name: String,
+    pub provider: String,
+    pub provider_kind: String,
+    pub created_at: UnixTime,
+    pub removed_at: Option<UnixTime>,
+    pub next_rotation_at: Option<UnixTime>,
+    pub last_rotated_at: Option<UnixTime>,
+    pub consecutive_failures: i64,
+    pub check_status: Option<CheckStatus>,
+    /// `Some(true)` valid, `Some(false)` invalid, `None` until the first conclusive check.
+    pub valid: Option<bool>,
+    pub last_check_at: Option<UnixTime>,
+    pub check_detail: Option<String>,
+}
+
+/// One secret value of a credential, without the secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyVersion {
+    pub id: i64,
+    pub credential: String,
+    pub stage: Stage,
+    pub fingerprint: String,
+    pub provider_key_id: Option<String>,
+    pub rotation_id: Option<String>,
+    pub created_at: UnixTime,
+    pub expires_at: Option<UnixTime>,
+    pub stage_changed_at: UnixTime,
+    pub last_check_at: Option<UnixTime>,
+    pub last_check_status: Option<CheckStatus>,
+    pub has_secret: bool,
+}
+
+/// An audit record. Never holds key material: keys are named by fingerprint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub at: UnixTime,
+    pub credential: Option<String>,
+    pub version_id: Option<i64>,
+    pub kind: String,
+    pub actor: String,
+    pub detail: String,
+}
+
+/// A new key version to be stored.
+pub struct NewKey {
+    pub secret: SecretString,
+    pub expires_at: Option<UnixTime>,
+    pub provider_key_id: Option<String>,
+    pub rotation_id: Option<String>,
+}
+
+/// Everything the metrics endpoint needs, read in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub generation: i64,
+    pub credentials: Vec<CredentialState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialState {
+    pub credential: CredentialRecord,
+    pub current: Option<KeyVersion>,
+}
+
+/// The outcome of a check, as recorded against a credential's current key.
+#[derive(Debug, Clone)]
+pub struct CheckRecord {
+    pub status: CheckStatus,
+    pub detail: String,
+    pub at: UnixTime,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Brings the credentials table in line with the config: adds new credentials, updates
+    /// providers, marks removed ones (their history stays).
+    async fn sync_credentials(&self, specs: &[CredentialSpec], now: UnixTime) -> StoreResult<()>;
+
+    /// Stores an operator-supplied key. It becomes `current` when the credential has none,
+    /// otherwise `pending` (to be verified, delivered and promoted by a rotation).
+    async fn import_key(
+        &self,
+        credential: &str,
+        key: NewKey,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion>;
+
+    /// Active credentials and their current keys, with the store's generation.
+    async fn snapshot(&self) -> StoreResult<Snapshot>;
+
+    /// A number that changes whenever anything in the store changes.
+    async fn generation(&self) -> StoreResult<i64>;
+
+    async fn credential(&self, name: &str) -> StoreResult<Option<CredentialRecord>>;
+
+    /// All versions of a credential, newest first.
+    async fn versions(&self, credential: &str) -> StoreResult<Vec<KeyVersion>>;
+
+    /// The audit trail of a credential, oldest first.
+    async fn events(&self, credential: &str) -> StoreResult<Vec<Event>>;
+
+    /// Decrypts a version's secret.
+    async fn secret(&self, version_id: i64) -> StoreResult<SecretString>;
+
+    /// Records a check of `version_id`; a change of status is also an event.
+    async fn record_check(
+        &self,
+        credential: &str,
+        version_id: i64,
+        check: &CheckRecord,
+    ) -> StoreResult<()>;
+
+    /// Appends an audit event.
+    async fn append_event(
+        &self,
+        credential: Option<&str>,
+        version_id: Option<i64>,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+}

@@ -1,0 +1,642 @@
+//! The embedded SQLite backend.
+//!
+//! One writer connection (SQLite has one writer anyway; a pool of one makes queueing
+//! explicit), write transactions opened with `BEGIN IMMEDIATE` so they never fail with
+//! SQLITE_BUSY half-way, WAL so readers never block the writer, `synchronous=FULL` because a
+//! committed key must survive power loss. Opening is careful: a file that is not ours, or is
+//! from a newer schema, is refused before anything is written to it.
+
+use super::*;
+use crate::crypto::Sealer;
+use crate::model::fingerprint;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: SqlitePool,
+    reader: SqlitePool,
+    sealer: Option<Arc<Sealer>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn highest_known_migration() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if absent) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path, sealer: Option<Arc<Sealer>>) -> StoreResult<SqliteStore> {
+        let unwritable = |reason: String| StoreError::Unwritable {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| unwritable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let exists = path.exists();
+        if exists {
+            Self::inspect_existing(path).await?;
+        }
+        // SQLite needs to create the -wal and -shm files beside the database: probe the
+        // directory so the error says "directory not writable" instead of "cannot open".
+        probe_writable(&dir).map_err(|e| unwritable(format!("{}: {e}", dir.display())))?;
+
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        MIGRATOR.run(&writer).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+                known: highest_known_migration(),
+            },
+            other => StoreError::Migrate(other),
+        })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer,
+            reader,
+            sealer,
+        })
+    }
+
+    /// Refuses, without writing a byte, a file that is not a SQLite database or whose
+    /// schema is newer than ours.
+    async fn inspect_existing(path: &Path) -> StoreResult<()> {
+        use std::io::Read;
+        let corrupt = || StoreError::Corrupt {
+            path: path.to_path_buf(),
+        };
+        let mut header = [0u8; 16];
+        let mut file = std::fs::File::open(path).map_err(|e| StoreError::Unwritable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let read = file.read(&mut header).map_err(|_| corrupt())?;
+        if read == 0 {
+            return Ok(()); // An empty file is a new database to SQLite.
+        }
+        if read < 16 || &header != SQLITE_HEADER {
+            return Err(corrupt());
+        }
+        // Read-only and immutable: no journal, no WAL, no lock files, no writes.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .immutable(true);
+        let mut conn = sqlx::ConnectOptions::connect(&options)
+            .await
+            .map_err(|_| corrupt())?;
+        let has_migrations: bool = sqlx::query_scalar(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|_| corrupt())?;
+        if has_migrations {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(|_| corrupt())?;
+            let known = highest_known_migration();
+            if let Some(found) = found.filter(|v| *v > known) {
+                return Err(StoreError::SchemaTooNew {
+                    path: path.to_path_buf(),
+                    found,
+                    known,
+                });
+            }
+        }
+        let _ = sqlx::Connection::close(conn).await;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether any key version still holds sealed secret material.
+    pub async fn holds_secrets(&self) -> StoreResult<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_versions WHERE sealed_secret IS NOT NULL)",
+        )
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    /// Fails unless the master key opens a stored secret (when there is one). Run at
+    /// start-up so a wrong key is a clear error, not a failed check hours later.
+    pub async fn verify_master_key(&self) -> StoreResult<()> {
+        let row = sqlx::query(
+            "SELECT v.id, c.name, v.sealed_secret FROM key_versions v
+             JOIN credentials c ON c.id = v.credential_id
+             WHERE v.sealed_secret IS NOT NULL ORDER BY v.id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(()) };
+        let sealer = self.sealer.as_ref().ok_or(StoreError::MasterKeyRequired)?;
+        sealer.open(row.get(1), row.get(0), row.get::<Vec<u8>, _>(2).as_slice())?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.classify(e))?;
+        sqlx::query("UPDATE store_generation SET value = value + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    fn classify(&self, error: sqlx::Error) -> StoreError {
+        classify_open_error(&self.path, error)
+    }
+
+    fn sealer(&self) -> StoreResult<&Sealer> {
+        self.sealer.as_deref().ok_or(StoreError::MasterKeyRequired)
+    }
+
+    async fn credential_id(tx: &mut Transaction<'static, Sqlite>, name: &str) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT id FROM credentials WHERE name = ? AND removed_at IS NULL")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::UnknownCredential(name.to_string()))
+    }
+
+    async fn insert_event(
+        tx: &mut Transaction<'static, Sqlite>,
+        credential: Option<&str>,
+        version_id: Option<i64>,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO events (at, credential, version_id, kind, actor, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(now)
+        .bind(credential)
+        .bind(version_id)
+        .bind(kind)
+        .bind(actor)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".keyrotd-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+fn classify_open_error(path: &Path, error: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &error {
+        let code = db.code().unwrap_or_default();
+        // Primary result codes: 5 BUSY, 8 READONLY, 11 CORRUPT, 14 CANTOPEN, 26 NOTADB.
+        let primary = code.parse::<i64>().map(|c| c & 0xff).unwrap_or(-1);
+        return match primary {
+            5 => StoreError::Busy {
+                path: path.to_path_buf(),
+            },
+            8 | 14 => StoreError::Unwritable {
+                path: path.to_path_buf(),
+                reason: db.message().to_string(),
+            },
+            11 | 26 => StoreError::Corrupt {
+                path: path.to_path_buf(),
+            },
+            _ => StoreError::Database(error),
+        };
+    }
+    StoreError::Database(error)
+}
+
+const VERSION_COLUMNS: &str =
+    "v.id, c.name, v.stage, v.fingerprint, v.provider_key_id, v.rotation_id,
+     v.created_at, v.expires_at, v.stage_changed_at, v.last_check_at, v.last_check_status,
+     v.sealed_secret IS NOT NULL";
+
+fn version_from_row(row: &SqliteRow) -> KeyVersion {
+    KeyVersion {
+        id: row.get(0),
+        credential: row.get(1),
+        stage: row
+            .get::<String, _>(2)
+            .parse()
+            .unwrap_or(crate::model::Stage::Failed),
+        fingerprint: row.get(3),
+        provider_key_id: row.get(4),
+        rotation_id: row.get(5),
+        created_at: row.get(6),
+        expires_at: row.get(7),
+        stage_changed_at: row.get(8),
+        last_check_at: row.get(9),
+        last_check_status: row
+            .get::<Option<String>, _>(10)
+            .and_then(|s| s.parse().ok()),
+        has_secret: row.get(11),
+    }
+}
+
+const CREDENTIAL_COLUMNS: &str = "id, name, provider, provider_kind, created_at, removed_at,
+     next_rotation_at, last_rotated_at, consecutive_failures, check_status, valid,
+     last_check_at, check_detail";
+
+fn credential_from_row(row: &SqliteRow) -> CredentialRecord {
+    CredentialRecord {
+        id: row.get(0),
+        name: row.get(1),
+        provider: row.get(2),
+        provider_kind: row.get(3),
+        created_at: row.get(4),
+        removed_at: row.get(5),
+        next_rotation_at: row.get(6),
+        last_rotated_at: row.get(7),
+        consecutive_failures: row.get(8),
+        check_status: row.get::<Option<String>, _>(9).and_then(|s| s.parse().ok()),
+        valid: row.get::<Option<i64>, _>(10).map(|v| v != 0),
+        last_check_at: row.get(11),
+        check_detail: row.get(12),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn sync_credentials(&self, specs: &[CredentialSpec], now: UnixTime) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let existing: Vec<(String, String, String, Option<i64>)> =
+            sqlx::query_as("SELECT name, provider, provider_kind, removed_at FROM credentials")
+                .fetch_all(&mut *tx)
+                .await?;
+        for spec in specs {
+            match existing.iter().find(|(name, ..)| *name == spec.name) {
+                None => {
+                    sqlx::query(
+                        "INSERT INTO credentials (name, provider, provider_kind, created_at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&spec.name)
+                    .bind(&spec.provider)
+                    .bind(&spec.provider_kind)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    Self::insert_event(
+                        &mut tx,
+                        Some(&spec.name),
+                        None,
+                        "credential_added",
+                        "config",
+                        &format!("provider {}", spec.provider),
+                        now,
+                    )
+                    .await?;
+                }
+                Some((_, provider, kind, removed)) => {
+                    if provider != &spec.provider
+                        || kind != &spec.provider_kind
+                        || removed.is_some()
+                    {
+                        sqlx::query(
+                            "UPDATE credentials SET provider = ?, provider_kind = ?, removed_at = NULL WHERE name = ?",
+                        )
+                        .bind(&spec.provider)
+                        .bind(&spec.provider_kind)
+                        .bind(&spec.name)
+                        .execute(&mut *tx)
+                        .await?;
+                        Self::insert_event(
+                            &mut tx,
+                            Some(&spec.name),
+                            None,
+                            "credential_updated",
+                            "config",
+                            &format!("provider {}", spec.provider),
+                            now,
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        for (name, _, _, removed) in &existing {
+            if removed.is_none() && !specs.iter().any(|s| &s.name == name) {
+                sqlx::query("UPDATE credentials SET removed_at = ? WHERE name = ?")
+                    .bind(now)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::insert_event(
+                    &mut tx,
+                    Some(name),
+                    None,
+                    "credential_removed",
+                    "config",
+                    "no longer in the config; history kept",
+                    now,
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn import_key(
+        &self,
+        credential: &str,
+        key: NewKey,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion> {
+        let sealer = self.sealer()?;
+        let fp = fingerprint(&key.secret);
+        let mut tx = self.begin_write().await?;
+        let credential_id = Self::credential_id(&mut tx, credential).await?;
+        let duplicate: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_versions WHERE credential_id = ? AND fingerprint = ? AND stage IN ('pending','current','previous'))",
+        )
+        .bind(credential_id)
+        .bind(&fp)
+        .fetch_one(&mut *tx)
+        .await?;
+        if duplicate {
+            return Err(StoreError::DuplicateKey(fp));
+        }
+        let has_current: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_versions WHERE credential_id = ? AND stage = 'current')",
+        )
+        .bind(credential_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let stage = if has_current { "pending" } else { "current" };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO key_versions (credential_id, stage, fingerprint, provider_key_id, rotation_id, created_at, expires_at, stage_changed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(credential_id)
+        .bind(stage)
+        .bind(&fp)
+        .bind(&key.provider_key_id)
+        .bind(&key.rotation_id)
+        .bind(now)
+        .bind(key.expires_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        // The version id is part of the associated data, so seal after the insert.
+        let sealed = sealer.seal(credential, id, &key.secret)?;
+        sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let detail = format!("{fp} imported as {stage}");
+        Self::insert_event(
+            &mut tx,
+            Some(credential),
+            Some(id),
+            "imported",
+            actor,
+            &detail,
+            now,
+        )
+        .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version_from_row(&row))
+    }
+
+    async fn snapshot(&self) -> StoreResult<Snapshot> {
+        let mut tx = self.reader.begin().await?;
+        let generation: i64 = sqlx::query_scalar("SELECT value FROM store_generation WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let credentials = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE removed_at IS NULL ORDER BY name"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        let currents = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id
+             WHERE v.stage = 'current' AND c.removed_at IS NULL"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut current_by_name: std::collections::HashMap<String, KeyVersion> = currents
+            .iter()
+            .map(version_from_row)
+            .map(|v| (v.credential.clone(), v))
+            .collect();
+        let credentials = credentials
+            .iter()
+            .map(credential_from_row)
+            .map(|credential| CredentialState {
+                current: current_by_name.remove(&credential.name),
+                credential,
+            })
+            .collect();
+        Ok(Snapshot {
+            generation,
+            credentials,
+        })
+    }
+
+    async fn generation(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM store_generation WHERE id = 1")
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn credential(&self, name: &str) -> StoreResult<Option<CredentialRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.as_ref().map(credential_from_row))
+    }
+
+    async fn versions(&self, credential: &str) -> StoreResult<Vec<KeyVersion>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id
+             WHERE c.name = ? ORDER BY v.id DESC"
+        ))
+        .bind(credential)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.iter().map(version_from_row).collect())
+    }
+
+    async fn events(&self, credential: &str) -> StoreResult<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT id, at, credential, version_id, kind, actor, detail FROM events WHERE credential = ? ORDER BY id",
+        )
+        .bind(credential)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Event {
+                id: row.get(0),
+                at: row.get(1),
+                credential: row.get(2),
+                version_id: row.get(3),
+                kind: row.get(4),
+                actor: row.get(5),
+                detail: row.get(6),
+            })
+            .collect())
+    }
+
+    async fn secret(&self, version_id: i64) -> StoreResult<SecretString> {
+        let row = sqlx::query(
+            "SELECT c.name, v.sealed_secret FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?",
+        )
+        .bind(version_id)
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or(StoreError::UnknownVersion(version_id))?;
+        let sealed: Option<Vec<u8>> = row.get(1);
+        let sealed = sealed.ok_or(StoreError::NoSecret(version_id))?;
+        Ok(self.sealer()?.open(row.get(0), version_id, &sealed)?)
+    }
+
+    async fn record_check(
+        &self,
+        credential: &str,
+        version_id: i64,
+        check: &CheckRecord,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let credential_id = Self::credential_id(&mut tx, credential).await?;
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT check_status FROM credentials WHERE id = ?")
+                .bind(credential_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let status = check.status.as_str();
+        // Only a conclusive result changes validity; a blip keeps the last known state.
+        let valid: Option<i64> = match check.status {
+            CheckStatus::Invalid => Some(0),
+            CheckStatus::Valid | CheckStatus::Exhausted => Some(1),
+            _ => None,
+        };
+        sqlx::query(
+            "UPDATE credentials SET check_status = ?, last_check_at = ?, check_detail = ?,
+                 valid = COALESCE(?, valid) WHERE id = ?",
+        )
+        .bind(status)
+        .bind(check.at)
+        .bind(&check.detail)
+        .bind(valid)
+        .bind(credential_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE key_versions SET last_check_at = ?, last_check_status = ? WHERE id = ?",
+        )
+        .bind(check.at)
+        .bind(status)
+        .bind(version_id)
+        .execute(&mut *tx)
+        .await?;
+        if previous.as_deref() != Some(status) {
+            let detail = format!(
+                "{} -> {status}: {}",
+                previous.as_deref().unwrap_or("unchecked"),
+                check.detail
+            );
+            Self::insert_event(
+                &mut tx,
+                Some(credential),
+                Some(version_id),
+                "check_status_changed",
+                "checker",
+                &detail,
+                check.at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_event(
+        &self,
+        credential: Option<&str>,
+        version_id: Option<i64>,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        Self::insert_event(&mut tx, credential, version_id, kind, actor, detail, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
