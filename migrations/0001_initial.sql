@@ -57,6 +57,15 @@ CREATE TABLE rotations (
 -- At most one unfinished rotation per credential.
 CREATE UNIQUE INDEX rotations_one_in_flight ON rotations(credential_id) WHERE finished_at IS NULL;
 
+-- Balance or limit remaining as last reported by the provider, per unit (usd, cny, ...).
+CREATE TABLE credits (
+    credential_id INTEGER NOT NULL REFERENCES credentials(id),
+    unit          TEXT NOT NULL,
+    remaining     REAL NOT NULL,
+    reported_at   INTEGER NOT NULL,
+    PRIMARY KEY (credential_id, unit)
+);
+
 -- Append-only audit trail. Holds fingerprints, never secrets.
 CREATE TABLE events (
     id            INTEGER PRIMARY KEY,

@@ -14,6 +14,8 @@
 //! See `ARCHITECTURE.md` for the invariants.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod checks;
 pub mod cli;
 pub mod clock;
 pub mod config;

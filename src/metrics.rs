@@ -107,6 +107,7 @@ const FAMILIES: &[(&str, &str, MetricType, Option<&str>)] = &[
     ("keyrotd_key_next_rotation_timestamp_seconds", "Unix time the next rotation is due.", MetricType::GAUGE, None),
     ("keyrotd_key_last_rotation_timestamp_seconds", "Unix time of the last successful rotation.", MetricType::GAUGE, None),
     ("keyrotd_rotation_consecutive_failures", "Failed rotation attempts since the last success.", MetricType::GAUGE, None),
+    ("keyrotd_key_credit_remaining", "Balance or limit remaining as reported by the provider, in `unit`.", MetricType::GAUGE, Some("unit")),
 ];
 
 impl KeyStateCollector {
@@ -222,6 +223,11 @@ impl Collector for KeyStateCollector {
                 push(8, at as f64);
             }
             push(9, c.consecutive_failures as f64);
+            for (unit, remaining) in &state.credits {
+                let mut labels = base();
+                labels.push(label("unit", unit));
+                per_family[10].push(gauge(labels, *remaining));
+            }
             if let (Some(status), Some(_)) = (c.check_status, &state.current) {
                 for candidate in CheckStatus::ALL {
                     let mut labels = base();

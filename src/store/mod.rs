@@ -127,6 +127,8 @@ pub struct Snapshot {
 pub struct CredentialState {
     pub credential: CredentialRecord,
     pub current: Option<KeyVersion>,
+    /// (unit, remaining) as last reported by the provider.
+    pub credits: Vec<(String, f64)>,
 }
 
 /// The outcome of a check, as recorded against a credential's current key.
@@ -135,6 +137,10 @@ pub struct CheckRecord {
     pub status: CheckStatus,
     pub detail: String,
     pub at: UnixTime,
+    /// Balances the provider reported; replaces the stored set when non-empty.
+    pub credits: Vec<(String, f64)>,
+    /// Expiry the provider reported for the key; replaces the stored one.
+    pub expires_at: Option<UnixTime>,
 }
 
 #[async_trait]

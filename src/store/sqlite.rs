@@ -482,7 +482,18 @@ impl Store for SqliteStore {
         ))
         .fetch_all(&mut *tx)
         .await?;
+        let credit_rows: Vec<(String, String, f64)> = sqlx::query_as(
+            "SELECT c.name, k.unit, k.remaining FROM credits k JOIN credentials c ON c.id = k.credential_id
+             WHERE c.removed_at IS NULL ORDER BY k.unit",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
+        let mut credits_by_name: std::collections::HashMap<String, Vec<(String, f64)>> =
+            std::collections::HashMap::new();
+        for (name, unit, remaining) in credit_rows {
+            credits_by_name.entry(name).or_default().push((unit, remaining));
+        }
         let mut current_by_name: std::collections::HashMap<String, KeyVersion> = currents
             .iter()
             .map(version_from_row)
@@ -493,6 +504,7 @@ impl Store for SqliteStore {
             .map(credential_from_row)
             .map(|credential| CredentialState {
                 current: current_by_name.remove(&credential.name),
+                credits: credits_by_name.remove(&credential.name).unwrap_or_default(),
                 credential,
             })
             .collect();

@@ -1,0 +1,283 @@
+//! Validity checks: when to probe each credential's current key, how many at once, how fast
+//! per provider, and what to do with the answer.
+//!
+//! Each credential has its own timer task (cheap in tokio, and a sleeping task costs no
+//! wake-ups). Concurrency is bounded globally by a semaphore and per provider by a pacer.
+//! A transient outcome (rate limited, unreachable) never touches validity: it is recorded
+//! as the check status and retried with capped exponential backoff, honouring Retry-After.
+
+use crate::backoff::{with_jitter, Backoff};
+use crate::clock::Clock;
+use crate::model::{CheckStatus, Stage};
+use crate::providers::{CheckReport, Provider};
+use crate::store::{CheckRecord, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// First retry after a transient failure; doubles up to the check interval.
+pub const TRANSIENT_RETRY_BASE: Duration = Duration::from_secs(15);
+
+/// Spaces requests to one provider at most `rate` per second.
+#[derive(Debug)]
+pub struct Pacer {
+    spacing: Duration,
+    next: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    pub fn new(requests_per_second: f64) -> Pacer {
+        Pacer {
+            spacing: Duration::from_secs_f64(1.0 / requests_per_second.max(0.001)),
+            next: Mutex::new(None),
+        }
+    }
+
+    /// Waits for this caller's slot. Holding the lock while sleeping queues callers in order.
+    pub async fn wait(&self) {
+        let mut next = self.next.lock().await;
+        let now = Instant::now();
+        let slot = match *next {
+            Some(at) if at > now => {
+                tokio::time::sleep_until(at).await;
+                at
+            }
+            _ => now,
+        };
+        *next = Some(slot + self.spacing);
+    }
+}
+
+/// What one credential is checked with.
+#[derive(Clone)]
+pub struct CheckTarget {
+    pub credential: String,
+    pub provider_name: String,
+    pub provider: Arc<dyn Provider>,
+    pub pacer: Arc<Pacer>,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("credential {0:?} has no current key")]
+    NoCurrentKey(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of checking one credential now.
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    pub credential: String,
+    pub version_id: i64,
+    pub fingerprint: String,
+    pub report: CheckReport,
+}
+
+/// Runs checks: on demand (`check_now`) and on schedule (`run`).
+pub struct Checker {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    concurrency: Arc<Semaphore>,
+    jitter: f64,
+}
+
+impl Checker {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, max_concurrent: usize, jitter: f64) -> Self {
+        Checker {
+            store,
+            clock,
+            concurrency: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            jitter,
+        }
+    }
+
+    /// Probes the credential's current key once and records the result.
+    pub async fn check_now(&self, target: &CheckTarget) -> Result<CheckOutcome, CheckError> {
+        let current = self
+            .store
+            .versions(&target.credential)
+            .await?
+            .into_iter()
+            .find(|v| v.stage == Stage::Current)
+            .ok_or_else(|| CheckError::NoCurrentKey(target.credential.clone()))?;
+        let secret = self.store.secret(current.id).await?;
+        let report = {
+            let _permit = self
+                .concurrency
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            target.pacer.wait().await;
+            target.provider.check(&secret).await
+        };
+        drop(secret);
+        let record = CheckRecord {
+            status: report.status,
+            detail: report.detail.clone(),
+            at: self.clock.now(),
+            credits: report
+                .credit
+                .iter()
+                .map(|c| (c.unit.clone(), c.remaining))
+                .collect(),
+            expires_at: report.expires_at,
+        };
+        self.store
+            .record_check(&target.credential, current.id, &record)
+            .await?;
+        if report.status == CheckStatus::Invalid {
+            tracing::warn!(credential = %target.credential, fingerprint = %current.fingerprint, detail = %report.detail, "key is invalid");
+        } else {
+            tracing::debug!(credential = %target.credential, status = %report.status, detail = %report.detail, "checked");
+        }
+        Ok(CheckOutcome {
+            credential: target.credential.clone(),
+            version_id: current.id,
+            fingerprint: current.fingerprint,
+            report,
+        })
+    }
+
+    /// Checks every target on its own schedule until the returned set is dropped or aborted.
+    pub async fn spawn_all(self: &Arc<Self>, targets: Vec<CheckTarget>) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        let last_checks: HashMap<String, i64> = match self.store.snapshot().await {
+            Ok(snapshot) => snapshot
+                .credentials
+                .into_iter()
+                .filter_map(|s| s.credential.last_check_at.map(|at| (s.credential.name, at)))
+                .collect(),
+            Err(error) => {
+                tracing::error!(%error, "cannot read last check times; checking everything soon");
+                HashMap::new()
+            }
+        };
+        let now = self.clock.now();
+        for target in targets {
+            let first_delay = initial_delay(last_checks.get(&target.credential).copied(), now, target.interval, &mut rand::thread_rng());
+            let checker = self.clone();
+            tasks.spawn(async move { checker.check_forever(target, first_delay).await });
+        }
+        tasks
+    }
+
+    async fn check_forever(&self, target: CheckTarget, first_delay: Duration) {
+        tokio::time::sleep(first_delay).await;
+        let mut transient_failures: u32 = 0;
+        loop {
+            let delay = match self.check_now(&target).await {
+                Ok(outcome) => {
+                    let status = outcome.report.status;
+                    if status.is_conclusive() {
+                        transient_failures = 0;
+                    } else {
+                        transient_failures += 1;
+                    }
+                    next_delay(status, outcome.report.retry_after, transient_failures, target.interval, self.jitter, &mut rand::thread_rng())
+                }
+                Err(CheckError::NoCurrentKey(_)) => with_jitter(target.interval, self.jitter, &mut rand::thread_rng()),
+                Err(error) => {
+                    tracing::error!(credential = %target.credential, %error, "check could not run");
+                    transient_failures += 1;
+                    next_delay(CheckStatus::Unreachable, None, transient_failures, target.interval, self.jitter, &mut rand::thread_rng())
+                }
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// When to check a credential first after start-up: where its schedule left off, so a
+/// restart neither re-checks everything at once nor forgets a check that is due.
+pub fn initial_delay(last_check: Option<i64>, now: i64, interval: Duration, rng: &mut impl rand::Rng) -> Duration {
+    // Spread the first round over a few seconds so start-up is not a burst.
+    let spread = Duration::from_millis(rng.gen_range(0..=interval.as_millis().min(5_000) as u64));
+    match last_check {
+        Some(at) => {
+            let due = at + interval.as_secs() as i64;
+            Duration::from_secs((due - now).max(0) as u64) + spread
+        }
+        None => spread,
+    }
+}
+
+/// When to check again after an outcome. Conclusive results wait the (jittered) interval;
+/// transient ones back off from 15 s, doubling, never beyond the interval, and never
+/// sooner than the provider's Retry-After.
+pub fn next_delay(
+    status: CheckStatus,
+    retry_after: Option<Duration>,
+    transient_failures: u32,
+    interval: Duration,
+    jitter: f64,
+    rng: &mut impl rand::Rng,
+) -> Duration {
+    if status.is_conclusive() {
+        return with_jitter(interval, jitter, rng);
+    }
+    let backoff = Backoff::new(TRANSIENT_RETRY_BASE.min(interval), interval);
+    let delay = backoff.delay(transient_failures.saturating_sub(1), rng);
+    match retry_after {
+        Some(wait) => delay.max(wait),
+        None => delay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(3)
+    }
+
+    #[test]
+    fn conclusive_results_wait_the_interval() {
+        let d = next_delay(CheckStatus::Invalid, None, 0, Duration::from_secs(300), 0.1, &mut rng());
+        assert!(d >= Duration::from_secs(300) && d <= Duration::from_secs(330));
+    }
+
+    #[test]
+    fn transient_results_back_off_and_cap_at_the_interval() {
+        let interval = Duration::from_secs(300);
+        let first = next_delay(CheckStatus::Unreachable, None, 1, interval, 0.1, &mut rng());
+        assert!(first >= Duration::from_millis(7_500) && first <= Duration::from_secs(15), "{first:?}");
+        let third = next_delay(CheckStatus::Unreachable, None, 3, interval, 0.1, &mut rng());
+        assert!(third >= Duration::from_secs(30) && third <= Duration::from_secs(60), "{third:?}");
+        let many = next_delay(CheckStatus::Unreachable, None, 40, interval, 0.1, &mut rng());
+        assert!(many <= interval, "{many:?}");
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let d = next_delay(CheckStatus::RateLimited, Some(Duration::from_secs(120)), 1, Duration::from_secs(300), 0.1, &mut rng());
+        assert!(d >= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn start_up_resumes_the_schedule() {
+        let interval = Duration::from_secs(300);
+        let d = initial_delay(Some(1_000), 1_100, interval, &mut rng());
+        assert!(d >= Duration::from_secs(200) && d <= Duration::from_secs(205), "{d:?}");
+        let overdue = initial_delay(Some(0), 10_000, interval, &mut rng());
+        assert!(overdue <= Duration::from_secs(5));
+        assert!(initial_delay(None, 0, interval, &mut rng()) <= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_requests() {
+        let pacer = Pacer::new(2.0);
+        let start = Instant::now();
+        for _ in 0..5 {
+            pacer.wait().await;
+        }
+        // Five slots at 2/s: the fifth starts 2 s after the first.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+}
