@@ -119,7 +119,11 @@ async fn file_is_never_observed_partially_written() {
             let mut reads = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let content = std::fs::read_to_string(&file).expect("the file always exists");
-                assert!(content == a || content == b, "partial content of {} bytes", content.len());
+                assert!(
+                    content == a || content == b,
+                    "partial content of {} bytes",
+                    content.len()
+                );
                 reads += 1;
             }
             reads
@@ -142,11 +146,20 @@ async fn file_errors_name_the_target_and_cause_but_not_the_key() {
     let t = target(&format!("kind = \"file\"\npath = {}", toml_path(&file)));
     let key = canary();
     let err = checked(deliver(t.as_ref(), &key).await.unwrap_err(), &key);
-    assert!(err.starts_with(&format!("file {}: creating a temporary file", file.display())), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "file {}: creating a temporary file",
+            file.display()
+        )),
+        "{err}"
+    );
     assert!(err.contains("No such file or directory"), "{err}");
 
     let file = dir.path().join("key");
-    let t = target(&format!("kind = \"file\"\npath = {}\nowner = \"no-such-user-xyz\"", toml_path(&file)));
+    let t = target(&format!(
+        "kind = \"file\"\npath = {}\nowner = \"no-such-user-xyz\"",
+        toml_path(&file)
+    ));
     let err = checked(deliver(t.as_ref(), &key).await.unwrap_err(), &key);
     assert!(err.contains("unknown user \"no-such-user-xyz\""), "{err}");
     assert!(entries(dir.path()).is_empty());
@@ -163,12 +176,19 @@ async fn file_errors_name_the_target_and_cause_but_not_the_key() {
 async fn env_file_replaces_its_variable_and_keeps_other_lines() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.env");
-    std::fs::write(&file, "# app settings\nLOG_LEVEL=info\nOPENAI_API_KEY=sk-old\nPORT=8080\n").unwrap();
+    std::fs::write(
+        &file,
+        "# app settings\nLOG_LEVEL=info\nOPENAI_API_KEY=sk-old\nPORT=8080\n",
+    )
+    .unwrap();
     let t = target(&format!(
         "kind = \"env_file\"\npath = {}\nvariable = \"OPENAI_API_KEY\"",
         toml_path(&file)
     ));
-    assert_eq!(t.describe(), format!("env file {} (OPENAI_API_KEY)", file.display()));
+    assert_eq!(
+        t.describe(),
+        format!("env file {} (OPENAI_API_KEY)", file.display())
+    );
     let key = canary();
     deliver(t.as_ref(), &key).await.unwrap();
     assert_eq!(
@@ -183,8 +203,14 @@ async fn env_file_replaces_its_variable_and_keeps_other_lines() {
 async fn env_file_is_shared_by_credentials_delivered_at_the_same_time() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shared.env");
-    let a = target(&format!("kind = \"env_file\"\npath = {}\nvariable = \"A_KEY\"", toml_path(&file)));
-    let b = target(&format!("kind = \"env_file\"\npath = {}\nvariable = \"B_KEY\"", toml_path(&file)));
+    let a = target(&format!(
+        "kind = \"env_file\"\npath = {}\nvariable = \"A_KEY\"",
+        toml_path(&file)
+    ));
+    let b = target(&format!(
+        "kind = \"env_file\"\npath = {}\nvariable = \"B_KEY\"",
+        toml_path(&file)
+    ));
     for _ in 0..20 {
         let (ka, kb) = (canary(), canary());
         let (ra, rb) = tokio::join!(deliver(a.as_ref(), &ka), deliver(b.as_ref(), &kb));
@@ -207,10 +233,18 @@ async fn env_file_refuses_a_key_with_a_newline_and_leaves_the_file_alone() {
         toml_path(&file)
     ));
     let key = canary();
-    let err = checked(deliver(t.as_ref(), &format!("{key}\nINJECTED=1")).await.unwrap_err(), &key);
+    let err = checked(
+        deliver(t.as_ref(), &format!("{key}\nINJECTED=1"))
+            .await
+            .unwrap_err(),
+        &key,
+    );
     assert!(err.contains("line break"), "{err}");
     assert!(err.contains("OPENAI_API_KEY"), "{err}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "OPENAI_API_KEY=sk-old\n");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "OPENAI_API_KEY=sk-old\n"
+    );
 }
 
 // ---------------------------------------------------------------- exec
@@ -243,7 +277,10 @@ async fn exec_passes_the_key_on_stdin_and_never_in_argv() {
     assert!(env.contains("KEYROTD_CREDENTIAL=openai-prod\n"), "{env}");
     assert!(env.contains("KEYROTD_FINGERPRINT=fp1234abcd\n"), "{env}");
     assert!(env.contains("KEYROTD_VERSION_ID=7\n"), "{env}");
-    assert!(!env.contains(&key), "key in the environment of a stdin hook");
+    assert!(
+        !env.contains(&key),
+        "key in the environment of a stdin hook"
+    );
 }
 
 #[tokio::test]
@@ -286,7 +323,10 @@ async fn exec_failure_reports_status_and_the_last_stderr_line_with_the_key_maske
     );
     let err = checked(deliver(t.as_ref(), &key).await.unwrap_err(), &key);
     assert!(err.starts_with("exec sh -c "), "{err}");
-    assert!(err.ends_with(": exited with status 3: reload failed for [REDACTED]"), "{err}");
+    assert!(
+        err.ends_with(": exited with status 3: reload failed for [REDACTED]"),
+        "{err}"
+    );
 
     let t = target("kind = \"exec\"\ncommand = [\"false\"]");
     let err = checked(deliver(t.as_ref(), &key).await.unwrap_err(), &key);
@@ -294,7 +334,10 @@ async fn exec_failure_reports_status_and_the_last_stderr_line_with_the_key_maske
 
     let t = target("kind = \"exec\"\ncommand = [\"/nonexistent/hook\"]\nkey_via = \"stdin\"");
     let err = checked(deliver(t.as_ref(), &key).await.unwrap_err(), &key);
-    assert!(err.contains("starting \"/nonexistent/hook\"") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("starting \"/nonexistent/hook\"") && err.contains("No such file"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -308,8 +351,15 @@ async fn exec_timeout_kills_the_hook_and_everything_it_started() {
     ));
     let started = Instant::now();
     let err = checked(deliver(t.as_ref(), &key).await.unwrap_err(), &key);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    assert!(err.ends_with(": did not finish within 500ms, killed"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.ends_with(": did not finish within 500ms, killed"),
+        "{err}"
+    );
     // The background child was in the hook's process group and is gone too.
     let pid: i32 = read(dir.path(), "bg.pid").trim().parse().unwrap();
     let pid = nix::unistd::Pid::from_raw(pid);
@@ -320,7 +370,10 @@ async fn exec_timeout_kills_the_hook_and_everything_it_started() {
         if stat.is_empty() || stat.contains(") Z ") {
             break;
         }
-        assert!(Instant::now() < deadline, "background child still alive: {stat}");
+        assert!(
+            Instant::now() < deadline,
+            "background child still alive: {stat}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -369,13 +422,20 @@ async fn kubernetes_patches_an_existing_secret_with_the_current_token() {
         .and(path(SECRET))
         .and(header("authorization", "Bearer token-one"))
         .and(header("content-type", "application/merge-patch+json"))
-        .and(body_json(serde_json::json!({"data": {"OPENAI_API_KEY": b64(&key)}})))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"kind": "Secret"})))
+        .and(body_json(
+            serde_json::json!({"data": {"OPENAI_API_KEY": b64(&key)}}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"kind": "Secret"})),
+        )
         .expect(1)
         .mount(&kube.server)
         .await;
     let t = kube.target();
-    assert_eq!(t.describe(), "kubernetes secret apps/openai key OPENAI_API_KEY");
+    assert_eq!(
+        t.describe(),
+        "kubernetes secret apps/openai key OPENAI_API_KEY"
+    );
     deliver(t.as_ref(), &key).await.unwrap();
 
     // The token file is re-read at each delivery (kubelet rotates it).
@@ -466,7 +526,10 @@ async fn kubernetes_errors_carry_status_and_message_without_secrets() {
         })))
         .mount(&kube.server)
         .await;
-    let err = checked(deliver(kube.target().as_ref(), &key).await.unwrap_err(), &key);
+    let err = checked(
+        deliver(kube.target().as_ref(), &key).await.unwrap_err(),
+        &key,
+    );
     assert!(err.starts_with("kubernetes secret apps/openai key OPENAI_API_KEY: patch failed: HTTP 403: secrets \"openai\" is forbidden"), "{err}");
     assert!(!err.contains(&b64(&key)), "{err}");
     assert!(!err.contains("token-one"), "{err}");
@@ -482,8 +545,14 @@ async fn kubernetes_errors_carry_status_and_message_without_secrets() {
         .respond_with(ResponseTemplate::new(422).set_body_string("not json at all"))
         .mount(&kube.server)
         .await;
-    let err = checked(deliver(kube.target().as_ref(), &key).await.unwrap_err(), &key);
-    assert!(err.ends_with("create failed: HTTP 422: not json at all"), "{err}");
+    let err = checked(
+        deliver(kube.target().as_ref(), &key).await.unwrap_err(),
+        &key,
+    );
+    assert!(
+        err.ends_with("create failed: HTTP 422: not json at all"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -491,8 +560,14 @@ async fn kubernetes_local_problems_are_clear_errors() {
     let kube = Kube::start().await;
     let key = canary();
     std::fs::remove_file(kube.token_file()).unwrap();
-    let err = checked(deliver(kube.target().as_ref(), &key).await.unwrap_err(), &key);
-    assert!(err.contains("reading token file") && err.contains("No such file"), "{err}");
+    let err = checked(
+        deliver(kube.target().as_ref(), &key).await.unwrap_err(),
+        &key,
+    );
+    assert!(
+        err.contains("reading token file") && err.contains("No such file"),
+        "{err}"
+    );
 
     // Nothing listens on port 1.
     let t = target(&format!(
@@ -501,7 +576,10 @@ async fn kubernetes_local_problems_are_clear_errors() {
     ));
     std::fs::write(kube.dir.path().join("t2"), "tok").unwrap();
     let err = checked(deliver(t.as_ref(), &key).await.unwrap_err(), &key);
-    assert!(err.starts_with("kubernetes secret apps/openai key k: patch: "), "{err}");
+    assert!(
+        err.starts_with("kubernetes secret apps/openai key k: patch: "),
+        "{err}"
+    );
 }
 
 #[tokio::test]

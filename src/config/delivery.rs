@@ -5,7 +5,9 @@
 //! would otherwise be silently ignored.
 
 use super::{HumanDuration, Issues};
-use crate::delivery::exec::{KeyVia, DEFAULT_KEY_ENV_VAR, DEFAULT_TIMEOUT as DEFAULT_DELIVERY_TIMEOUT};
+use crate::delivery::exec::{
+    KeyVia, DEFAULT_KEY_ENV_VAR, DEFAULT_TIMEOUT as DEFAULT_DELIVERY_TIMEOUT,
+};
 use crate::delivery::file::{FileFormat, DEFAULT_FILE_MODE};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -101,11 +103,17 @@ impl DeliveryConfig {
     }
 
     pub fn format(&self) -> FileFormat {
-        self.format.as_ref().map(|f| *f.get_ref()).unwrap_or_default()
+        self.format
+            .as_ref()
+            .map(|f| *f.get_ref())
+            .unwrap_or_default()
     }
 
     pub fn key_via(&self) -> KeyVia {
-        self.key_via.as_ref().map(|k| *k.get_ref()).unwrap_or_default()
+        self.key_via
+            .as_ref()
+            .map(|k| *k.get_ref())
+            .unwrap_or_default()
     }
 
     pub fn env_var(&self) -> &str {
@@ -139,8 +147,16 @@ impl DeliveryConfig {
         let files = matches!(kind, DeliveryKind::File | DeliveryKind::EnvFile);
         foreign(!files && self.path.is_some(), "path", None);
         foreign(!files && self.mode.is_some(), "mode", span_of(&self.mode));
-        foreign(!files && self.owner.is_some(), "owner", span_of(&self.owner));
-        foreign(!files && self.group.is_some(), "group", span_of(&self.group));
+        foreign(
+            !files && self.owner.is_some(),
+            "owner",
+            span_of(&self.owner),
+        );
+        foreign(
+            !files && self.group.is_some(),
+            "group",
+            span_of(&self.group),
+        );
         foreign(
             kind != DeliveryKind::File && self.format.is_some(),
             "format",
@@ -152,19 +168,48 @@ impl DeliveryConfig {
             span_of(&self.variable),
         );
         let exec = kind == DeliveryKind::Exec;
-        foreign(!exec && self.command.is_some(), "command", span_of(&self.command));
-        foreign(!exec && self.key_via.is_some(), "key_via", span_of(&self.key_via));
-        foreign(!exec && self.env_var.is_some(), "env_var", span_of(&self.env_var));
         foreign(
-            !matches!(kind, DeliveryKind::Exec | DeliveryKind::Kubernetes) && self.timeout.is_some(),
+            !exec && self.command.is_some(),
+            "command",
+            span_of(&self.command),
+        );
+        foreign(
+            !exec && self.key_via.is_some(),
+            "key_via",
+            span_of(&self.key_via),
+        );
+        foreign(
+            !exec && self.env_var.is_some(),
+            "env_var",
+            span_of(&self.env_var),
+        );
+        foreign(
+            !matches!(kind, DeliveryKind::Exec | DeliveryKind::Kubernetes)
+                && self.timeout.is_some(),
             "timeout",
             span_of(&self.timeout),
         );
         let kube = kind == DeliveryKind::Kubernetes;
-        foreign(!kube && self.namespace.is_some(), "namespace", span_of(&self.namespace));
-        foreign(!kube && self.secret_name.is_some(), "secret_name", span_of(&self.secret_name));
-        foreign(!kube && self.secret_key.is_some(), "secret_key", span_of(&self.secret_key));
-        foreign(!kube && self.api_server.is_some(), "api_server", span_of(&self.api_server));
+        foreign(
+            !kube && self.namespace.is_some(),
+            "namespace",
+            span_of(&self.namespace),
+        );
+        foreign(
+            !kube && self.secret_name.is_some(),
+            "secret_name",
+            span_of(&self.secret_name),
+        );
+        foreign(
+            !kube && self.secret_key.is_some(),
+            "secret_key",
+            span_of(&self.secret_key),
+        );
+        foreign(
+            !kube && self.api_server.is_some(),
+            "api_server",
+            span_of(&self.api_server),
+        );
         foreign(!kube && self.token_file.is_some(), "token_file", None);
         foreign(!kube && self.ca_file.is_some(), "ca_file", None);
 
@@ -295,7 +340,10 @@ impl DeliveryConfig {
 
         if let Some(timeout) = &self.timeout {
             if timeout.get_ref().0 < Duration::from_millis(100) {
-                issues.push(Some(timeout.span()), "`timeout` must be at least 100ms".into());
+                issues.push(
+                    Some(timeout.span()),
+                    "`timeout` must be at least 100ms".into(),
+                );
             }
         }
     }
@@ -308,7 +356,9 @@ fn span_of<T>(value: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
 /// Parses an octal mode such as `"0600"` or `"640"`. Only read/write bits for owner and group
 /// (and read for others) make sense for a key file; anything executable or setuid is refused.
 pub fn parse_mode(text: &str) -> Result<u32, String> {
-    let fail = |why: &str| format!("`mode` {text:?} {why} (expected an octal mode like \"0600\" or \"0640\")");
+    let fail = |why: &str| {
+        format!("`mode` {text:?} {why} (expected an octal mode like \"0600\" or \"0640\")")
+    };
     if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         return Err(fail("is not an octal permission mode"));
     }
@@ -354,7 +404,8 @@ impl NameRule {
         let label = |s: &str| {
             !s.is_empty()
                 && s.len() <= 63
-                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !s.starts_with('-')
                 && !s.ends_with('-')
         };
@@ -375,7 +426,9 @@ impl NameRule {
 
     fn describe(self) -> &'static str {
         match self {
-            NameRule::Label => "must be lower-case a-z 0-9 - (at most 63, not starting or ending with -)",
+            NameRule::Label => {
+                "must be lower-case a-z 0-9 - (at most 63, not starting or ending with -)"
+            }
             NameRule::Subdomain => "must be lower-case a-z 0-9 - . (a DNS subdomain name)",
             NameRule::SecretKey => "must be 1-253 characters of A-Z a-z 0-9 - _ .",
         }
@@ -418,10 +471,16 @@ mod tests {
     fn missing_required_fields_are_reported_at_the_kind() {
         let got = issues("kind = \"env_file\"\npath = \"/e\"");
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].starts_with("10:8: ") && got[0].contains("needs `variable`"), "{got:?}");
+        assert!(
+            got[0].starts_with("10:8: ") && got[0].contains("needs `variable`"),
+            "{got:?}"
+        );
 
         let got = issues("kind = \"exec\"\ncommand = []");
-        assert!(got[0].starts_with("11:11: ") && got[0].contains("must name a program"), "{got:?}");
+        assert!(
+            got[0].starts_with("11:11: ") && got[0].contains("must name a program"),
+            "{got:?}"
+        );
 
         let got = issues("kind = \"kubernetes\"\nnamespace = \"ns\"");
         assert_eq!(got.len(), 2, "{got:?}");
@@ -437,19 +496,28 @@ mod tests {
     #[test]
     fn bad_values_are_reported_at_the_value() {
         let got = issues("kind = \"file\"\npath = \"/k\"\nmode = \"0755\"");
-        assert!(got[0].starts_with("12:8: ") && got[0].contains("execute"), "{got:?}");
+        assert!(
+            got[0].starts_with("12:8: ") && got[0].contains("execute"),
+            "{got:?}"
+        );
         let got = issues("kind = \"file\"\npath = \"/k\"\nmode = \"rw\"");
         assert!(got[0].contains("octal"), "{got:?}");
         let got = issues("kind = \"file\"\npath = \"/k\"\nmode = \"0606\"");
         assert!(got[0].contains("writable by others"), "{got:?}");
         let got = issues("kind = \"env_file\"\npath = \"/e\"\nvariable = \"1BAD-NAME\"");
-        assert!(got[0].starts_with("12:12: ") && got[0].contains("not an environment variable"), "{got:?}");
+        assert!(
+            got[0].starts_with("12:12: ") && got[0].contains("not an environment variable"),
+            "{got:?}"
+        );
         let got = issues("kind = \"kubernetes\"\nnamespace = \"Apps\"\nsecret_name = \"s\"\nsecret_key = \"k/x\"");
         assert_eq!(got.len(), 2, "{got:?}");
         let got = issues("kind = \"kubernetes\"\nnamespace = \"a\"\nsecret_name = \"s\"\nsecret_key = \"k\"\napi_server = \"kubernetes:443\"");
         assert!(got[0].contains("`api_server`"), "{got:?}");
         let got = issues("kind = \"exec\"\ncommand = [\"x\"]\nenv_var = \"K\"");
-        assert!(got[0].contains("only used with `key_via = \"env\"`"), "{got:?}");
+        assert!(
+            got[0].contains("only used with `key_via = \"env\"`"),
+            "{got:?}"
+        );
         let got = issues("kind = \"exec\"\ncommand = [\"x\"]\nkey_via = \"argv\"");
         assert!(got[0].contains("unknown variant"), "{got:?}");
     }
@@ -457,7 +525,10 @@ mod tests {
     #[test]
     fn fields_of_other_kinds_are_rejected() {
         let got = issues("kind = \"exec\"\ncommand = [\"x\"]\nmode = \"0600\"");
-        assert!(got[0].starts_with("12:8: ") && got[0].contains("`mode` does not apply"), "{got:?}");
+        assert!(
+            got[0].starts_with("12:8: ") && got[0].contains("`mode` does not apply"),
+            "{got:?}"
+        );
         let got = issues("kind = \"file\"\npath = \"/k\"\nvariable = \"X\"");
         assert!(got[0].contains("`variable` does not apply"), "{got:?}");
     }

@@ -65,7 +65,11 @@ impl EnvFileTarget {
 #[async_trait]
 impl Target for EnvFileTarget {
     fn describe(&self) -> String {
-        format!("env file {} ({})", self.writer.path.display(), self.variable)
+        format!(
+            "env file {} ({})",
+            self.writer.path.display(),
+            self.variable
+        )
     }
 
     async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliveryError> {
@@ -84,7 +88,9 @@ impl Target for EnvFileTarget {
             let _held = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let existing = match std::fs::read(&writer.path) {
                 Ok(bytes) => Zeroizing::new(bytes),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Zeroizing::new(Vec::new()),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    Zeroizing::new(Vec::new())
+                }
                 Err(source) => {
                     return Err(DeliveryError::Io {
                         target,
@@ -109,7 +115,9 @@ impl Target for EnvFileTarget {
 fn path_lock(path: &std::path::Path) -> Arc<Mutex<()>> {
     static LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> =
         LazyLock::new(Default::default);
-    let mut locks = LOCKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     locks.entry(path.to_path_buf()).or_default().clone()
 }
 
@@ -153,7 +161,9 @@ fn trim_start(bytes: &[u8]) -> &[u8] {
 /// The file with `variable`'s first assignment replaced (later duplicates dropped, since they
 /// would win) or appended, every other line kept byte for byte.
 fn replace_variable(existing: &[u8], variable: &str, value: &str) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(existing.len() + variable.len() + value.len() + 2));
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        existing.len() + variable.len() + value.len() + 2,
+    ));
     let mut replaced = false;
     let body = existing.strip_suffix(b"\n").unwrap_or(existing);
     if !existing.is_empty() {
@@ -202,17 +212,26 @@ mod tests {
     fn appends_when_absent_and_creates_when_empty() {
         assert_eq!(replace("OTHER=1\n", "k"), "OTHER=1\nAPI_KEY=k\n");
         assert_eq!(replace("", "k"), "API_KEY=k\n");
-        assert_eq!(replace("#API_KEY=commented\n", "k"), "#API_KEY=commented\nAPI_KEY=k\n");
+        assert_eq!(
+            replace("#API_KEY=commented\n", "k"),
+            "#API_KEY=commented\nAPI_KEY=k\n"
+        );
     }
 
     #[test]
     fn later_duplicates_are_dropped_and_spaced_assignments_match() {
-        assert_eq!(replace("  API_KEY = a\nX=1\nAPI_KEY=b\n", "k"), "API_KEY=k\nX=1\n");
+        assert_eq!(
+            replace("  API_KEY = a\nX=1\nAPI_KEY=b\n", "k"),
+            "API_KEY=k\nX=1\n"
+        );
     }
 
     #[test]
     fn values_are_quoted_only_when_needed_and_line_breaks_are_refused() {
-        assert_eq!(encode_value("sk-proj-AB_c.d/e+f=").unwrap().as_str(), "sk-proj-AB_c.d/e+f=");
+        assert_eq!(
+            encode_value("sk-proj-AB_c.d/e+f=").unwrap().as_str(),
+            "sk-proj-AB_c.d/e+f="
+        );
         assert_eq!(encode_value("a b$c").unwrap().as_str(), "'a b$c'");
         assert!(encode_value("a\nb").unwrap_err().contains("line break"));
         assert!(encode_value("a b'c").unwrap_err().contains("single quote"));

@@ -57,7 +57,12 @@ impl ExecTarget {
             .as_ref()
             .map(|c| c.get_ref().clone())
             .unwrap_or_default();
-        Self::new(command, config.key_via(), config.env_var(), config.timeout())
+        Self::new(
+            command,
+            config.key_via(),
+            config.env_var(),
+            config.timeout(),
+        )
     }
 
     pub fn new(
@@ -66,7 +71,10 @@ impl ExecTarget {
         env_var: &str,
         timeout: Duration,
     ) -> Result<Self, DeliveryError> {
-        if command.first().is_none_or(|program| program.trim().is_empty()) {
+        if command
+            .first()
+            .is_none_or(|program| program.trim().is_empty())
+        {
             return Err(DeliveryError::Config {
                 target: "exec".into(),
                 reason: "`command` must name a program to run".into(),
@@ -259,7 +267,10 @@ mod tests {
 
     #[test]
     fn a_truncated_tail_drops_its_partial_first_line() {
-        assert_eq!(last_line(b"1234 partial\nwhole\n", true, "sk-1234"), "whole");
+        assert_eq!(
+            last_line(b"1234 partial\nwhole\n", true, "sk-1234"),
+            "whole"
+        );
         assert!(last_line(b"x1234", true, "sk-1234").contains("too long"));
     }
 

@@ -47,16 +47,24 @@ pub struct AtomicWriter {
 
 impl AtomicWriter {
     /// Builds the writer of a `file` or `env_file` target.
-    pub(crate) fn from_config(config: &DeliveryConfig, target: &str) -> Result<Self, DeliveryError> {
+    pub(crate) fn from_config(
+        config: &DeliveryConfig,
+        target: &str,
+    ) -> Result<Self, DeliveryError> {
         let invalid = |reason: &str| DeliveryError::Config {
             target: target.to_string(),
             reason: reason.to_string(),
         };
-        let path = config.path.clone().ok_or_else(|| invalid("`path` is missing"))?;
+        let path = config
+            .path
+            .clone()
+            .ok_or_else(|| invalid("`path` is missing"))?;
         if !path.is_absolute() || path.file_name().is_none() {
             return Err(invalid("`path` must be an absolute file path"));
         }
-        let mode = config.mode().ok_or_else(|| invalid("`mode` is not a valid mode"))?;
+        let mode = config
+            .mode()
+            .ok_or_else(|| invalid("`mode` is not a valid mode"))?;
         Ok(AtomicWriter {
             path,
             mode,
@@ -100,8 +108,10 @@ impl AtomicWriter {
             .to_string_lossy()
             .into_owned();
 
-        let (mut file, temp) = create_temp(dir, &file_name, self.mode)
-            .map_err(io(format!("creating a temporary file in {}", dir.display())))?;
+        let (mut file, temp) = create_temp(dir, &file_name, self.mode).map_err(io(format!(
+            "creating a temporary file in {}",
+            dir.display()
+        )))?;
         let mut guard = RemoveOnDrop(Some(temp.clone()));
         // The mode given to open(2) is filtered by the umask; set it exactly.
         file.set_permissions(Permissions::from_mode(self.mode))
@@ -274,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_with_the_exact_mode_even_under_a_strict_umask() {
+    fn writes_the_contents_with_the_configured_mode() {
         let dir = tempfile::tempdir().unwrap();
         let w = writer(dir.path());
         w.write("t", b"one").unwrap();
@@ -312,6 +322,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = writer(&dir.path().join("absent"));
         let err = w.write("file k", b"x").unwrap_err().to_string();
-        assert!(err.contains("creating a temporary file in") && err.contains("absent"), "{err}");
+        assert!(
+            err.contains("creating a temporary file in") && err.contains("absent"),
+            "{err}"
+        );
     }
 }
