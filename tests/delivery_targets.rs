@@ -601,3 +601,171 @@ async fn kubernetes_over_https_needs_its_ca_file() {
         assert!(err.contains(expected) && err.contains(ca), "{err}");
     }
 }
+
+// ---------------------------------------------------------------- kubernetes over https
+
+/// A CA and a server certificate for 127.0.0.1 made with the openssl CLI, or None without it.
+fn make_pki(dir: &Path, name: &str) -> Option<()> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca_key = format!("{name}-ca.key");
+    let ca_crt = format!("{name}-ca.crt");
+    let mut args = vec!["req", "-x509", "-days", "1", "-subj", "/CN=test-ca"];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key, "-out", &ca_crt]);
+    if !run(&args) {
+        return None;
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let mut args = vec!["req", "-subj", "/CN=127.0.0.1"];
+    args.extend(ec);
+    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    let ok = run(&args)
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+    ok.then_some(())
+}
+
+/// Serves HTTPS on 127.0.0.1 with `server.crt`; answers 200 and records request heads.
+async fn tls_server(dir: &Path) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&std::fs::read(dir.join("server.crt")).unwrap())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key =
+        PrivateKeyDer::from_pem_slice(&std::fs::read(dir.join("server.key")).unwrap()).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, record) = (acceptor.clone(), record.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head and the body (Content-Length) of one request.
+                loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            record.lock().unwrap().push(text[..end].to_string());
+                            break;
+                        }
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn kubernetes_over_https_trusts_exactly_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    if make_pki(dir.path(), "right").is_none() || make_pki(dir.path(), "wrong").is_none() {
+        eprintln!("openssl CLI unavailable: skipping the https test");
+        return;
+    }
+    // make_pki("wrong") re-issued server.crt under the wrong CA; issue it again under the right one.
+    make_pki(dir.path(), "right").unwrap();
+    std::fs::write(dir.path().join("token"), "tok").unwrap();
+    let (url, seen) = tls_server(dir.path()).await;
+    let key = canary();
+    let kube = |ca: &str| {
+        target(&format!(
+            "kind = \"kubernetes\"\nnamespace = \"apps\"\nsecret_name = \"openai\"\nsecret_key = \"k\"\napi_server = \"{url}\"\ntoken_file = {}\nca_file = {}\ntimeout = \"5s\"",
+            toml_path(&dir.path().join("token")),
+            toml_path(&dir.path().join(ca))
+        ))
+    };
+    deliver(kube("right-ca.crt").as_ref(), &key).await.unwrap();
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with("PATCH /api/v1/namespaces/apps/secrets/openai HTTP/1.1"),
+        "{heads:?}"
+    );
+
+    let err = checked(
+        deliver(kube("wrong-ca.crt").as_ref(), &key)
+            .await
+            .unwrap_err(),
+        &key,
+    );
+    assert!(
+        err.contains("patch: ") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a request got through an untrusted connection"
+    );
+}
