@@ -29,7 +29,11 @@ impl Backoff {
         let ceiling = self.ceiling(attempt);
         let half = ceiling / 2;
         let spread = (ceiling - half).as_millis() as u64;
-        half + Duration::from_millis(if spread == 0 { 0 } else { rng.gen_range(0..=spread) })
+        half + Duration::from_millis(if spread == 0 {
+            0
+        } else {
+            rng.gen_range(0..=spread)
+        })
     }
 }
 
@@ -62,7 +66,10 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let delays: Vec<Duration> = (0..50).map(|_| b.delay(3, &mut rng)).collect();
         for d in &delays {
-            assert!(*d >= Duration::from_secs(40) && *d <= Duration::from_secs(80), "{d:?}");
+            assert!(
+                *d >= Duration::from_secs(40) && *d <= Duration::from_secs(80),
+                "{d:?}"
+            );
         }
         assert!(delays.iter().any(|d| *d != delays[0]), "no jitter");
     }
@@ -74,6 +81,9 @@ mod tests {
             let d = with_jitter(Duration::from_secs(100), 0.1, &mut rng);
             assert!(d >= Duration::from_secs(100) && d <= Duration::from_secs(110));
         }
-        assert_eq!(with_jitter(Duration::from_secs(5), 0.0, &mut rng), Duration::from_secs(5));
+        assert_eq!(
+            with_jitter(Duration::from_secs(5), 0.0, &mut rng),
+            Duration::from_secs(5)
+        );
     }
 }

@@ -66,5 +66,9 @@ fn systemd_unit_verifies_and_scores_at_most_two() {
     if !tool_available("systemd-analyze") {
         return;
     }
-    run_script("tests/systemd_unit.sh", &[env!("CARGO_BIN_EXE_keyrotd")], &[]);
+    run_script(
+        "tests/systemd_unit.sh",
+        &[env!("CARGO_BIN_EXE_keyrotd")],
+        &[],
+    );
 }

@@ -1,8 +1,17 @@
 //! `[[credential.deliver]]` sections: where a credential's current key is written.
+//!
+//! One flat table per target with a `kind` and the fields that kind understands. A field that
+//! does not apply to the kind is an error (like an unknown field): a `mode` on an exec hook
+//! would otherwise be silently ignored.
 
-use super::Issues;
+use super::{HumanDuration, Issues};
+use crate::delivery::exec::{
+    KeyVia, DEFAULT_KEY_ENV_VAR, DEFAULT_TIMEOUT as DEFAULT_DELIVERY_TIMEOUT,
+};
+use crate::delivery::file::{FileFormat, DEFAULT_FILE_MODE};
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::time::Duration;
 use toml::Spanned;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -14,26 +23,524 @@ pub enum DeliveryKind {
     Kubernetes,
 }
 
+impl DeliveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryKind::File => "file",
+            DeliveryKind::EnvFile => "env_file",
+            DeliveryKind::Exec => "exec",
+            DeliveryKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     pub kind: Spanned<DeliveryKind>,
-    /// File or env file path.
+    /// File or env file path (absolute).
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// `file`, `env_file`: octal permission bits, `"0600"` (default) or e.g. `"0640"`.
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    /// `file`, `env_file`: owner of the written file, a user name or a numeric uid.
+    #[serde(default)]
+    pub owner: Option<Spanned<String>>,
+    /// `file`, `env_file`: group of the written file, a group name or a numeric gid.
+    #[serde(default)]
+    pub group: Option<Spanned<String>>,
+    /// `file`: `"line"` (key + newline, default) or `"raw"` (the key's bytes only).
+    #[serde(default)]
+    pub format: Option<Spanned<FileFormat>>,
+    /// `env_file`: the variable name, e.g. `OPENAI_API_KEY`.
+    #[serde(default)]
+    pub variable: Option<Spanned<String>>,
+    /// `exec`: program and arguments (no shell). The key never goes here.
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
+    /// `exec`: `"none"` (default), `"stdin"` or `"env"`.
+    #[serde(default)]
+    pub key_via: Option<Spanned<KeyVia>>,
+    /// `exec` with `key_via = "env"`: the variable that holds the key (default `KEYROTD_KEY`).
+    #[serde(default)]
+    pub env_var: Option<Spanned<String>>,
+    /// `exec`, `kubernetes`: how long the hook or each API request may take (default 30s).
+    #[serde(default)]
+    pub timeout: Option<Spanned<HumanDuration>>,
+    /// `kubernetes`: namespace of the Secret.
+    #[serde(default)]
+    pub namespace: Option<Spanned<String>>,
+    /// `kubernetes`: name of the Secret (created if missing).
+    #[serde(default)]
+    pub secret_name: Option<Spanned<String>>,
+    /// `kubernetes`: the key inside the Secret's `data`.
+    #[serde(default)]
+    pub secret_key: Option<Spanned<String>>,
+    /// `kubernetes`: API server URL. Default: from `KUBERNETES_SERVICE_HOST`/`_PORT`,
+    /// else `https://kubernetes.default.svc`.
+    #[serde(default)]
+    pub api_server: Option<Spanned<String>>,
+    /// `kubernetes`: bearer token file, re-read at each delivery.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// `kubernetes`: CA bundle that signs the API server's certificate (the only trusted root).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl DeliveryConfig {
-    pub(super) fn validate(&self, issues: &mut Issues) {
-        if matches!(
-            self.kind.get_ref(),
-            DeliveryKind::File | DeliveryKind::EnvFile
-        ) && self.path.is_none()
-        {
-            issues.push(
-                Some(self.kind.span()),
-                "this delivery target needs `path`".into(),
-            );
+    pub fn kind(&self) -> DeliveryKind {
+        *self.kind.get_ref()
+    }
+
+    /// Permission bits; `None` when `mode` is malformed (rejected at load time).
+    pub fn mode(&self) -> Option<u32> {
+        match &self.mode {
+            None => Some(DEFAULT_FILE_MODE),
+            Some(mode) => parse_mode(mode.get_ref()).ok(),
         }
+    }
+
+    pub fn format(&self) -> FileFormat {
+        self.format
+            .as_ref()
+            .map(|f| *f.get_ref())
+            .unwrap_or_default()
+    }
+
+    pub fn key_via(&self) -> KeyVia {
+        self.key_via
+            .as_ref()
+            .map(|k| *k.get_ref())
+            .unwrap_or_default()
+    }
+
+    pub fn env_var(&self) -> &str {
+        self.env_var
+            .as_ref()
+            .map(|v| v.get_ref().as_str())
+            .unwrap_or(DEFAULT_KEY_ENV_VAR)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+            .as_ref()
+            .map(|t| t.get_ref().0)
+            .unwrap_or(DEFAULT_DELIVERY_TIMEOUT)
+    }
+
+    pub(super) fn validate(&self, issues: &mut Issues) {
+        let kind = self.kind();
+        let kind_span = self.kind.span();
+        let name = kind.as_str();
+
+        // Fields that belong to other kinds.
+        let mut foreign = |present: bool, field: &str, span: Option<std::ops::Range<usize>>| {
+            if present {
+                issues.push(
+                    Some(span.unwrap_or_else(|| kind_span.clone())),
+                    format!("`{field}` does not apply to a delivery target of kind \"{name}\""),
+                );
+            }
+        };
+        let files = matches!(kind, DeliveryKind::File | DeliveryKind::EnvFile);
+        foreign(!files && self.path.is_some(), "path", None);
+        foreign(!files && self.mode.is_some(), "mode", span_of(&self.mode));
+        foreign(
+            !files && self.owner.is_some(),
+            "owner",
+            span_of(&self.owner),
+        );
+        foreign(
+            !files && self.group.is_some(),
+            "group",
+            span_of(&self.group),
+        );
+        foreign(
+            kind != DeliveryKind::File && self.format.is_some(),
+            "format",
+            span_of(&self.format),
+        );
+        foreign(
+            kind != DeliveryKind::EnvFile && self.variable.is_some(),
+            "variable",
+            span_of(&self.variable),
+        );
+        let exec = kind == DeliveryKind::Exec;
+        foreign(
+            !exec && self.command.is_some(),
+            "command",
+            span_of(&self.command),
+        );
+        foreign(
+            !exec && self.key_via.is_some(),
+            "key_via",
+            span_of(&self.key_via),
+        );
+        foreign(
+            !exec && self.env_var.is_some(),
+            "env_var",
+            span_of(&self.env_var),
+        );
+        foreign(
+            !matches!(kind, DeliveryKind::Exec | DeliveryKind::Kubernetes)
+                && self.timeout.is_some(),
+            "timeout",
+            span_of(&self.timeout),
+        );
+        let kube = kind == DeliveryKind::Kubernetes;
+        foreign(
+            !kube && self.namespace.is_some(),
+            "namespace",
+            span_of(&self.namespace),
+        );
+        foreign(
+            !kube && self.secret_name.is_some(),
+            "secret_name",
+            span_of(&self.secret_name),
+        );
+        foreign(
+            !kube && self.secret_key.is_some(),
+            "secret_key",
+            span_of(&self.secret_key),
+        );
+        foreign(
+            !kube && self.api_server.is_some(),
+            "api_server",
+            span_of(&self.api_server),
+        );
+        foreign(!kube && self.token_file.is_some(), "token_file", None);
+        foreign(!kube && self.ca_file.is_some(), "ca_file", None);
+
+        match kind {
+            DeliveryKind::File | DeliveryKind::EnvFile => {
+                match &self.path {
+                    None => issues.push(
+                        Some(kind_span.clone()),
+                        format!("a delivery target of kind \"{name}\" needs `path`"),
+                    ),
+                    Some(path) if !path.is_absolute() => issues.push(
+                        Some(kind_span.clone()),
+                        format!("`path` {:?} must be absolute", path.display().to_string()),
+                    ),
+                    Some(_) => {}
+                }
+                if let Some(mode) = &self.mode {
+                    if let Err(message) = parse_mode(mode.get_ref()) {
+                        issues.push(Some(mode.span()), message);
+                    }
+                }
+                for (field, value) in [("owner", &self.owner), ("group", &self.group)] {
+                    if let Some(value) = value {
+                        if !valid_account(value.get_ref()) {
+                            issues.push(
+                                Some(value.span()),
+                                format!(
+                                    "`{field}` {:?} is not a {} name or a numeric id",
+                                    value.get_ref(),
+                                    if field == "owner" { "user" } else { "group" }
+                                ),
+                            );
+                        }
+                    }
+                }
+                if kind == DeliveryKind::EnvFile {
+                    match &self.variable {
+                        None => issues.push(
+                            Some(kind_span.clone()),
+                            "a delivery target of kind \"env_file\" needs `variable` (e.g. \"OPENAI_API_KEY\")".into(),
+                        ),
+                        Some(variable) if !valid_env_name(variable.get_ref()) => issues.push(
+                            Some(variable.span()),
+                            format!(
+                                "`variable` {:?} is not an environment variable name (A-Z a-z 0-9 _, not starting with a digit)",
+                                variable.get_ref()
+                            ),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+            }
+            DeliveryKind::Exec => {
+                match &self.command {
+                    None => issues.push(
+                        Some(kind_span.clone()),
+                        "a delivery target of kind \"exec\" needs `command`, e.g. [\"systemctl\", \"try-reload-or-restart\", \"app.service\"]".into(),
+                    ),
+                    Some(command)
+                        if command.get_ref().is_empty() || command.get_ref()[0].trim().is_empty() =>
+                    {
+                        issues.push(
+                            Some(command.span()),
+                            "`command` must name a program to run".into(),
+                        )
+                    }
+                    Some(_) => {}
+                }
+                if let Some(env_var) = &self.env_var {
+                    if self.key_via() != KeyVia::Env {
+                        issues.push(
+                            Some(env_var.span()),
+                            "`env_var` is only used with `key_via = \"env\"`".into(),
+                        );
+                    } else if !valid_env_name(env_var.get_ref()) {
+                        issues.push(
+                            Some(env_var.span()),
+                            format!(
+                                "`env_var` {:?} is not an environment variable name",
+                                env_var.get_ref()
+                            ),
+                        );
+                    } else if matches!(
+                        env_var.get_ref().as_str(),
+                        "KEYROTD_CREDENTIAL" | "KEYROTD_FINGERPRINT" | "KEYROTD_VERSION_ID"
+                    ) {
+                        issues.push(
+                            Some(env_var.span()),
+                            format!("`env_var` {:?} is reserved by keyrotd", env_var.get_ref()),
+                        );
+                    }
+                }
+            }
+            DeliveryKind::Kubernetes => {
+                for (field, value, rule) in [
+                    ("namespace", &self.namespace, NameRule::Label),
+                    ("secret_name", &self.secret_name, NameRule::Subdomain),
+                    ("secret_key", &self.secret_key, NameRule::SecretKey),
+                ] {
+                    match value {
+                        None => issues.push(
+                            Some(kind_span.clone()),
+                            format!("a delivery target of kind \"kubernetes\" needs `{field}`"),
+                        ),
+                        Some(value) if !rule.accepts(value.get_ref()) => issues.push(
+                            Some(value.span()),
+                            format!("`{field}` {:?} {}", value.get_ref(), rule.describe()),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                if let Some(server) = &self.api_server {
+                    let text = server.get_ref();
+                    let rest = text
+                        .strip_prefix("https://")
+                        .or_else(|| text.strip_prefix("http://"));
+                    if rest.is_none_or(|r| r.is_empty()) || reqwest::Url::parse(text).is_err() {
+                        issues.push(
+                            Some(server.span()),
+                            format!(
+                                "`api_server` {text:?} is not an http(s) URL like \"https://kubernetes.default.svc\""
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        if let Some(timeout) = &self.timeout {
+            if timeout.get_ref().0 < Duration::from_millis(100) {
+                issues.push(
+                    Some(timeout.span()),
+                    "`timeout` must be at least 100ms".into(),
+                );
+            }
+        }
+    }
+}
+
+fn span_of<T>(value: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+    value.as_ref().map(|v| v.span())
+}
+
+/// Parses an octal mode such as `"0600"` or `"640"`. Only read/write bits for owner and group
+/// (and read for others) make sense for a key file; anything executable or setuid is refused.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let fail = |why: &str| {
+        format!("`mode` {text:?} {why} (expected an octal mode like \"0600\" or \"0640\")")
+    };
+    if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(fail("is not an octal permission mode"));
+    }
+    let mode = u32::from_str_radix(text, 8).map_err(|_| fail("is not an octal permission mode"))?;
+    if mode & 0o7111 != 0 {
+        return Err(fail("must not set execute, setuid, setgid or sticky bits"));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(fail("must let the owner read and write"));
+    }
+    if mode & 0o002 != 0 {
+        return Err(fail("must not make a key file writable by others"));
+    }
+    Ok(mode)
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn valid_account(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[derive(Clone, Copy)]
+enum NameRule {
+    /// RFC 1123 label (namespaces).
+    Label,
+    /// RFC 1123 subdomain (Secret names).
+    Subdomain,
+    /// `[-._a-zA-Z0-9]+` (keys of a Secret's data).
+    SecretKey,
+}
+
+impl NameRule {
+    fn accepts(self, name: &str) -> bool {
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+        };
+        match self {
+            NameRule::Label => label(name),
+            NameRule::Subdomain => name.len() <= 253 && name.split('.').all(label),
+            NameRule::SecretKey => {
+                !name.is_empty()
+                    && name.len() <= 253
+                    && name != "."
+                    && name != ".."
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            NameRule::Label => {
+                "must be lower-case a-z 0-9 - (at most 63, not starting or ending with -)"
+            }
+            NameRule::Subdomain => "must be lower-case a-z 0-9 - . (a DNS subdomain name)",
+            NameRule::SecretKey => "must be 1-253 characters of A-Z a-z 0-9 - _ .",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn issues(deliver: &str) -> Vec<String> {
+        let text = format!(
+            "[[provider]]\nname = \"p\"\nkind = \"openrouter\"\n\n[[credential]]\nname = \"c\"\nprovider = \"p\"\n\n[[credential.deliver]]\n{deliver}\n"
+        );
+        match Config::parse(Path::new("t.toml"), &text) {
+            Ok(_) => vec![],
+            Err(err) => err
+                .issues
+                .iter()
+                .map(|i| format!("{}:{}: {}", i.line, i.column, i.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn valid_targets_of_every_kind_load() {
+        for deliver in [
+            "kind = \"file\"\npath = \"/etc/app/key\"\nmode = \"0640\"\nowner = \"root\"\ngroup = \"1000\"\nformat = \"raw\"",
+            "kind = \"env_file\"\npath = \"/etc/app/env\"\nvariable = \"OPENAI_API_KEY\"",
+            "kind = \"exec\"\ncommand = [\"systemctl\", \"reload\", \"app\"]\nkey_via = \"env\"\nenv_var = \"APP_KEY\"\ntimeout = \"10s\"",
+            "kind = \"exec\"\ncommand = [\"/bin/true\"]\nkey_via = \"stdin\"",
+            "kind = \"kubernetes\"\nnamespace = \"apps\"\nsecret_name = \"openai\"\nsecret_key = \"OPENAI_API_KEY\"\napi_server = \"https://10.0.0.1:6443\"\ntoken_file = \"/t\"\nca_file = \"/ca\"",
+        ] {
+            assert_eq!(issues(deliver), Vec::<String>::new(), "{deliver}");
+        }
+    }
+
+    #[test]
+    fn missing_required_fields_are_reported_at_the_kind() {
+        let got = issues("kind = \"env_file\"\npath = \"/e\"");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("10:8: ") && got[0].contains("needs `variable`"),
+            "{got:?}"
+        );
+
+        let got = issues("kind = \"exec\"\ncommand = []");
+        assert!(
+            got[0].starts_with("11:11: ") && got[0].contains("must name a program"),
+            "{got:?}"
+        );
+
+        let got = issues("kind = \"kubernetes\"\nnamespace = \"ns\"");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().any(|g| g.contains("`secret_name`")), "{got:?}");
+        assert!(got.iter().any(|g| g.contains("`secret_key`")), "{got:?}");
+
+        let got = issues("kind = \"file\"");
+        assert!(got[0].contains("needs `path`"), "{got:?}");
+        let got = issues("kind = \"file\"\npath = \"relative/key\"");
+        assert!(got[0].contains("must be absolute"), "{got:?}");
+    }
+
+    #[test]
+    fn bad_values_are_reported_at_the_value() {
+        let got = issues("kind = \"file\"\npath = \"/k\"\nmode = \"0755\"");
+        assert!(
+            got[0].starts_with("12:8: ") && got[0].contains("execute"),
+            "{got:?}"
+        );
+        let got = issues("kind = \"file\"\npath = \"/k\"\nmode = \"rw\"");
+        assert!(got[0].contains("octal"), "{got:?}");
+        let got = issues("kind = \"file\"\npath = \"/k\"\nmode = \"0606\"");
+        assert!(got[0].contains("writable by others"), "{got:?}");
+        let got = issues("kind = \"env_file\"\npath = \"/e\"\nvariable = \"1BAD-NAME\"");
+        assert!(
+            got[0].starts_with("12:12: ") && got[0].contains("not an environment variable"),
+            "{got:?}"
+        );
+        let got = issues("kind = \"kubernetes\"\nnamespace = \"Apps\"\nsecret_name = \"s\"\nsecret_key = \"k/x\"");
+        assert_eq!(got.len(), 2, "{got:?}");
+        let got = issues("kind = \"kubernetes\"\nnamespace = \"a\"\nsecret_name = \"s\"\nsecret_key = \"k\"\napi_server = \"kubernetes:443\"");
+        assert!(got[0].contains("`api_server`"), "{got:?}");
+        let got = issues("kind = \"exec\"\ncommand = [\"x\"]\nenv_var = \"K\"");
+        assert!(
+            got[0].contains("only used with `key_via = \"env\"`"),
+            "{got:?}"
+        );
+        let got = issues("kind = \"exec\"\ncommand = [\"x\"]\nkey_via = \"argv\"");
+        assert!(got[0].contains("unknown variant"), "{got:?}");
+    }
+
+    #[test]
+    fn fields_of_other_kinds_are_rejected() {
+        let got = issues("kind = \"exec\"\ncommand = [\"x\"]\nmode = \"0600\"");
+        assert!(
+            got[0].starts_with("12:8: ") && got[0].contains("`mode` does not apply"),
+            "{got:?}"
+        );
+        let got = issues("kind = \"file\"\npath = \"/k\"\nvariable = \"X\"");
+        assert!(got[0].contains("`variable` does not apply"), "{got:?}");
+    }
+
+    #[test]
+    fn key_via_env_defaults_to_keyrotd_key() {
+        let text = "[[provider]]\nname = \"p\"\nkind = \"openrouter\"\n[[credential]]\nname = \"c\"\nprovider = \"p\"\n[[credential.deliver]]\nkind = \"exec\"\ncommand = [\"x\"]\nkey_via = \"env\"\n";
+        let config = Config::parse(Path::new("t.toml"), text).unwrap();
+        let target = &config.credentials[0].deliver[0];
+        assert_eq!(target.env_var(), "KEYROTD_KEY");
+        assert_eq!(target.key_via(), crate::delivery::KeyVia::Env);
+        assert_eq!(target.timeout(), std::time::Duration::from_secs(30));
+        assert_eq!(target.mode(), Some(0o600));
     }
 }

@@ -492,7 +492,10 @@ impl Store for SqliteStore {
         let mut credits_by_name: std::collections::HashMap<String, Vec<(String, f64)>> =
             std::collections::HashMap::new();
         for (name, unit, remaining) in credit_rows {
-            credits_by_name.entry(name).or_default().push((unit, remaining));
+            credits_by_name
+                .entry(name)
+                .or_default()
+                .push((unit, remaining));
         }
         let mut current_by_name: std::collections::HashMap<String, KeyVersion> = currents
             .iter()

@@ -1,0 +1,240 @@
+//! `kind = "env_file"`: `NAME=value` in a file for systemd's `EnvironmentFile=`.
+//!
+//! Several credentials may share one env file, so a delivery replaces only its own
+//! variable's line and keeps every other line (comments, other variables) as it was; the
+//! variable is appended when the file does not have it yet. The file is replaced with the
+//! same [`AtomicWriter`] as a `file` target, and read-modify-write cycles on one path are
+//! serialised inside this process so two credentials delivered at once do not lose a line.
+//!
+//! Values are written unquoted when they consist of ordinary key characters, in single
+//! quotes otherwise (systemd takes single-quoted text literally). A key with a line break or
+//! another control character, or one that would need both quoting and a single quote, is
+//! refused rather than written in a form the consumer might read differently.
+
+use super::file::{AtomicWriter, DEFAULT_FILE_MODE};
+use super::{Delivery, DeliveryError, Target};
+use crate::config::DeliveryConfig;
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
+use zeroize::Zeroizing;
+
+/// `kind = "env_file"`.
+#[derive(Debug, Clone)]
+pub struct EnvFileTarget {
+    writer: AtomicWriter,
+    variable: String,
+}
+
+impl EnvFileTarget {
+    pub fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
+        let described = match &config.path {
+            Some(path) => format!("env file {}", path.display()),
+            None => "env file".to_string(),
+        };
+        let variable = config
+            .variable
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .ok_or_else(|| DeliveryError::Config {
+                target: described.clone(),
+                reason: "`variable` is missing".into(),
+            })?;
+        Ok(EnvFileTarget {
+            writer: AtomicWriter::from_config(config, &described)?,
+            variable,
+        })
+    }
+
+    /// A target writing `variable` into `path` with the default mode (for tests and tools).
+    pub fn new(path: PathBuf, variable: &str) -> Self {
+        EnvFileTarget {
+            writer: AtomicWriter {
+                path,
+                mode: DEFAULT_FILE_MODE,
+                owner: None,
+                group: None,
+            },
+            variable: variable.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Target for EnvFileTarget {
+    fn describe(&self) -> String {
+        format!(
+            "env file {} ({})",
+            self.writer.path.display(),
+            self.variable
+        )
+    }
+
+    async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliveryError> {
+        let target = self.describe();
+        let value = encode_value(delivery.key.expose_secret()).map_err(|reason| {
+            DeliveryError::UnsuitableKey {
+                target: target.clone(),
+                reason: reason.into(),
+            }
+        })?;
+        let writer = self.writer.clone();
+        let variable = self.variable.clone();
+        let name = target.clone();
+        tokio::task::spawn_blocking(move || {
+            let lock = path_lock(&writer.path);
+            let _held = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let existing = match std::fs::read(&writer.path) {
+                Ok(bytes) => Zeroizing::new(bytes),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    Zeroizing::new(Vec::new())
+                }
+                Err(source) => {
+                    return Err(DeliveryError::Io {
+                        target,
+                        action: format!("reading {}", writer.path.display()),
+                        source,
+                    })
+                }
+            };
+            let contents = replace_variable(&existing, &variable, &value);
+            writer.write(&target, &contents)
+        })
+        .await
+        .map_err(|join| DeliveryError::Io {
+            target: name,
+            action: "writing".into(),
+            source: std::io::Error::other(join.to_string()),
+        })?
+    }
+}
+
+/// One lock per env file path, for the read-modify-write cycle.
+fn path_lock(path: &std::path::Path) -> Arc<Mutex<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
+/// Characters a value may hold without quotes in an EnvironmentFile.
+fn plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.~+/=:@%,^".contains(c)
+}
+
+/// The value as it is written after `NAME=`.
+fn encode_value(key: &str) -> Result<Zeroizing<String>, &'static str> {
+    if key.is_empty() {
+        return Err("the key is empty");
+    }
+    if key.chars().any(|c| c.is_control()) {
+        return Err("it contains a line break or another control character, which an environment file cannot hold");
+    }
+    if key.chars().all(plain) {
+        return Ok(Zeroizing::new(key.to_string()));
+    }
+    if key.contains('\'') {
+        return Err("it contains characters that need quoting and a single quote, which an environment file cannot hold unambiguously");
+    }
+    Ok(Zeroizing::new(format!("'{key}'")))
+}
+
+/// Whether `line` assigns `variable` (`NAME=...`, spaces around `=` allowed).
+fn assigns(line: &[u8], variable: &str) -> bool {
+    let line = trim_start(line);
+    line.strip_prefix(variable.as_bytes())
+        .is_some_and(|rest| trim_start(rest).first() == Some(&b'='))
+}
+
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// The file with `variable`'s first assignment replaced (later duplicates dropped, since they
+/// would win) or appended, every other line kept byte for byte.
+fn replace_variable(existing: &[u8], variable: &str, value: &str) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        existing.len() + variable.len() + value.len() + 2,
+    ));
+    let mut replaced = false;
+    let body = existing.strip_suffix(b"\n").unwrap_or(existing);
+    if !existing.is_empty() {
+        for line in body.split(|b| *b == b'\n') {
+            if assigns(line, variable) {
+                if replaced {
+                    continue;
+                }
+                replaced = true;
+                out.extend_from_slice(variable.as_bytes());
+                out.push(b'=');
+                out.extend_from_slice(value.as_bytes());
+            } else {
+                out.extend_from_slice(line);
+            }
+            out.push(b'\n');
+        }
+    }
+    if !replaced {
+        out.extend_from_slice(variable.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replace(existing: &str, value: &str) -> String {
+        String::from_utf8(replace_variable(existing.as_bytes(), "API_KEY", value).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn replaces_only_the_variable_and_keeps_other_lines() {
+        let before = "# comment\nOTHER=1\nAPI_KEY=old\nAPI_KEYS=x\n\nLAST=2";
+        assert_eq!(
+            replace(before, "new"),
+            "# comment\nOTHER=1\nAPI_KEY=new\nAPI_KEYS=x\n\nLAST=2\n"
+        );
+    }
+
+    #[test]
+    fn appends_when_absent_and_creates_when_empty() {
+        assert_eq!(replace("OTHER=1\n", "k"), "OTHER=1\nAPI_KEY=k\n");
+        assert_eq!(replace("", "k"), "API_KEY=k\n");
+        assert_eq!(
+            replace("#API_KEY=commented\n", "k"),
+            "#API_KEY=commented\nAPI_KEY=k\n"
+        );
+    }
+
+    #[test]
+    fn later_duplicates_are_dropped_and_spaced_assignments_match() {
+        assert_eq!(
+            replace("  API_KEY = a\nX=1\nAPI_KEY=b\n", "k"),
+            "API_KEY=k\nX=1\n"
+        );
+    }
+
+    #[test]
+    fn values_are_quoted_only_when_needed_and_line_breaks_are_refused() {
+        assert_eq!(
+            encode_value("sk-proj-AB_c.d/e+f=").unwrap().as_str(),
+            "sk-proj-AB_c.d/e+f="
+        );
+        assert_eq!(encode_value("a b$c").unwrap().as_str(), "'a b$c'");
+        assert!(encode_value("a\nb").unwrap_err().contains("line break"));
+        assert!(encode_value("a b'c").unwrap_err().contains("single quote"));
+        assert!(encode_value("").is_err());
+    }
+}
