@@ -139,8 +139,14 @@ mod tests {
     fn fingerprint_is_stable_short_and_does_not_contain_the_key() {
         let key = SecretString::from("sk-test-canary-0123456789");
         let fp = fingerprint(&key);
-        assert_eq!(fp, fingerprint(&SecretString::from("sk-test-canary-0123456789")));
-        assert_ne!(fp, fingerprint(&SecretString::from("sk-test-canary-0123456780")));
+        assert_eq!(
+            fp,
+            fingerprint(&SecretString::from("sk-test-canary-0123456789"))
+        );
+        assert_ne!(
+            fp,
+            fingerprint(&SecretString::from("sk-test-canary-0123456780"))
+        );
         assert_eq!(fp.len(), "sha256:".len() + 12);
         assert!(!fp.contains("canary"));
     }

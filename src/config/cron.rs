@@ -88,7 +88,14 @@ mod tests {
 
     #[test]
     fn malformed_expressions_are_rejected() {
-        for bad in ["", "* * *", "61 * * * *", "0 0 30 2 *", "a b c d e", "* * * * * * *"] {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "0 0 30 2 *",
+            "a b c d e",
+            "* * * * * * *",
+        ] {
             assert!(Schedule::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -30,7 +30,10 @@ impl DeliveryConfig {
             DeliveryKind::File | DeliveryKind::EnvFile
         ) && self.path.is_none()
         {
-            issues.push(Some(self.kind.span()), "this delivery target needs `path`".into());
+            issues.push(
+                Some(self.kind.span()),
+                "this delivery target needs `path`".into(),
+            );
         }
     }
 }

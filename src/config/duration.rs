@@ -118,18 +118,33 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_units_and_sums() {
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86400));
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(14 * 86400)
+        );
     }
 
     #[test]
     fn rejects_malformed_input_with_a_reason() {
-        for bad in ["", "30", "d", "5 m", "5x", "-5m", "1.5h", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "d",
+            "5 m",
+            "5x",
+            "-5m",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
             let err = parse_duration(bad).unwrap_err().to_string();
             assert!(err.contains("expected"), "{bad:?} gave {err}");
         }

@@ -14,7 +14,10 @@ mod secret_ref;
 pub use cron::Schedule;
 pub use delivery::{DeliveryConfig, DeliveryKind};
 pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
-pub use provider::{ProviderConfig, ProviderKind};
+pub use provider::{
+    ExecAdapterConfig, HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig, HttpListConfig,
+    HttpRevokeConfig, KeyVia, ProviderConfig, ProviderKind,
+};
 pub use secret_ref::{SecretRef, SecretRefError};
 
 use serde::Deserialize;
@@ -84,7 +87,11 @@ impl DaemonConfig {
 pub fn default_database_path() -> PathBuf {
     let dir = std::env::var_os("STATE_DIRECTORY")
         // systemd may pass several colon-separated directories; the first is ours.
-        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIRECTORY));
     dir.join(DATABASE_FILE_NAME)
 }
@@ -330,7 +337,10 @@ impl Config {
         let mut providers: HashMap<&str, &ProviderConfig> = HashMap::new();
         for provider in &self.providers {
             if !valid_name(provider.name()) {
-                issues.push(Some(provider.name.span()), name_rule("provider", provider.name()));
+                issues.push(
+                    Some(provider.name.span()),
+                    name_rule("provider", provider.name()),
+                );
             }
             if providers.insert(provider.name(), provider).is_some() {
                 issues.push(
@@ -495,10 +505,20 @@ rotation = { schedule = "bad cron", max_age = "1d", grace = "2d" }
         let err = parse(text).unwrap_err();
         let rendered = err.to_string();
         assert_eq!(err.issues.len(), 4, "{rendered}");
-        assert!(rendered.contains("test.toml:8:12: credential \"a\" refers to undefined provider \"nope\""), "{rendered}");
-        assert!(rendered.contains("test.toml:11:8: duplicate credential name"), "{rendered}");
+        assert!(
+            rendered
+                .contains("test.toml:8:12: credential \"a\" refers to undefined provider \"nope\""),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("test.toml:11:8: duplicate credential name"),
+            "{rendered}"
+        );
         assert!(rendered.contains("cron"), "{rendered}");
-        assert!(rendered.contains("`grace` (2d) is longer than `max_age` (1d)"), "{rendered}");
+        assert!(
+            rendered.contains("`grace` (2d) is longer than `max_age` (1d)"),
+            "{rendered}"
+        );
     }
 
     #[test]

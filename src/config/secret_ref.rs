@@ -122,7 +122,10 @@ mod tests {
             env: None,
             credential: None,
         };
-        assert_eq!(reference.resolve().unwrap().expose_secret(), "sk-secret-value");
+        assert_eq!(
+            reference.resolve().unwrap().expose_secret(),
+            "sk-secret-value"
+        );
         let missing = SecretRef {
             file: Some(dir.path().join("absent")),
             env: None,
