@@ -14,7 +14,10 @@ mod secret_ref;
 pub use cron::Schedule;
 pub use delivery::{DeliveryConfig, DeliveryKind};
 pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
-pub use provider::{ProviderConfig, ProviderKind};
+pub use provider::{
+    ExecAdapterConfig, HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig, HttpListConfig,
+    HttpRevokeConfig, KeyVia, ProviderConfig, ProviderKind,
+};
 pub use secret_ref::{SecretRef, SecretRefError};
 
 use serde::Deserialize;

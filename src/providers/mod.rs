@@ -3,10 +3,41 @@
 //! An adapter turns "is this key any good?" into one HTTP request (or one command) and
 //! classifies the answer. It never fails: timeouts, garbage and vendor errors are all
 //! classified outcomes, and nothing it reports carries key material.
+//!
+//! ## Layout
+//!
+//! - [`client`]: the shared HTTP client (timeout, body cap, Retry-After, telemetry).
+//! - [`sanitize()`]: scrubbing of every piece of outside text before it is shown.
+//! - `classify`: the common check flow and vendor error parsing.
+//! - one module per kind: `openai` (also OpenAI-compatible APIs), `anthropic`, `openrouter`,
+//!   `deepseek`, `gemini`, `azure`, `relay` (the seed article's relay, a preset of `http`),
+//!   `http` (generic, all from config), `exec` (a command), `simulated` (demo and tests).
+//!
+//! Keys travel only in the vendor's documented header, never in a URL, a body or argv.
+//! No type here that holds a key implements `Debug`.
 
+mod anthropic;
+mod azure;
+mod classify;
+pub mod client;
+mod deepseek;
+mod exec;
+mod gemini;
+mod http;
+mod openai;
+mod openrouter;
+mod relay;
+pub mod sanitize;
+mod simulated;
+
+pub use client::{parse_retry_after, ProviderTelemetry, MAX_BODY_BYTES};
+pub use sanitize::sanitize;
+
+use crate::config::{format_duration, ProviderConfig, ProviderKind};
 use crate::model::{CheckStatus, UnixTime};
 use async_trait::async_trait;
 use secrecy::SecretString;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a provider reports about a remaining balance or limit.
@@ -49,4 +80,123 @@ impl CheckReport {
 pub trait Provider: Send + Sync {
     /// Probes `key` once. Never panics, never returns the key in any field.
     async fn check(&self, key: &SecretString) -> CheckReport;
+}
+
+/// Why a provider operation other than a check failed. Messages are sanitised: status,
+/// vendor error code and a cut vendor message at most, never a body, a URL or a key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider section cannot be turned into an adapter (missing field, bad secret ref).
+    #[error("provider configuration: {0}")]
+    Config(String),
+    /// Connection failure, 5xx, an oversized body: try again later.
+    #[error("provider unreachable: {0}")]
+    Unreachable(String),
+    #[error("provider did not answer within {}", format_duration(*.0))]
+    Timeout(Duration),
+    /// The provider answered with an error status.
+    #[error("provider rejected the request: {detail}")]
+    Rejected {
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    /// A success status with a body that is not the documented shape.
+    #[error("malformed provider response: {0}")]
+    Malformed(String),
+    /// The provider kind has no API for this operation.
+    #[error("{kind} providers do not support {operation}")]
+    Unsupported {
+        kind: &'static str,
+        operation: &'static str,
+    },
+}
+
+impl ProviderError {
+    /// Worth retrying later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProviderError::Unreachable(_) | ProviderError::Timeout(_) => true,
+            ProviderError::Rejected { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+impl From<client::TransportError> for ProviderError {
+    fn from(err: client::TransportError) -> Self {
+        match err {
+            client::TransportError::Timeout(after) => ProviderError::Timeout(after),
+            other => ProviderError::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// A key freshly created at the provider. No `Debug`: it holds the secret.
+pub struct IssuedKey {
+    pub secret: SecretString,
+    /// The provider's id for the key (OpenRouter hash, OpenAI service-account id, ...).
+    pub remote_id: String,
+    pub expires_at: Option<UnixTime>,
+}
+
+/// A key as the provider lists it (no secret material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteKey {
+    pub remote_id: String,
+    pub name: String,
+}
+
+/// A provider account that can create, list and revoke keys (with a management key).
+#[async_trait]
+pub trait Issuer: Send + Sync {
+    /// Creates a key named `name` (e.g. "keyrotd/<credential>/<rotation id>").
+    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError>;
+    /// Keys at the provider whose name starts with `prefix` (orphan recovery).
+    async fn list(&self, prefix: &str) -> Result<Vec<RemoteKey>, ProviderError>;
+    /// Revokes/disables/deletes; already-gone (404) is success.
+    async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError>;
+}
+
+/// The base URL of a provider, or a configuration error naming what is missing.
+pub(crate) fn base_url(config: &ProviderConfig) -> Result<String, ProviderError> {
+    config.base_url().map(str::to_string).ok_or_else(|| {
+        ProviderError::Config(format!(
+            "provider {:?} of kind {} needs `base_url`",
+            config.name(),
+            config.kind.as_str()
+        ))
+    })
+}
+
+/// Builds the checking adapter for a provider section.
+pub fn build(
+    config: &ProviderConfig,
+    telemetry: &ProviderTelemetry,
+) -> Result<Arc<dyn Provider>, ProviderError> {
+    Ok(match config.kind {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            Arc::new(openai::OpenAi::new(config, telemetry)?)
+        }
+        ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(config, telemetry)?),
+        ProviderKind::Openrouter => Arc::new(openrouter::OpenRouter::new(config, telemetry)?),
+        ProviderKind::Deepseek => Arc::new(deepseek::DeepSeek::new(config, telemetry)?),
+        ProviderKind::Gemini => Arc::new(gemini::Gemini::new(config, telemetry)?),
+        ProviderKind::AzureOpenai => Arc::new(azure::Azure::new(config, telemetry)?),
+        ProviderKind::Relay => Arc::new(relay::checker(config, telemetry)?),
+        ProviderKind::Http => Arc::new(http::Http::new(config, telemetry)?),
+        ProviderKind::Exec => Arc::new(exec::Exec::new(config, telemetry)?),
+        ProviderKind::Simulated => Arc::new(simulated::Simulated::new(config, telemetry)?),
+    })
+}
+
+/// Builds the issuing adapter, or `None` where the vendor has no key-issuing API
+/// (Anthropic, DeepSeek, Gemini, Azure data plane, OpenAI-compatible APIs) or the section
+/// does not configure one (`http` without `[provider.http.issue]`, `exec` without `issuer`).
+pub fn build_issuer(
+    config: &ProviderConfig,
+    telemetry: &ProviderTelemetry,
+) -> Result<Option<Arc<dyn Issuer>>, ProviderError> {
+    let _ = (config, telemetry);
+    Ok(None)
 }

@@ -1,0 +1,244 @@
+//! Shared pieces of classification: the common check flow, vendor error bodies, the default
+//! status table, and parsing of the loosely typed values vendors send (string amounts,
+//! ISO-8601 or epoch expiries).
+//!
+//! Every `detail` leaves through [`check_flow`], which sanitises it against the key: an
+//! adapter cannot forget to.
+
+use super::client::{HttpClient, Response};
+use super::sanitize::sanitize;
+use super::{CheckReport, ProviderError};
+use crate::model::{CheckStatus, UnixTime};
+use secrecy::SecretString;
+use serde_json::Value;
+
+/// Longest vendor message kept in a detail (before the final sanitising cut).
+const MESSAGE_LEN: usize = 120;
+
+/// Sends one check request and lets `classify` judge the response. Transport failures are
+/// `unreachable`; `http_status` and `retry_after` are filled in; `detail` is sanitised.
+pub(crate) async fn check_flow(
+    client: &HttpClient,
+    request: reqwest::RequestBuilder,
+    key: &SecretString,
+    classify: impl FnOnce(&Response) -> CheckReport,
+) -> CheckReport {
+    let mut report = match client.send("check", request).await {
+        Err(err) => CheckReport::new(CheckStatus::Unreachable, err.to_string()),
+        Ok(response) => {
+            let mut report = classify(&response);
+            report.http_status = Some(response.status);
+            if report.status != CheckStatus::Valid && report.retry_after.is_none() {
+                report.retry_after = response.retry_after();
+            }
+            report
+        }
+    };
+    report.detail = sanitize(&report.detail, Some(key));
+    report
+}
+
+/// A key that cannot even be put in a header (newline, control characters) cannot work.
+pub(crate) fn unsendable_key() -> CheckReport {
+    CheckReport::new(
+        CheckStatus::Invalid,
+        "the key contains characters that cannot be sent in an HTTP header",
+    )
+}
+
+/// The usual meaning of an error status: 401/403 invalid, 402 exhausted, 429 rate limited,
+/// anything else (5xx, 529, Groq's 498, an unexpected 404 from a wrong base URL) unreachable —
+/// never blame the key for a status that does not speak about it.
+pub(crate) fn default_status(status: u16) -> CheckStatus {
+    match status {
+        401 | 403 => CheckStatus::Invalid,
+        402 => CheckStatus::Exhausted,
+        429 => CheckStatus::RateLimited,
+        _ => CheckStatus::Unreachable,
+    }
+}
+
+/// Report for a non-success response using [`default_status`].
+pub(crate) fn error_report(response: &Response) -> CheckReport {
+    CheckReport::new(default_status(response.status), error_detail(response))
+}
+
+/// Report for a success status whose body is not what the vendor documents.
+pub(crate) fn unexpected_body(response: &Response) -> CheckReport {
+    let what = if response.json().is_some() {
+        "body is not the documented shape"
+    } else {
+        "body is not JSON"
+    };
+    CheckReport::new(
+        CheckStatus::Unreachable,
+        format!("HTTP {} but {what}", response.status),
+    )
+}
+
+/// The recognisable parts of a vendor error body.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct VendorError {
+    /// Machine-readable identifiers: `error.code`, `error.type`, `error.status`, in that order.
+    pub codes: Vec<String>,
+    pub message: Option<String>,
+    /// Gemini / Google `error.details[].reason`.
+    pub reasons: Vec<String>,
+}
+
+impl VendorError {
+    pub fn has_code(&self, code: &str) -> bool {
+        self.codes.iter().any(|c| c == code)
+    }
+}
+
+fn scalar(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads OpenAI/OpenRouter/Gemini `{error:{code,type,message,status,details}}`, Anthropic
+/// `{type:"error",error:{type,message}}`, and the plain `{error:"..."}`, `{message}`,
+/// `{detail}` shapes.
+pub(crate) fn vendor_error(body: &Value) -> VendorError {
+    let mut out = VendorError::default();
+    let error = body.get("error");
+    match error {
+        Some(Value::Object(_)) => {
+            let e = error.unwrap();
+            for field in ["code", "type", "status"] {
+                if let Some(code) = scalar(e.get(field)) {
+                    if !out.codes.contains(&code) {
+                        out.codes.push(code);
+                    }
+                }
+            }
+            out.message = scalar(e.get("message"));
+            if let Some(details) = e.get("details").and_then(Value::as_array) {
+                out.reasons = details
+                    .iter()
+                    .filter_map(|d| scalar(d.get("reason")))
+                    .collect();
+            }
+        }
+        Some(Value::String(message)) => out.message = Some(message.clone()),
+        _ => {
+            out.codes.extend(scalar(body.get("code")));
+            out.message = scalar(body.get("message"))
+                .or_else(|| scalar(body.get("detail")))
+                .or_else(|| scalar(body.get("msg")));
+        }
+    }
+    out
+}
+
+/// `HTTP 429 insufficient_quota: You exceeded your current quota…` — status, vendor codes
+/// and a cut vendor message; never the body itself. The caller's sanitising masks keys.
+pub(crate) fn error_detail(response: &Response) -> String {
+    let mut detail = format!("HTTP {}", response.status);
+    if let Some(body) = response.json() {
+        let error = vendor_error(&body);
+        for code in error.codes.iter().chain(error.reasons.iter()).take(4) {
+            detail.push(' ');
+            detail.push_str(&code.chars().take(40).collect::<String>());
+        }
+        if let Some(message) = error.message {
+            detail.push_str(": ");
+            detail.push_str(
+                &sanitize(&message, None)
+                    .chars()
+                    .take(MESSAGE_LEN)
+                    .collect::<String>(),
+            );
+        }
+    }
+    detail
+}
+
+/// A `ProviderError` for a failed issuer request (status + vendor codes + cut message).
+#[allow(dead_code)] // the issuers (phase 2) use it
+pub(crate) fn rejected(response: &Response, secret: Option<&SecretString>) -> ProviderError {
+    ProviderError::Rejected {
+        status: response.status,
+        detail: sanitize(&error_detail(response), secret),
+        retry_after: response.retry_after(),
+    }
+}
+
+/// An amount sent as a JSON number or a numeric string ("110.00").
+pub(crate) fn amount(value: &Value) -> Option<f64> {
+    let n = match value {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    n.is_finite().then_some(n)
+}
+
+/// An expiry sent as epoch seconds (number or digit string) or an RFC 3339 / ISO-8601 string.
+/// `Err` when present but unreadable; `Ok(None)` when null or absent.
+pub(crate) fn expiry(value: Option<&Value>) -> Result<Option<UnixTime>, ()> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(()),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                return s.parse().map(Some).map_err(|_| ());
+            }
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|d| Some(d.timestamp()))
+                .map_err(|_| ())
+        }
+        Some(_) => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_the_vendor_error_shapes() {
+        let openai = json!({"error":{"message":"quota","type":"insufficient_quota","code":"insufficient_quota"}});
+        assert_eq!(vendor_error(&openai).codes, vec!["insufficient_quota"]);
+        let anthropic = json!({"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}});
+        assert_eq!(vendor_error(&anthropic).codes, vec!["authentication_error"]);
+        let gemini = json!({"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT",
+            "details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}});
+        let g = vendor_error(&gemini);
+        assert_eq!(g.codes, vec!["400", "INVALID_ARGUMENT"]);
+        assert_eq!(g.reasons, vec!["API_KEY_INVALID"]);
+        assert_eq!(
+            vendor_error(&json!({"error":"nope"})).message.as_deref(),
+            Some("nope")
+        );
+        assert_eq!(
+            vendor_error(&json!({"detail":"x"})).message.as_deref(),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn amounts_and_expiries() {
+        assert_eq!(amount(&json!("110.00")), Some(110.0));
+        assert_eq!(amount(&json!(3.5)), Some(3.5));
+        assert_eq!(amount(&json!("lots")), None);
+        assert_eq!(amount(&json!("NaN")), None);
+        assert_eq!(expiry(Some(&json!(null))), Ok(None));
+        assert_eq!(expiry(Some(&json!(1700000000))), Ok(Some(1_700_000_000)));
+        assert_eq!(
+            expiry(Some(&json!("2023-11-14T22:13:20Z"))),
+            Ok(Some(1_700_000_000))
+        );
+        assert_eq!(
+            expiry(Some(&json!("2023-11-14T22:13:20.000+00:00"))),
+            Ok(Some(1_700_000_000))
+        );
+        assert_eq!(expiry(Some(&json!("tomorrow"))), Err(()));
+    }
+}

@@ -1,0 +1,234 @@
+//! The command adapter: runs a program that prints JSON, for anything without an HTTP API
+//! worth describing in config.
+//!
+//! The key goes to the command through stdin (default) or an environment variable — never
+//! argv, which every user on the host can read in `/proc`. The operation is in
+//! `$KEYROTD_OPERATION`. A check prints
+//! `{"status":"valid","credit":[{"unit":"usd","remaining":3.5}],"expires_at":123}`
+//! (`detail` and `retry_after` seconds optional). stderr is never read into anything we show:
+//! a script may well echo its input there.
+//!
+//! Exit status: 0 with that JSON is the answer. A non-zero exit still counts when stdout holds
+//! a valid answer (a checker may exit 1 for "invalid"); otherwise it is `unreachable` — a
+//! broken checker is not a dead key. The command is killed at the timeout.
+
+use super::classify::amount;
+use super::client::MAX_BODY_BYTES;
+use super::sanitize::sanitize;
+use super::{CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
+use crate::config::{format_duration, KeyVia, ProviderConfig};
+use crate::model::CheckStatus;
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What one run of the command produced.
+pub(crate) struct Output {
+    pub exit_code: Option<i32>,
+    pub stdout: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RunError {
+    Timeout(Duration),
+    Spawn,
+    TooLarge,
+    Io,
+}
+
+impl RunError {
+    pub fn message(&self) -> String {
+        match self {
+            RunError::Timeout(after) => {
+                format!("command timed out after {}", format_duration(*after))
+            }
+            RunError::Spawn => "command could not be started".into(),
+            RunError::TooLarge => format!("command printed more than {MAX_BODY_BYTES} bytes"),
+            RunError::Io => "reading the command's output failed".into(),
+        }
+    }
+}
+
+impl From<RunError> for ProviderError {
+    fn from(err: RunError) -> Self {
+        match err {
+            RunError::Timeout(after) => ProviderError::Timeout(after),
+            other => ProviderError::Unreachable(other.message()),
+        }
+    }
+}
+
+/// The configured command and how to run it.
+pub(crate) struct Command {
+    provider: String,
+    program: String,
+    args: Vec<String>,
+    timeout: Duration,
+    key_via: KeyVia,
+    key_env: String,
+    telemetry: ProviderTelemetry,
+}
+
+impl Command {
+    pub fn new(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Self, ProviderError> {
+        let exec = config.exec.as_ref().ok_or_else(|| {
+            ProviderError::Config(format!(
+                "provider {:?} of kind exec needs a `[provider.exec]` table",
+                config.name()
+            ))
+        })?;
+        let (program, args) =
+            exec.command.get_ref().split_first().ok_or_else(|| {
+                ProviderError::Config("[provider.exec] `command` is empty".into())
+            })?;
+        Ok(Command {
+            provider: config.name().to_string(),
+            program: program.clone(),
+            args: args.to_vec(),
+            timeout: exec.timeout.map(|t| t.0).unwrap_or(config.timeout()),
+            key_via: exec.key_via,
+            key_env: exec.key_env.clone(),
+            telemetry: telemetry.clone(),
+        })
+    }
+
+    /// Runs the command for `operation` with `secret` handed over as configured and `vars`
+    /// as `KEYROTD_*` environment variables.
+    pub async fn run(
+        &self,
+        operation: &str,
+        secret: Option<&SecretString>,
+        vars: &[(&str, &str)],
+    ) -> Result<Output, RunError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.run_inner(operation, secret, vars))
+            .await
+            .unwrap_or(Err(RunError::Timeout(self.timeout)));
+        let code = match &result {
+            Ok(output) if output.exit_code == Some(0) => "0".to_string(),
+            Ok(output) => output
+                .exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "signal".into()),
+            Err(RunError::Timeout(_)) => "timeout".into(),
+            Err(_) => "error".into(),
+        };
+        self.telemetry
+            .observe(&self.provider, operation, &code, started.elapsed());
+        result
+    }
+
+    async fn run_inner(
+        &self,
+        operation: &str,
+        secret: Option<&SecretString>,
+        vars: &[(&str, &str)],
+    ) -> Result<Output, RunError> {
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env("KEYROTD_OPERATION", operation)
+            .env("KEYROTD_PROVIDER", &self.provider)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        for (name, value) in vars {
+            command.env(format!("KEYROTD_{}", name.to_ascii_uppercase()), value);
+        }
+        if let (KeyVia::Env, Some(secret)) = (self.key_via, secret) {
+            command.env(&self.key_env, secret.expose_secret());
+        }
+        let mut child = command.spawn().map_err(|_| RunError::Spawn)?;
+        let mut stdin = child.stdin.take();
+        if let (KeyVia::Stdin, Some(secret), Some(pipe)) = (self.key_via, secret, stdin.as_mut()) {
+            // A command that does not read stdin closes it: a broken pipe is not our failure.
+            let _ = pipe.write_all(secret.expose_secret().as_bytes()).await;
+            let _ = pipe.write_all(b"\n").await;
+        }
+        drop(stdin);
+        let mut stdout = Vec::new();
+        let pipe = child.stdout.take().ok_or(RunError::Io)?;
+        pipe.take(MAX_BODY_BYTES as u64 + 1)
+            .read_to_end(&mut stdout)
+            .await
+            .map_err(|_| RunError::Io)?;
+        if stdout.len() > MAX_BODY_BYTES {
+            return Err(RunError::TooLarge);
+        }
+        let status = child.wait().await.map_err(|_| RunError::Io)?;
+        Ok(Output {
+            exit_code: status.code(),
+            stdout,
+        })
+    }
+}
+
+pub(crate) struct Exec {
+    command: Command,
+}
+
+impl Exec {
+    pub fn new(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Self, ProviderError> {
+        Ok(Exec {
+            command: Command::new(config, telemetry)?,
+        })
+    }
+}
+
+/// Reads the check answer; `None` when stdout is not one.
+fn parse_check(stdout: &[u8]) -> Option<CheckReport> {
+    let body: Value = serde_json::from_slice(stdout).ok()?;
+    let status: CheckStatus = body.get("status")?.as_str()?.parse().ok()?;
+    let detail = body
+        .get("detail")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("command reported {status}"));
+    let mut report = CheckReport::new(status, detail);
+    if let Some(credit) = body.get("credit") {
+        for entry in credit.as_array()? {
+            report.credit.push(Credit {
+                unit: entry.get("unit")?.as_str()?.to_ascii_lowercase(),
+                remaining: amount(entry.get("remaining")?)?,
+            });
+        }
+    }
+    report.expires_at = super::classify::expiry(body.get("expires_at")).ok()?;
+    report.retry_after = match body.get("retry_after") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(Duration::from_secs(v.as_u64()?)),
+    };
+    Some(report)
+}
+
+#[async_trait]
+impl Provider for Exec {
+    async fn check(&self, key: &SecretString) -> CheckReport {
+        let mut report = match self.command.run("check", Some(key), &[]).await {
+            Err(err) => CheckReport::new(CheckStatus::Unreachable, err.message()),
+            Ok(output) => match parse_check(&output.stdout) {
+                Some(report) => report,
+                None => CheckReport::new(
+                    CheckStatus::Unreachable,
+                    match output.exit_code {
+                        Some(0) => "command printed no valid check result".to_string(),
+                        Some(code) => format!("command exited with status {code} without a result"),
+                        None => "command was killed by a signal".to_string(),
+                    },
+                ),
+            },
+        };
+        report.detail = sanitize(&report.detail, Some(key));
+        report
+    }
+}

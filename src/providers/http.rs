@@ -1,0 +1,235 @@
+//! The generic HTTP adapter: every request and every rule comes from `[provider.http]`.
+//!
+//! It serves in-house key services, LiteLLM, and the seed article's relay (whose preset
+//! lives in `relay.rs`). Placeholders are filled per request: `{key}` / `{management_key}`
+//! only ever into header values (config validation refuses them elsewhere), `{name}`, `{id}`
+//! and `{prefix}` percent-encoded into paths and JSON-escaped into bodies.
+//!
+//! A success status must come with a JSON body (an empty body only with 204): an HTML page
+//! behind a 200 is a broken proxy, not a valid key.
+
+use super::classify::{amount, check_flow, error_detail, expiry, unexpected_body, unsendable_key};
+use super::client::{encode_component, join_url, HttpClient, Response};
+use super::{base_url, CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
+use crate::config::{HttpCheckConfig, ProviderConfig};
+use crate::model::CheckStatus;
+use async_trait::async_trait;
+use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+/// One configured request, placeholders still in it.
+#[derive(Clone)]
+pub(crate) struct RequestTemplate {
+    pub method: Method,
+    pub path: String,
+    pub headers: Vec<(HeaderName, String)>,
+    pub body: Option<String>,
+}
+
+impl RequestTemplate {
+    pub fn from_config(
+        method: &str,
+        path: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        body: Option<&str>,
+    ) -> Result<Self, ProviderError> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| ProviderError::Config(format!("invalid HTTP method {method:?}")))?;
+        let headers = headers
+            .iter()
+            .map(|(name, value)| {
+                HeaderName::from_bytes(name.as_bytes())
+                    .map(|name| (name, value.clone()))
+                    .map_err(|_| ProviderError::Config(format!("invalid header name {name:?}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RequestTemplate {
+            method,
+            path: path.to_string(),
+            headers,
+            body: body.map(str::to_string),
+        })
+    }
+
+    /// Builds the request. `secret` fills `{secret_placeholder}` in header values only;
+    /// `vars` fill `{name}`-style placeholders in path (encoded) and body (JSON-escaped).
+    /// `None` when the secret cannot be carried in a header.
+    pub fn build(
+        &self,
+        client: &HttpClient,
+        base: &str,
+        secret_placeholder: &str,
+        secret: Option<&SecretString>,
+        vars: &[(&str, &str)],
+    ) -> Option<reqwest::RequestBuilder> {
+        let mut path = self.path.clone();
+        for (name, value) in vars {
+            path = path.replace(&format!("{{{name}}}"), &encode_component(value));
+        }
+        let mut request = client.request(self.method.clone(), &join_url(base, &path));
+        for (name, template) in &self.headers {
+            let value = if template.contains(secret_placeholder) {
+                let raw = secret.map(|s| s.expose_secret()).unwrap_or_default();
+                let filled = Zeroizing::new(template.replace(secret_placeholder, raw));
+                let mut value = HeaderValue::from_str(&filled).ok()?;
+                value.set_sensitive(true);
+                value
+            } else {
+                HeaderValue::from_str(template).ok()?
+            };
+            request = request.header(name.clone(), value);
+        }
+        if let Some(body) = &self.body {
+            let mut body = body.clone();
+            for (name, value) in vars {
+                let escaped = serde_json::to_string(value).unwrap_or_default();
+                body = body.replace(&format!("{{{name}}}"), &escaped[1..escaped.len() - 1]);
+            }
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        Some(request)
+    }
+}
+
+/// How check responses are judged.
+#[derive(Clone)]
+pub(crate) struct CheckRules {
+    pub request: RequestTemplate,
+    pub valid_status: Vec<u16>,
+    pub invalid_status: Vec<u16>,
+    pub exhausted_status: Vec<u16>,
+    pub rate_limited_status: Vec<u16>,
+    pub valid_pointer: Option<String>,
+    pub credit_pointer: Option<String>,
+    pub credit_unit: String,
+    pub expires_at_pointer: Option<String>,
+}
+
+impl CheckRules {
+    fn from_config(check: &HttpCheckConfig) -> Result<Self, ProviderError> {
+        Ok(CheckRules {
+            request: RequestTemplate::from_config(
+                check.method.get_ref(),
+                check.path.get_ref(),
+                check.headers.get_ref(),
+                check.body.as_ref().map(|b| b.get_ref().as_str()),
+            )?,
+            valid_status: check.valid_status.clone(),
+            invalid_status: check.invalid_status.clone(),
+            exhausted_status: check.exhausted_status.clone(),
+            rate_limited_status: check.rate_limited_status.clone(),
+            valid_pointer: check.valid_pointer.as_ref().map(|p| p.get_ref().clone()),
+            credit_pointer: check.credit_pointer.as_ref().map(|p| p.get_ref().clone()),
+            credit_unit: check.credit_unit.to_ascii_lowercase(),
+            expires_at_pointer: check
+                .expires_at_pointer
+                .as_ref()
+                .map(|p| p.get_ref().clone()),
+        })
+    }
+
+    fn classify(&self, response: &Response) -> CheckReport {
+        let status = response.status;
+        if !self.valid_status.contains(&status) {
+            let outcome = if self.invalid_status.contains(&status) {
+                CheckStatus::Invalid
+            } else if self.exhausted_status.contains(&status) {
+                CheckStatus::Exhausted
+            } else if self.rate_limited_status.contains(&status) {
+                CheckStatus::RateLimited
+            } else {
+                CheckStatus::Unreachable
+            };
+            return CheckReport::new(outcome, error_detail(response));
+        }
+        let body = if response.body.is_empty() && status == 204 {
+            Value::Null
+        } else {
+            match response.json() {
+                Some(body) => body,
+                None => return unexpected_body(response),
+            }
+        };
+        let at = |pointer: &Option<String>| pointer.as_ref().map(|p| body.pointer(p));
+        let mut report = CheckReport::new(CheckStatus::Valid, format!("HTTP {status}"));
+        match at(&self.valid_pointer) {
+            None => {}
+            Some(Some(Value::Bool(true))) => {}
+            Some(Some(Value::Bool(false))) => {
+                report.status = CheckStatus::Invalid;
+                report.detail = format!("HTTP {status} but the service reports the key not valid");
+            }
+            Some(_) => return unexpected_body(response),
+        }
+        match at(&self.credit_pointer) {
+            None | Some(None) | Some(Some(Value::Null)) => {}
+            Some(Some(value)) => match amount(value) {
+                Some(remaining) => report.credit.push(Credit {
+                    unit: self.credit_unit.clone(),
+                    remaining,
+                }),
+                None => return unexpected_body(response),
+            },
+        }
+        if let Some(value) = at(&self.expires_at_pointer) {
+            match expiry(value) {
+                Ok(expires_at) => report.expires_at = expires_at,
+                Err(()) => return unexpected_body(response),
+            }
+        }
+        report
+    }
+}
+
+/// A checker built from rules (the generic kind, or a preset such as the relay).
+pub(crate) struct Http {
+    client: HttpClient,
+    base: String,
+    rules: CheckRules,
+}
+
+impl Http {
+    pub fn new(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Self, ProviderError> {
+        let http = config.http.as_ref().ok_or_else(|| {
+            ProviderError::Config(format!(
+                "provider {:?} of kind http needs a `[provider.http.check]` table",
+                config.name()
+            ))
+        })?;
+        Self::with_rules(config, telemetry, CheckRules::from_config(&http.check)?)
+    }
+
+    pub fn with_rules(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+        rules: CheckRules,
+    ) -> Result<Self, ProviderError> {
+        Ok(Http {
+            client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
+            base: base_url(config)?,
+            rules,
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for Http {
+    async fn check(&self, key: &SecretString) -> CheckReport {
+        let Some(request) =
+            self.rules
+                .request
+                .build(&self.client, &self.base, "{key}", Some(key), &[])
+        else {
+            return unsendable_key();
+        };
+        check_flow(&self.client, request, key, |r| self.rules.classify(r)).await
+    }
+}
