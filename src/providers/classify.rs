@@ -159,12 +159,47 @@ pub(crate) fn error_detail(response: &Response) -> String {
 }
 
 /// A `ProviderError` for a failed issuer request (status + vendor codes + cut message).
-#[allow(dead_code)] // the issuers (phase 2) use it
 pub(crate) fn rejected(response: &Response, secret: Option<&SecretString>) -> ProviderError {
     ProviderError::Rejected {
         status: response.status,
         detail: sanitize(&error_detail(response), secret),
         retry_after: response.retry_after(),
+    }
+}
+
+/// Sends one issuer request. Transport failures become `Timeout`/`Unreachable`, 5xx
+/// `Unreachable`-like `Rejected`, any non-2xx (except the `also_ok` statuses) `Rejected` with a
+/// sanitised detail. The response is returned for the caller to read.
+pub(crate) async fn call(
+    client: &HttpClient,
+    operation: &str,
+    request: reqwest::RequestBuilder,
+    secret: Option<&SecretString>,
+    also_ok: &[u16],
+) -> Result<Response, ProviderError> {
+    let response = client.send(operation, request).await?;
+    if (200..=299).contains(&response.status) || also_ok.contains(&response.status) {
+        Ok(response)
+    } else {
+        Err(rejected(&response, secret))
+    }
+}
+
+/// The body of a success response as JSON, or `Malformed`.
+pub(crate) fn json_body(response: &Response, what: &str) -> Result<Value, ProviderError> {
+    response.json().ok_or_else(|| {
+        ProviderError::Malformed(format!("{what}: HTTP {} body is not JSON", response.status))
+    })
+}
+
+/// A non-empty string at `pointer`, or `Malformed` naming the field.
+pub(crate) fn string_at(body: &Value, pointer: &str, what: &str) -> Result<String, ProviderError> {
+    match body.pointer(pointer) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        _ => Err(ProviderError::Malformed(format!(
+            "{what}: no `{pointer}` in the response"
+        ))),
     }
 }
 

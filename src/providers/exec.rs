@@ -232,3 +232,94 @@ impl Provider for Exec {
         report
     }
 }
+
+/// Issue / list / revoke through the same command (`issuer = true`). The management key, if
+/// configured, is handed over like a checked key (stdin or `key_env`).
+///
+/// - `issue` (`$KEYROTD_NAME`) prints `{"key": …, "id": …, "expires_at": …}` (id defaults to
+///   the name);
+/// - `list` (`$KEYROTD_PREFIX`) prints `[{"id": …, "name": …}]` or `{"keys": [...]}`;
+/// - `revoke` (`$KEYROTD_REMOTE_ID`) exits 0 when the key is gone (already gone included).
+pub(crate) struct ExecIssuer {
+    command: Command,
+    management_key: Option<SecretString>,
+}
+
+impl ExecIssuer {
+    pub fn new(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Option<Self>, ProviderError> {
+        if !config.exec.as_ref().is_some_and(|e| e.issuer) {
+            return Ok(None);
+        }
+        Ok(Some(ExecIssuer {
+            command: Command::new(config, telemetry)?,
+            management_key: super::management_key(config)?,
+        }))
+    }
+
+    async fn run(&self, operation: &str, vars: &[(&str, &str)]) -> Result<Output, ProviderError> {
+        let output = self
+            .command
+            .run(operation, self.management_key.as_ref(), vars)
+            .await?;
+        match output.exit_code {
+            Some(0) => Ok(output),
+            Some(code) => Err(ProviderError::Unreachable(format!(
+                "command exited with status {code}"
+            ))),
+            None => Err(ProviderError::Unreachable(
+                "command was killed by a signal".into(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl super::Issuer for ExecIssuer {
+    async fn issue(&self, name: &str) -> Result<super::IssuedKey, ProviderError> {
+        let mut output = self.run("issue", &[("name", name)]).await?;
+        let body: Result<Value, _> = serde_json::from_slice(&output.stdout);
+        zeroize::Zeroize::zeroize(&mut output.stdout);
+        let body =
+            body.map_err(|_| ProviderError::Malformed("issue: command output is not JSON".into()))?;
+        let secret = SecretString::from(super::classify::string_at(&body, "/key", "issue")?);
+        let remote_id =
+            super::classify::string_at(&body, "/id", "issue").unwrap_or_else(|_| name.to_string());
+        let expires_at = super::classify::expiry(body.get("expires_at")).unwrap_or(None);
+        Ok(super::IssuedKey {
+            secret,
+            remote_id,
+            expires_at,
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<super::RemoteKey>, ProviderError> {
+        let output = self.run("list", &[("prefix", prefix)]).await?;
+        let body: Value = serde_json::from_slice(&output.stdout)
+            .map_err(|_| ProviderError::Malformed("list: command output is not JSON".into()))?;
+        let items = body
+            .as_array()
+            .or_else(|| body.get("keys").and_then(Value::as_array))
+            .ok_or_else(|| {
+                ProviderError::Malformed("list: expected an array of {id, name}".into())
+            })?;
+        let mut found = Vec::new();
+        for item in items {
+            let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.starts_with(prefix) {
+                found.push(super::RemoteKey {
+                    remote_id: super::classify::string_at(item, "/id", "list")?,
+                    name: name.to_string(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError> {
+        self.run("revoke", &[("remote_id", remote_id)]).await?;
+        Ok(())
+    }
+}

@@ -233,3 +233,210 @@ impl Provider for Http {
         check_flow(&self.client, request, key, |r| self.rules.classify(r)).await
     }
 }
+
+/// Issue / list / revoke requests from `[provider.http.issue|list|revoke]`, with
+/// `{management_key}` in headers.
+pub(crate) struct HttpIssuer {
+    client: HttpClient,
+    base: String,
+    management_key: Option<SecretString>,
+    issue: (
+        RequestTemplate,
+        Vec<u16>,
+        String,
+        Option<String>,
+        Option<String>,
+    ),
+    list: Option<(RequestTemplate, String, String, String)>,
+    revoke: (RequestTemplate, Vec<u16>),
+}
+
+const MANAGEMENT: &str = "{management_key}";
+
+impl HttpIssuer {
+    /// `None` when the section has no `issue` request.
+    pub fn new(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Option<Self>, ProviderError> {
+        let Some(http) = config.http.as_ref() else {
+            return Ok(None);
+        };
+        let (Some(issue), Some(revoke)) = (&http.issue, &http.revoke) else {
+            return Ok(None);
+        };
+        let template = |method: &str, path: &str, headers, body: Option<&toml::Spanned<String>>| {
+            RequestTemplate::from_config(method, path, headers, body.map(|b| b.get_ref().as_str()))
+        };
+        let issue_t = template(
+            issue.method.get_ref(),
+            issue.path.get_ref(),
+            issue.headers.get_ref(),
+            issue.body.as_ref(),
+        )?;
+        let revoke_t = template(
+            revoke.method.get_ref(),
+            revoke.path.get_ref(),
+            revoke.headers.get_ref(),
+            revoke.body.as_ref(),
+        )?;
+        let list = match &http.list {
+            Some(list) => Some((
+                template(
+                    list.method.get_ref(),
+                    list.path.get_ref(),
+                    list.headers.get_ref(),
+                    None,
+                )?,
+                list.items_pointer.get_ref().clone(),
+                list.id_pointer.get_ref().clone(),
+                list.name_pointer.get_ref().clone(),
+            )),
+            None => None,
+        };
+        let uses_management_key = [&issue_t, &revoke_t]
+            .into_iter()
+            .chain(list.as_ref().map(|l| &l.0))
+            .any(|t| t.headers.iter().any(|(_, v)| v.contains(MANAGEMENT)));
+        let management_key = if uses_management_key {
+            Some(super::required_management_key(config)?)
+        } else {
+            super::management_key(config)?
+        };
+        Ok(Some(HttpIssuer {
+            client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
+            base: base_url(config)?,
+            management_key,
+            issue: (
+                issue_t,
+                issue.success_status.clone(),
+                issue.key_pointer.get_ref().clone(),
+                issue.id_pointer.as_ref().map(|p| p.get_ref().clone()),
+                issue
+                    .expires_at_pointer
+                    .as_ref()
+                    .map(|p| p.get_ref().clone()),
+            ),
+            list,
+            revoke: (revoke_t, revoke.success_status.clone()),
+        }))
+    }
+
+    fn build(
+        &self,
+        template: &RequestTemplate,
+        vars: &[(&str, &str)],
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        template
+            .build(
+                &self.client,
+                &self.base,
+                MANAGEMENT,
+                self.management_key.as_ref(),
+                vars,
+            )
+            .ok_or_else(|| ProviderError::Config("a configured header value cannot be sent".into()))
+    }
+
+    /// A configured status list narrows "success": anything else is rejected.
+    fn check_status(&self, response: &Response, ok: &[u16]) -> Result<(), ProviderError> {
+        if ok.contains(&response.status) {
+            Ok(())
+        } else {
+            Err(super::classify::rejected(
+                response,
+                self.management_key.as_ref(),
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl super::Issuer for HttpIssuer {
+    async fn issue(&self, name: &str) -> Result<super::IssuedKey, ProviderError> {
+        let (template, ok, key_pointer, id_pointer, expires_pointer) = &self.issue;
+        let request = self.build(template, &[("name", name)])?;
+        let mut response = super::classify::call(
+            &self.client,
+            "issue",
+            request,
+            self.management_key.as_ref(),
+            ok,
+        )
+        .await?;
+        self.check_status(&response, ok)?;
+        let body = super::classify::json_body(&response, "issue");
+        zeroize::Zeroize::zeroize(&mut response.body);
+        let body = body?;
+        let secret = SecretString::from(super::classify::string_at(&body, key_pointer, "issue")?);
+        let remote_id = match id_pointer {
+            Some(pointer) => super::classify::string_at(&body, pointer, "issue")?,
+            None => name.to_string(),
+        };
+        let expires_at = match expires_pointer {
+            Some(pointer) => expiry(body.pointer(pointer)).unwrap_or(None),
+            None => None,
+        };
+        Ok(super::IssuedKey {
+            secret,
+            remote_id,
+            expires_at,
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<super::RemoteKey>, ProviderError> {
+        let Some((template, items_pointer, id_pointer, name_pointer)) = &self.list else {
+            return Err(ProviderError::Unsupported {
+                kind: "http",
+                operation: "listing keys (no [provider.http.list])",
+            });
+        };
+        let request = self.build(template, &[("prefix", prefix)])?;
+        let response = super::classify::call(
+            &self.client,
+            "list",
+            request,
+            self.management_key.as_ref(),
+            &[],
+        )
+        .await?;
+        let body = super::classify::json_body(&response, "list")?;
+        let items = body
+            .pointer(items_pointer)
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                ProviderError::Malformed(format!("list: no array at `{items_pointer}`"))
+            })?;
+        let mut found = Vec::new();
+        for item in items {
+            let name = item
+                .pointer(name_pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if name.starts_with(prefix) {
+                found.push(super::RemoteKey {
+                    remote_id: super::classify::string_at(item, id_pointer, "list")?,
+                    name: name.to_string(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError> {
+        let (template, ok) = &self.revoke;
+        let request = self.build(template, &[("id", remote_id)])?;
+        let response = super::classify::call(
+            &self.client,
+            "revoke",
+            request,
+            self.management_key.as_ref(),
+            &[404],
+        )
+        .await?;
+        if response.status == 404 {
+            return Ok(());
+        }
+        self.check_status(&response, ok)
+    }
+}

@@ -169,6 +169,37 @@ pub(crate) fn base_url(config: &ProviderConfig) -> Result<String, ProviderError>
     })
 }
 
+/// Reads the management key of a provider section, if it has one.
+pub(crate) fn management_key(
+    config: &ProviderConfig,
+) -> Result<Option<SecretString>, ProviderError> {
+    config
+        .management_key
+        .as_ref()
+        .map(|reference| {
+            reference.resolve().map_err(|err| {
+                ProviderError::Config(format!(
+                    "provider {:?}: management key: {err}",
+                    config.name()
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// The management key, required for this kind's issuer.
+pub(crate) fn required_management_key(
+    config: &ProviderConfig,
+) -> Result<SecretString, ProviderError> {
+    management_key(config)?.ok_or_else(|| {
+        ProviderError::Config(format!(
+            "provider {:?} of kind {} needs `management_key` to issue and revoke keys",
+            config.name(),
+            config.kind.as_str()
+        ))
+    })
+}
+
 /// Builds the checking adapter for a provider section.
 pub fn build(
     config: &ProviderConfig,
@@ -197,6 +228,27 @@ pub fn build_issuer(
     config: &ProviderConfig,
     telemetry: &ProviderTelemetry,
 ) -> Result<Option<Arc<dyn Issuer>>, ProviderError> {
-    let _ = (config, telemetry);
-    Ok(None)
+    Ok(match config.kind {
+        ProviderKind::Openrouter => Some(Arc::new(openrouter::OpenRouterIssuer::new(
+            config, telemetry,
+        )?)),
+        ProviderKind::Openai => Some(Arc::new(openai::OpenAiIssuer::new(config, telemetry)?)),
+        ProviderKind::Relay => Some(Arc::new(relay::RelayIssuer::new(config, telemetry)?)),
+        ProviderKind::Http => match http::HttpIssuer::new(config, telemetry)? {
+            Some(issuer) => Some(Arc::new(issuer)),
+            None => None,
+        },
+        ProviderKind::Exec => match exec::ExecIssuer::new(config, telemetry)? {
+            Some(issuer) => Some(Arc::new(issuer)),
+            None => None,
+        },
+        ProviderKind::Simulated => Some(Arc::new(simulated::SimulatedIssuer::new(
+            config, telemetry,
+        )?)),
+        ProviderKind::OpenaiCompatible
+        | ProviderKind::Anthropic
+        | ProviderKind::Deepseek
+        | ProviderKind::Gemini
+        | ProviderKind::AzureOpenai => None,
+    })
 }

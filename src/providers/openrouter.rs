@@ -4,9 +4,15 @@
 //! otherwise `limit_remaining` in USD) and its `expires_at` (ISO-8601 or null). 401 means
 //! invalid or disabled; 402 is out of credits (account or key limit).
 
-use super::classify::{amount, check_flow, error_report, expiry, unexpected_body, unsendable_key};
-use super::client::{join_url, secret_header, HttpClient, Response};
-use super::{base_url, CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
+use super::classify::{
+    amount, call, check_flow, error_report, expiry, json_body, string_at, unexpected_body,
+    unsendable_key,
+};
+use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
+use super::{
+    base_url, CheckReport, Credit, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry,
+    RemoteKey,
+};
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
 use async_trait::async_trait;
@@ -86,5 +92,128 @@ impl Provider for OpenRouter {
             .request(reqwest::Method::GET, &self.key_url)
             .header(reqwest::header::AUTHORIZATION, auth);
         check_flow(&self.client, request, key, classify).await
+    }
+}
+
+/// OpenRouter key management with a management (formerly "provisioning") key:
+/// `POST /keys` → 201 `{data:{hash,...}, key}`, `GET /keys?offset=&include_disabled=true`,
+/// `DELETE /keys/{hash}` (404 = already gone).
+pub(crate) struct OpenRouterIssuer {
+    client: HttpClient,
+    base: String,
+    management_key: SecretString,
+}
+
+/// Safety net against a server that never returns an empty page.
+const MAX_PAGES: usize = 100;
+
+impl OpenRouterIssuer {
+    pub fn new(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Self, ProviderError> {
+        Ok(OpenRouterIssuer {
+            client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
+            base: base_url(config)?,
+            management_key: super::required_management_key(config)?,
+        })
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let auth = secret_header("Bearer ", &self.management_key).ok_or_else(|| {
+            ProviderError::Config("management key cannot be sent in a header".into())
+        })?;
+        Ok(self
+            .client
+            .request(method, &join_url(&self.base, path))
+            .header(reqwest::header::AUTHORIZATION, auth))
+    }
+}
+
+#[async_trait]
+impl Issuer for OpenRouterIssuer {
+    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
+        let request = self
+            .request(reqwest::Method::POST, "keys")?
+            .json(&serde_json::json!({ "name": name }));
+        let mut response = call(
+            &self.client,
+            "issue",
+            request,
+            Some(&self.management_key),
+            &[],
+        )
+        .await?;
+        let body = json_body(&response, "issue");
+        zeroize::Zeroize::zeroize(&mut response.body);
+        let body = body?;
+        let secret = SecretString::from(string_at(&body, "/key", "issue")?);
+        let remote_id = string_at(&body, "/data/hash", "issue")?;
+        let expires_at = expiry(body.pointer("/data/expires_at")).unwrap_or(None);
+        Ok(IssuedKey {
+            secret,
+            remote_id,
+            expires_at,
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<RemoteKey>, ProviderError> {
+        let mut found = Vec::new();
+        let mut offset = 0usize;
+        for _ in 0..MAX_PAGES {
+            let request = self.request(
+                reqwest::Method::GET,
+                &format!("keys?offset={offset}&include_disabled=true"),
+            )?;
+            let response = call(
+                &self.client,
+                "list",
+                request,
+                Some(&self.management_key),
+                &[],
+            )
+            .await?;
+            let body = json_body(&response, "list")?;
+            let page = body
+                .get("data")
+                .and_then(Value::as_array)
+                .ok_or_else(|| ProviderError::Malformed("list: no `data` array".into()))?;
+            if page.is_empty() {
+                return Ok(found);
+            }
+            offset += page.len();
+            for item in page {
+                let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
+                if name.starts_with(prefix) {
+                    found.push(RemoteKey {
+                        remote_id: string_at(item, "/hash", "list")?,
+                        name: name.to_string(),
+                    });
+                }
+            }
+        }
+        Err(ProviderError::Malformed(format!(
+            "list: more than {MAX_PAGES} pages"
+        )))
+    }
+
+    async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError> {
+        let request = self.request(
+            reqwest::Method::DELETE,
+            &format!("keys/{}", encode_component(remote_id)),
+        )?;
+        call(
+            &self.client,
+            "revoke",
+            request,
+            Some(&self.management_key),
+            &[404],
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -4,11 +4,15 @@
 //!
 //! These endpoints are the article's words, not a confirmed public API.
 
+use super::classify::{call, expiry, json_body, string_at};
+use super::client::{encode_component, join_url, secret_header, HttpClient};
 use super::http::{CheckRules, Http, RequestTemplate};
-use super::{ProviderError, ProviderTelemetry};
+use super::{base_url, IssuedKey, Issuer, ProviderError, ProviderTelemetry, RemoteKey};
 use crate::config::ProviderConfig;
+use async_trait::async_trait;
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
+use secrecy::SecretString;
 
 /// The check preset: `GET {base}/auth/verify`, Bearer; 200 valid (an `expires_at` in the
 /// body, epoch seconds, is reported), 401/403 invalid, 402 exhausted, 429 rate limited.
@@ -36,4 +40,110 @@ pub(crate) fn checker(
     telemetry: &ProviderTelemetry,
 ) -> Result<Http, ProviderError> {
     Http::with_rules(config, telemetry, check_rules())
+}
+
+/// The relay's key API with the management key as Bearer: `POST {base}/keys/rotate`
+/// `{"rotation_policy": …, "name": …}` → `{"key": …}`, then `GET {base}/keys/{name}/metadata`
+/// → `{created_at, expires_at}` (epoch seconds). The key's name is its id.
+///
+/// The article documents neither listing nor revoking, so `list` and `revoke` report
+/// `Unsupported`; use the generic `http` kind for a relay that has them.
+pub(crate) struct RelayIssuer {
+    client: HttpClient,
+    base: String,
+    management_key: SecretString,
+    rotation_policy: String,
+}
+
+impl RelayIssuer {
+    pub fn new(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Self, ProviderError> {
+        Ok(RelayIssuer {
+            client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
+            base: base_url(config)?,
+            management_key: super::required_management_key(config)?,
+            rotation_policy: config
+                .rotation_policy
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_else(|| "30d".into()),
+        })
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let auth = secret_header("Bearer ", &self.management_key).ok_or_else(|| {
+            ProviderError::Config("management key cannot be sent in a header".into())
+        })?;
+        Ok(self
+            .client
+            .request(method, &join_url(&self.base, path))
+            .header(AUTHORIZATION, auth))
+    }
+}
+
+#[async_trait]
+impl Issuer for RelayIssuer {
+    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
+        let request = self
+            .request(Method::POST, "keys/rotate")?
+            .json(&serde_json::json!({
+                "rotation_policy": self.rotation_policy,
+                "name": name,
+            }));
+        let mut response = call(
+            &self.client,
+            "issue",
+            request,
+            Some(&self.management_key),
+            &[],
+        )
+        .await?;
+        let body = json_body(&response, "issue");
+        zeroize::Zeroize::zeroize(&mut response.body);
+        let secret = SecretString::from(string_at(&body?, "/key", "issue")?);
+        // The key exists now: a failed metadata lookup must not lose it, only its expiry.
+        let metadata = async {
+            let request = self.request(
+                Method::GET,
+                &format!("keys/{}/metadata", encode_component(name)),
+            )?;
+            let response = call(
+                &self.client,
+                "issue",
+                request,
+                Some(&self.management_key),
+                &[],
+            )
+            .await?;
+            let body = json_body(&response, "metadata")?;
+            expiry(body.get("expires_at"))
+                .map_err(|()| ProviderError::Malformed("metadata: unreadable expires_at".into()))
+        };
+        let expires_at = metadata.await.unwrap_or(None);
+        Ok(IssuedKey {
+            secret,
+            remote_id: name.to_string(),
+            expires_at,
+        })
+    }
+
+    async fn list(&self, _prefix: &str) -> Result<Vec<RemoteKey>, ProviderError> {
+        Err(ProviderError::Unsupported {
+            kind: "relay",
+            operation: "listing keys",
+        })
+    }
+
+    async fn revoke(&self, _remote_id: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported {
+            kind: "relay",
+            operation: "revoking keys",
+        })
+    }
 }
