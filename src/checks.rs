@@ -78,6 +78,34 @@ pub struct CheckOutcome {
     pub report: CheckReport,
 }
 
+/// One pacer per provider, shared by every credential of that provider, so the provider's
+/// request rate is bounded whatever the number of keys.
+pub fn build_targets(
+    config: &crate::config::Config,
+    telemetry: &crate::providers::ProviderTelemetry,
+) -> Result<Vec<CheckTarget>, crate::providers::ProviderError> {
+    let mut providers: HashMap<String, (Arc<dyn Provider>, Arc<Pacer>)> = HashMap::new();
+    for provider in &config.providers {
+        let adapter = crate::providers::build(provider, telemetry)?;
+        let pacer = Arc::new(Pacer::new(provider.requests_per_second));
+        providers.insert(provider.name().to_string(), (adapter, pacer));
+    }
+    Ok(config
+        .credentials
+        .iter()
+        .filter_map(|credential| {
+            let (provider, pacer) = providers.get(credential.provider())?;
+            Some(CheckTarget {
+                credential: credential.name().to_string(),
+                provider_name: credential.provider().to_string(),
+                provider: provider.clone(),
+                pacer: pacer.clone(),
+                interval: config.check_interval(credential),
+            })
+        })
+        .collect())
+}
+
 /// Runs checks: on demand (`check_now`) and on schedule (`run`).
 pub struct Checker {
     store: Arc<dyn Store>,

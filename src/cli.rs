@@ -3,11 +3,15 @@
 //! Secrets never come from argv (visible in `ps` and shell history): `key import` reads
 //! stdin or a file. Listing commands print fingerprints, never keys; `--json` for scripts.
 
+use crate::checks::{self, Checker};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config, ConfigError};
 use crate::crypto::MasterKey;
 use crate::daemon::{self, DaemonSettings, MasterKeyNeed};
 use crate::logging::LogFormat;
+use crate::model::CheckStatus;
 use crate::model::{Stage, UnixTime};
+use crate::providers::ProviderTelemetry;
 use crate::store::{KeyVersion, NewKey, Store};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +19,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zeroize::Zeroize;
 
 /// Exit status for a bad configuration (sysexits.h EX_CONFIG).
@@ -54,6 +59,13 @@ pub enum Command {
     /// Manage key versions.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Probe keys at their providers now and print the results; exit 2 if a key is invalid.
+    Check {
+        /// Only this credential (default: all).
+        name: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Manage the master key that seals stored secrets.
     #[command(subcommand)]
     MasterKey(MasterKeyCommand),
@@ -184,6 +196,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Key(command) => {
             key_command(command, &config, &database, cli.master_key.as_deref()).await
         }
+        Command::Check {
+            name,
+            json: JsonFlag { json },
+        } => check_command(name, json, &config, &database, cli.master_key.as_deref()).await,
         Command::MasterKey(_) => unreachable!("handled before the config is loaded"),
     }
 }
@@ -420,6 +436,120 @@ async fn key_command(
             Ok(())
         }
     }
+}
+
+async fn check_command(
+    name: Option<String>,
+    json: bool,
+    config: &Config,
+    database: &Path,
+    master_key: Option<&Path>,
+) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = Arc::new(daemon::open_store(database, master_key, MasterKeyNeed::Always).await?);
+    store
+        .sync_credentials(&daemon::credential_specs(config), clock.now())
+        .await?;
+    let telemetry = ProviderTelemetry::new();
+    let mut targets = checks::build_targets(config, &telemetry)?;
+    if let Some(name) = &name {
+        targets.retain(|t| &t.credential == name);
+        if targets.is_empty() {
+            bail!("unknown credential {name:?}");
+        }
+    }
+    let checker = Checker::new(
+        store.clone(),
+        clock.clone(),
+        config.checks.max_concurrent,
+        0.0,
+    );
+    let outcomes = futures::future::join_all(targets.iter().map(|t| checker.check_now(t))).await;
+    let mut any_invalid = false;
+    let mut rows = Vec::new();
+    for (target, outcome) in targets.iter().zip(outcomes) {
+        match outcome {
+            Ok(outcome) => {
+                any_invalid |= outcome.report.status == CheckStatus::Invalid;
+                rows.push((target, Some(outcome), None));
+            }
+            Err(error) => rows.push((target, None, Some(error.to_string()))),
+        }
+    }
+    if json {
+        let items: Vec<_> = rows
+            .iter()
+            .map(|(t, o, e)| {
+                json!({
+                    "credential": t.credential,
+                    "provider": t.provider_name,
+                    "fingerprint": o.as_ref().map(|o| &o.fingerprint),
+                    "status": o.as_ref().map(|o| o.report.status.as_str()),
+                    "detail": o.as_ref().map(|o| o.report.detail.clone()).or_else(|| e.clone()),
+                    "http_status": o.as_ref().and_then(|o| o.report.http_status),
+                    "retry_after_seconds": o.as_ref().and_then(|o| o.report.retry_after).map(|d| d.as_secs()),
+                    "credit": o.as_ref().map(|o| o.report.credit.iter().map(|c| json!({"unit": c.unit, "remaining": c.remaining})).collect::<Vec<_>>()),
+                    "expires_at": o.as_ref().and_then(|o| o.report.expires_at),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        let now = clock.now();
+        let mut table = Table::new(&[
+            "CREDENTIAL",
+            "PROVIDER",
+            "FINGERPRINT",
+            "STATUS",
+            "CREDIT",
+            "EXPIRES",
+            "DETAIL",
+        ]);
+        for (t, o, e) in &rows {
+            match o {
+                Some(o) => table.row(vec![
+                    t.credential.clone(),
+                    t.provider_name.clone(),
+                    o.fingerprint.clone(),
+                    o.report.status.to_string(),
+                    if o.report.credit.is_empty() {
+                        "-".into()
+                    } else {
+                        o.report
+                            .credit
+                            .iter()
+                            .map(|c| format!("{:.2} {}", c.remaining, c.unit))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                    o.report
+                        .expires_at
+                        .map(|e| relative(now, e))
+                        .unwrap_or_else(|| "-".into()),
+                    o.report.detail.clone(),
+                ]),
+                None => table.row(vec![
+                    t.credential.clone(),
+                    t.provider_name.clone(),
+                    "-".into(),
+                    "not checked".into(),
+                    "-".into(),
+                    "-".into(),
+                    e.clone().unwrap_or_default(),
+                ]),
+            }
+        }
+        print!("{}", table.render());
+    }
+    store.close().await;
+    if any_invalid {
+        return Err(ExitError {
+            code: EXIT_INVALID_KEY,
+            message: "at least one key is invalid".into(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Who did it, for the audit trail: the invoking user.

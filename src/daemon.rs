@@ -2,11 +2,13 @@
 //! then wait for signals. SIGHUP re-reads the config (a broken one is logged and the running
 //! one stays); SIGTERM/SIGINT stop gracefully.
 
+use crate::checks::{self, CheckTarget, Checker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::crypto::{MasterKey, Sealer};
 use crate::http::{self, Heartbeat, HttpState, HEARTBEAT_MAX_AGE};
 use crate::metrics::Metrics;
+use crate::providers::ProviderTelemetry;
 use crate::scheduler::Scheduler;
 use crate::store::{CredentialSpec, SqliteStore, Store};
 use anyhow::Context;
@@ -113,6 +115,16 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
 
     let metrics = Arc::new(Metrics::new(clock.clone()));
+    let telemetry = ProviderTelemetry::register(metrics.registry())?;
+    let checker = Arc::new(Checker::new(
+        store.clone() as Arc<dyn Store>,
+        clock.clone(),
+        config.checks.max_concurrent,
+        config.checks.jitter,
+    ));
+    let mut check_tasks = checker
+        .spawn_all(checks::build_targets(&config, &telemetry)?)
+        .await;
     let heartbeat = Arc::new(Heartbeat::default());
     let scheduler = Scheduler::start(clock.clone(), heartbeat.clone(), metrics.clone())
         .await
@@ -166,9 +178,11 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         tokio::select! {
             _ = hangup.recv() => {
                 notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
-                match reload(&settings.config_path, &config, store.as_ref(), clock.as_ref()).await {
-                    Ok(new_config) => {
+                match reload(&settings.config_path, &config, store.as_ref(), clock.as_ref(), &telemetry).await {
+                    Ok((new_config, targets)) => {
                         config = new_config;
+                        check_tasks.abort_all();
+                        check_tasks = checker.spawn_all(targets).await;
                         tracing::info!(credentials = config.credentials.len(), "configuration reloaded");
                     }
                     Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration"),
@@ -185,6 +199,7 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     if let Some(task) = watchdog {
         task.abort();
     }
+    check_tasks.abort_all();
     let _ = stop_http.send(());
     let _ = server.await;
     scheduler.shutdown().await;
@@ -198,13 +213,16 @@ async fn reload(
     running: &Config,
     store: &dyn Store,
     clock: &dyn Clock,
-) -> anyhow::Result<Config> {
+    telemetry: &ProviderTelemetry,
+) -> anyhow::Result<(Config, Vec<CheckTarget>)> {
     let config = Config::load(path)?;
+    // Build everything before changing anything, so a bad provider section changes nothing.
+    let targets = checks::build_targets(&config, telemetry)?;
     if config.daemon.listen_address() != running.daemon.listen_address() {
         tracing::warn!("listen_address changed; it takes effect at the next restart");
     }
     store
         .sync_credentials(&credential_specs(&config), clock.now())
         .await?;
-    Ok(config)
+    Ok((config, targets))
 }
