@@ -10,6 +10,7 @@
 //! - [`model`]: the shared words: stages, check statuses, fingerprints.
 //! - [`providers`]: one adapter per vendor behind the `Provider` trait.
 //! - [`delivery`]: targets that hand a key to its consumers, behind the `Target` trait.
+//! - [`simulator`]: a fake key-issuing provider on loopback, for `keyrotd demo` and tests.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 #![forbid(unsafe_code)]
@@ -28,4 +29,5 @@ pub mod metrics;
 pub mod model;
 pub mod providers;
 pub mod scheduler;
+pub mod simulator;
 pub mod store;
