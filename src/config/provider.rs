@@ -1,6 +1,6 @@
 //! `[[provider]]` sections: an account at a vendor (kind, base URL, management key, limits).
 
-use super::{HumanDuration, Issues, SecretRef};
+use super::{HumanDuration, Issues, ProviderPositions, SecretRef};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -96,8 +96,11 @@ impl ProviderConfig {
             .or(self.kind.default_base_url())
     }
 
-    pub(super) fn validate(&self, issues: &mut Issues) {
+    pub(super) fn validate(&self, issues: &mut Issues, positions: Option<&ProviderPositions>) {
         let span = self.name.span();
+        let at = |position: Option<&super::Position>| {
+            position.and_then(super::span_of).unwrap_or(span.clone())
+        };
         if self.base_url().is_none()
             && !matches!(self.kind, ProviderKind::Exec | ProviderKind::Simulated)
         {
@@ -120,13 +123,16 @@ impl ProviderConfig {
         }
         if !(self.requests_per_second > 0.0 && self.requests_per_second.is_finite()) {
             issues.push(
-                Some(span.clone()),
+                Some(at(positions.map(|p| &p.requests_per_second))),
                 "`requests_per_second` must be a positive number".into(),
             );
         }
         if let Some(key) = &self.management_key {
             if let Err(err) = key.validate() {
-                issues.push(Some(span), format!("`management_key`: {err}"));
+                issues.push(
+                    Some(at(positions.map(|p| &p.management_key))),
+                    format!("`management_key`: {err}"),
+                );
             }
         }
     }
