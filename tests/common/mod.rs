@@ -14,8 +14,13 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_keyrotd");
+/// The binary under test: `$KEYROTD_TEST_BIN` if set (useful when several checkouts share
+/// one `CARGO_TARGET_DIR` and so one `target/debug/keyrotd`), else the one cargo built.
+pub fn bin() -> PathBuf {
+    std::env::var_os("KEYROTD_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keyrotd")))
+}
 
 /// How long a daemon may take to become ready or to stop.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -135,7 +140,7 @@ impl Env {
 
 /// The binary with a clean environment for keyrotd and systemd variables.
 pub fn bare_command() -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(bin());
     for var in [
         "KEYROTD_CONFIG",
         "KEYROTD_DATABASE",
