@@ -42,7 +42,10 @@ fn list_show_and_history_have_their_fields() {
     assert_eq!(row["expires_at"], 1_893_456_000);
     assert!(row["fingerprint"].as_str().unwrap().starts_with("sha256:"));
     let empty = rows.iter().find(|r| r["credential"] == "or-empty").unwrap();
-    assert!(empty["stage"].is_null() && empty["fingerprint"].is_null(), "{empty:#}");
+    assert!(
+        empty["stage"].is_null() && empty["fingerprint"].is_null(),
+        "{empty:#}"
+    );
 
     let table = env.run(&["key", "list"]);
     assert_success(&table, "key list");
@@ -86,7 +89,11 @@ fn list_show_and_history_have_their_fields() {
     assert_eq!(version["fingerprint"], row["fingerprint"]);
     let show_text = env.run(&["key", "show", CREDENTIAL]);
     assert_success(&show_text, "key show");
-    assert!(stdout(&show_text).contains("openrouter"), "{}", stdout(&show_text));
+    assert!(
+        stdout(&show_text).contains("openrouter"),
+        "{}",
+        stdout(&show_text)
+    );
 
     let history = json(&env, &["key", "history", CREDENTIAL, "--json"]);
     let events = history.as_array().unwrap();
@@ -135,7 +142,11 @@ fn importing_the_same_key_twice_is_refused() {
     env.import(CREDENTIAL, &secret, &[]);
     let again = env.run_with_stdin(&["key", "import", CREDENTIAL], &secret);
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
     assert!(!stderr(&again).contains(&secret));
     let show = json(&env, &["key", "show", CREDENTIAL, "--json"]);
     assert_eq!(show["versions"].as_array().unwrap().len(), 1, "{show:#}");
@@ -149,7 +160,10 @@ fn importing_for_an_unknown_credential_is_a_clear_error() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("unknown credential \"no-such\""), "{err}");
-    assert!(err.contains("[[credential]]"), "should say how to fix it: {err}");
+    assert!(
+        err.contains("[[credential]]"),
+        "should say how to fix it: {err}"
+    );
     assert!(!err.contains(&secret));
 }
 
@@ -225,7 +239,10 @@ fn a_master_key_readable_by_others_is_refused() {
 fn master_key_generate_never_overwrites() {
     let env = Env::new();
     let before = std::fs::read(&env.master_key).unwrap();
-    let mode = std::fs::metadata(&env.master_key).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&env.master_key)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let out = env.run(&["master-key", "generate", env.master_key.to_str().unwrap()]);
     assert!(!out.status.success());

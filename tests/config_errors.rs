@@ -152,10 +152,7 @@ fn cases() -> Vec<(&'static str, String, usize, usize, &'static str)> {
 
 fn check_config(path: &Path) -> std::process::Output {
     run_command(
-        bare_command()
-            .arg("check-config")
-            .arg("--config")
-            .arg(path),
+        bare_command().arg("check-config").arg("--config").arg(path),
         "",
     )
 }
@@ -236,5 +233,8 @@ fn run_with_a_bad_config_exits_78_without_binding() {
     let position = format!("{}:3:1:", env.config.display());
     assert!(stderr(&out).contains(&position), "{}", stderr(&out));
     assert!(!stderr(&out).contains("keyrotd ready"));
-    assert!(env.database_files().is_empty(), "a bad config must not create the database");
+    assert!(
+        env.database_files().is_empty(),
+        "a bad config must not create the database"
+    );
 }

@@ -23,11 +23,14 @@ fn imported_key_shows_in_metrics_and_its_secret_nowhere() {
     let daemon = env.start();
     let secret = canary();
     let before = now();
-    let import = env.import(CREDENTIAL, &secret, &["--expires-at", "2030-01-01T00:00:00Z"]);
+    let import = env.import(
+        CREDENTIAL,
+        &secret,
+        &["--expires-at", "2030-01-01T00:00:00Z"],
+    );
 
-    let metrics = daemon.wait_for_metrics("the imported key", |m| {
-        sample(m, AGE, CREDENTIAL).is_some()
-    });
+    let metrics =
+        daemon.wait_for_metrics("the imported key", |m| sample(m, AGE, CREDENTIAL).is_some());
     let after = now();
     for name in [AGE, CREATED, EXPIRY, EXPIRES_IN] {
         let line = metrics
@@ -42,8 +45,14 @@ fn imported_key_shows_in_metrics_and_its_secret_nowhere() {
     let created = sample(&metrics, CREATED, CREDENTIAL).unwrap() as i64;
     assert!((before..=after).contains(&created), "created {created}");
     let age = sample(&metrics, AGE, CREDENTIAL).unwrap();
-    assert!((0.0..=(after - before + 1) as f64).contains(&age), "age {age}");
-    assert_eq!(sample(&metrics, EXPIRY, CREDENTIAL), Some(EXPIRES_AT as f64));
+    assert!(
+        (0.0..=(after - before + 1) as f64).contains(&age),
+        "age {age}"
+    );
+    assert_eq!(
+        sample(&metrics, EXPIRY, CREDENTIAL),
+        Some(EXPIRES_AT as f64)
+    );
     let expires_in = sample(&metrics, EXPIRES_IN, CREDENTIAL).unwrap() as i64;
     assert!(
         (EXPIRES_AT - now() - 2..=EXPIRES_AT - before).contains(&expires_in),
@@ -78,7 +87,10 @@ fn imported_key_shows_in_metrics_and_its_secret_nowhere() {
 
     // Where the secrets must not appear.
     let mut outputs = vec![
-        ("import output".to_string(), stdout(&import) + &stderr(&import)),
+        (
+            "import output".to_string(),
+            stdout(&import) + &stderr(&import),
+        ),
         (
             "import --from-file output".into(),
             stdout(&from_file) + &stderr(&from_file),
@@ -101,15 +113,18 @@ fn imported_key_shows_in_metrics_and_its_secret_nowhere() {
     outputs.push(("daemon log".into(), daemon.stop()));
     for (what, text) in &outputs {
         for secret in [&secret, &file_secret] {
-            assert!(!text.contains(secret.as_str()), "the key leaked into {what}:\n{text}");
-            assert!(!text.contains("canary"), "part of the key leaked into {what}:\n{text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "the key leaked into {what}:\n{text}"
+            );
+            assert!(
+                !text.contains("canary"),
+                "part of the key leaked into {what}:\n{text}"
+            );
         }
     }
     let files = env.database_files();
-    assert!(
-        files.iter().any(|f| f.ends_with("keyrotd.db")),
-        "{files:?}"
-    );
+    assert!(files.iter().any(|f| f.ends_with("keyrotd.db")), "{files:?}");
     for file in files {
         let bytes = std::fs::read(&file).unwrap();
         for secret in [&secret, &file_secret] {
@@ -154,7 +169,10 @@ fn state_survives_restart_and_a_broken_reload_keeps_the_running_config() {
     // Restart: the store is the truth.
     let daemon = env.start();
     let metrics = daemon.metrics();
-    assert_eq!(sample(&metrics, EXPIRY, CREDENTIAL), Some(EXPIRES_AT as f64));
+    assert_eq!(
+        sample(&metrics, EXPIRY, CREDENTIAL),
+        Some(EXPIRES_AT as f64)
+    );
     assert!(sample(&metrics, AGE, CREDENTIAL).is_some());
     let list = env.run(&["key", "list", "--json"]);
     assert_success(&list, "key list");
@@ -175,7 +193,10 @@ fn state_survives_restart_and_a_broken_reload_keeps_the_running_config() {
     let position = format!("{}:3:", env.config.display());
     assert!(line.contains(&position), "no {position} in: {line}");
     let metrics = daemon.metrics();
-    assert_eq!(sample(&metrics, EXPIRY, CREDENTIAL), Some(EXPIRES_AT as f64));
+    assert_eq!(
+        sample(&metrics, EXPIRY, CREDENTIAL),
+        Some(EXPIRES_AT as f64)
+    );
     assert_eq!(daemon.get("/healthz").0, 200);
 
     // A later valid config is applied.
@@ -185,7 +206,10 @@ fn state_survives_restart_and_a_broken_reload_keeps_the_running_config() {
         sample(m, FAILURES, "or-new").is_some()
     });
     assert!(sample(&metrics, AGE, CREDENTIAL).is_some(), "{metrics}");
-    assert!(sample(&metrics, AGE, "or-new").is_none(), "or-new has no key");
+    assert!(
+        sample(&metrics, AGE, "or-new").is_none(),
+        "or-new has no key"
+    );
 
     let started = Instant::now();
     let log = daemon.stop();

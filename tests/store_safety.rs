@@ -46,7 +46,11 @@ fn env_with_database() -> Env {
     let env = Env::new();
     env.import(CREDENTIAL, &canary(), &[]);
     sql(&env.database, &[]);
-    assert!(sidecars(&env.database).is_empty(), "{:?}", sidecars(&env.database));
+    assert!(
+        sidecars(&env.database).is_empty(),
+        "{:?}",
+        sidecars(&env.database)
+    );
     env
 }
 
@@ -57,7 +61,10 @@ fn assert_refused(env: &Env, words: &[&str]) {
     for args in [&["key", "list"][..], &["run"][..]] {
         let out = env.run(args);
         let err = stderr(&out);
-        assert!(!out.status.success(), "{args:?} accepted the database:\n{err}");
+        assert!(
+            !out.status.success(),
+            "{args:?} accepted the database:\n{err}"
+        );
         let line = err
             .lines()
             .find(|l| l.contains(&*env.database.to_string_lossy()))
@@ -66,7 +73,11 @@ fn assert_refused(env: &Env, words: &[&str]) {
             assert!(line.contains(word), "{args:?}: no {word:?} in {line:?}");
         }
         assert!(!err.contains("keyrotd ready"), "{err}");
-        assert_eq!(file_hash(&env.database), before, "{args:?} modified the database");
+        assert_eq!(
+            file_hash(&env.database),
+            before,
+            "{args:?} modified the database"
+        );
         assert!(
             sidecars(&env.database).is_empty(),
             "{args:?} created {:?}",
@@ -80,8 +91,10 @@ fn a_database_from_a_newer_schema_is_refused() {
     let env = env_with_database();
     sql(
         &env.database,
-        &["INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
-           VALUES (99990101000000, 'from the future', 1, x'00', 0)"],
+        &[
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+           VALUES (99990101000000, 'from the future', 1, x'00', 0)",
+        ],
     );
     assert_refused(&env, &["newer", "99990101000000"]);
 }
@@ -176,7 +189,10 @@ fn an_unwritable_directory_is_a_clear_error_and_nothing_is_touched() {
     ] {
         let out = run_unprivileged(&binary, &env, database, args);
         let err = stderr(&out);
-        assert!(!out.status.success(), "{args:?} on {database:?} succeeded:\n{err}");
+        assert!(
+            !out.status.success(),
+            "{args:?} on {database:?} succeeded:\n{err}"
+        );
         let line = err
             .lines()
             .find(|l| l.contains("cannot create or write"))
@@ -189,11 +205,19 @@ fn an_unwritable_directory_is_a_clear_error_and_nothing_is_touched() {
         assert!(!err.contains("keyrotd ready"), "{err}");
     }
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert_eq!(file_hash(&existing), before, "the existing database was modified");
+    assert_eq!(
+        file_hash(&existing),
+        before,
+        "the existing database was modified"
+    );
     let mut left: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["existing.db"], "files appeared in the read-only directory");
+    assert_eq!(
+        left,
+        ["existing.db"],
+        "files appeared in the read-only directory"
+    );
 }

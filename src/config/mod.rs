@@ -261,8 +261,12 @@ impl Issues {
 
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(source: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(source.len());
-    let before = &source[..source.floor_char_boundary(offset)];
+    let mut offset = offset.min(source.len());
+    // `str::floor_char_boundary` is newer than our MSRV.
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &source[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let column = before[line_start..].chars().count() + 1;

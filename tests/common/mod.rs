@@ -274,7 +274,10 @@ impl Daemon {
                 daemon.join_reader();
                 panic!("keyrotd exited before ready ({status}):\n{}", daemon.log())
             }
-            None => panic!("keyrotd not ready within {START_TIMEOUT:?}:\n{}", daemon.log()),
+            None => panic!(
+                "keyrotd not ready within {START_TIMEOUT:?}:\n{}",
+                daemon.log()
+            ),
         }
         daemon
     }
@@ -294,7 +297,12 @@ impl Daemon {
             let log = self.log();
             log.contains(needle).then_some(log)
         })
-        .unwrap_or_else(|| panic!("no {needle:?} in the log within {timeout:?}:\n{}", self.log()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {needle:?} in the log within {timeout:?}:\n{}",
+                self.log()
+            )
+        })
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -443,5 +451,7 @@ pub fn now() -> i64 {
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the process's effective user.
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
