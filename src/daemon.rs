@@ -9,7 +9,7 @@ use crate::crypto::{MasterKey, Sealer};
 use crate::http::{self, Heartbeat, HttpState, HEARTBEAT_MAX_AGE};
 use crate::metrics::Metrics;
 use crate::providers::ProviderTelemetry;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, HEARTBEAT_INTERVAL};
 use crate::store::{CredentialSpec, SqliteStore, Store};
 use anyhow::Context;
 use sd_notify::NotifyState;
@@ -80,10 +80,12 @@ pub async fn open_store(
             key_path.display()
         );
     }
-    store
-        .verify_master_key()
-        .await
-        .with_context(|| format!("master key {} does not open this store", key_path.display()))?;
+    // Listings need no secrets: they work without the master key (and with a wrong one).
+    if sealer.is_some() && need != MasterKeyNeed::Never {
+        store.verify_master_key().await.with_context(|| {
+            format!("master key {} does not open this store", key_path.display())
+        })?;
+    }
     Ok(store)
 }
 
@@ -165,7 +167,10 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                 ticker.tick().await;
                 // Feed the watchdog only while the scheduler proves it is alive: a stuck
                 // scheduler should get the service restarted.
-                if heartbeat.is_fresh(clock.now(), HEARTBEAT_MAX_AGE.min(interval)) {
+                // The scheduler beats every HEARTBEAT_INTERVAL: a shorter freshness window
+                // would starve a short watchdog between two healthy beats.
+                let max_age = HEARTBEAT_MAX_AGE.min(interval).max(2 * HEARTBEAT_INTERVAL);
+                if heartbeat.is_fresh(clock.now(), max_age) {
                     notify(&[NotifyState::Watchdog]);
                 } else {
                     tracing::error!("scheduler heartbeat is stale; not feeding the watchdog");

@@ -265,6 +265,7 @@ impl Issues {
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(source.len());
+    // `str::floor_char_boundary` is newer than our MSRV.
     while !source.is_char_boundary(offset) {
         offset -= 1;
     }
@@ -304,14 +305,15 @@ impl Config {
             error
         })?;
         let mut issues = Issues::default();
-        config.validate(&mut issues);
+        let positions: Positions = toml::from_str(source).unwrap_or_default();
+        config.validate(&mut issues, &positions);
         match issues.into_error(path, source) {
             Some(error) => Err(error),
             None => Ok(config),
         }
     }
 
-    fn validate(&self, issues: &mut Issues) {
+    fn validate(&self, issues: &mut Issues, positions: &Positions) {
         if self
             .daemon
             .listen_address
@@ -327,18 +329,28 @@ impl Config {
                 ),
             );
         }
+        let checks = &positions.checks;
         if !(0.0..=1.0).contains(&self.checks.jitter) {
-            issues.push(None, "`checks.jitter` must be between 0 and 1".into());
+            issues.push(
+                span_of(&checks.jitter),
+                "`checks.jitter` must be between 0 and 1".into(),
+            );
         }
         if self.checks.max_concurrent == 0 {
-            issues.push(None, "`checks.max_concurrent` must be at least 1".into());
+            issues.push(
+                span_of(&checks.max_concurrent),
+                "`checks.max_concurrent` must be at least 1".into(),
+            );
         }
         if self.checks.interval.0 < Duration::from_secs(1) {
-            issues.push(None, "`checks.interval` must be at least 1s".into());
+            issues.push(
+                span_of(&checks.interval),
+                "`checks.interval` must be at least 1s".into(),
+            );
         }
 
         let mut providers: HashMap<&str, &ProviderConfig> = HashMap::new();
-        for provider in &self.providers {
+        for (index, provider) in self.providers.iter().enumerate() {
             if !valid_name(provider.name()) {
                 issues.push(
                     Some(provider.name.span()),
@@ -351,7 +363,7 @@ impl Config {
                     format!("duplicate provider name {:?}", provider.name()),
                 );
             }
-            provider.validate(issues);
+            provider.validate(issues, positions.providers.get(index));
         }
 
         let mut credentials: HashMap<&str, &CredentialConfig> = HashMap::new();
@@ -450,6 +462,35 @@ impl RotationPolicyConfig {
             }
         }
     }
+}
+
+/// Where values whose types carry no span (numbers, secret references) sit in the file:
+/// read in a second, lenient pass so their errors can name a line and column too.
+#[derive(Debug, Default, Deserialize)]
+struct Positions {
+    #[serde(default)]
+    checks: ChecksPositions,
+    #[serde(default, rename = "provider")]
+    providers: Vec<ProviderPositions>,
+}
+
+pub(crate) type Position = Option<Spanned<toml::Value>>;
+
+#[derive(Debug, Default, Deserialize)]
+struct ChecksPositions {
+    jitter: Position,
+    max_concurrent: Position,
+    interval: Position,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ProviderPositions {
+    pub(crate) management_key: Position,
+    pub(crate) requests_per_second: Position,
+}
+
+pub(crate) fn span_of(position: &Position) -> Option<Range<usize>> {
+    position.as_ref().map(Spanned::span)
 }
 
 /// Names appear in metric labels, file names and provider-side key names: keep them plain.

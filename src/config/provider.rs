@@ -1,6 +1,6 @@
 //! `[[provider]]` sections: an account at a vendor (kind, base URL, management key, limits).
 
-use super::{HumanDuration, Issues, SecretRef};
+use super::{HumanDuration, Issues, ProviderPositions, SecretRef};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -316,8 +316,11 @@ impl ProviderConfig {
             .unwrap_or("2023-06-01")
     }
 
-    pub(super) fn validate(&self, issues: &mut Issues) {
+    pub(super) fn validate(&self, issues: &mut Issues, positions: Option<&ProviderPositions>) {
         let span = self.name.span();
+        let at = |position: Option<&super::Position>| {
+            position.and_then(super::span_of).unwrap_or(span.clone())
+        };
         if self.timeout.0.is_zero() {
             issues.push(
                 Some(span.clone()),
@@ -347,13 +350,16 @@ impl ProviderConfig {
         }
         if !(self.requests_per_second > 0.0 && self.requests_per_second.is_finite()) {
             issues.push(
-                Some(span.clone()),
+                Some(at(positions.map(|p| &p.requests_per_second))),
                 "`requests_per_second` must be a positive number".into(),
             );
         }
         if let Some(key) = &self.management_key {
             if let Err(err) = key.validate() {
-                issues.push(Some(span), format!("`management_key`: {err}"));
+                issues.push(
+                    Some(at(positions.map(|p| &p.management_key))),
+                    format!("`management_key`: {err}"),
+                );
             }
         }
     }

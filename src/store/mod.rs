@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path} is not a keyrotd database (not SQLite, or corrupt); refusing to touch it")]
+    #[error("{path} is not a keyrotd database (not SQLite, another program's database, or corrupt); refusing to touch it")]
     Corrupt { path: PathBuf },
     #[error("{path} has schema version {found}, newer than this keyrotd knows ({known}); upgrade keyrotd or restore a backup — refusing to touch it")]
     SchemaTooNew {

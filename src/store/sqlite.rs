@@ -133,6 +133,17 @@ impl SqliteStore {
         .fetch_one(&mut conn)
         .await
         .map_err(|_| corrupt())?;
+        if !has_migrations {
+            // Another program's database: migrating it would write our tables into it.
+            let objects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|_| corrupt())?;
+            if objects > 0 {
+                let _ = sqlx::Connection::close(conn).await;
+                return Err(corrupt());
+            }
+        }
         if has_migrations {
             let found: Option<i64> =
                 sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")

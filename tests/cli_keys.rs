@@ -1,0 +1,250 @@
+//! `key import|list|show|history` and the master key, through the real binary: output
+//! shapes, the audit trail, refusals with clear messages.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+
+fn json(env: &Env, args: &[&str]) -> Value {
+    let out = env.run(args);
+    assert_success(&out, &args.join(" "));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}):\n{}", stdout(&out)))
+}
+
+#[test]
+fn list_show_and_history_have_their_fields() {
+    let env = Env::with_credentials(&[CREDENTIAL, "or-empty"]);
+    env.import(CREDENTIAL, &canary(), &["--expires-at", "1893456000"]);
+
+    let list = json(&env, &["key", "list", "--json"]);
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{list:#}");
+    let row = rows.iter().find(|r| r["credential"] == CREDENTIAL).unwrap();
+    for field in [
+        "credential",
+        "provider",
+        "stage",
+        "version",
+        "fingerprint",
+        "created_at",
+        "age_seconds",
+        "expires_at",
+        "last_check_at",
+        "last_check_status",
+    ] {
+        assert!(row.get(field).is_some(), "no {field} in {row:#}");
+    }
+    assert_eq!(row["provider"], PROVIDER);
+    assert_eq!(row["stage"], "current");
+    assert_eq!(row["expires_at"], 1_893_456_000);
+    assert!(row["fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    let empty = rows.iter().find(|r| r["credential"] == "or-empty").unwrap();
+    assert!(
+        empty["stage"].is_null() && empty["fingerprint"].is_null(),
+        "{empty:#}"
+    );
+
+    let table = env.run(&["key", "list"]);
+    assert_success(&table, "key list");
+    let text = stdout(&table);
+    assert!(text.starts_with("CREDENTIAL"), "{text}");
+    assert!(text.contains("(no key)"), "{text}");
+
+    let show = json(&env, &["key", "show", CREDENTIAL, "--json"]);
+    for field in [
+        "credential",
+        "provider",
+        "provider_kind",
+        "check_status",
+        "valid",
+        "last_check_at",
+        "next_rotation_at",
+        "last_rotated_at",
+        "consecutive_failures",
+        "versions",
+    ] {
+        assert!(show.get(field).is_some(), "no {field} in {show:#}");
+    }
+    assert_eq!(show["provider_kind"], "openrouter");
+    let version = &show["versions"][0];
+    for field in [
+        "version",
+        "stage",
+        "fingerprint",
+        "provider_key_id",
+        "rotation_id",
+        "created_at",
+        "expires_at",
+        "stage_changed_at",
+        "last_check_at",
+        "last_check_status",
+        "has_secret",
+    ] {
+        assert!(version.get(field).is_some(), "no {field} in {version:#}");
+    }
+    assert_eq!(version["has_secret"], true);
+    assert_eq!(version["fingerprint"], row["fingerprint"]);
+    let show_text = env.run(&["key", "show", CREDENTIAL]);
+    assert_success(&show_text, "key show");
+    assert!(
+        stdout(&show_text).contains("openrouter"),
+        "{}",
+        stdout(&show_text)
+    );
+
+    let history = json(&env, &["key", "history", CREDENTIAL, "--json"]);
+    let events = history.as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["credential_added", "imported"], "{history:#}");
+    assert_eq!(events[0]["actor"], "config");
+    assert_eq!(events[1]["actor"], "cli:tester");
+    assert_eq!(events[1]["version"], version["version"]);
+    for event in events {
+        for field in ["id", "at", "kind", "actor", "version", "detail"] {
+            assert!(event.get(field).is_some(), "no {field} in {event:#}");
+        }
+    }
+    let history_text = env.run(&["key", "history", CREDENTIAL]);
+    assert_success(&history_text, "key history");
+    assert!(stdout(&history_text).contains("imported"));
+    assert!(stdout(&history_text).contains("cli:tester"));
+}
+
+#[test]
+fn listings_work_without_the_master_key() {
+    let env = Env::new();
+    env.import(CREDENTIAL, &canary(), &[]);
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        &["key", "list", "--json"][..],
+        &["key", "show", CREDENTIAL][..],
+        &["key", "history", CREDENTIAL][..],
+    ] {
+        let out = run_command(
+            bare_command()
+                .env("CREDENTIALS_DIRECTORY", empty.path())
+                .arg("--config")
+                .arg(&env.config)
+                .args(args),
+            "",
+        );
+        assert_success(&out, &args.join(" "));
+    }
+}
+
+#[test]
+fn importing_the_same_key_twice_is_refused() {
+    let env = Env::new();
+    let secret = canary();
+    env.import(CREDENTIAL, &secret, &[]);
+    let again = env.run_with_stdin(&["key", "import", CREDENTIAL], &secret);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(!stderr(&again).contains(&secret));
+    let show = json(&env, &["key", "show", CREDENTIAL, "--json"]);
+    assert_eq!(show["versions"].as_array().unwrap().len(), 1, "{show:#}");
+}
+
+#[test]
+fn importing_for_an_unknown_credential_is_a_clear_error() {
+    let env = Env::new();
+    let secret = canary();
+    let out = env.run_with_stdin(&["key", "import", "no-such"], &secret);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("unknown credential \"no-such\""), "{err}");
+    assert!(
+        err.contains("[[credential]]"),
+        "should say how to fix it: {err}"
+    );
+    assert!(!err.contains(&secret));
+}
+
+#[test]
+fn empty_and_multi_line_keys_are_refused() {
+    let env = Env::new();
+    for (input, word) in [("", "empty"), ("sk-one\nsk-two\n", "several lines")] {
+        let out = env.run_with_stdin(&["key", "import", CREDENTIAL], input);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(word), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("sk-one"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn importing_without_a_master_key_says_how_to_create_one() {
+    let env = Env::new();
+    let empty = tempfile::tempdir().unwrap();
+    let out = run_command(
+        bare_command()
+            .env("CREDENTIALS_DIRECTORY", empty.path())
+            .arg("--config")
+            .arg(&env.config)
+            .args(["key", "import", CREDENTIAL]),
+        &canary(),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no master key"), "{err}");
+    assert!(err.contains("keyrotd master-key generate"), "{err}");
+}
+
+#[test]
+fn a_wrong_master_key_stops_the_daemon_at_start_up() {
+    let env = Env::new();
+    env.import(CREDENTIAL, &canary(), &[]);
+    let other = env.path().join("other.key");
+    assert_success(
+        &env.run(&["master-key", "generate", other.to_str().unwrap()]),
+        "generate",
+    );
+    let out = run_command(
+        bare_command()
+            .arg("--config")
+            .arg(&env.config)
+            .arg("--master-key")
+            .arg(&other)
+            .arg("run"),
+        "",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("does not open this store"), "{err}");
+    assert!(err.contains(&*other.to_string_lossy()), "{err}");
+    assert!(!err.contains("keyrotd ready"), "{err}");
+}
+
+#[test]
+fn a_master_key_readable_by_others_is_refused() {
+    let env = Env::new();
+    std::fs::set_permissions(&env.master_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run_with_stdin(&["key", "import", CREDENTIAL], &canary());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(err.contains("644"), "{err}");
+    let run = env.run(&["run"]);
+    assert!(!run.status.success());
+    assert!(stderr(&run).contains("chmod 600"), "{}", stderr(&run));
+}
+
+#[test]
+fn master_key_generate_never_overwrites() {
+    let env = Env::new();
+    let before = std::fs::read(&env.master_key).unwrap();
+    let mode = std::fs::metadata(&env.master_key)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = env.run(&["master-key", "generate", env.master_key.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&env.master_key).unwrap(), before);
+}
