@@ -28,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod providers;
+pub mod rotation;
 pub mod scheduler;
 pub mod simulator;
 pub mod store;

@@ -176,7 +176,6 @@ pub(crate) fn family(
     family
 }
 
-#[allow(dead_code)]
 pub(crate) fn counter(labels: Vec<LabelPair>, value: f64) -> Metric {
     let mut counter = Counter::default();
     counter.set_value(value);
@@ -236,11 +235,39 @@ impl Collector for KeyStateCollector {
                 }
             }
         }
-        FAMILIES
+        let rotations: Vec<Metric> = snapshot
+            .credentials
+            .iter()
+            .flat_map(|state| {
+                let c = &state.credential;
+                [("success", state.rotations_succeeded), ("failure", state.rotations_failed)]
+                    .into_iter()
+                    .map(move |(result, count)| {
+                        counter(
+                            vec![
+                                label("credential", &c.name),
+                                label("provider", &c.provider),
+                                label("result", result),
+                            ],
+                            count as f64,
+                        )
+                    })
+            })
+            .collect();
+        let mut families: Vec<MetricFamily> = FAMILIES
             .iter()
             .zip(per_family)
             .filter(|(_, metrics)| !metrics.is_empty())
             .map(|((name, help, kind, _), metrics)| family(name, help, *kind, metrics))
-            .collect()
+            .collect();
+        if !rotations.is_empty() {
+            families.push(family(
+                "keyrotd_rotations_total",
+                "Finished rotations by result (success or failure).",
+                MetricType::COUNTER,
+                rotations,
+            ));
+        }
+        families
     }
 }

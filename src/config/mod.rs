@@ -168,6 +168,12 @@ pub struct RotationPolicyConfig {
     /// How long the previous key stays valid after a rotation (default 24h).
     #[serde(default)]
     pub grace: Option<Spanned<HumanDuration>>,
+    /// First wait after a failed rotation; doubles per failure (default 5m).
+    #[serde(default)]
+    pub retry_backoff: Option<Spanned<HumanDuration>>,
+    /// Longest wait between failed attempts (default 6h).
+    #[serde(default)]
+    pub retry_backoff_max: Option<Spanned<HumanDuration>>,
 }
 
 impl RotationPolicyConfig {
@@ -178,6 +184,19 @@ impl RotationPolicyConfig {
             .as_ref()
             .map(|g| g.get_ref().0)
             .unwrap_or(Self::DEFAULT_GRACE)
+    }
+
+    pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+    pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
+
+    /// Capped exponential backoff between failed rotation attempts.
+    pub fn retry_backoff(&self) -> crate::backoff::Backoff {
+        let pick = |value: &Option<Spanned<HumanDuration>>, default| {
+            value.as_ref().map(|d| d.get_ref().0).unwrap_or(default)
+        };
+        let base = pick(&self.retry_backoff, Self::DEFAULT_RETRY_BACKOFF);
+        let cap = pick(&self.retry_backoff_max, Self::DEFAULT_RETRY_BACKOFF_MAX).max(base);
+        crate::backoff::Backoff::new(base, cap)
     }
 
     pub fn schedule(&self) -> Option<Schedule> {
@@ -451,6 +470,11 @@ impl RotationPolicyConfig {
                         max_age.get_ref()
                     ),
                 );
+            }
+        }
+        if let Some(backoff) = &self.retry_backoff {
+            if backoff.get_ref().0 < Duration::from_secs(1) {
+                issues.push(Some(backoff.span()), "`retry_backoff` must be at least 1s".into());
             }
         }
         if let (Some(before), Some(max_age)) = (&self.rotate_before_expiry, &self.max_age) {

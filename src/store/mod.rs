@@ -127,6 +127,9 @@ pub struct Snapshot {
 pub struct CredentialState {
     pub credential: CredentialRecord,
     pub current: Option<KeyVersion>,
+    /// Finished rotations by result, for `keyrotd_rotations_total{result}`.
+    pub rotations_succeeded: u64,
+    pub rotations_failed: u64,
     /// (unit, remaining) as last reported by the provider.
     pub credits: Vec<(String, f64)>,
 }
@@ -141,6 +144,70 @@ pub struct CheckRecord {
     pub credits: Vec<(String, f64)>,
     /// Expiry the provider reported for the key; replaces the stored one.
     pub expires_at: Option<UnixTime>,
+}
+
+/// Where a rotation is. Each step is durable before the next external effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationStep {
+    /// Recorded before any call to the provider.
+    Planned,
+    /// The new key is stored as `pending`.
+    Issued,
+    /// The new key answered a check as valid.
+    Verified,
+    /// Every delivery target holds the new key.
+    Delivered,
+    /// Promoted: the new key is current. Finished.
+    Done,
+    /// Abandoned; the old key stayed current. Finished.
+    Failed,
+}
+
+impl RotationStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationStep::Planned => "planned",
+            RotationStep::Issued => "issued",
+            RotationStep::Verified => "verified",
+            RotationStep::Delivered => "delivered",
+            RotationStep::Done => "done",
+            RotationStep::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RotationStep> {
+        [
+            RotationStep::Planned,
+            RotationStep::Issued,
+            RotationStep::Verified,
+            RotationStep::Delivered,
+            RotationStep::Done,
+            RotationStep::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// A rotation's row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotation {
+    pub id: String,
+    pub credential: String,
+    pub step: RotationStep,
+    pub new_version_id: Option<i64>,
+    pub started_at: UnixTime,
+    pub error: Option<String>,
+}
+
+/// How a failed rotation is wound up.
+#[derive(Debug, Clone)]
+pub struct RotationFailure {
+    pub error: String,
+    /// Mark the pending version `failed` (an issued key that must not be retried).
+    pub discard_pending: bool,
+    /// When to try again.
+    pub retry_at: Option<UnixTime>,
 }
 
 #[async_trait]
@@ -183,6 +250,82 @@ pub trait Store: Send + Sync {
         version_id: i64,
         check: &CheckRecord,
     ) -> StoreResult<()>;
+
+    /// Records a new rotation before anything is asked of the provider. Fails with
+    /// `Conflict` while another rotation of the credential is in flight.
+    async fn plan_rotation(
+        &self,
+        credential: &str,
+        rotation_id: &str,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<Rotation>;
+
+    /// Unfinished rotations (to resume at start-up).
+    async fn rotations_in_flight(&self) -> StoreResult<Vec<Rotation>>;
+
+    /// Stores the key the provider issued as `pending`, bound to the rotation (step → issued).
+    async fn record_issued(
+        &self,
+        rotation_id: &str,
+        key: NewKey,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion>;
+
+    /// Binds an operator-imported pending version to the rotation (step → issued).
+    async fn adopt_pending(
+        &self,
+        rotation_id: &str,
+        version_id: i64,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+
+    /// Moves a rotation to `verified` or `delivered`, with an event.
+    async fn advance_rotation(
+        &self,
+        rotation_id: &str,
+        step: RotationStep,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+
+    /// In one transaction: current → previous, pending → current, rotation done, failures
+    /// reset, next rotation set.
+    async fn promote(
+        &self,
+        rotation_id: &str,
+        next_rotation_at: Option<UnixTime>,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+
+    /// Winds up a failed rotation; the current key is untouched.
+    async fn fail_rotation(
+        &self,
+        rotation_id: &str,
+        failure: &RotationFailure,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+
+    async fn set_next_rotation(&self, credential: &str, at: Option<UnixTime>) -> StoreResult<()>;
+
+    /// Marks a version revoked and drops its secret material.
+    async fn mark_revoked(
+        &self,
+        version_id: i64,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+
+    /// previous → current and current → previous, if the previous key changed stage no
+    /// earlier than `not_before` (inside its grace period).
+    async fn rollback(
+        &self,
+        credential: &str,
+        not_before: UnixTime,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion>;
 
     /// Appends an audit event.
     async fn append_event(

@@ -499,7 +499,18 @@ impl Store for SqliteStore {
         )
         .fetch_all(&mut *tx)
         .await?;
+        let rotation_rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT c.name, SUM(r.step = 'done'), SUM(r.step = 'failed') FROM rotations r
+             JOIN credentials c ON c.id = r.credential_id
+             WHERE c.removed_at IS NULL AND r.finished_at IS NOT NULL GROUP BY c.name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
+        let mut rotations_by_name: std::collections::HashMap<String, (u64, u64)> = rotation_rows
+            .into_iter()
+            .map(|(name, done, failed)| (name, (done.max(0) as u64, failed.max(0) as u64)))
+            .collect();
         let mut credits_by_name: std::collections::HashMap<String, Vec<(String, f64)>> =
             std::collections::HashMap::new();
         for (name, unit, remaining) in credit_rows {
@@ -516,11 +527,16 @@ impl Store for SqliteStore {
         let credentials = credentials
             .iter()
             .map(credential_from_row)
-            .map(|credential| CredentialState {
+            .map(|credential| {
+                let (rotations_succeeded, rotations_failed) =
+                    rotations_by_name.remove(&credential.name).unwrap_or_default();
+                CredentialState {
+                rotations_succeeded,
+                rotations_failed,
                 current: current_by_name.remove(&credential.name),
                 credits: credits_by_name.remove(&credential.name).unwrap_or_default(),
                 credential,
-            })
+            }})
             .collect();
         Ok(Snapshot {
             generation,
@@ -649,6 +665,364 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn plan_rotation(
+        &self,
+        credential: &str,
+        rotation_id: &str,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<Rotation> {
+        let mut tx = self.begin_write().await?;
+        let credential_id = Self::credential_id(&mut tx, credential).await?;
+        let in_flight: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM rotations WHERE credential_id = ? AND finished_at IS NULL",
+        )
+        .bind(credential_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(other) = in_flight {
+            return Err(StoreError::Conflict(format!(
+                "rotation {other} of {credential} is already in flight"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO rotations (id, credential_id, step, started_at, updated_at) VALUES (?, ?, 'planned', ?, ?)",
+        )
+        .bind(rotation_id)
+        .bind(credential_id)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_event(&mut tx, Some(credential), None, "rotation_planned", actor, &format!("rotation {rotation_id}"), now).await?;
+        tx.commit().await?;
+        Ok(Rotation {
+            id: rotation_id.to_string(),
+            credential: credential.to_string(),
+            step: RotationStep::Planned,
+            new_version_id: None,
+            started_at: now,
+            error: None,
+        })
+    }
+
+    async fn rotations_in_flight(&self) -> StoreResult<Vec<Rotation>> {
+        let rows = sqlx::query(
+            "SELECT r.id, c.name, r.step, r.new_version_id, r.started_at, r.error
+             FROM rotations r JOIN credentials c ON c.id = r.credential_id
+             WHERE r.finished_at IS NULL ORDER BY r.started_at",
+        )
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Rotation {
+                id: row.get(0),
+                credential: row.get(1),
+                step: RotationStep::parse(&row.get::<String, _>(2)).unwrap_or(RotationStep::Planned),
+                new_version_id: row.get(3),
+                started_at: row.get(4),
+                error: row.get(5),
+            })
+            .collect())
+    }
+
+    async fn record_issued(
+        &self,
+        rotation_id: &str,
+        key: NewKey,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion> {
+        let sealer = self.sealer()?;
+        let fp = fingerprint(&key.secret);
+        let mut tx = self.begin_write().await?;
+        let (credential_id, credential): (i64, String) = sqlx::query_as(
+            "SELECT c.id, c.name FROM rotations r JOIN credentials c ON c.id = r.credential_id
+             WHERE r.id = ? AND r.finished_at IS NULL AND r.step = 'planned'",
+        )
+        .bind(rotation_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not waiting for a key")))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO key_versions (credential_id, stage, fingerprint, provider_key_id, rotation_id, created_at, expires_at, stage_changed_at)
+             VALUES (?, 'pending', ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(credential_id)
+        .bind(&fp)
+        .bind(&key.provider_key_id)
+        .bind(rotation_id)
+        .bind(now)
+        .bind(key.expires_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let sealed = sealer.seal(&credential, id, &key.secret)?;
+        sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?")
+            .bind(id)
+            .bind(now)
+            .bind(rotation_id)
+            .execute(&mut *tx)
+            .await?;
+        let detail = format!(
+            "{fp} issued as pending (provider key id {})",
+            key.provider_key_id.as_deref().unwrap_or("-")
+        );
+        Self::insert_event(&mut tx, Some(&credential), Some(id), "issued", "rotation", &detail, now).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version_from_row(&row))
+    }
+
+    async fn adopt_pending(
+        &self,
+        rotation_id: &str,
+        version_id: i64,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let credential: String = sqlx::query_scalar(
+            "SELECT c.name FROM rotations r JOIN credentials c ON c.id = r.credential_id
+             JOIN key_versions v ON v.credential_id = c.id
+             WHERE r.id = ? AND r.step = 'planned' AND r.finished_at IS NULL AND v.id = ? AND v.stage = 'pending'",
+        )
+        .bind(rotation_id)
+        .bind(version_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Conflict(format!("version {version_id} cannot be adopted by rotation {rotation_id}")))?;
+        sqlx::query("UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?")
+            .bind(version_id)
+            .bind(now)
+            .bind(rotation_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE key_versions SET rotation_id = ? WHERE id = ?")
+            .bind(rotation_id)
+            .bind(version_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::insert_event(&mut tx, Some(&credential), Some(version_id), "adopted", "rotation", "operator-imported pending key taken into the rotation", now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn advance_rotation(
+        &self,
+        rotation_id: &str,
+        step: RotationStep,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let (credential, version): (String, Option<i64>) = sqlx::query_as(
+            "SELECT c.name, r.new_version_id FROM rotations r JOIN credentials c ON c.id = r.credential_id
+             WHERE r.id = ? AND r.finished_at IS NULL",
+        )
+        .bind(rotation_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not in flight")))?;
+        sqlx::query("UPDATE rotations SET step = ?, updated_at = ? WHERE id = ?")
+            .bind(step.as_str())
+            .bind(now)
+            .bind(rotation_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::insert_event(&mut tx, Some(&credential), version, step.as_str(), "rotation", detail, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn promote(
+        &self,
+        rotation_id: &str,
+        next_rotation_at: Option<UnixTime>,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let (credential_id, credential, new_version): (i64, String, Option<i64>) = sqlx::query_as(
+            "SELECT c.id, c.name, r.new_version_id FROM rotations r JOIN credentials c ON c.id = r.credential_id
+             WHERE r.id = ? AND r.finished_at IS NULL AND r.step = 'delivered'",
+        )
+        .bind(rotation_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not ready to promote")))?;
+        let new_version = new_version.ok_or_else(|| StoreError::Conflict("rotation has no new key".into()))?;
+        sqlx::query(
+            "UPDATE key_versions SET stage = 'previous', stage_changed_at = ? WHERE credential_id = ? AND stage = 'current'",
+        )
+        .bind(now)
+        .bind(credential_id)
+        .execute(&mut *tx)
+        .await?;
+        let promoted = sqlx::query(
+            "UPDATE key_versions SET stage = 'current', stage_changed_at = ? WHERE id = ? AND stage = 'pending'",
+        )
+        .bind(now)
+        .bind(new_version)
+        .execute(&mut *tx)
+        .await?;
+        if promoted.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!("version {new_version} is no longer pending")));
+        }
+        sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ?")
+            .bind(now)
+            .bind(now)
+            .bind(rotation_id)
+            .execute(&mut *tx)
+            .await?;
+        // The new key's check state starts fresh: the credential-level status was the old key's.
+        sqlx::query(
+            "UPDATE credentials SET last_rotated_at = ?, consecutive_failures = 0, next_rotation_at = ?,
+                 check_status = 'valid', valid = 1, last_check_at = ?, check_detail = 'verified during rotation'
+             WHERE id = ?",
+        )
+        .bind(now)
+        .bind(next_rotation_at)
+        .bind(now)
+        .bind(credential_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_event(&mut tx, Some(&credential), Some(new_version), "promoted", "rotation", &format!("rotation {rotation_id} done; the previous key stays valid for the grace period"), now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fail_rotation(
+        &self,
+        rotation_id: &str,
+        failure: &RotationFailure,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let (credential_id, credential, new_version): (i64, String, Option<i64>) = sqlx::query_as(
+            "SELECT c.id, c.name, r.new_version_id FROM rotations r JOIN credentials c ON c.id = r.credential_id
+             WHERE r.id = ? AND r.finished_at IS NULL",
+        )
+        .bind(rotation_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not in flight")))?;
+        sqlx::query("UPDATE rotations SET step = 'failed', updated_at = ?, finished_at = ?, error = ?, attempts = attempts + 1 WHERE id = ?")
+            .bind(now)
+            .bind(now)
+            .bind(&failure.error)
+            .bind(rotation_id)
+            .execute(&mut *tx)
+            .await?;
+        if let (true, Some(version)) = (failure.discard_pending, new_version) {
+            sqlx::query("UPDATE key_versions SET stage = 'failed', stage_changed_at = ? WHERE id = ? AND stage = 'pending'")
+                .bind(now)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE credentials SET consecutive_failures = consecutive_failures + 1, next_rotation_at = COALESCE(?, next_rotation_at) WHERE id = ?")
+            .bind(failure.retry_at)
+            .bind(credential_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::insert_event(&mut tx, Some(&credential), new_version, "rotation_failed", "rotation", &failure.error, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_next_rotation(&self, credential: &str, at: Option<UnixTime>) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE credentials SET next_rotation_at = ? WHERE name = ?")
+            .bind(at)
+            .bind(credential)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_revoked(
+        &self,
+        version_id: i64,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let credential: String = sqlx::query_scalar(
+            "SELECT c.name FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?",
+        )
+        .bind(version_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::UnknownVersion(version_id))?;
+        // Secret material is dropped with the stage change: a revoked key has no use.
+        sqlx::query(
+            "UPDATE key_versions SET stage = 'revoked', stage_changed_at = ?, sealed_secret = NULL WHERE id = ? AND stage <> 'current'",
+        )
+        .bind(now)
+        .bind(version_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_event(&mut tx, Some(&credential), Some(version_id), "revoked", actor, detail, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback(
+        &self,
+        credential: &str,
+        not_before: UnixTime,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion> {
+        let mut tx = self.begin_write().await?;
+        let credential_id = Self::credential_id(&mut tx, credential).await?;
+        let previous: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, stage_changed_at FROM key_versions WHERE credential_id = ? AND stage = 'previous' AND sealed_secret IS NOT NULL
+             ORDER BY stage_changed_at DESC, id DESC LIMIT 1",
+        )
+        .bind(credential_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((previous_id, changed_at)) = previous else {
+            return Err(StoreError::Conflict(format!("{credential} has no previous key to roll back to")));
+        };
+        if changed_at < not_before {
+            return Err(StoreError::Conflict(format!(
+                "the previous key of {credential} is past its grace period; rolling back to it is refused"
+            )));
+        }
+        sqlx::query("UPDATE key_versions SET stage = 'previous', stage_changed_at = ? WHERE credential_id = ? AND stage = 'current'")
+            .bind(now)
+            .bind(credential_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE key_versions SET stage = 'current', stage_changed_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(previous_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::insert_event(&mut tx, Some(credential), Some(previous_id), "rolled_back", actor, "previous key restored as current", now).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
+        ))
+        .bind(previous_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version_from_row(&row))
     }
 
     async fn append_event(

@@ -1,0 +1,666 @@
+//! Rotation: the persisted state machine plan → issue → verify → deliver → promote, and
+//! revocation of the previous key once its grace period is over.
+//!
+//! Every step is committed to the store before the next external effect, so a crash at any
+//! point resumes from the last committed step ([`Engine::resume_all`]). Issued keys carry the
+//! rotation id in their provider-side name; a key issued just before a crash (and so never
+//! stored) is found by that name and deleted before a new one is issued. The old key is never
+//! revoked before the new one is verified and delivered, and any failure leaves it current.
+
+pub mod policy;
+
+pub use policy::Policy;
+
+use crate::backoff::Backoff;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::delivery::{self, Delivery, Target};
+use crate::model::{fingerprint, CheckStatus, Stage, UnixTime};
+use crate::providers::{self, Issuer, Provider, ProviderTelemetry};
+use crate::store::{
+    KeyVersion, NewKey, Rotation, RotationFailure, RotationStep, Store, StoreError,
+};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts at verifying a new key before giving up on it: providers may take a moment to
+/// accept a key they have just issued.
+const VERIFY_ATTEMPTS: u32 = 3;
+const VERIFY_SPACING: Duration = Duration::from_secs(1);
+/// Longest sleep of a credential's scheduling loop: it re-reads the store at least this often.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Everything needed to rotate one credential, built from the config.
+pub struct CredentialRuntime {
+    pub name: String,
+    pub provider_name: String,
+    pub provider: Arc<dyn Provider>,
+    pub issuer: Option<Arc<dyn Issuer>>,
+    pub targets: Vec<Arc<dyn Target>>,
+    pub policy: Policy,
+    pub retry: Backoff,
+}
+
+/// Builds the runtime of every credential; fails on the first provider or target that
+/// cannot be built (the config validated their shape already).
+pub fn build_runtimes(
+    config: &Config,
+    telemetry: &ProviderTelemetry,
+) -> anyhow::Result<HashMap<String, Arc<CredentialRuntime>>> {
+    let mut providers = HashMap::new();
+    for provider in &config.providers {
+        let checker = providers::build(provider, telemetry)?;
+        let issuer = providers::build_issuer(provider, telemetry)?;
+        providers.insert(provider.name().to_string(), (checker, issuer));
+    }
+    let mut runtimes = HashMap::new();
+    for credential in &config.credentials {
+        let Some((provider, issuer)) = providers.get(credential.provider()) else {
+            continue;
+        };
+        let targets = credential
+            .deliver
+            .iter()
+            .map(|target| delivery::build(target).map(Arc::from))
+            .collect::<Result<Vec<Arc<dyn Target>>, _>>()?;
+        runtimes.insert(
+            credential.name().to_string(),
+            Arc::new(CredentialRuntime {
+                name: credential.name().to_string(),
+                provider_name: credential.provider().to_string(),
+                provider: provider.clone(),
+                issuer: issuer.clone(),
+                targets,
+                policy: Policy::from_config(credential),
+                retry: credential.rotation.retry_backoff(),
+            }),
+        );
+    }
+    Ok(runtimes)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error("a rotation of {0} is already in flight")]
+    InFlight(String),
+    #[error("{0}: the provider has no key-issuing API; import the new key with `keyrotd key import {0}` (stdin) and it will be verified, delivered and promoted")]
+    NoIssuer(String),
+    #[error("rotation of {credential} failed at {step}: {reason}; the previous key stays current")]
+    Failed {
+        credential: String,
+        step: &'static str,
+        reason: String,
+    },
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a completed rotation produced.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    pub rotation_id: String,
+    pub version_id: i64,
+    pub fingerprint: String,
+}
+
+/// A step's failure: `rejected` means the new key itself is bad and must not be retried.
+struct StepError {
+    step: &'static str,
+    reason: String,
+    rejected: bool,
+}
+
+impl StepError {
+    fn transient(step: &'static str, reason: impl Into<String>) -> Self {
+        StepError {
+            step,
+            reason: reason.into(),
+            rejected: false,
+        }
+    }
+    fn rejected(step: &'static str, reason: impl Into<String>) -> Self {
+        StepError {
+            step,
+            reason: reason.into(),
+            rejected: true,
+        }
+    }
+}
+
+/// The provider-side name of a key issued by a rotation; recovery lists keys by it.
+pub fn issued_key_name(credential: &str, rotation_id: &str) -> String {
+    format!("keyrotd/{credential}/{rotation_id}")
+}
+
+/// Drives rotations. One per process; holds a lock per credential so that two rotations of
+/// one credential never run at once (the store's in-flight index guards across processes).
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Engine {
+        Engine {
+            store,
+            clock,
+            locks: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_for(&self, credential: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks
+            .entry(credential.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+
+    /// Rotates now: issues (or adopts an imported pending key), verifies, delivers, promotes.
+    pub async fn rotate(
+        &self,
+        rt: &CredentialRuntime,
+        actor: &str,
+    ) -> Result<Rotated, RotationError> {
+        let lock = self.lock_for(&rt.name);
+        let _guard = lock.lock().await;
+        let imported = self.imported_pending(&rt.name).await?;
+        if rt.issuer.is_none() && imported.is_none() {
+            return Err(RotationError::NoIssuer(rt.name.clone()));
+        }
+        let rotation_id = new_rotation_id();
+        let rotation = match self
+            .store
+            .plan_rotation(&rt.name, &rotation_id, actor, self.clock.now())
+            .await
+        {
+            Ok(rotation) => rotation,
+            Err(StoreError::Conflict(_)) => return Err(RotationError::InFlight(rt.name.clone())),
+            Err(other) => return Err(other.into()),
+        };
+        tracing::info!(credential = %rt.name, rotation = %rotation.id, actor, "rotation planned");
+        self.drive(rt, rotation).await
+    }
+
+    /// Resumes every rotation left in flight by a previous run.
+    pub async fn resume_all(
+        &self,
+        runtimes: &HashMap<String, Arc<CredentialRuntime>>,
+    ) -> Result<(), RotationError> {
+        for rotation in self.store.rotations_in_flight().await? {
+            let Some(rt) = runtimes.get(&rotation.credential) else {
+                tracing::warn!(credential = %rotation.credential, rotation = %rotation.id, "in-flight rotation of a credential no longer configured; left as is");
+                continue;
+            };
+            let lock = self.lock_for(&rt.name);
+            let _guard = lock.lock().await;
+            tracing::info!(credential = %rt.name, rotation = %rotation.id, step = rotation.step.as_str(), "resuming rotation");
+            match self.drive(rt, rotation).await {
+                Ok(done) => tracing::info!(credential = %rt.name, fingerprint = %done.fingerprint, "resumed rotation completed"),
+                Err(error) => tracing::warn!(credential = %rt.name, %error, "resumed rotation did not complete"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A pending key imported by an operator, not yet taken into a rotation.
+    async fn imported_pending(&self, credential: &str) -> Result<Option<KeyVersion>, StoreError> {
+        Ok(self
+            .store
+            .versions(credential)
+            .await?
+            .into_iter()
+            .find(|v| v.stage == Stage::Pending && v.rotation_id.is_none() && v.has_secret))
+    }
+
+    async fn drive(
+        &self,
+        rt: &CredentialRuntime,
+        mut rotation: Rotation,
+    ) -> Result<Rotated, RotationError> {
+        loop {
+            let result = match rotation.step {
+                RotationStep::Planned => self.issue(rt, &rotation).await.map(|version| {
+                    rotation.new_version_id = Some(version);
+                    RotationStep::Issued
+                }),
+                RotationStep::Issued => self.verify(rt, &rotation).await.map(|_| RotationStep::Verified),
+                RotationStep::Verified => self.deliver(rt, &rotation).await.map(|_| RotationStep::Delivered),
+                RotationStep::Delivered => {
+                    return self.promote(rt, &rotation).await;
+                }
+                RotationStep::Done | RotationStep::Failed => {
+                    return Err(RotationError::Refused(format!("rotation {} is finished", rotation.id)))
+                }
+            };
+            match result {
+                Ok(step) => rotation.step = step,
+                Err(error) => return Err(self.fail(rt, &rotation, error).await),
+            }
+        }
+    }
+
+    async fn issue(&self, rt: &CredentialRuntime, rotation: &Rotation) -> Result<i64, StepError> {
+        let now = self.clock.now();
+        if let Some(version) = self.imported_pending(&rt.name).await.map_err(|e| StepError::transient("issue", e.to_string()))? {
+            self.store
+                .adopt_pending(&rotation.id, version.id, now)
+                .await
+                .map_err(|e| StepError::transient("issue", e.to_string()))?;
+            return Ok(version.id);
+        }
+        let issuer = rt
+            .issuer
+            .as_ref()
+            .ok_or_else(|| StepError::transient("issue", "no issuing API and no imported key"))?;
+        let name = issued_key_name(&rt.name, &rotation.id);
+        self.delete_orphans(rt, issuer.as_ref(), &name).await?;
+        let issued = issuer.issue(&name).await.map_err(|e| {
+            if e.is_transient() {
+                StepError::transient("issue", e.to_string())
+            } else {
+                StepError::rejected("issue", e.to_string())
+            }
+        })?;
+        let remote_id = issued.remote_id.clone();
+        let stored = self
+            .store
+            .record_issued(
+                &rotation.id,
+                NewKey {
+                    secret: issued.secret,
+                    expires_at: issued.expires_at,
+                    provider_key_id: Some(remote_id.clone()),
+                    rotation_id: Some(rotation.id.clone()),
+                },
+                self.clock.now(),
+            )
+            .await;
+        match stored {
+            Ok(version) => {
+                tracing::info!(credential = %rt.name, fingerprint = %version.fingerprint, remote_id = %remote_id, "new key issued");
+                Ok(version.id)
+            }
+            Err(error) => {
+                // The provider holds a key we could not store: delete it now rather than
+                // leave an orphan (recovery would find it by name otherwise).
+                if let Err(revoke) = issuer.revoke(&remote_id).await {
+                    tracing::error!(credential = %rt.name, %remote_id, error = %revoke, "could not delete a key that failed to store; recovery will retry by name");
+                }
+                Err(StepError::transient("issue", format!("storing the issued key failed: {error}")))
+            }
+        }
+    }
+
+    /// Keys issued under this rotation's name before a crash were never stored, so their
+    /// secret is lost: delete them before issuing another.
+    async fn delete_orphans(&self, rt: &CredentialRuntime, issuer: &dyn Issuer, name: &str) -> Result<(), StepError> {
+        let listed = match issuer.list(name).await {
+            Ok(listed) => listed,
+            Err(providers::ProviderError::Unsupported { .. }) => return Ok(()),
+            Err(error) => return Err(StepError::transient("issue", format!("listing keys for orphans failed: {error}"))),
+        };
+        for orphan in listed.into_iter().filter(|k| k.name == name) {
+            issuer
+                .revoke(&orphan.remote_id)
+                .await
+                .map_err(|e| StepError::transient("issue", format!("deleting orphan {}: {e}", orphan.remote_id)))?;
+            tracing::warn!(credential = %rt.name, remote_id = %orphan.remote_id, "deleted an orphaned key from an interrupted rotation");
+            let _ = self
+                .store
+                .append_event(Some(&rt.name), None, "orphan_deleted", "recovery", &format!("provider key {} ({name}) was issued but never stored", orphan.remote_id), self.clock.now())
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn new_secret(&self, rotation: &Rotation, step: &'static str) -> Result<(i64, SecretString), StepError> {
+        let version = rotation
+            .new_version_id
+            .ok_or_else(|| StepError::transient(step, "rotation has no new key"))?;
+        let secret = self
+            .store
+            .secret(version)
+            .await
+            .map_err(|e| StepError::transient(step, e.to_string()))?;
+        Ok((version, secret))
+    }
+
+    async fn verify(&self, rt: &CredentialRuntime, rotation: &Rotation) -> Result<(), StepError> {
+        let (_, secret) = self.new_secret(rotation, "verify").await?;
+        let mut last = None;
+        for attempt in 0..VERIFY_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(VERIFY_SPACING * attempt).await;
+            }
+            let report = rt.provider.check(&secret).await;
+            if report.status == CheckStatus::Valid {
+                self.store
+                    .advance_rotation(&rotation.id, RotationStep::Verified, &format!("new key valid: {}", report.detail), self.clock.now())
+                    .await
+                    .map_err(|e| StepError::transient("verify", e.to_string()))?;
+                return Ok(());
+            }
+            last = Some(report);
+        }
+        let report = last.expect("at least one attempt");
+        let reason = format!("new key answered {}: {}", report.status, report.detail);
+        if report.status.is_conclusive() {
+            Err(StepError::rejected("verify", reason))
+        } else {
+            Err(StepError::transient("verify", reason))
+        }
+    }
+
+    async fn deliver(&self, rt: &CredentialRuntime, rotation: &Rotation) -> Result<(), StepError> {
+        let (version, secret) = self.new_secret(rotation, "deliver").await?;
+        let fp = fingerprint(&secret);
+        let delivery = Delivery {
+            credential: &rt.name,
+            key: &secret,
+            fingerprint: &fp,
+            version_id: version,
+        };
+        for target in &rt.targets {
+            if let Err(error) = target.deliver(&delivery).await {
+                self.restore_current(rt).await;
+                return Err(StepError::transient("deliver", error.to_string()));
+            }
+        }
+        let described: Vec<String> = rt.targets.iter().map(|t| t.describe()).collect();
+        self.store
+            .advance_rotation(
+                &rotation.id,
+                RotationStep::Delivered,
+                &if described.is_empty() { "no delivery targets".to_string() } else { format!("delivered to {}", described.join(", ")) },
+                self.clock.now(),
+            )
+            .await
+            .map_err(|e| StepError::transient("deliver", e.to_string()))
+    }
+
+    /// After a failed delivery some targets may hold the new key, which is about to be
+    /// discarded: put the current key back everywhere so every consumer holds a working key.
+    async fn restore_current(&self, rt: &CredentialRuntime) {
+        let current = match self.store.versions(&rt.name).await {
+            Ok(versions) => versions.into_iter().find(|v| v.stage == Stage::Current),
+            Err(error) => {
+                tracing::error!(credential = %rt.name, %error, "cannot read the current key to restore it");
+                return;
+            }
+        };
+        let Some(current) = current else { return };
+        let Ok(secret) = self.store.secret(current.id).await else { return };
+        let delivery = Delivery {
+            credential: &rt.name,
+            key: &secret,
+            fingerprint: &current.fingerprint,
+            version_id: current.id,
+        };
+        for target in &rt.targets {
+            if let Err(error) = target.deliver(&delivery).await {
+                tracing::error!(credential = %rt.name, target = %target.describe(), %error, "could not restore the current key");
+            }
+        }
+    }
+
+    async fn promote(&self, rt: &CredentialRuntime, rotation: &Rotation) -> Result<Rotated, RotationError> {
+        let now = self.clock.now();
+        let version = rotation
+            .new_version_id
+            .ok_or_else(|| RotationError::Refused("rotation has no new key".into()))?;
+        let new = self
+            .store
+            .versions(&rt.name)
+            .await?
+            .into_iter()
+            .find(|v| v.id == version)
+            .ok_or(StoreError::UnknownVersion(version))?;
+        let next = rt.policy.next_due(now, new.expires_at, Some(now));
+        self.store.promote(&rotation.id, next, now).await?;
+        tracing::info!(credential = %rt.name, fingerprint = %new.fingerprint, "rotation complete; new key is current");
+        Ok(Rotated {
+            rotation_id: rotation.id.clone(),
+            version_id: version,
+            fingerprint: new.fingerprint,
+        })
+    }
+
+    async fn fail(&self, rt: &CredentialRuntime, rotation: &Rotation, error: StepError) -> RotationError {
+        let now = self.clock.now();
+        let failures = self
+            .store
+            .credential(&rt.name)
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.consecutive_failures)
+            .unwrap_or(0);
+        let retry_at = now + rt.retry.delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng()).as_secs() as i64;
+        // A key we issued is discarded on any failure (the retry issues a fresh one); an
+        // operator's key is kept for a retry unless the provider refused it.
+        let ours = rt.issuer.is_some() && rotation.step == RotationStep::Planned
+            || self.version_is_ours(rotation).await;
+        let discard = error.rejected || ours;
+        let failure = RotationFailure {
+            error: format!("{}: {}", error.step, error.reason),
+            discard_pending: discard,
+            retry_at: Some(retry_at),
+        };
+        if let Err(store_error) = self.store.fail_rotation(&rotation.id, &failure, now).await {
+            tracing::error!(credential = %rt.name, error = %store_error, "could not record the failed rotation");
+        }
+        tracing::warn!(credential = %rt.name, step = error.step, reason = %error.reason, retry_in_seconds = retry_at - now, "rotation failed; the current key stays");
+        if discard {
+            if let Some(version) = rotation.new_version_id {
+                self.revoke_discarded(rt, version).await;
+            }
+        }
+        RotationError::Failed {
+            credential: rt.name.clone(),
+            step: error.step,
+            reason: error.reason,
+        }
+    }
+
+    async fn version_is_ours(&self, rotation: &Rotation) -> bool {
+        let Some(version) = rotation.new_version_id else { return false };
+        self.store
+            .versions(&rotation.credential)
+            .await
+            .map(|versions| versions.iter().any(|v| v.id == version && v.provider_key_id.is_some()))
+            .unwrap_or(false)
+    }
+
+    async fn revoke_discarded(&self, rt: &CredentialRuntime, version: i64) {
+        let Ok(versions) = self.store.versions(&rt.name).await else { return };
+        if let Some(v) = versions.into_iter().find(|v| v.id == version && v.stage == Stage::Failed) {
+            if let Err(error) = self.revoke_version(rt, &v, "rotation", "discarded by a failed rotation").await {
+                tracing::warn!(credential = %rt.name, %error, "could not revoke a discarded key yet; will retry");
+            }
+        }
+    }
+
+    /// Revokes a version at the provider (when it has an issuing API and a provider key id)
+    /// and drops its secret. The current key is never revoked here.
+    pub async fn revoke_version(
+        &self,
+        rt: &CredentialRuntime,
+        version: &KeyVersion,
+        actor: &str,
+        why: &str,
+    ) -> Result<(), RotationError> {
+        if version.stage == Stage::Current {
+            return Err(RotationError::Refused(format!(
+                "version {} is the current key of {}; rotate or roll back first",
+                version.id, rt.name
+            )));
+        }
+        if version.stage == Stage::Revoked {
+            return Ok(());
+        }
+        let detail = match (&rt.issuer, &version.provider_key_id) {
+            (Some(issuer), Some(remote)) => {
+                issuer.revoke(remote).await.map_err(|e| RotationError::Failed {
+                    credential: rt.name.clone(),
+                    step: "revoke",
+                    reason: e.to_string(),
+                })?;
+                format!("{} revoked at the provider ({why})", version.fingerprint)
+            }
+            _ => format!(
+                "{} retired ({why}); the provider has no revocation API here, deactivate it there",
+                version.fingerprint
+            ),
+        };
+        self.store
+            .mark_revoked(version.id, actor, &detail, self.clock.now())
+            .await?;
+        tracing::info!(credential = %rt.name, fingerprint = %version.fingerprint, "key revoked");
+        Ok(())
+    }
+
+    /// Revokes previous keys whose grace period is over and discarded keys still live at the
+    /// provider. Returns when the next one falls due.
+    pub async fn revoke_due(&self, rt: &CredentialRuntime) -> Result<Option<UnixTime>, RotationError> {
+        let now = self.clock.now();
+        let grace = rt.policy.grace.as_secs() as i64;
+        let mut next: Option<UnixTime> = None;
+        for version in self.store.versions(&rt.name).await? {
+            let due = match version.stage {
+                Stage::Previous if version.has_secret => version.stage_changed_at + grace,
+                Stage::Failed if version.has_secret => version.stage_changed_at,
+                _ => continue,
+            };
+            if due <= now {
+                let why = if version.stage == Stage::Previous { "grace period over" } else { "discarded key" };
+                if let Err(error) = self.revoke_version(rt, &version, "rotation", why).await {
+                    tracing::warn!(credential = %rt.name, %error, "revocation failed; will retry");
+                    next = Some(next.map_or(now + 300, |n| n.min(now + 300)));
+                }
+            } else {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Puts the previous key back as current while it is inside its grace period: checks it
+    /// still works, delivers it, then swaps the stages.
+    pub async fn rollback(&self, rt: &CredentialRuntime, actor: &str) -> Result<KeyVersion, RotationError> {
+        let lock = self.lock_for(&rt.name);
+        let _guard = lock.lock().await;
+        let now = self.clock.now();
+        let not_before = now - rt.policy.grace.as_secs() as i64;
+        let previous = self
+            .store
+            .versions(&rt.name)
+            .await?
+            .into_iter()
+            .find(|v| v.stage == Stage::Previous && v.has_secret)
+            .ok_or_else(|| RotationError::Refused(format!("{} has no previous key to roll back to", rt.name)))?;
+        if previous.stage_changed_at < not_before {
+            return Err(RotationError::Refused(format!(
+                "the previous key of {} left its grace period; rollback refused",
+                rt.name
+            )));
+        }
+        let secret = self.store.secret(previous.id).await?;
+        let report = rt.provider.check(&secret).await;
+        if report.status != CheckStatus::Valid {
+            return Err(RotationError::Refused(format!(
+                "the previous key answered {} ({}); rollback refused",
+                report.status, report.detail
+            )));
+        }
+        let delivery = Delivery {
+            credential: &rt.name,
+            key: &secret,
+            fingerprint: &previous.fingerprint,
+            version_id: previous.id,
+        };
+        for target in &rt.targets {
+            if let Err(error) = target.deliver(&delivery).await {
+                self.restore_current(rt).await;
+                return Err(RotationError::Failed {
+                    credential: rt.name.clone(),
+                    step: "deliver",
+                    reason: error.to_string(),
+                });
+            }
+        }
+        Ok(self.store.rollback(&rt.name, not_before, actor, now).await?)
+    }
+
+    /// One scheduling pass for a credential: record the next due time, rotate when due (or
+    /// when an imported key waits), revoke what is due. Returns when to look again.
+    pub async fn tick(&self, rt: &CredentialRuntime) -> Result<UnixTime, RotationError> {
+        let now = self.clock.now();
+        let Some(credential) = self.store.credential(&rt.name).await? else {
+            return Ok(now + MAX_SLEEP.as_secs() as i64);
+        };
+        let versions = self.store.versions(&rt.name).await?;
+        let current = versions.iter().find(|v| v.stage == Stage::Current);
+        let imported = versions
+            .iter()
+            .any(|v| v.stage == Stage::Pending && v.rotation_id.is_none() && v.has_secret);
+        let by_policy = current.and_then(|c| rt.policy.next_due(c.created_at, c.expires_at, credential.last_rotated_at));
+        // After failures the store holds the retry time; otherwise the policy decides.
+        let next_due = if credential.consecutive_failures > 0 {
+            credential.next_rotation_at.or(by_policy)
+        } else {
+            by_policy
+        };
+        if next_due != credential.next_rotation_at {
+            self.store.set_next_rotation(&rt.name, next_due).await?;
+        }
+        let due = next_due.is_some_and(|at| at <= now);
+        if (due && rt.issuer.is_some()) || imported {
+            match self.rotate(rt, "schedule").await {
+                Ok(_) | Err(RotationError::InFlight(_)) => {}
+                Err(error) => tracing::warn!(credential = %rt.name, %error, "scheduled rotation failed"),
+            }
+            // Re-read: the rotation moved next_due.
+            return Ok(self.clock.now());
+        }
+        let next_revocation = self.revoke_due(rt).await?;
+        let mut wake = now + MAX_SLEEP.as_secs() as i64;
+        if rt.issuer.is_some() {
+            if let Some(at) = next_due {
+                wake = wake.min(at);
+            }
+        }
+        if let Some(at) = next_revocation {
+            wake = wake.min(at);
+        }
+        Ok(wake.max(now))
+    }
+
+    /// Runs `tick` forever for one credential, sleeping until the next thing is due.
+    pub async fn run_credential(self: Arc<Self>, rt: Arc<CredentialRuntime>) {
+        loop {
+            let now = self.clock.now();
+            let wake = match self.tick(&rt).await {
+                Ok(wake) => wake,
+                Err(error) => {
+                    tracing::error!(credential = %rt.name, %error, "rotation scheduling failed; retrying in a minute");
+                    now + 60
+                }
+            };
+            let seconds = (wake - self.clock.now()).clamp(0, MAX_SLEEP.as_secs() as i64) as u64;
+            // A zero wait after a rotation re-reads the store once; never spin.
+            tokio::time::sleep(Duration::from_secs(seconds.max(1))).await;
+        }
+    }
+}
+
+fn new_rotation_id() -> String {
+    // Sortable by time, unique, short enough for provider-side key names.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), &id[..8])
+}

@@ -1,0 +1,121 @@
+//! When a credential's next rotation is due: the earliest of its cron schedule, its maximum
+//! age, and its expiry minus a margin. Pure functions of the inputs and the time, so the
+//! catch-up rules can be tested with any clock.
+
+use crate::config::{CredentialConfig, Schedule};
+use crate::model::UnixTime;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// A credential's rotation policy, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub schedule: Option<Schedule>,
+    pub max_age: Option<Duration>,
+    pub rotate_before_expiry: Option<Duration>,
+    pub grace: Duration,
+}
+
+impl Policy {
+    pub fn from_config(credential: &CredentialConfig) -> Policy {
+        let rotation = &credential.rotation;
+        Policy {
+            schedule: rotation.schedule(),
+            max_age: rotation.max_age.as_ref().map(|d| d.get_ref().0),
+            rotate_before_expiry: rotation.rotate_before_expiry.as_ref().map(|d| d.get_ref().0),
+            grace: rotation.grace(),
+        }
+    }
+
+    /// Whether anything makes rotation due automatically.
+    pub fn is_scheduled(&self) -> bool {
+        self.schedule.is_some() || self.max_age.is_some() || self.rotate_before_expiry.is_some()
+    }
+
+    /// The next due time for a current key created at `key_created_at` (and expiring at
+    /// `key_expires_at`), last rotated at `last_rotated_at`.
+    ///
+    /// The cron part counts from the later of the key's creation and the last rotation: a
+    /// schedule whose firing passed while the daemon was down yields a due time in the past,
+    /// which means "rotate once now" — never once per missed firing.
+    pub fn next_due(
+        &self,
+        key_created_at: UnixTime,
+        key_expires_at: Option<UnixTime>,
+        last_rotated_at: Option<UnixTime>,
+    ) -> Option<UnixTime> {
+        let since = last_rotated_at.unwrap_or(key_created_at).max(key_created_at);
+        let by_schedule = self.schedule.as_ref().and_then(|schedule| {
+            let start = DateTime::<Utc>::from_timestamp(since, 0)?;
+            schedule.next_after(start).map(|t| t.timestamp())
+        });
+        let by_age = self
+            .max_age
+            .map(|age| key_created_at.saturating_add(age.as_secs() as i64));
+        let by_expiry = match (self.rotate_before_expiry, key_expires_at) {
+            (Some(margin), Some(expires)) => Some(expires.saturating_sub(margin.as_secs() as i64)),
+            _ => None,
+        };
+        [by_schedule, by_age, by_expiry].into_iter().flatten().min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> UnixTime {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap().timestamp()
+    }
+
+    fn policy(schedule: Option<&str>, max_age: Option<u64>, before: Option<u64>) -> Policy {
+        Policy {
+            schedule: schedule.map(|s| Schedule::parse(s).unwrap()),
+            max_age: max_age.map(Duration::from_secs),
+            rotate_before_expiry: before.map(Duration::from_secs),
+            grace: Duration::from_secs(86_400),
+        }
+    }
+
+    #[test]
+    fn cron_counts_from_the_last_rotation() {
+        let p = policy(Some("0 3 * * *"), None, None);
+        let created = at(2026, 1, 1, 10, 0);
+        assert_eq!(p.next_due(created, None, None), Some(at(2026, 1, 2, 3, 0)));
+        let rotated = at(2026, 1, 5, 3, 0);
+        assert_eq!(p.next_due(created, None, Some(rotated)), Some(at(2026, 1, 6, 3, 0)));
+    }
+
+    #[test]
+    fn missed_firings_give_one_due_time_in_the_past() {
+        // Down for a week: the due time is the first missed firing, so the caller sees
+        // "overdue" once, rotates, and the next due time counts from that rotation.
+        let p = policy(Some("0 3 * * *"), None, None);
+        let created = at(2026, 1, 1, 10, 0);
+        let now = at(2026, 1, 8, 12, 0);
+        let due = p.next_due(created, None, None).unwrap();
+        assert!(due < now);
+        let after_catch_up = p.next_due(created, None, Some(now)).unwrap();
+        assert_eq!(after_catch_up, at(2026, 1, 9, 3, 0));
+    }
+
+    #[test]
+    fn the_earliest_rule_wins() {
+        let created = at(2026, 1, 1, 0, 0);
+        let expires = at(2026, 1, 20, 0, 0);
+        let p = policy(Some("0 0 1 * *"), Some(10 * 86_400), Some(7 * 86_400));
+        // schedule: Feb 1; max_age: Jan 11; expiry - 7d: Jan 13.
+        assert_eq!(p.next_due(created, Some(expires), None), Some(at(2026, 1, 11, 0, 0)));
+        let p = policy(None, Some(30 * 86_400), Some(7 * 86_400));
+        assert_eq!(p.next_due(created, Some(expires), None), Some(at(2026, 1, 13, 0, 0)));
+    }
+
+    #[test]
+    fn no_rule_means_no_automatic_rotation() {
+        let p = policy(None, None, Some(86_400));
+        assert!(p.is_scheduled());
+        assert_eq!(p.next_due(0, None, None), None, "expiry rule without a known expiry");
+        assert!(!policy(None, None, None).is_scheduled());
+    }
+}
