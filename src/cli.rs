@@ -12,6 +12,8 @@ use crate::logging::LogFormat;
 use crate::model::CheckStatus;
 use crate::model::{Stage, UnixTime};
 use crate::providers::ProviderTelemetry;
+use crate::rotation::{self, CredentialRuntime, Engine};
+use crate::store::SqliteStore;
 use crate::store::{KeyVersion, NewKey, Store};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -85,6 +87,17 @@ pub enum KeyCommand {
     },
     /// List credentials and their live keys.
     List(JsonFlag),
+    /// Rotate a credential now (issue, verify, deliver, promote).
+    Rotate { name: String },
+    /// Put the previous key back as current (inside its grace period).
+    Rollback { name: String },
+    /// Revoke one key version at the provider and drop its secret (never the current one).
+    Revoke {
+        name: String,
+        /// The version number (see `key show NAME`).
+        #[arg(long)]
+        version: i64,
+    },
     /// Show one credential and all its key versions.
     Show {
         name: String,
@@ -212,7 +225,10 @@ async fn key_command(
 ) -> anyhow::Result<()> {
     let now = chrono::Utc::now().timestamp();
     let need = match command {
-        KeyCommand::Import { .. } => MasterKeyNeed::Always,
+        KeyCommand::Import { .. }
+        | KeyCommand::Rotate { .. }
+        | KeyCommand::Rollback { .. }
+        | KeyCommand::Revoke { .. } => MasterKeyNeed::Always,
         _ => MasterKeyNeed::Never,
     };
     let store = daemon::open_store(database, master_key, need).await?;
@@ -246,6 +262,47 @@ async fn key_command(
                 "imported {} for {name} as version {} ({})",
                 version.fingerprint, version.id, version.stage
             );
+            if version.stage == Stage::Pending {
+                // A replacement key: verify, deliver and promote it now, like any rotation.
+                let (engine, runtime) = rotation_context(config, store, &name)?;
+                let rotated = engine.rotate(&runtime, &actor()).await?;
+                println!(
+                    "verified, delivered and promoted {} (rotation {})",
+                    rotated.fingerprint, rotated.rotation_id
+                );
+            }
+            Ok(())
+        }
+        KeyCommand::Rotate { name } => {
+            let (engine, runtime) = rotation_context(config, store, &name)?;
+            let rotated = engine.rotate(&runtime, &actor()).await?;
+            println!(
+                "rotated {name}: {} is current (rotation {})",
+                rotated.fingerprint, rotated.rotation_id
+            );
+            Ok(())
+        }
+        KeyCommand::Rollback { name } => {
+            let (engine, runtime) = rotation_context(config, store, &name)?;
+            let restored = engine.rollback(&runtime, &actor()).await?;
+            println!(
+                "rolled back {name}: {} (version {}) is current again",
+                restored.fingerprint, restored.id
+            );
+            Ok(())
+        }
+        KeyCommand::Revoke { name, version } => {
+            let versions = store.versions(&name).await?;
+            let target = versions
+                .iter()
+                .find(|v| v.id == version)
+                .with_context(|| format!("{name} has no version {version}"))?
+                .clone();
+            let (engine, runtime) = rotation_context(config, store, &name)?;
+            engine
+                .revoke_version(&runtime, &target, &actor(), "revoked by an operator")
+                .await?;
+            println!("revoked {} (version {version}) of {name}", target.fingerprint);
             Ok(())
         }
         KeyCommand::List(JsonFlag { json }) => {
@@ -550,6 +607,24 @@ async fn check_command(
         .into());
     }
     Ok(())
+}
+
+/// The rotation engine over the CLI's store, and the runtime of one credential.
+fn rotation_context(
+    config: &Config,
+    store: SqliteStore,
+    name: &str,
+) -> anyhow::Result<(Engine, Arc<CredentialRuntime>)> {
+    let credential = config
+        .credential(name)
+        .with_context(|| format!("unknown credential {name:?}"))?;
+    let mut single = config.clone();
+    single.credentials = vec![credential.clone()];
+    let runtime = rotation::build_runtimes(&single, &ProviderTelemetry::new())?
+        .remove(name)
+        .with_context(|| format!("credential {name:?} has no usable provider"))?;
+    let engine = Engine::new(Arc::new(store), Arc::new(SystemClock));
+    Ok((engine, runtime))
 }
 
 /// Who did it, for the audit trail: the invoking user.

@@ -9,6 +9,7 @@ use crate::crypto::{MasterKey, Sealer};
 use crate::http::{self, Heartbeat, HttpState, HEARTBEAT_MAX_AGE};
 use crate::metrics::Metrics;
 use crate::providers::ProviderTelemetry;
+use crate::rotation::{self, CredentialRuntime, Engine};
 use crate::scheduler::{Scheduler, HEARTBEAT_INTERVAL};
 use crate::store::{CredentialSpec, SqliteStore, Store};
 use anyhow::Context;
@@ -127,6 +128,8 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let mut check_tasks = checker
         .spawn_all(checks::build_targets(&config, &telemetry)?)
         .await;
+    let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>, clock.clone()));
+    let mut rotation_tasks = spawn_rotations(&engine, rotation::build_runtimes(&config, &telemetry)?);
     let heartbeat = Arc::new(Heartbeat::default());
     let scheduler = Scheduler::start(clock.clone(), heartbeat.clone(), metrics.clone())
         .await
@@ -184,10 +187,13 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
             _ = hangup.recv() => {
                 notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
                 match reload(&settings.config_path, &config, store.as_ref(), clock.as_ref(), &telemetry).await {
-                    Ok((new_config, targets)) => {
+                    Ok((new_config, targets, runtimes)) => {
                         config = new_config;
                         check_tasks.abort_all();
                         check_tasks = checker.spawn_all(targets).await;
+                        // A rotation cut short here resumes from its last committed step.
+                        rotation_tasks.abort_all();
+                        rotation_tasks = spawn_rotations(&engine, runtimes);
                         tracing::info!(credentials = config.credentials.len(), "configuration reloaded");
                     }
                     Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration"),
@@ -205,6 +211,7 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         task.abort();
     }
     check_tasks.abort_all();
+    rotation_tasks.abort_all();
     let _ = stop_http.send(());
     let _ = server.await;
     scheduler.shutdown().await;
@@ -219,15 +226,27 @@ async fn reload(
     store: &dyn Store,
     clock: &dyn Clock,
     telemetry: &ProviderTelemetry,
-) -> anyhow::Result<(Config, Vec<CheckTarget>)> {
+) -> anyhow::Result<(Config, Vec<CheckTarget>, Runtimes)> {
     let config = Config::load(path)?;
     // Build everything before changing anything, so a bad provider section changes nothing.
     let targets = checks::build_targets(&config, telemetry)?;
+    let runtimes = rotation::build_runtimes(&config, telemetry)?;
     if config.daemon.listen_address() != running.daemon.listen_address() {
         tracing::warn!("listen_address changed; it takes effect at the next restart");
     }
     store
         .sync_credentials(&credential_specs(&config), clock.now())
         .await?;
-    Ok((config, targets))
+    Ok((config, targets, runtimes))
+}
+
+type Runtimes = std::collections::HashMap<String, Arc<CredentialRuntime>>;
+
+/// One scheduling task per credential; each first resumes its in-flight rotation.
+fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for runtime in runtimes.into_values() {
+        tasks.spawn(engine.clone().run_credential(runtime));
+    }
+    tasks
 }

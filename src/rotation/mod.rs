@@ -187,25 +187,27 @@ impl Engine {
         self.drive(rt, rotation).await
     }
 
-    /// Resumes every rotation left in flight by a previous run.
-    pub async fn resume_all(
-        &self,
-        runtimes: &HashMap<String, Arc<CredentialRuntime>>,
-    ) -> Result<(), RotationError> {
-        for rotation in self.store.rotations_in_flight().await? {
-            let Some(rt) = runtimes.get(&rotation.credential) else {
-                tracing::warn!(credential = %rotation.credential, rotation = %rotation.id, "in-flight rotation of a credential no longer configured; left as is");
-                continue;
-            };
-            let lock = self.lock_for(&rt.name);
-            let _guard = lock.lock().await;
-            tracing::info!(credential = %rt.name, rotation = %rotation.id, step = rotation.step.as_str(), "resuming rotation");
-            match self.drive(rt, rotation).await {
-                Ok(done) => tracing::info!(credential = %rt.name, fingerprint = %done.fingerprint, "resumed rotation completed"),
-                Err(error) => tracing::warn!(credential = %rt.name, %error, "resumed rotation did not complete"),
+    /// Resumes the credential's rotation left in flight by a previous run, if any.
+    pub async fn resume(&self, rt: &CredentialRuntime) -> Result<(), RotationError> {
+        let in_flight = self
+            .store
+            .rotations_in_flight()
+            .await?
+            .into_iter()
+            .find(|r| r.credential == rt.name);
+        let Some(rotation) = in_flight else {
+            return Ok(());
+        };
+        let lock = self.lock_for(&rt.name);
+        let _guard = lock.lock().await;
+        tracing::info!(credential = %rt.name, rotation = %rotation.id, step = rotation.step.as_str(), "resuming rotation");
+        match self.drive(rt, rotation).await {
+            Ok(done) => {
+                tracing::info!(credential = %rt.name, fingerprint = %done.fingerprint, "resumed rotation completed");
+                Ok(())
             }
+            Err(error) => Err(error),
         }
-        Ok(())
     }
 
     /// A pending key imported by an operator, not yet taken into a rotation.
@@ -643,6 +645,9 @@ impl Engine {
 
     /// Runs `tick` forever for one credential, sleeping until the next thing is due.
     pub async fn run_credential(self: Arc<Self>, rt: Arc<CredentialRuntime>) {
+        if let Err(error) = self.resume(&rt).await {
+            tracing::warn!(credential = %rt.name, %error, "resumed rotation did not complete");
+        }
         loop {
             let now = self.clock.now();
             let wake = match self.tick(&rt).await {
