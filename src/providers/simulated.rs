@@ -38,7 +38,11 @@ impl Simulated {
 fn classify(response: &Response) -> CheckReport {
     match response.status {
         200..=299 => match response.json() {
-            Some(body @ Value::Object(_)) => match expiry(body.get("expires_at")) {
+            Some(body @ Value::Object(_)) => match expiry(
+                body.get("data")
+                    .and_then(|data| data.get("expires_at"))
+                    .or(body.get("expires_at")),
+            ) {
                 Ok(expires_at) => {
                     let mut report =
                         CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status));
@@ -133,7 +137,10 @@ impl Issuer for SimulatedIssuer {
         )
         .await?;
         let body = json_body(&response, "list")?;
+        // The simulator answers `{"data": [...]}`; a bare array is accepted too.
         let items = body
+            .get("data")
+            .unwrap_or(&body)
             .as_array()
             .ok_or_else(|| ProviderError::Malformed("list: body is not an array".into()))?;
         let mut found = Vec::new();
