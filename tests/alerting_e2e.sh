@@ -21,7 +21,8 @@
 #   1. `promtool check metrics` on keyrotd's live /metrics reports nothing;
 #   2. Alertmanager delivers KeyExpiringSoon{credential="expiring"} and
 #      KeyInvalid{credential="rejected"}, each with severity, provider="fake", job="keyrotd";
-#   3. no KeyInvalid for `expiring`, no expiry alert for `rejected` (it has no expiry).
+#   3. no KeyInvalid for `expiring`, no expiry alert for `rejected` (it has no expiry);
+#   4. every query of dashboards/keyrotd.json is accepted by Prometheus.
 #
 # The whole run is bounded (E2E_TIMEOUT seconds, default 100); it usually takes ~15s.
 set -euo pipefail
@@ -296,6 +297,32 @@ set -e
 [[ $lint_rc -eq 0 && -z $lint ]] || fail "promtool check metrics complains (exit $lint_rc):
 $lint"
 step "promtool check metrics: clean ($(grep -c '^keyrotd_' "$METRICS") keyrotd samples)"
+
+# ------------------------------------------- dashboard queries are valid PromQL
+# Every `expr` of dashboards/keyrotd.json, with the Grafana variables filled in, must be
+# accepted by this Prometheus (syntax and functions; tests/dashboard.rs checks the names).
+python3 - "$ROOT_DIR/dashboards/keyrotd.json" "$PROM_PORT" <<'PY' || fail "dashboard query rejected by Prometheus"
+import json, sys, urllib.error, urllib.parse, urllib.request
+
+dashboard, port = json.load(open(sys.argv[1])), sys.argv[2]
+def panels(items):
+    for p in items:
+        yield p
+        yield from panels(p.get("panels", []))
+count = 0
+for panel in panels(dashboard["panels"]):
+    for target in panel.get("targets", []):
+        expr = (target["expr"].replace("$__rate_interval", "1m")
+                .replace("$credential", ".*").replace("$provider", ".*"))
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+        except urllib.error.HTTPError as e:
+            sys.exit(f"panel {panel['title']!r}: {e.read().decode()[:300]}\n  {expr}")
+        count += 1
+print(f"{count} dashboard queries accepted")
+PY
+step "dashboard PromQL accepted by Prometheus"
 
 # ------------------------------------------------------------ wait for the alerts
 # check_notifications prints what is missing; exit 0 when everything has arrived.
