@@ -76,8 +76,8 @@ fn metric_tokens(expr: &str) -> Vec<String> {
     while let Some(pos) = expr[i..].find("keyrotd_") {
         let start = i + pos;
         // not the tail of a longer identifier (e.g. `my_keyrotd_x`)
-        let inside_word = start > 0
-            && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let inside_word =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start + "keyrotd_".len();
         while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
             end += 1;
@@ -171,7 +171,10 @@ fn metric_tokens_and_histogram_suffixes() {
         "keyrotd_provider_request_duration_seconds"
     );
     // not a histogram: the suffix stays, so the name is checked as written
-    assert_eq!(base_name("keyrotd_thing_count", &known), "keyrotd_thing_count");
+    assert_eq!(
+        base_name("keyrotd_thing_count", &known),
+        "keyrotd_thing_count"
+    );
 }
 
 #[test]
@@ -215,7 +218,11 @@ fn dashboard_queries_only_metrics_keyrotd_exports() {
             problems.push(format!("no panel shows {name}"));
         }
     }
-    assert!(problems.is_empty(), "dashboards/keyrotd.json:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "dashboards/keyrotd.json:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -225,7 +232,9 @@ fn dashboard_is_well_formed() {
     assert!((36..=41).contains(&schema), "schemaVersion {schema}");
     assert!(dashboard["uid"].as_str().is_some_and(|u| !u.is_empty()));
 
-    let variables = dashboard["templating"]["list"].as_array().expect("templating.list");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list");
     let variable = |name: &str| {
         variables
             .iter()
@@ -268,7 +277,9 @@ fn dashboard_is_well_formed() {
         let mut refs = BTreeSet::new();
         for target in targets {
             assert!(
-                target["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                target["expr"]
+                    .as_str()
+                    .is_some_and(|e| !e.trim().is_empty()),
                 "panel {title:?}: empty expr"
             );
             assert!(
