@@ -1,10 +1,12 @@
 //! The shipped operational files are tested with the real tools: the alert rules with
 //! promtool (unit tests for every rule) and amtool, the systemd unit with
-//! `systemd-analyze verify` and its exposure score.
+//! `systemd-analyze verify` and its exposure score; and alerting end to end (keyrotd,
+//! Prometheus, Alertmanager and a webhook on loopback: `tests/alerting_e2e.sh`).
 //!
 //! These tools come from Debian packages (`prometheus`, `prometheus-alertmanager`,
-//! `systemd`). On a machine without them the tests say so and pass; CI sets
-//! `KEYROTD_REQUIRE_TOOLS=1` (and installs the packages) so there they cannot be skipped.
+//! `systemd`; the end-to-end test also needs `python3` and `curl`). On a machine without
+//! them the tests say so and pass; CI sets `KEYROTD_REQUIRE_TOOLS=1` (and installs the
+//! packages) so there they cannot be skipped.
 
 use std::path::Path;
 use std::process::Command;
@@ -68,6 +70,29 @@ fn systemd_unit_verifies_and_scores_at_most_two() {
     }
     run_script(
         "tests/systemd_unit.sh",
+        &[env!("CARGO_BIN_EXE_keyrotd")],
+        &[],
+    );
+}
+
+#[test]
+fn alerts_reach_alertmanager_end_to_end() {
+    // keyrotd -> Prometheus (the shipped rules) -> Alertmanager -> webhook, on loopback;
+    // the script bounds its own run time and kills everything it started.
+    let tools = [
+        "prometheus",
+        "promtool",
+        "prometheus-alertmanager",
+        "python3",
+        "curl",
+    ];
+    // Look at every tool (each missing one is reported, or fails under KEYROTD_REQUIRE_TOOLS).
+    let missing = tools.iter().filter(|tool| !tool_available(tool)).count();
+    if missing > 0 {
+        return;
+    }
+    run_script(
+        "tests/alerting_e2e.sh",
         &[env!("CARGO_BIN_EXE_keyrotd")],
         &[],
     );
