@@ -302,7 +302,10 @@ async fn key_command(
             engine
                 .revoke_version(&runtime, &target, &actor(), "revoked by an operator")
                 .await?;
-            println!("revoked {} (version {version}) of {name}", target.fingerprint);
+            println!(
+                "revoked {} (version {version}) of {name}",
+                target.fingerprint
+            );
             Ok(())
         }
         KeyCommand::List(JsonFlag { json }) => {

@@ -129,7 +129,8 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         .spawn_all(checks::build_targets(&config, &telemetry)?)
         .await;
     let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>, clock.clone()));
-    let mut rotation_tasks = spawn_rotations(&engine, rotation::build_runtimes(&config, &telemetry)?);
+    let mut rotation_tasks =
+        spawn_rotations(&engine, rotation::build_runtimes(&config, &telemetry)?);
     let heartbeat = Arc::new(Heartbeat::default());
     let scheduler = Scheduler::start(clock.clone(), heartbeat.clone(), metrics.clone())
         .await

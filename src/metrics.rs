@@ -240,18 +240,21 @@ impl Collector for KeyStateCollector {
             .iter()
             .flat_map(|state| {
                 let c = &state.credential;
-                [("success", state.rotations_succeeded), ("failure", state.rotations_failed)]
-                    .into_iter()
-                    .map(move |(result, count)| {
-                        counter(
-                            vec![
-                                label("credential", &c.name),
-                                label("provider", &c.provider),
-                                label("result", result),
-                            ],
-                            count as f64,
-                        )
-                    })
+                [
+                    ("success", state.rotations_succeeded),
+                    ("failure", state.rotations_failed),
+                ]
+                .into_iter()
+                .map(move |(result, count)| {
+                    counter(
+                        vec![
+                            label("credential", &c.name),
+                            label("provider", &c.provider),
+                            label("result", result),
+                        ],
+                        count as f64,
+                    )
+                })
             })
             .collect();
         let mut families: Vec<MetricFamily> = FAMILIES

@@ -474,7 +474,10 @@ impl RotationPolicyConfig {
         }
         if let Some(backoff) = &self.retry_backoff {
             if backoff.get_ref().0 < Duration::from_secs(1) {
-                issues.push(Some(backoff.span()), "`retry_backoff` must be at least 1s".into());
+                issues.push(
+                    Some(backoff.span()),
+                    "`retry_backoff` must be at least 1s".into(),
+                );
             }
         }
         if let (Some(before), Some(max_age)) = (&self.rotate_before_expiry, &self.max_age) {

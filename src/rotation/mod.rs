@@ -231,13 +231,22 @@ impl Engine {
                     rotation.new_version_id = Some(version);
                     RotationStep::Issued
                 }),
-                RotationStep::Issued => self.verify(rt, &rotation).await.map(|_| RotationStep::Verified),
-                RotationStep::Verified => self.deliver(rt, &rotation).await.map(|_| RotationStep::Delivered),
+                RotationStep::Issued => self
+                    .verify(rt, &rotation)
+                    .await
+                    .map(|_| RotationStep::Verified),
+                RotationStep::Verified => self
+                    .deliver(rt, &rotation)
+                    .await
+                    .map(|_| RotationStep::Delivered),
                 RotationStep::Delivered => {
                     return self.promote(rt, &rotation).await;
                 }
                 RotationStep::Done | RotationStep::Failed => {
-                    return Err(RotationError::Refused(format!("rotation {} is finished", rotation.id)))
+                    return Err(RotationError::Refused(format!(
+                        "rotation {} is finished",
+                        rotation.id
+                    )))
                 }
             };
             match result {
@@ -249,7 +258,11 @@ impl Engine {
 
     async fn issue(&self, rt: &CredentialRuntime, rotation: &Rotation) -> Result<i64, StepError> {
         let now = self.clock.now();
-        if let Some(version) = self.imported_pending(&rt.name).await.map_err(|e| StepError::transient("issue", e.to_string()))? {
+        if let Some(version) = self
+            .imported_pending(&rt.name)
+            .await
+            .map_err(|e| StepError::transient("issue", e.to_string()))?
+        {
             self.store
                 .adopt_pending(&rotation.id, version.id, now)
                 .await
@@ -294,34 +307,63 @@ impl Engine {
                 if let Err(revoke) = issuer.revoke(&remote_id).await {
                     tracing::error!(credential = %rt.name, %remote_id, error = %revoke, "could not delete a key that failed to store; recovery will retry by name");
                 }
-                Err(StepError::transient("issue", format!("storing the issued key failed: {error}")))
+                Err(StepError::transient(
+                    "issue",
+                    format!("storing the issued key failed: {error}"),
+                ))
             }
         }
     }
 
     /// Keys issued under this rotation's name before a crash were never stored, so their
     /// secret is lost: delete them before issuing another.
-    async fn delete_orphans(&self, rt: &CredentialRuntime, issuer: &dyn Issuer, name: &str) -> Result<(), StepError> {
+    async fn delete_orphans(
+        &self,
+        rt: &CredentialRuntime,
+        issuer: &dyn Issuer,
+        name: &str,
+    ) -> Result<(), StepError> {
         let listed = match issuer.list(name).await {
             Ok(listed) => listed,
             Err(providers::ProviderError::Unsupported { .. }) => return Ok(()),
-            Err(error) => return Err(StepError::transient("issue", format!("listing keys for orphans failed: {error}"))),
+            Err(error) => {
+                return Err(StepError::transient(
+                    "issue",
+                    format!("listing keys for orphans failed: {error}"),
+                ))
+            }
         };
         for orphan in listed.into_iter().filter(|k| k.name == name) {
-            issuer
-                .revoke(&orphan.remote_id)
-                .await
-                .map_err(|e| StepError::transient("issue", format!("deleting orphan {}: {e}", orphan.remote_id)))?;
+            issuer.revoke(&orphan.remote_id).await.map_err(|e| {
+                StepError::transient(
+                    "issue",
+                    format!("deleting orphan {}: {e}", orphan.remote_id),
+                )
+            })?;
             tracing::warn!(credential = %rt.name, remote_id = %orphan.remote_id, "deleted an orphaned key from an interrupted rotation");
             let _ = self
                 .store
-                .append_event(Some(&rt.name), None, "orphan_deleted", "recovery", &format!("provider key {} ({name}) was issued but never stored", orphan.remote_id), self.clock.now())
+                .append_event(
+                    Some(&rt.name),
+                    None,
+                    "orphan_deleted",
+                    "recovery",
+                    &format!(
+                        "provider key {} ({name}) was issued but never stored",
+                        orphan.remote_id
+                    ),
+                    self.clock.now(),
+                )
                 .await;
         }
         Ok(())
     }
 
-    async fn new_secret(&self, rotation: &Rotation, step: &'static str) -> Result<(i64, SecretString), StepError> {
+    async fn new_secret(
+        &self,
+        rotation: &Rotation,
+        step: &'static str,
+    ) -> Result<(i64, SecretString), StepError> {
         let version = rotation
             .new_version_id
             .ok_or_else(|| StepError::transient(step, "rotation has no new key"))?;
@@ -343,7 +385,12 @@ impl Engine {
             let report = rt.provider.check(&secret).await;
             if report.status == CheckStatus::Valid {
                 self.store
-                    .advance_rotation(&rotation.id, RotationStep::Verified, &format!("new key valid: {}", report.detail), self.clock.now())
+                    .advance_rotation(
+                        &rotation.id,
+                        RotationStep::Verified,
+                        &format!("new key valid: {}", report.detail),
+                        self.clock.now(),
+                    )
                     .await
                     .map_err(|e| StepError::transient("verify", e.to_string()))?;
                 return Ok(());
@@ -379,7 +426,11 @@ impl Engine {
             .advance_rotation(
                 &rotation.id,
                 RotationStep::Delivered,
-                &if described.is_empty() { "no delivery targets".to_string() } else { format!("delivered to {}", described.join(", ")) },
+                &if described.is_empty() {
+                    "no delivery targets".to_string()
+                } else {
+                    format!("delivered to {}", described.join(", "))
+                },
                 self.clock.now(),
             )
             .await
@@ -397,7 +448,9 @@ impl Engine {
             }
         };
         let Some(current) = current else { return };
-        let Ok(secret) = self.store.secret(current.id).await else { return };
+        let Ok(secret) = self.store.secret(current.id).await else {
+            return;
+        };
         let delivery = Delivery {
             credential: &rt.name,
             key: &secret,
@@ -411,7 +464,11 @@ impl Engine {
         }
     }
 
-    async fn promote(&self, rt: &CredentialRuntime, rotation: &Rotation) -> Result<Rotated, RotationError> {
+    async fn promote(
+        &self,
+        rt: &CredentialRuntime,
+        rotation: &Rotation,
+    ) -> Result<Rotated, RotationError> {
         let now = self.clock.now();
         let version = rotation
             .new_version_id
@@ -433,7 +490,12 @@ impl Engine {
         })
     }
 
-    async fn fail(&self, rt: &CredentialRuntime, rotation: &Rotation, error: StepError) -> RotationError {
+    async fn fail(
+        &self,
+        rt: &CredentialRuntime,
+        rotation: &Rotation,
+        error: StepError,
+    ) -> RotationError {
         let now = self.clock.now();
         let failures = self
             .store
@@ -443,7 +505,10 @@ impl Engine {
             .flatten()
             .map(|c| c.consecutive_failures)
             .unwrap_or(0);
-        let retry_at = now + rt.retry.delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng()).as_secs() as i64;
+        let retry_at = now
+            + rt.retry
+                .delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng())
+                .as_secs() as i64;
         // A key we issued is discarded on any failure (the retry issues a fresh one); an
         // operator's key is kept for a retry unless the provider refused it.
         let ours = rt.issuer.is_some() && rotation.step == RotationStep::Planned
@@ -471,18 +536,32 @@ impl Engine {
     }
 
     async fn version_is_ours(&self, rotation: &Rotation) -> bool {
-        let Some(version) = rotation.new_version_id else { return false };
+        let Some(version) = rotation.new_version_id else {
+            return false;
+        };
         self.store
             .versions(&rotation.credential)
             .await
-            .map(|versions| versions.iter().any(|v| v.id == version && v.provider_key_id.is_some()))
+            .map(|versions| {
+                versions
+                    .iter()
+                    .any(|v| v.id == version && v.provider_key_id.is_some())
+            })
             .unwrap_or(false)
     }
 
     async fn revoke_discarded(&self, rt: &CredentialRuntime, version: i64) {
-        let Ok(versions) = self.store.versions(&rt.name).await else { return };
-        if let Some(v) = versions.into_iter().find(|v| v.id == version && v.stage == Stage::Failed) {
-            if let Err(error) = self.revoke_version(rt, &v, "rotation", "discarded by a failed rotation").await {
+        let Ok(versions) = self.store.versions(&rt.name).await else {
+            return;
+        };
+        if let Some(v) = versions
+            .into_iter()
+            .find(|v| v.id == version && v.stage == Stage::Failed)
+        {
+            if let Err(error) = self
+                .revoke_version(rt, &v, "rotation", "discarded by a failed rotation")
+                .await
+            {
                 tracing::warn!(credential = %rt.name, %error, "could not revoke a discarded key yet; will retry");
             }
         }
@@ -508,11 +587,14 @@ impl Engine {
         }
         let detail = match (&rt.issuer, &version.provider_key_id) {
             (Some(issuer), Some(remote)) => {
-                issuer.revoke(remote).await.map_err(|e| RotationError::Failed {
-                    credential: rt.name.clone(),
-                    step: "revoke",
-                    reason: e.to_string(),
-                })?;
+                issuer
+                    .revoke(remote)
+                    .await
+                    .map_err(|e| RotationError::Failed {
+                        credential: rt.name.clone(),
+                        step: "revoke",
+                        reason: e.to_string(),
+                    })?;
                 format!("{} revoked at the provider ({why})", version.fingerprint)
             }
             _ => format!(
@@ -529,7 +611,10 @@ impl Engine {
 
     /// Revokes previous keys whose grace period is over and discarded keys still live at the
     /// provider. Returns when the next one falls due.
-    pub async fn revoke_due(&self, rt: &CredentialRuntime) -> Result<Option<UnixTime>, RotationError> {
+    pub async fn revoke_due(
+        &self,
+        rt: &CredentialRuntime,
+    ) -> Result<Option<UnixTime>, RotationError> {
         let now = self.clock.now();
         let grace = rt.policy.grace.as_secs() as i64;
         let mut next: Option<UnixTime> = None;
@@ -540,7 +625,11 @@ impl Engine {
                 _ => continue,
             };
             if due <= now {
-                let why = if version.stage == Stage::Previous { "grace period over" } else { "discarded key" };
+                let why = if version.stage == Stage::Previous {
+                    "grace period over"
+                } else {
+                    "discarded key"
+                };
                 if let Err(error) = self.revoke_version(rt, &version, "rotation", why).await {
                     tracing::warn!(credential = %rt.name, %error, "revocation failed; will retry");
                     next = Some(next.map_or(now + 300, |n| n.min(now + 300)));
@@ -554,7 +643,11 @@ impl Engine {
 
     /// Puts the previous key back as current while it is inside its grace period: checks it
     /// still works, delivers it, then swaps the stages.
-    pub async fn rollback(&self, rt: &CredentialRuntime, actor: &str) -> Result<KeyVersion, RotationError> {
+    pub async fn rollback(
+        &self,
+        rt: &CredentialRuntime,
+        actor: &str,
+    ) -> Result<KeyVersion, RotationError> {
         let lock = self.lock_for(&rt.name);
         let _guard = lock.lock().await;
         let now = self.clock.now();
@@ -565,7 +658,9 @@ impl Engine {
             .await?
             .into_iter()
             .find(|v| v.stage == Stage::Previous && v.has_secret)
-            .ok_or_else(|| RotationError::Refused(format!("{} has no previous key to roll back to", rt.name)))?;
+            .ok_or_else(|| {
+                RotationError::Refused(format!("{} has no previous key to roll back to", rt.name))
+            })?;
         if previous.stage_changed_at < not_before {
             return Err(RotationError::Refused(format!(
                 "the previous key of {} left its grace period; rollback refused",
@@ -596,7 +691,10 @@ impl Engine {
                 });
             }
         }
-        Ok(self.store.rollback(&rt.name, not_before, actor, now).await?)
+        Ok(self
+            .store
+            .rollback(&rt.name, not_before, actor, now)
+            .await?)
     }
 
     /// One scheduling pass for a credential: record the next due time, rotate when due (or
@@ -611,7 +709,10 @@ impl Engine {
         let imported = versions
             .iter()
             .any(|v| v.stage == Stage::Pending && v.rotation_id.is_none() && v.has_secret);
-        let by_policy = current.and_then(|c| rt.policy.next_due(c.created_at, c.expires_at, credential.last_rotated_at));
+        let by_policy = current.and_then(|c| {
+            rt.policy
+                .next_due(c.created_at, c.expires_at, credential.last_rotated_at)
+        });
         // After failures the store holds the retry time; otherwise the policy decides.
         let next_due = if credential.consecutive_failures > 0 {
             credential.next_rotation_at.or(by_policy)
@@ -625,7 +726,9 @@ impl Engine {
         if (due && rt.issuer.is_some()) || imported {
             match self.rotate(rt, "schedule").await {
                 Ok(_) | Err(RotationError::InFlight(_)) => {}
-                Err(error) => tracing::warn!(credential = %rt.name, %error, "scheduled rotation failed"),
+                Err(error) => {
+                    tracing::warn!(credential = %rt.name, %error, "scheduled rotation failed")
+                }
             }
             // Re-read: the rotation moved next_due.
             return Ok(self.clock.now());
@@ -667,5 +770,9 @@ impl Engine {
 fn new_rotation_id() -> String {
     // Sortable by time, unique, short enough for provider-side key names.
     let id = uuid::Uuid::new_v4().simple().to_string();
-    format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), &id[..8])
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        &id[..8]
+    )
 }

@@ -22,7 +22,10 @@ impl Policy {
         Policy {
             schedule: rotation.schedule(),
             max_age: rotation.max_age.as_ref().map(|d| d.get_ref().0),
-            rotate_before_expiry: rotation.rotate_before_expiry.as_ref().map(|d| d.get_ref().0),
+            rotate_before_expiry: rotation
+                .rotate_before_expiry
+                .as_ref()
+                .map(|d| d.get_ref().0),
             grace: rotation.grace(),
         }
     }
@@ -44,7 +47,9 @@ impl Policy {
         key_expires_at: Option<UnixTime>,
         last_rotated_at: Option<UnixTime>,
     ) -> Option<UnixTime> {
-        let since = last_rotated_at.unwrap_or(key_created_at).max(key_created_at);
+        let since = last_rotated_at
+            .unwrap_or(key_created_at)
+            .max(key_created_at);
         let by_schedule = self.schedule.as_ref().and_then(|schedule| {
             let start = DateTime::<Utc>::from_timestamp(since, 0)?;
             schedule.next_after(start).map(|t| t.timestamp())
@@ -66,7 +71,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> UnixTime {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap().timestamp()
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .unwrap()
+            .timestamp()
     }
 
     fn policy(schedule: Option<&str>, max_age: Option<u64>, before: Option<u64>) -> Policy {
@@ -84,7 +91,10 @@ mod tests {
         let created = at(2026, 1, 1, 10, 0);
         assert_eq!(p.next_due(created, None, None), Some(at(2026, 1, 2, 3, 0)));
         let rotated = at(2026, 1, 5, 3, 0);
-        assert_eq!(p.next_due(created, None, Some(rotated)), Some(at(2026, 1, 6, 3, 0)));
+        assert_eq!(
+            p.next_due(created, None, Some(rotated)),
+            Some(at(2026, 1, 6, 3, 0))
+        );
     }
 
     #[test]
@@ -106,16 +116,26 @@ mod tests {
         let expires = at(2026, 1, 20, 0, 0);
         let p = policy(Some("0 0 1 * *"), Some(10 * 86_400), Some(7 * 86_400));
         // schedule: Feb 1; max_age: Jan 11; expiry - 7d: Jan 13.
-        assert_eq!(p.next_due(created, Some(expires), None), Some(at(2026, 1, 11, 0, 0)));
+        assert_eq!(
+            p.next_due(created, Some(expires), None),
+            Some(at(2026, 1, 11, 0, 0))
+        );
         let p = policy(None, Some(30 * 86_400), Some(7 * 86_400));
-        assert_eq!(p.next_due(created, Some(expires), None), Some(at(2026, 1, 13, 0, 0)));
+        assert_eq!(
+            p.next_due(created, Some(expires), None),
+            Some(at(2026, 1, 13, 0, 0))
+        );
     }
 
     #[test]
     fn no_rule_means_no_automatic_rotation() {
         let p = policy(None, None, Some(86_400));
         assert!(p.is_scheduled());
-        assert_eq!(p.next_due(0, None, None), None, "expiry rule without a known expiry");
+        assert_eq!(
+            p.next_due(0, None, None),
+            None,
+            "expiry rule without a known expiry"
+        );
         assert!(!policy(None, None, None).is_scheduled());
     }
 }

@@ -528,15 +528,17 @@ impl Store for SqliteStore {
             .iter()
             .map(credential_from_row)
             .map(|credential| {
-                let (rotations_succeeded, rotations_failed) =
-                    rotations_by_name.remove(&credential.name).unwrap_or_default();
+                let (rotations_succeeded, rotations_failed) = rotations_by_name
+                    .remove(&credential.name)
+                    .unwrap_or_default();
                 CredentialState {
-                rotations_succeeded,
-                rotations_failed,
-                current: current_by_name.remove(&credential.name),
-                credits: credits_by_name.remove(&credential.name).unwrap_or_default(),
-                credential,
-            }})
+                    rotations_succeeded,
+                    rotations_failed,
+                    current: current_by_name.remove(&credential.name),
+                    credits: credits_by_name.remove(&credential.name).unwrap_or_default(),
+                    credential,
+                }
+            })
             .collect();
         Ok(Snapshot {
             generation,
@@ -696,7 +698,16 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        Self::insert_event(&mut tx, Some(credential), None, "rotation_planned", actor, &format!("rotation {rotation_id}"), now).await?;
+        Self::insert_event(
+            &mut tx,
+            Some(credential),
+            None,
+            "rotation_planned",
+            actor,
+            &format!("rotation {rotation_id}"),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Rotation {
             id: rotation_id.to_string(),
@@ -721,7 +732,8 @@ impl Store for SqliteStore {
             .map(|row| Rotation {
                 id: row.get(0),
                 credential: row.get(1),
-                step: RotationStep::parse(&row.get::<String, _>(2)).unwrap_or(RotationStep::Planned),
+                step: RotationStep::parse(&row.get::<String, _>(2))
+                    .unwrap_or(RotationStep::Planned),
                 new_version_id: row.get(3),
                 started_at: row.get(4),
                 error: row.get(5),
@@ -745,7 +757,9 @@ impl Store for SqliteStore {
         .bind(rotation_id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not waiting for a key")))?;
+        .ok_or_else(|| {
+            StoreError::Conflict(format!("rotation {rotation_id} is not waiting for a key"))
+        })?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO key_versions (credential_id, stage, fingerprint, provider_key_id, rotation_id, created_at, expires_at, stage_changed_at)
              VALUES (?, 'pending', ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -765,17 +779,28 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?")
-            .bind(id)
-            .bind(now)
-            .bind(rotation_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(rotation_id)
+        .execute(&mut *tx)
+        .await?;
         let detail = format!(
             "{fp} issued as pending (provider key id {})",
             key.provider_key_id.as_deref().unwrap_or("-")
         );
-        Self::insert_event(&mut tx, Some(&credential), Some(id), "issued", "rotation", &detail, now).await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            Some(id),
+            "issued",
+            "rotation",
+            &detail,
+            now,
+        )
+        .await?;
         let row = sqlx::query(&format!(
             "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
         ))
@@ -803,18 +828,29 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::Conflict(format!("version {version_id} cannot be adopted by rotation {rotation_id}")))?;
-        sqlx::query("UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?")
-            .bind(version_id)
-            .bind(now)
-            .bind(rotation_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(version_id)
+        .bind(now)
+        .bind(rotation_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE key_versions SET rotation_id = ? WHERE id = ?")
             .bind(rotation_id)
             .bind(version_id)
             .execute(&mut *tx)
             .await?;
-        Self::insert_event(&mut tx, Some(&credential), Some(version_id), "adopted", "rotation", "operator-imported pending key taken into the rotation", now).await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            Some(version_id),
+            "adopted",
+            "rotation",
+            "operator-imported pending key taken into the rotation",
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -841,7 +877,16 @@ impl Store for SqliteStore {
             .bind(rotation_id)
             .execute(&mut *tx)
             .await?;
-        Self::insert_event(&mut tx, Some(&credential), version, step.as_str(), "rotation", detail, now).await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            version,
+            step.as_str(),
+            "rotation",
+            detail,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -861,7 +906,8 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not ready to promote")))?;
-        let new_version = new_version.ok_or_else(|| StoreError::Conflict("rotation has no new key".into()))?;
+        let new_version =
+            new_version.ok_or_else(|| StoreError::Conflict("rotation has no new key".into()))?;
         sqlx::query(
             "UPDATE key_versions SET stage = 'previous', stage_changed_at = ? WHERE credential_id = ? AND stage = 'current'",
         )
@@ -877,7 +923,9 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if promoted.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!("version {new_version} is no longer pending")));
+            return Err(StoreError::Conflict(format!(
+                "version {new_version} is no longer pending"
+            )));
         }
         sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ?")
             .bind(now)
@@ -897,7 +945,18 @@ impl Store for SqliteStore {
         .bind(credential_id)
         .execute(&mut *tx)
         .await?;
-        Self::insert_event(&mut tx, Some(&credential), Some(new_version), "promoted", "rotation", &format!("rotation {rotation_id} done; the previous key stays valid for the grace period"), now).await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            Some(new_version),
+            "promoted",
+            "rotation",
+            &format!(
+                "rotation {rotation_id} done; the previous key stays valid for the grace period"
+            ),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -936,7 +995,16 @@ impl Store for SqliteStore {
             .bind(credential_id)
             .execute(&mut *tx)
             .await?;
-        Self::insert_event(&mut tx, Some(&credential), new_version, "rotation_failed", "rotation", &failure.error, now).await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            new_version,
+            "rotation_failed",
+            "rotation",
+            &failure.error,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -975,7 +1043,16 @@ impl Store for SqliteStore {
         .bind(version_id)
         .execute(&mut *tx)
         .await?;
-        Self::insert_event(&mut tx, Some(&credential), Some(version_id), "revoked", actor, detail, now).await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            Some(version_id),
+            "revoked",
+            actor,
+            detail,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -997,7 +1074,9 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((previous_id, changed_at)) = previous else {
-            return Err(StoreError::Conflict(format!("{credential} has no previous key to roll back to")));
+            return Err(StoreError::Conflict(format!(
+                "{credential} has no previous key to roll back to"
+            )));
         };
         if changed_at < not_before {
             return Err(StoreError::Conflict(format!(
@@ -1014,7 +1093,16 @@ impl Store for SqliteStore {
             .bind(previous_id)
             .execute(&mut *tx)
             .await?;
-        Self::insert_event(&mut tx, Some(credential), Some(previous_id), "rolled_back", actor, "previous key restored as current", now).await?;
+        Self::insert_event(
+            &mut tx,
+            Some(credential),
+            Some(previous_id),
+            "rolled_back",
+            actor,
+            "previous key restored as current",
+            now,
+        )
+        .await?;
         let row = sqlx::query(&format!(
             "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
         ))
