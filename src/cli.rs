@@ -68,6 +68,16 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Run a self-contained demo: simulated providers on loopback, keys rotated every
+    /// minute, metrics live. No network, no config.
+    Demo {
+        /// Keep the demo's state in this directory (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Where to serve /metrics.
+        #[arg(long, default_value = config::DEFAULT_LISTEN_ADDRESS)]
+        listen_address: std::net::SocketAddr,
+    },
     /// Manage the master key that seals stored secrets.
     #[command(subcommand)]
     MasterKey(MasterKeyCommand),
@@ -182,6 +192,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         println!("wrote a new master key to {}", path.display());
         return Ok(());
     }
+    if let Command::Demo {
+        dir,
+        listen_address,
+    } = cli.command
+    {
+        return crate::demo::run(crate::demo::DemoOptions {
+            dir,
+            listen_address,
+        })
+        .await;
+    }
     let (config_path, config) = load_config(&cli).map_err(|error| ExitError {
         code: EXIT_CONFIG,
         message: error.to_string(),
@@ -213,7 +234,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             name,
             json: JsonFlag { json },
         } => check_command(name, json, &config, &database, cli.master_key.as_deref()).await,
-        Command::MasterKey(_) => unreachable!("handled before the config is loaded"),
+        Command::MasterKey(_) | Command::Demo { .. } => {
+            unreachable!("handled before the config is loaded")
+        }
     }
 }
 

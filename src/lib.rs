@@ -23,6 +23,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod delivery;
+pub mod demo;
 pub mod http;
 pub mod logging;
 pub mod metrics;

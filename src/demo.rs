@@ -1,0 +1,201 @@
+//! `keyrotd demo`: the whole product on one machine with no network and no config, like
+//! `vault server -dev`. Two simulated providers on loopback (one steady, one that fails now
+//! and then), two credentials rotated every minute and checked every 10 s, keys delivered to
+//! files, metrics live. Everything lives in a throw-away directory unless `--dir` is given.
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::crypto::MasterKey;
+use crate::daemon::{self, DaemonSettings, MasterKeyNeed};
+use crate::simulator::{Op, Simulator};
+use crate::store::{NewKey, Store};
+use anyhow::Context;
+use rand::RngCore;
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The demo's credentials: (credential, provider, how often its provider fails).
+const CREDENTIALS: [(&str, &str, f64); 2] = [
+    ("demo-app", "demo-steady", 0.0),
+    ("demo-batch", "demo-flaky", 0.25),
+];
+
+pub struct DemoOptions {
+    /// Keep state here (created if absent) instead of a temporary directory.
+    pub dir: Option<PathBuf>,
+    pub listen_address: SocketAddr,
+}
+
+/// Runs the demo until SIGINT/SIGTERM.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let temporary = match &options.dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("keyrotd-demo-").tempdir()?),
+    };
+    let dir = match (&options.dir, &temporary) {
+        (Some(dir), _) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.clone()
+        }
+        (None, Some(temp)) => temp.path().to_path_buf(),
+        (None, None) => unreachable!("a temporary directory exists when no --dir is given"),
+    };
+
+    let mut simulators = Vec::new();
+    for (_, provider, failure_rate) in CREDENTIALS {
+        let (simulator, _) = Simulator::start("127.0.0.1:0".parse()?).await?;
+        // Keys live three hours, so the expiry gauges have something to show.
+        simulator.expire_after(Some(Duration::from_secs(3 * 3600)));
+        simulator.set_failure_rate(Op::Issue, failure_rate);
+        simulator.set_failure_rate(Op::Check, failure_rate / 5.0);
+        write_private(
+            &dir.join(format!("{provider}.management-key")),
+            &simulator.management_key(),
+        )?;
+        simulators.push(simulator);
+    }
+
+    let master_key = dir.join("master.key");
+    if !master_key.exists() {
+        MasterKey::generate().write_new(&master_key)?;
+    }
+    let config_path = dir.join("keyrotd.toml");
+    std::fs::write(
+        &config_path,
+        demo_config(&dir, &simulators, options.listen_address),
+    )?;
+    let config = Config::load(&config_path)?;
+    let database = dir.join("keyrotd.db");
+    seed_keys(&config, &database, &master_key, &simulators).await?;
+
+    print_banner(&dir, options.listen_address, temporary.is_some());
+    let result = daemon::run(DaemonSettings {
+        config_path,
+        config,
+        database,
+        master_key: Some(master_key),
+    })
+    .await;
+    for simulator in &simulators {
+        simulator.shutdown().await;
+    }
+    drop(temporary);
+    result
+}
+
+fn demo_config(dir: &Path, simulators: &[Simulator], listen: SocketAddr) -> String {
+    let mut text = format!(
+        "# Written by `keyrotd demo`.\n[daemon]\nlisten_address = \"{listen}\"\ndatabase = \"{}\"\n\n[checks]\ninterval = \"10s\"\njitter = 0.1\n",
+        dir.join("keyrotd.db").display()
+    );
+    for ((credential, provider, _), simulator) in CREDENTIALS.iter().zip(simulators) {
+        text.push_str(&format!(
+            r#"
+[[provider]]
+name = "{provider}"
+kind = "simulated"
+base_url = "{base}"
+management_key = {{ file = "{key}" }}
+timeout = "2s"
+
+[[credential]]
+name = "{credential}"
+provider = "{provider}"
+rotation = {{ schedule = "* * * * *", grace = "2m", retry_backoff = "10s", retry_backoff_max = "1m" }}
+deliver = [{{ kind = "file", path = "{target}" }}]
+"#,
+            base = simulator.base_url(),
+            key = dir.join(format!("{provider}.management-key")).display(),
+            target = dir.join(format!("{credential}.key")).display(),
+        ));
+    }
+    text
+}
+
+/// Gives each credential a first key (issued by its simulator) unless it has one.
+async fn seed_keys(
+    config: &Config,
+    database: &Path,
+    master_key: &Path,
+    simulators: &[Simulator],
+) -> anyhow::Result<()> {
+    let store = daemon::open_store(database, Some(master_key), MasterKeyNeed::Always).await?;
+    let now = SystemClock.now();
+    store
+        .sync_credentials(&daemon::credential_specs(config), now)
+        .await?;
+    for ((credential, _, _), simulator) in CREDENTIALS.iter().zip(simulators) {
+        let has_current = store
+            .versions(credential)
+            .await?
+            .iter()
+            .any(|v| v.stage == crate::model::Stage::Current);
+        // A restarted demo with --dir has new simulators: their old keys are gone, so
+        // every demo start seeds a fresh key (the old one becomes history via rotation).
+        if has_current {
+            continue;
+        }
+        let mut bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let secret = format!("sim-{}", hex::encode(bytes));
+        simulator.add_key(&secret);
+        store
+            .import_key(
+                credential,
+                NewKey {
+                    secret: SecretString::from(secret),
+                    expires_at: Some(now + 3 * 3600),
+                    provider_key_id: None,
+                    rotation_id: None,
+                },
+                "demo",
+                now,
+            )
+            .await?;
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn print_banner(dir: &Path, listen: SocketAddr, temporary: bool) {
+    println!(
+        r#"keyrotd demo: two simulated providers on loopback, no network needed.
+
+  credentials   demo-app   (steady provider)   rotated every minute, checked every 10 s
+                demo-batch (flaky provider)    its provider fails now and then: watch the retries
+  state         {dir}{temp}
+
+Try, in another terminal:
+  curl -s http://{listen}/metrics | grep '^keyrotd_key'
+  curl -s http://{listen}/metrics | grep -E 'rotations_total|consecutive_failures'
+  keyrotd --config {dir}/keyrotd.toml key list
+  keyrotd --config {dir}/keyrotd.toml --master-key {dir}/master.key key history demo-batch
+  cat {dir}/demo-app.key | wc -c     # the delivered key file (0600), replaced atomically
+
+Press Ctrl-C to stop.
+"#,
+        dir = dir.display(),
+        temp = if temporary {
+            " (removed on exit; keep it with --dir)"
+        } else {
+            ""
+        },
+    );
+}
