@@ -126,6 +126,13 @@ pub enum KeyCommand {
 pub enum MasterKeyCommand {
     /// Write a new random 256-bit master key to PATH (mode 0600; never overwrites).
     Generate { path: PathBuf },
+    /// Re-seal every stored secret under the key in NEW_KEY (made with `generate`), in one
+    /// transaction; the current key comes from --master-key. Stop the daemon first, then
+    /// install NEW_KEY in place of the old key file and start it again.
+    Rotate {
+        #[arg(long)]
+        new_key: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +168,24 @@ fn parse_time(text: &str) -> Result<UnixTime, String> {
 pub struct ExitError {
     pub code: i32,
     pub message: String,
+}
+
+/// Prints a command-line error. A stray positional argument is the classic way a key lands
+/// on a command line (`key import NAME sk-...`), so such arguments are never echoed back.
+pub fn report_usage_error(error: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::UnknownArgument | ErrorKind::TooManyValues => {
+            eprintln!(
+                "error: unexpected argument (not shown, in case it is a key: keys are read from stdin or --from-file, never from the command line)\n\nFor more information, try '--help'."
+            );
+            std::process::ExitCode::from(2)
+        }
+        _ => {
+            let _ = error.print();
+            std::process::ExitCode::from(error.exit_code() as u8)
+        }
+    }
 }
 
 /// Loads the config: an explicit path must exist; the default path may be absent (defaults).
@@ -234,7 +259,22 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             name,
             json: JsonFlag { json },
         } => check_command(name, json, &config, &database, cli.master_key.as_deref()).await,
-        Command::MasterKey(_) | Command::Demo { .. } => {
+        Command::MasterKey(MasterKeyCommand::Rotate { new_key }) => {
+            let new = crate::crypto::Sealer::new(&MasterKey::load(&new_key)?);
+            let store =
+                daemon::open_store(&database, cli.master_key.as_deref(), MasterKeyNeed::Always)
+                    .await?;
+            let count = store
+                .reseal(&new, &actor(), chrono::Utc::now().timestamp())
+                .await?;
+            store.close().await;
+            println!(
+                "re-sealed {count} secrets under {}; install it in place of the old master key before the daemon starts again",
+                new_key.display()
+            );
+            Ok(())
+        }
+        Command::MasterKey(MasterKeyCommand::Generate { .. }) | Command::Demo { .. } => {
             unreachable!("handled before the config is loaded")
         }
     }

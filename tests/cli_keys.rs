@@ -248,3 +248,76 @@ fn master_key_generate_never_overwrites() {
     assert!(!out.status.success());
     assert_eq!(std::fs::read(&env.master_key).unwrap(), before);
 }
+
+#[test]
+fn master_key_rotation_reseals_every_secret_under_the_new_key() {
+    let env = Env::new();
+    let secret = canary();
+    env.import(CREDENTIAL, &secret, &[]);
+    let new_key = env.path().join("new.key");
+    assert_success(
+        &env.run(&["master-key", "generate", new_key.to_str().unwrap()]),
+        "generate",
+    );
+    let out = env.run(&[
+        "master-key",
+        "rotate",
+        "--new-key",
+        new_key.to_str().unwrap(),
+    ]);
+    assert_success(&out, "master-key rotate");
+    assert!(
+        stdout(&out).contains("re-sealed 1 secrets"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The old key no longer opens the store; the new one does.
+    let with = |key: &std::path::Path| {
+        run_command(
+            bare_command()
+                .arg("--config")
+                .arg(&env.config)
+                .arg("--master-key")
+                .arg(key)
+                .args(["key", "rotate", CREDENTIAL]),
+            "",
+        )
+    };
+    let old = with(&env.master_key);
+    assert!(
+        stderr(&old).contains("does not open this store"),
+        "{}",
+        stderr(&old)
+    );
+    let new = with(&new_key);
+    assert!(
+        !stderr(&new).contains("does not open this store"),
+        "{}",
+        stderr(&new)
+    );
+    // The history records the rotation without any key material.
+    let history = env.run(&["key", "history", CREDENTIAL]);
+    assert!(!stdout(&history).contains(&secret));
+    for file in env.database_files() {
+        assert!(!contains_bytes(
+            &std::fs::read(&file).unwrap(),
+            secret.as_bytes()
+        ));
+    }
+}
+
+#[test]
+fn a_key_on_the_command_line_is_refused_without_being_echoed() {
+    let env = Env::new();
+    let secret = canary();
+    let out = env.run(&["key", "import", CREDENTIAL, &secret]);
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains(&secret), "{}", stderr(&out));
+    assert!(!stdout(&out).contains(&secret));
+    assert!(
+        stderr(&out).contains("never from the command line"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -327,6 +327,15 @@ pub trait Store: Send + Sync {
         now: UnixTime,
     ) -> StoreResult<KeyVersion>;
 
+    /// Re-seals every stored secret under `new` in one transaction (master-key rotation).
+    /// Returns how many secrets were re-sealed.
+    async fn reseal(
+        &self,
+        new: &crate::crypto::Sealer,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<usize>;
+
     /// Appends an audit event.
     async fn append_event(
         &self,

@@ -1113,6 +1113,43 @@ impl Store for SqliteStore {
         Ok(version_from_row(&row))
     }
 
+    async fn reseal(&self, new: &Sealer, actor: &str, now: UnixTime) -> StoreResult<usize> {
+        let old = self.sealer()?;
+        let mut tx = self.begin_write().await?;
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT v.id, c.name, v.sealed_secret FROM key_versions v JOIN credentials c ON c.id = v.credential_id
+             WHERE v.sealed_secret IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        // Open everything before writing anything: one secret the old key cannot open
+        // aborts the whole rotation with nothing changed.
+        let mut resealed = Vec::with_capacity(rows.len());
+        for (id, credential, sealed) in &rows {
+            let secret = old.open(credential, *id, sealed)?;
+            resealed.push((*id, new.seal(credential, *id, &secret)?));
+        }
+        for (id, sealed) in &resealed {
+            sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
+                .bind(sealed)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::insert_event(
+            &mut tx,
+            None,
+            None,
+            "master_key_rotated",
+            actor,
+            &format!("{} secrets re-sealed", resealed.len()),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(resealed.len())
+    }
+
     async fn append_event(
         &self,
         credential: Option<&str>,
