@@ -321,3 +321,27 @@ fn a_key_on_the_command_line_is_refused_without_being_echoed() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_database_created_by_root_belongs_to_the_owner_of_its_directory() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to create a file for another user");
+        return;
+    }
+    let env = Env::new();
+    let state = env.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    let database = state.join("keyrotd.db");
+    let out = run_command(
+        env.command()
+            .arg("--database")
+            .arg(&database)
+            .args(["key", "import", CREDENTIAL]),
+        &format!("{}\n", canary()),
+    );
+    assert_success(&out, "key import into a directory owned by nobody");
+    assert_eq!(std::fs::metadata(&database).unwrap().uid(), 65534);
+    assert_eq!(std::fs::metadata(&database).unwrap().gid(), 65534);
+}

@@ -79,6 +79,9 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| classify_open_error(path, e))?;
+        if !exists {
+            hand_to_directory_owner(path, &dir);
+        }
         MIGRATOR.run(&writer).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::SchemaTooNew {
                 path: path.to_path_buf(),
@@ -246,6 +249,20 @@ impl SqliteStore {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+}
+
+/// When root (an operator's CLI) creates the database in a directory owned by the service
+/// user, the file must belong to that user too, or the daemon could not write its own store.
+/// SQLite already does the same for the -wal and -shm files it creates as root.
+fn hand_to_directory_owner(path: &Path, dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir_meta) = std::fs::metadata(dir) else { return };
+    let Ok(file_meta) = std::fs::metadata(path) else { return };
+    if file_meta.uid() == 0 && dir_meta.uid() != 0 {
+        if let Err(error) = std::os::unix::fs::chown(path, Some(dir_meta.uid()), Some(dir_meta.gid())) {
+            tracing::warn!(path = %path.display(), %error, "cannot hand the new database to the owner of its directory");
+        }
     }
 }
 
