@@ -325,7 +325,14 @@ async fn key_command(
                 "imported {} for {name} as version {} ({})",
                 version.fingerprint, version.id, version.stage
             );
-            if version.stage == Stage::Pending {
+            if version.stage == Stage::Current {
+                // The credential's first key: hand it to the consumers right away.
+                let (engine, runtime) = rotation_context(config, store, &name)?;
+                let delivered = engine.deliver_current(&runtime).await?;
+                if delivered > 0 {
+                    println!("delivered {} to {delivered} targets", version.fingerprint);
+                }
+            } else if version.stage == Stage::Pending {
                 // A replacement key: verify, deliver and promote it now, like any rotation.
                 let (engine, runtime) = rotation_context(config, store, &name)?;
                 let rotated = engine.rotate(&runtime, &actor()).await?;

@@ -437,6 +437,37 @@ impl Engine {
             .map_err(|e| StepError::transient("deliver", e.to_string()))
     }
 
+    /// Delivers the current key to every target (the first key of a credential, which
+    /// becomes current without a rotation). Stops at the first failing target.
+    pub async fn deliver_current(&self, rt: &CredentialRuntime) -> Result<usize, RotationError> {
+        let current = self
+            .store
+            .versions(&rt.name)
+            .await?
+            .into_iter()
+            .find(|v| v.stage == Stage::Current)
+            .ok_or_else(|| RotationError::Refused(format!("{} has no current key", rt.name)))?;
+        let secret = self.store.secret(current.id).await?;
+        let delivery = Delivery {
+            credential: &rt.name,
+            key: &secret,
+            fingerprint: &current.fingerprint,
+            version_id: current.id,
+        };
+        for target in &rt.targets {
+            target.deliver(&delivery).await.map_err(|error| RotationError::Failed {
+                credential: rt.name.clone(),
+                step: "deliver",
+                reason: error.to_string(),
+            })?;
+        }
+        let _ = self
+            .store
+            .append_event(Some(&rt.name), Some(current.id), "delivered", "cli", &format!("{} delivered to {} targets", current.fingerprint, rt.targets.len()), self.clock.now())
+            .await;
+        Ok(rt.targets.len())
+    }
+
     /// After a failed delivery some targets may hold the new key, which is about to be
     /// discarded: put the current key back everywhere so every consumer holds a working key.
     async fn restore_current(&self, rt: &CredentialRuntime) {
@@ -723,7 +754,10 @@ impl Engine {
             self.store.set_next_rotation(&rt.name, next_due).await?;
         }
         let due = next_due.is_some_and(|at| at <= now);
-        if (due && rt.issuer.is_some()) || imported {
+        // After a failure, wait out the backoff even for an imported key.
+        let backing_off = credential.consecutive_failures > 0
+            && credential.next_rotation_at.is_some_and(|at| at > now);
+        if !backing_off && ((due && rt.issuer.is_some()) || imported) {
             match self.rotate(rt, "schedule").await {
                 Ok(_) | Err(RotationError::InFlight(_)) => {}
                 Err(error) => {

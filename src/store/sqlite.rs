@@ -1006,6 +1006,13 @@ impl Store for SqliteStore {
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
+        } else if let Some(version) = new_version {
+            // A kept pending key (an operator's, after a transient failure) is released so
+            // the next rotation can adopt it again.
+            sqlx::query("UPDATE key_versions SET rotation_id = NULL WHERE id = ? AND stage = 'pending' AND provider_key_id IS NULL")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query("UPDATE credentials SET consecutive_failures = consecutive_failures + 1, next_rotation_at = COALESCE(?, next_rotation_at) WHERE id = ?")
             .bind(failure.retry_at)
