@@ -983,12 +983,27 @@ impl Store for SqliteStore {
             .bind(rotation_id)
             .execute(&mut *tx)
             .await?;
-        if let (true, Some(version)) = (failure.discard_pending, new_version) {
-            sqlx::query("UPDATE key_versions SET stage = 'failed', stage_changed_at = ? WHERE id = ? AND stage = 'pending'")
-                .bind(now)
+        match (failure.discard_pending, new_version) {
+            (true, Some(version)) => {
+                sqlx::query("UPDATE key_versions SET stage = 'failed', stage_changed_at = ? WHERE id = ? AND stage = 'pending'")
+                    .bind(now)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            (false, Some(version)) => {
+                // A kept (operator-imported) key is released from the failed rotation, so
+                // the retry can adopt it again: a pending key bound to a finished rotation
+                // was neither "imported, waiting" nor in flight, and stayed stuck (and
+                // blocked re-importing it as a duplicate).
+                sqlx::query(
+                    "UPDATE key_versions SET rotation_id = NULL WHERE id = ? AND stage = 'pending'",
+                )
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
+            }
+            _ => {}
         }
         sqlx::query("UPDATE credentials SET consecutive_failures = consecutive_failures + 1, next_rotation_at = COALESCE(?, next_rotation_at) WHERE id = ?")
             .bind(failure.retry_at)
