@@ -781,3 +781,39 @@ async fn a_short_retry_backoff_still_schedules_the_retry_in_the_future() {
     f.engine.rotate(&f.rt, "test").await.unwrap_err();
     f.assert_failed_cleanly(1, "").await;
 }
+
+#[tokio::test]
+async fn the_scheduler_takes_over_a_rotation_abandoned_by_a_dead_process() {
+    // A `key rotate` killed right after planning (while the daemon runs) leaves a rotation
+    // in flight. The daemon must not wait for it forever, nor take it over while it may
+    // still be running elsewhere.
+    let f = fixture(Setup {
+        rotation: "max_age = \"1d\"",
+        ..Setup::default()
+    })
+    .await;
+    f.store
+        .plan_rotation(CRED, "20260101T000000-deadbeef", "cli:dead", START + 86_390)
+        .await
+        .unwrap();
+    f.clock.set(START + 86_400);
+    let wake = f.engine.tick(&f.rt).await.unwrap();
+    assert!(
+        wake > f.clock.now(),
+        "must not spin while another rotation runs"
+    );
+    assert_eq!(f.current_secret().await, f.old);
+    assert_eq!(f.store.rotations_in_flight().await.unwrap().len(), 1);
+
+    f.clock.advance(rotation::STALE_ROTATION.as_secs() as i64);
+    f.engine.tick(&f.rt).await.unwrap();
+    assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
+    let new = f.current_secret().await;
+    assert_ne!(new, f.old, "the abandoned rotation was not completed");
+    assert_eq!(f.delivered(), new);
+    assert_eq!(
+        f.current().await.rotation_id.as_deref(),
+        Some("20260101T000000-deadbeef")
+    );
+    f.assert_no_orphans().await;
+}

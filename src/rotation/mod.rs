@@ -29,6 +29,11 @@ use std::time::Duration;
 /// accept a key they have just issued.
 const VERIFY_ATTEMPTS: u32 = 3;
 const VERIFY_SPACING: Duration = Duration::from_secs(1);
+/// A rotation in flight whose row has not moved for this long was abandoned by a process
+/// that died (a `keyrotd key rotate` killed while the daemon runs): the daemon takes it over.
+/// Far longer than any step takes (issue and verify are a few provider timeouts, delivery
+/// the targets' timeouts), so a live rotation in another process is never taken over.
+pub const STALE_ROTATION: Duration = Duration::from_secs(30 * 60);
 /// Longest sleep of a credential's scheduling loop: it re-reads the store at least this often.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
@@ -751,6 +756,26 @@ impl Engine {
         let Some(credential) = self.store.credential(&rt.name).await? else {
             return Ok(now + MAX_SLEEP.as_secs() as i64);
         };
+        // The daemon resumes its own rotations at start-up only. One left in flight by
+        // another process that died (a killed `key rotate`) blocked every later rotation
+        // of the credential, silently (each attempt answered "in flight" and was ignored),
+        // until the daemon restarted: take it over once it is clearly abandoned.
+        if let Some(stale) = self
+            .store
+            .rotations_in_flight()
+            .await?
+            .into_iter()
+            .find(|r| r.credential == rt.name)
+        {
+            let idle = now - stale.updated_at;
+            if idle >= STALE_ROTATION.as_secs() as i64 {
+                tracing::warn!(credential = %rt.name, rotation = %stale.id, idle_seconds = idle, "taking over a rotation abandoned in flight");
+                if let Err(error) = self.resume(rt).await {
+                    tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
+                }
+                return Ok(self.clock.now());
+            }
+        }
         let versions = self.store.versions(&rt.name).await?;
         let current = versions.iter().find(|v| v.stage == Stage::Current);
         let imported = versions
@@ -775,7 +800,13 @@ impl Engine {
         let imported = imported && (credential.consecutive_failures == 0 || due);
         if (due && rt.issuer.is_some()) || imported {
             match self.rotate(rt, "schedule").await {
-                Ok(_) | Err(RotationError::InFlight(_)) => {}
+                Ok(_) => {}
+                Err(RotationError::InFlight(_)) => {
+                    // Look again in a minute rather than every second: the other
+                    // rotation may run for a while (or be abandoned, see above).
+                    tracing::warn!(credential = %rt.name, "rotation due, but another rotation is in flight; waiting for it");
+                    return Ok(now + 60);
+                }
                 Err(error) => {
                     tracing::warn!(credential = %rt.name, %error, "scheduled rotation failed")
                 }

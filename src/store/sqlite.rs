@@ -715,13 +715,14 @@ impl Store for SqliteStore {
             step: RotationStep::Planned,
             new_version_id: None,
             started_at: now,
+            updated_at: now,
             error: None,
         })
     }
 
     async fn rotations_in_flight(&self) -> StoreResult<Vec<Rotation>> {
         let rows = sqlx::query(
-            "SELECT r.id, c.name, r.step, r.new_version_id, r.started_at, r.error
+            "SELECT r.id, c.name, r.step, r.new_version_id, r.started_at, r.error, r.updated_at
              FROM rotations r JOIN credentials c ON c.id = r.credential_id
              WHERE r.finished_at IS NULL ORDER BY r.started_at",
         )
@@ -736,6 +737,7 @@ impl Store for SqliteStore {
                     .unwrap_or(RotationStep::Planned),
                 new_version_id: row.get(3),
                 started_at: row.get(4),
+                updated_at: row.get(6),
                 error: row.get(5),
             })
             .collect())
