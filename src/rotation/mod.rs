@@ -245,7 +245,16 @@ impl Engine {
                     .await
                     .map(|_| RotationStep::Delivered),
                 RotationStep::Delivered => {
-                    return self.promote(rt, &rotation).await;
+                    // A promotion the store refuses for good (the new key is no longer
+                    // pending, e.g. an operator revoked it mid-rotation) used to return
+                    // without finishing the rotation: it stayed in flight and blocked
+                    // every later rotation. Wind it up like any other failed step.
+                    return match self.promote(rt, &rotation).await {
+                        Err(RotationError::Store(StoreError::Conflict(reason))) => Err(self
+                            .fail(rt, &rotation, StepError::transient("promote", reason))
+                            .await),
+                        other => other,
+                    };
                 }
                 RotationStep::Done | RotationStep::Failed => {
                     return Err(RotationError::Refused(format!(
