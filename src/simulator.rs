@@ -89,6 +89,10 @@ pub enum Fault {
     Garbage,
     /// Issue only: the key is issued and returned, but checks of it get 401.
     RejectNewKey,
+    /// Issue only: the key is created (and live), then the request hangs like
+    /// [`Fault::Timeout`], so the client never learns it. The crash window between the
+    /// provider's effect and the store write, for orphan-recovery tests.
+    HangAfterCreate,
 }
 
 /// One issued or seeded key. The secret itself is not kept: the record is indexed by the
@@ -312,8 +316,8 @@ impl Simulator {
     /// If `fault` is [`Fault::RejectNewKey`] and `op` is not [`Op::Issue`].
     pub fn fail_next(&self, op: Op, fault: Fault, count: usize) {
         assert!(
-            fault != Fault::RejectNewKey || op == Op::Issue,
-            "Fault::RejectNewKey only applies to Op::Issue"
+            !matches!(fault, Fault::RejectNewKey | Fault::HangAfterCreate) || op == Op::Issue,
+            "Fault::{fault:?} only applies to Op::Issue"
         );
         let mut faults = self.shared.faults();
         faults.queued[op.index()].extend(std::iter::repeat_n(fault, count));
@@ -448,6 +452,16 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     if let Some(reply) = misbehave(shared, op, fault).await {
         return reply;
     }
+    if let (Route::Issue, Some(Fault::HangAfterCreate)) = (&route, fault) {
+        // The key exists at the provider, but the caller never hears of it.
+        let _ = issue(shared, request, false).await;
+        hang(shared.stop.clone()).await;
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "simulator shutting down",
+        );
+    }
     match route {
         Route::Check => check(shared, bearer.as_deref()),
         Route::Issue => issue(shared, request, fault == Some(Fault::RejectNewKey)).await,
@@ -475,7 +489,7 @@ async fn misbehave(shared: &Shared, op: Op, fault: Option<Fault>) -> Option<Repl
                 "simulator shutting down",
             ))
         }
-        Fault::RejectNewKey => None,
+        Fault::RejectNewKey | Fault::HangAfterCreate => None,
     }
 }
 

@@ -29,6 +29,11 @@ use std::time::Duration;
 /// accept a key they have just issued.
 const VERIFY_ATTEMPTS: u32 = 3;
 const VERIFY_SPACING: Duration = Duration::from_secs(1);
+/// A rotation in flight whose row has not moved for this long was abandoned by a process
+/// that died (a `keyrotd key rotate` killed while the daemon runs): the daemon takes it over.
+/// Far longer than any step takes (issue and verify are a few provider timeouts, delivery
+/// the targets' timeouts), so a live rotation in another process is never taken over.
+pub const STALE_ROTATION: Duration = Duration::from_secs(30 * 60);
 /// Longest sleep of a credential's scheduling loop: it re-reads the store at least this often.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
@@ -240,7 +245,16 @@ impl Engine {
                     .await
                     .map(|_| RotationStep::Delivered),
                 RotationStep::Delivered => {
-                    return self.promote(rt, &rotation).await;
+                    // A promotion the store refuses for good (the new key is no longer
+                    // pending, e.g. an operator revoked it mid-rotation) used to return
+                    // without finishing the rotation: it stayed in flight and blocked
+                    // every later rotation. Wind it up like any other failed step.
+                    return match self.promote(rt, &rotation).await {
+                        Err(RotationError::Store(StoreError::Conflict(reason))) => Err(self
+                            .fail(rt, &rotation, StepError::transient("promote", reason))
+                            .await),
+                        other => other,
+                    };
                 }
                 RotationStep::Done | RotationStep::Failed => {
                     return Err(RotationError::Refused(format!(
@@ -274,7 +288,7 @@ impl Engine {
             .as_ref()
             .ok_or_else(|| StepError::transient("issue", "no issuing API and no imported key"))?;
         let name = issued_key_name(&rt.name, &rotation.id);
-        self.delete_orphans(rt, issuer.as_ref(), &name).await?;
+        self.delete_orphans(rt, issuer.as_ref()).await?;
         let issued = issuer.issue(&name).await.map_err(|e| {
             if e.is_transient() {
                 StepError::transient("issue", e.to_string())
@@ -315,15 +329,24 @@ impl Engine {
         }
     }
 
-    /// Keys issued under this rotation's name before a crash were never stored, so their
-    /// secret is lost: delete them before issuing another.
+    /// Keys issued under this credential's rotation names that the store does not hold
+    /// (issued just before a crash, or created by a provider whose answer never arrived)
+    /// have a lost secret: delete them before issuing another.
+    ///
+    /// The sweep covers every `keyrotd/<credential>/<rotation id>` key, not only this
+    /// rotation's name: a rotation that failed at issue (the provider created the key but
+    /// the answer timed out) is finished, and no later rotation would ever look for its name
+    /// again, so the key stayed live at the provider forever. Only called with this
+    /// credential's rotation in flight (the store allows one), so no other rotation of it
+    /// can be issuing concurrently. A key is known, and kept, when its provider id or its
+    /// rotation name belongs to a pending, current or previous version.
     async fn delete_orphans(
         &self,
         rt: &CredentialRuntime,
         issuer: &dyn Issuer,
-        name: &str,
     ) -> Result<(), StepError> {
-        let listed = match issuer.list(name).await {
+        let prefix = format!("keyrotd/{}/", rt.name);
+        let listed = match issuer.list(&prefix).await {
             Ok(listed) => listed,
             Err(providers::ProviderError::Unsupported { .. }) => return Ok(()),
             Err(error) => {
@@ -333,7 +356,32 @@ impl Engine {
                 ))
             }
         };
-        for orphan in listed.into_iter().filter(|k| k.name == name) {
+        let versions = self
+            .store
+            .versions(&rt.name)
+            .await
+            .map_err(|e| StepError::transient("issue", e.to_string()))?;
+        let live: Vec<&KeyVersion> = versions
+            .iter()
+            .filter(|v| matches!(v.stage, Stage::Pending | Stage::Current | Stage::Previous))
+            .collect();
+        let known = |remote_id: &str, name: &str| {
+            live.iter().any(|v| {
+                v.provider_key_id.as_deref() == Some(remote_id)
+                    || v.provider_key_id.as_deref() == Some(name)
+                    || v.rotation_id
+                        .as_deref()
+                        .is_some_and(|r| issued_key_name(&rt.name, r) == name)
+            })
+        };
+        for orphan in listed.into_iter().filter(|k| {
+            // `keyrotd/app/<id>` only: not `keyrotd/app/x/<id>` of a credential "app/x".
+            k.name
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+                && !known(&k.remote_id, &k.name)
+        }) {
+            let name = &orphan.name;
             issuer.revoke(&orphan.remote_id).await.map_err(|e| {
                 StepError::transient(
                     "issue",
@@ -455,15 +503,29 @@ impl Engine {
             version_id: current.id,
         };
         for target in &rt.targets {
-            target.deliver(&delivery).await.map_err(|error| RotationError::Failed {
-                credential: rt.name.clone(),
-                step: "deliver",
-                reason: error.to_string(),
-            })?;
+            target
+                .deliver(&delivery)
+                .await
+                .map_err(|error| RotationError::Failed {
+                    credential: rt.name.clone(),
+                    step: "deliver",
+                    reason: error.to_string(),
+                })?;
         }
         let _ = self
             .store
-            .append_event(Some(&rt.name), Some(current.id), "delivered", "cli", &format!("{} delivered to {} targets", current.fingerprint, rt.targets.len()), self.clock.now())
+            .append_event(
+                Some(&rt.name),
+                Some(current.id),
+                "delivered",
+                "cli",
+                &format!(
+                    "{} delivered to {} targets",
+                    current.fingerprint,
+                    rt.targets.len()
+                ),
+                self.clock.now(),
+            )
             .await;
         Ok(rt.targets.len())
     }
@@ -536,10 +598,12 @@ impl Engine {
             .flatten()
             .map(|c| c.consecutive_failures)
             .unwrap_or(0);
-        let retry_at = now
-            + rt.retry
-                .delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng())
-                .as_secs() as i64;
+        // Rounded up and at least a second: truncating a sub-second jittered delay (a
+        // `retry_backoff` of 1s draws 0.5..1s) gave `retry_at == now`, an immediate retry.
+        let delay = rt
+            .retry
+            .delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng());
+        let retry_at = now + (delay.as_secs_f64().ceil() as i64).max(1);
         // A key we issued is discarded on any failure (the retry issues a fresh one); an
         // operator's key is kept for a retry unless the provider refused it.
         let ours = rt.issuer.is_some() && rotation.step == RotationStep::Planned
@@ -550,6 +614,17 @@ impl Engine {
             discard_pending: discard,
             retry_at: Some(retry_at),
         };
+        // An issue that failed after the provider created the key (a timeout, a lost
+        // answer) leaves a key under this rotation's name that nothing else will look for
+        // until the next rotation: sweep now, best effort (the next issue sweeps again),
+        // while the rotation is still in flight so no other rotation of it can be issuing.
+        if rotation.step == RotationStep::Planned && error.step == "issue" {
+            if let Some(issuer) = &rt.issuer {
+                if let Err(sweep) = self.delete_orphans(rt, issuer.as_ref()).await {
+                    tracing::warn!(credential = %rt.name, reason = %sweep.reason, "could not sweep orphaned keys yet; the next rotation retries");
+                }
+            }
+        }
         if let Err(store_error) = self.store.fail_rotation(&rotation.id, &failure, now).await {
             tracing::error!(credential = %rt.name, error = %store_error, "could not record the failed rotation");
         }
@@ -735,6 +810,26 @@ impl Engine {
         let Some(credential) = self.store.credential(&rt.name).await? else {
             return Ok(now + MAX_SLEEP.as_secs() as i64);
         };
+        // The daemon resumes its own rotations at start-up only. One left in flight by
+        // another process that died (a killed `key rotate`) blocked every later rotation
+        // of the credential, silently (each attempt answered "in flight" and was ignored),
+        // until the daemon restarted: take it over once it is clearly abandoned.
+        if let Some(stale) = self
+            .store
+            .rotations_in_flight()
+            .await?
+            .into_iter()
+            .find(|r| r.credential == rt.name)
+        {
+            let idle = now - stale.updated_at;
+            if idle >= STALE_ROTATION.as_secs() as i64 {
+                tracing::warn!(credential = %rt.name, rotation = %stale.id, idle_seconds = idle, "taking over a rotation abandoned in flight");
+                if let Err(error) = self.resume(rt).await {
+                    tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
+                }
+                return Ok(self.clock.now());
+            }
+        }
         let versions = self.store.versions(&rt.name).await?;
         let current = versions.iter().find(|v| v.stage == Stage::Current);
         let imported = versions
@@ -754,12 +849,18 @@ impl Engine {
             self.store.set_next_rotation(&rt.name, next_due).await?;
         }
         let due = next_due.is_some_and(|at| at <= now);
-        // After a failure, wait out the backoff even for an imported key.
-        let backing_off = credential.consecutive_failures > 0
-            && credential.next_rotation_at.is_some_and(|at| at > now);
-        if !backing_off && ((due && rt.issuer.is_some()) || imported) {
+        // An imported key kept after a failed attempt waits for the backoff like any retry
+        // (it used to be retried on every pass, once a second).
+        let imported = imported && (credential.consecutive_failures == 0 || due);
+        if (due && rt.issuer.is_some()) || imported {
             match self.rotate(rt, "schedule").await {
-                Ok(_) | Err(RotationError::InFlight(_)) => {}
+                Ok(_) => {}
+                Err(RotationError::InFlight(_)) => {
+                    // Look again in a minute rather than every second: the other
+                    // rotation may run for a while (or be abandoned, see above).
+                    tracing::warn!(credential = %rt.name, "rotation due, but another rotation is in flight; waiting for it");
+                    return Ok(now + 60);
+                }
                 Err(error) => {
                     tracing::warn!(credential = %rt.name, %error, "scheduled rotation failed")
                 }

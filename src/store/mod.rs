@@ -197,6 +197,9 @@ pub struct Rotation {
     pub step: RotationStep,
     pub new_version_id: Option<i64>,
     pub started_at: UnixTime,
+    /// Last time a step was committed: a rotation in flight that has not moved for long
+    /// was abandoned by a process that died (see `rotation::STALE_ROTATION`).
+    pub updated_at: UnixTime,
     pub error: Option<String>,
 }
 

@@ -257,10 +257,16 @@ impl SqliteStore {
 /// SQLite already does the same for the -wal and -shm files it creates as root.
 fn hand_to_directory_owner(path: &Path, dir: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(dir_meta) = std::fs::metadata(dir) else { return };
-    let Ok(file_meta) = std::fs::metadata(path) else { return };
+    let Ok(dir_meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let Ok(file_meta) = std::fs::metadata(path) else {
+        return;
+    };
     if file_meta.uid() == 0 && dir_meta.uid() != 0 {
-        if let Err(error) = std::os::unix::fs::chown(path, Some(dir_meta.uid()), Some(dir_meta.gid())) {
+        if let Err(error) =
+            std::os::unix::fs::chown(path, Some(dir_meta.uid()), Some(dir_meta.gid()))
+        {
             tracing::warn!(path = %path.display(), %error, "cannot hand the new database to the owner of its directory");
         }
     }
@@ -732,13 +738,14 @@ impl Store for SqliteStore {
             step: RotationStep::Planned,
             new_version_id: None,
             started_at: now,
+            updated_at: now,
             error: None,
         })
     }
 
     async fn rotations_in_flight(&self) -> StoreResult<Vec<Rotation>> {
         let rows = sqlx::query(
-            "SELECT r.id, c.name, r.step, r.new_version_id, r.started_at, r.error
+            "SELECT r.id, c.name, r.step, r.new_version_id, r.started_at, r.error, r.updated_at
              FROM rotations r JOIN credentials c ON c.id = r.credential_id
              WHERE r.finished_at IS NULL ORDER BY r.started_at",
         )
@@ -753,6 +760,7 @@ impl Store for SqliteStore {
                     .unwrap_or(RotationStep::Planned),
                 new_version_id: row.get(3),
                 started_at: row.get(4),
+                updated_at: row.get(6),
                 error: row.get(5),
             })
             .collect())
@@ -1000,19 +1008,27 @@ impl Store for SqliteStore {
             .bind(rotation_id)
             .execute(&mut *tx)
             .await?;
-        if let (true, Some(version)) = (failure.discard_pending, new_version) {
-            sqlx::query("UPDATE key_versions SET stage = 'failed', stage_changed_at = ? WHERE id = ? AND stage = 'pending'")
-                .bind(now)
+        match (failure.discard_pending, new_version) {
+            (true, Some(version)) => {
+                sqlx::query("UPDATE key_versions SET stage = 'failed', stage_changed_at = ? WHERE id = ? AND stage = 'pending'")
+                    .bind(now)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            (false, Some(version)) => {
+                // A kept (operator-imported) key is released from the failed rotation, so
+                // the retry can adopt it again: a pending key bound to a finished rotation
+                // was neither "imported, waiting" nor in flight, and stayed stuck (and
+                // blocked re-importing it as a duplicate).
+                sqlx::query(
+                    "UPDATE key_versions SET rotation_id = NULL WHERE id = ? AND stage = 'pending'",
+                )
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
-        } else if let Some(version) = new_version {
-            // A kept pending key (an operator's, after a transient failure) is released so
-            // the next rotation can adopt it again.
-            sqlx::query("UPDATE key_versions SET rotation_id = NULL WHERE id = ? AND stage = 'pending' AND provider_key_id IS NULL")
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
+            }
+            _ => {}
         }
         sqlx::query("UPDATE credentials SET consecutive_failures = consecutive_failures + 1, next_rotation_at = COALESCE(?, next_rotation_at) WHERE id = ?")
             .bind(failure.retry_at)

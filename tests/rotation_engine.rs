@@ -1,0 +1,895 @@
+//! The rotation engine in process: a temp SQLite store, the simulated provider on loopback, a
+//! config parsed from TOML, file/exec delivery targets in a temp dir and a manual clock.
+//!
+//! Every failure test checks the same promise: the old key stays current and working, the
+//! failure is counted, a retry is scheduled in the future, nothing is left live at the
+//! provider that the store does not know, and a later retry succeeds.
+
+use keyrotd::clock::{Clock, ManualClock};
+use keyrotd::config::Config;
+use keyrotd::crypto::{MasterKey, Sealer};
+use keyrotd::model::Stage;
+use keyrotd::providers::ProviderTelemetry;
+use keyrotd::rotation::{self, CredentialRuntime, Engine, RotationError};
+use keyrotd::simulator::{Fault, Op, Simulator};
+use keyrotd::store::{KeyVersion, NewKey, SqliteStore, Store};
+use secrecy::{ExposeSecret, SecretString};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const CRED: &str = "app";
+const START: i64 = 1_800_000_000;
+const GRACE: i64 = 3600;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    sim: Simulator,
+    store: Arc<SqliteStore>,
+    clock: ManualClock,
+    engine: Arc<Engine>,
+    rt: Arc<CredentialRuntime>,
+    key_file: PathBuf,
+    /// The seeded (initial) key.
+    old: String,
+}
+
+/// Options for the config of one fixture.
+#[derive(Default)]
+struct Setup {
+    /// Extra `[credential.rotation]` lines.
+    rotation: &'static str,
+    /// Extra `[[credential.deliver]]` sections after the file target (`{dir}` is replaced).
+    extra_targets: &'static str,
+    /// The file target's directory, relative to the temp dir (default `out`).
+    file_dir: Option<&'static str>,
+    /// A provider without an issuing API (kind `http`, check only).
+    no_issuer: bool,
+}
+
+fn toml_str(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+fn config_text(sim: &Simulator, dir: &Path, setup: &Setup) -> String {
+    let mgmt = dir.join("mgmt");
+    std::fs::write(&mgmt, sim.management_key()).unwrap();
+    let provider = if setup.no_issuer {
+        format!(
+            r#"[[provider]]
+name = "sim"
+kind = "http"
+base_url = "{base}"
+timeout = "300ms"
+[provider.http.check]
+path = "/v1/key"
+headers = {{ Authorization = "Bearer {{key}}" }}
+"#,
+            base = sim.base_url()
+        )
+    } else {
+        format!(
+            r#"[[provider]]
+name = "sim"
+kind = "simulated"
+base_url = "{base}"
+management_key = {{ file = {mgmt} }}
+timeout = "300ms"
+"#,
+            base = sim.base_url(),
+            mgmt = toml_str(&mgmt)
+        )
+    };
+    let file_dir = dir.join(setup.file_dir.unwrap_or("out"));
+    format!(
+        r#"{provider}
+[[credential]]
+name = "{CRED}"
+provider = "sim"
+[credential.rotation]
+grace = "1h"
+{rotation}
+[[credential.deliver]]
+kind = "file"
+path = {key}
+{extra}
+"#,
+        rotation = setup.rotation,
+        key = toml_str(&file_dir.join("key")),
+        extra = setup
+            .extra_targets
+            .replace("{dir}", &dir.display().to_string()),
+    )
+}
+
+async fn fixture(setup: Setup) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    let (sim, _) = Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let text = config_text(&sim, dir.path(), &setup);
+    let config = Config::parse(&dir.path().join("config.toml"), &text)
+        .unwrap_or_else(|e| panic!("config does not parse: {e}\n{text}"));
+    let sealer = Arc::new(Sealer::new(&MasterKey::generate()));
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("keyrotd.db"), Some(sealer))
+            .await
+            .unwrap(),
+    );
+    let clock = ManualClock::new(START);
+    store
+        .sync_credentials(&keyrotd::daemon::credential_specs(&config), START)
+        .await
+        .unwrap();
+    let rt = rotation::build_runtimes(&config, &ProviderTelemetry::new())
+        .unwrap()
+        .remove(CRED)
+        .expect("runtime");
+    let engine = Arc::new(Engine::new(
+        store.clone() as Arc<dyn Store>,
+        Arc::new(clock.clone()),
+    ));
+    let old = format!("sim-seed-{}", uuid_like());
+    let remote = sim.add_key(&old);
+    store
+        .import_key(
+            CRED,
+            NewKey {
+                secret: SecretString::from(old.clone()),
+                expires_at: None,
+                provider_key_id: Some(remote),
+                rotation_id: None,
+            },
+            "test",
+            START,
+        )
+        .await
+        .unwrap();
+    let key_file = dir.path().join(setup.file_dir.unwrap_or("out")).join("key");
+    Fixture {
+        dir,
+        sim,
+        store,
+        clock,
+        engine,
+        rt,
+        key_file,
+        old,
+    }
+}
+
+fn uuid_like() -> String {
+    let mut bytes = [0u8; 12];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+    hex::encode(bytes)
+}
+
+impl Fixture {
+    async fn versions(&self) -> Vec<KeyVersion> {
+        self.store.versions(CRED).await.unwrap()
+    }
+
+    async fn in_stage(&self, stage: Stage) -> Vec<KeyVersion> {
+        self.versions()
+            .await
+            .into_iter()
+            .filter(|v| v.stage == stage)
+            .collect()
+    }
+
+    async fn current(&self) -> KeyVersion {
+        let current = self.in_stage(Stage::Current).await;
+        assert_eq!(current.len(), 1, "exactly one current: {current:#?}");
+        current[0].clone()
+    }
+
+    async fn current_secret(&self) -> String {
+        let id = self.current().await.id;
+        self.store
+            .secret(id)
+            .await
+            .unwrap()
+            .expose_secret()
+            .to_string()
+    }
+
+    fn delivered(&self) -> String {
+        std::fs::read_to_string(&self.key_file)
+            .unwrap_or_default()
+            .trim_end()
+            .to_string()
+    }
+
+    async fn event_kinds(&self) -> Vec<String> {
+        self.store
+            .events(CRED)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    /// Every key the simulator accepts is the seed or a key the store holds as pending,
+    /// current or previous: no orphan.
+    async fn assert_no_orphans(&self) {
+        let known: Vec<String> = self
+            .versions()
+            .await
+            .into_iter()
+            .filter(|v| matches!(v.stage, Stage::Pending | Stage::Current | Stage::Previous))
+            .filter_map(|v| v.provider_key_id)
+            .collect();
+        for (id, name) in self.sim.live_keys() {
+            assert!(
+                known.contains(&id),
+                "live key {id} ({name}) at the provider is unknown to the store; known: {known:?}"
+            );
+        }
+    }
+
+    /// The state after a failed rotation: the old key current, live and delivered (if it
+    /// was ever delivered), `failures` counted, a retry scheduled in the future.
+    async fn assert_failed_cleanly(&self, failures: i64, delivered_before: &str) {
+        let current = self.current_secret().await;
+        assert_eq!(current, self.old, "the old key must stay current");
+        assert!(self.sim.is_live(&self.old), "the old key must keep working");
+        assert_eq!(self.delivered(), delivered_before, "delivered file changed");
+        assert!(self.in_stage(Stage::Pending).await.is_empty());
+        let credential = self.store.credential(CRED).await.unwrap().unwrap();
+        assert_eq!(credential.consecutive_failures, failures);
+        let next = credential.next_rotation_at.expect("a retry is scheduled");
+        assert!(
+            next > self.clock.now(),
+            "retry at {next} is not in the future (now {})",
+            self.clock.now()
+        );
+        let snapshot = self.store.snapshot().await.unwrap();
+        let state = &snapshot.credentials[0];
+        assert_eq!(state.rotations_failed, failures as u64);
+        assert!(self.store.rotations_in_flight().await.unwrap().is_empty());
+        assert!(self.event_kinds().await.contains(&"rotation_failed".into()));
+        self.assert_no_orphans().await;
+    }
+
+    /// A retry after the fault cleared succeeds and leaves the new key delivered.
+    async fn assert_retry_succeeds(&self) {
+        let rotated = self.engine.rotate(&self.rt, "test").await.expect("retry");
+        let secret = self.current_secret().await;
+        assert_ne!(secret, self.old);
+        assert_eq!(self.current().await.id, rotated.version_id);
+        assert_eq!(self.delivered(), secret);
+        assert!(self.sim.is_live(&secret));
+        assert!(
+            self.sim.is_live(&self.old),
+            "previous key stays live in grace"
+        );
+        let credential = self.store.credential(CRED).await.unwrap().unwrap();
+        assert_eq!(credential.consecutive_failures, 0);
+        self.assert_no_orphans().await;
+    }
+}
+
+#[tokio::test]
+async fn a_rotation_issues_verifies_delivers_and_promotes() {
+    let f = fixture(Setup::default()).await;
+    let rotated = f.engine.rotate(&f.rt, "test").await.unwrap();
+    let new = f.current_secret().await;
+    assert_ne!(new, f.old);
+    assert_eq!(rotated.fingerprint, f.current().await.fingerprint);
+    let previous = f.in_stage(Stage::Previous).await;
+    assert_eq!(previous.len(), 1);
+    assert_eq!(
+        f.store
+            .secret(previous[0].id)
+            .await
+            .unwrap()
+            .expose_secret(),
+        f.old
+    );
+    assert_eq!(f.delivered(), new, "the file holds the new key");
+    assert!(f.sim.is_live(&new) && f.sim.is_live(&f.old));
+    let live = f.sim.live_keys();
+    assert_eq!(live.len(), 2, "{live:?}");
+    let expected_name = rotation::issued_key_name(CRED, &rotated.rotation_id);
+    assert!(
+        live.iter().any(|(_, name)| *name == expected_name),
+        "{live:?}"
+    );
+    let kinds = f.event_kinds().await;
+    for kind in [
+        "rotation_planned",
+        "issued",
+        "verified",
+        "delivered",
+        "promoted",
+    ] {
+        assert!(kinds.contains(&kind.to_string()), "no {kind} in {kinds:?}");
+    }
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    assert_eq!(credential.last_rotated_at, Some(START));
+    assert_eq!(credential.consecutive_failures, 0);
+    let snapshot = f.store.snapshot().await.unwrap();
+    assert_eq!(snapshot.credentials[0].rotations_succeeded, 1);
+    assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
+    f.assert_no_orphans().await;
+}
+
+#[tokio::test]
+async fn the_previous_key_is_revoked_only_after_its_grace_period() {
+    let f = fixture(Setup::default()).await;
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    let previous = f.in_stage(Stage::Previous).await[0].clone();
+
+    f.clock.advance(GRACE - 1);
+    let next = f.engine.revoke_due(&f.rt).await.unwrap();
+    assert_eq!(next, Some(START + GRACE), "wakes when the grace ends");
+    assert!(f.sim.is_live(&f.old), "revoked inside its grace period");
+    assert_eq!(f.in_stage(Stage::Previous).await.len(), 1);
+
+    f.clock.advance(1);
+    f.engine.revoke_due(&f.rt).await.unwrap();
+    assert!(!f.sim.is_live(&f.old), "still live at the provider");
+    let revoked = f
+        .versions()
+        .await
+        .into_iter()
+        .find(|v| v.id == previous.id)
+        .unwrap();
+    assert_eq!(revoked.stage, Stage::Revoked);
+    assert!(!revoked.has_secret, "secret material kept after revocation");
+    assert!(f.store.secret(previous.id).await.is_err());
+    let new = f.current_secret().await;
+    assert!(f.sim.is_live(&new));
+    assert_eq!(f.delivered(), new);
+    assert!(f.event_kinds().await.contains(&"revoked".into()));
+}
+
+#[tokio::test]
+async fn issue_failures_leave_the_old_key_and_back_off() {
+    let f = fixture(Setup::default()).await;
+    f.sim.fail_next(Op::Issue, Fault::ServerError, 1);
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(
+        matches!(&error, RotationError::Failed { step: "issue", .. }),
+        "{error}"
+    );
+    f.assert_failed_cleanly(1, "").await;
+
+    f.sim.fail_next(Op::Issue, Fault::Timeout, 1);
+    let started = std::time::Instant::now();
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(
+        matches!(&error, RotationError::Failed { step: "issue", .. }),
+        "{error}"
+    );
+    f.assert_failed_cleanly(2, "").await;
+
+    f.assert_retry_succeeds().await;
+}
+
+#[tokio::test]
+async fn an_issue_that_hangs_after_creating_the_key_leaves_no_orphan_behind() {
+    // The provider created the key but the answer never came: the client times out, the
+    // rotation fails. The key is not in the store; it must not stay live at the provider.
+    let f = fixture(Setup::default()).await;
+    f.sim.fail_next(Op::Issue, Fault::HangAfterCreate, 1);
+    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert_eq!(f.current_secret().await, f.old);
+    f.assert_no_orphans().await;
+    f.assert_retry_succeeds().await;
+}
+
+#[tokio::test]
+async fn a_new_key_the_provider_refuses_is_discarded_and_revoked() {
+    let f = fixture(Setup::default()).await;
+    f.sim.fail_next(Op::Issue, Fault::RejectNewKey, 1);
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(
+        matches!(&error, RotationError::Failed { step: "verify", .. }),
+        "{error}"
+    );
+    f.assert_failed_cleanly(1, "").await;
+    let failed = f.in_stage(Stage::Revoked).await;
+    assert_eq!(failed.len(), 1, "the refused key is revoked: {failed:#?}");
+    assert!(!failed[0].has_secret);
+    assert_eq!(f.sim.live_keys().len(), 1, "only the seed is live");
+    f.assert_retry_succeeds().await;
+}
+
+#[tokio::test]
+async fn a_check_outage_during_verify_discards_the_new_key() {
+    let f = fixture(Setup::default()).await;
+    f.sim.fail_next(Op::Check, Fault::ServerError, 3);
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(
+        matches!(&error, RotationError::Failed { step: "verify", .. }),
+        "{error}"
+    );
+    f.assert_failed_cleanly(1, "").await;
+    assert_eq!(f.sim.live_keys().len(), 1, "only the seed is live");
+    f.assert_retry_succeeds().await;
+}
+
+#[tokio::test]
+async fn a_delivery_to_a_missing_directory_fails_cleanly() {
+    let f = fixture(Setup {
+        file_dir: Some("missing"),
+        ..Setup::default()
+    })
+    .await;
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RotationError::Failed {
+                step: "deliver",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    f.assert_failed_cleanly(1, "").await;
+    assert_eq!(f.sim.live_keys().len(), 1, "the undelivered key is revoked");
+    std::fs::create_dir(f.dir.path().join("missing")).unwrap();
+    f.assert_retry_succeeds().await;
+}
+
+#[tokio::test]
+async fn a_failing_hook_after_the_file_puts_the_old_key_back() {
+    let f = fixture(Setup {
+        extra_targets: r#"[[credential.deliver]]
+kind = "exec"
+command = ["sh", "-c", "test ! -e {dir}/hook-fails"]
+"#,
+        ..Setup::default()
+    })
+    .await;
+    // The operator's consumers hold the old key before the rotation.
+    std::fs::write(&f.key_file, format!("{}\n", f.old)).unwrap();
+    std::fs::write(f.dir.path().join("hook-fails"), "").unwrap();
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RotationError::Failed {
+                step: "deliver",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    f.assert_failed_cleanly(1, &f.old).await;
+    assert_eq!(f.sim.live_keys().len(), 1, "the undelivered key is revoked");
+    std::fs::remove_file(f.dir.path().join("hook-fails")).unwrap();
+    f.assert_retry_succeeds().await;
+}
+
+#[tokio::test]
+async fn two_rotations_of_one_credential_never_run_at_once() {
+    let f = fixture(Setup::default()).await;
+    // Same engine: the per-credential lock serialises them.
+    let (a, b) = tokio::join!(f.engine.rotate(&f.rt, "a"), f.engine.rotate(&f.rt, "b"));
+    for result in [&a, &b] {
+        match result {
+            Ok(_) | Err(RotationError::InFlight(_)) => {}
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert!(a.is_ok() || b.is_ok());
+    f.current().await;
+    f.assert_no_orphans().await;
+
+    // Two engines on one store (two processes): the store's in-flight index decides.
+    let other = Engine::new(f.store.clone() as Arc<dyn Store>, Arc::new(f.clock.clone()));
+    let watcher_store = f.store.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let watcher = tokio::spawn(async move {
+        let mut max = 0;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            max = max.max(watcher_store.rotations_in_flight().await.unwrap().len());
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        max
+    });
+    let before = f.current().await.id;
+    let (a, b) = tokio::join!(f.engine.rotate(&f.rt, "a"), other.rotate(&f.rt, "b"));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(watcher.await.unwrap() <= 1, "two rotations in flight");
+    let oks = [&a, &b].iter().filter(|r| r.is_ok()).count();
+    assert!(oks >= 1, "{a:?} {b:?}");
+    for result in [&a, &b] {
+        if let Err(error) = result {
+            assert!(matches!(error, RotationError::InFlight(_)), "{error}");
+        }
+    }
+    let current = f.current().await;
+    assert_ne!(current.id, before);
+    assert_eq!(f.delivered(), f.current_secret().await);
+    assert!(f.in_stage(Stage::Pending).await.is_empty());
+    f.assert_no_orphans().await;
+}
+
+#[tokio::test]
+async fn rollback_inside_grace_restores_the_previous_key_and_is_refused_after() {
+    let f = fixture(Setup::default()).await;
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    let new = f.current_secret().await;
+    f.clock.advance(GRACE / 2);
+    let restored = f.engine.rollback(&f.rt, "test").await.unwrap();
+    assert_eq!(f.current().await.id, restored.id);
+    assert_eq!(f.current_secret().await, f.old);
+    assert_eq!(f.delivered(), f.old, "the file holds the restored key");
+    assert!(f.event_kinds().await.contains(&"rolled_back".into()));
+    // The rolled-back-from key is now previous; rolling forward is a rollback too.
+    f.clock.advance(GRACE + 1);
+    let error = f.engine.rollback(&f.rt, "test").await.unwrap_err();
+    assert!(matches!(error, RotationError::Refused(_)), "{error}");
+    assert_eq!(f.current_secret().await, f.old);
+    assert_eq!(f.delivered(), f.old);
+    // ...and that key is revoked once its grace is over.
+    f.engine.revoke_due(&f.rt).await.unwrap();
+    assert!(!f.sim.is_live(&new));
+    assert!(f.sim.is_live(&f.old));
+}
+
+#[tokio::test]
+async fn rollback_without_a_previous_key_is_refused() {
+    let f = fixture(Setup::default()).await;
+    let error = f.engine.rollback(&f.rt, "test").await.unwrap_err();
+    assert!(matches!(error, RotationError::Refused(_)), "{error}");
+}
+
+#[tokio::test]
+async fn the_current_key_cannot_be_revoked() {
+    let f = fixture(Setup::default()).await;
+    let current = f.current().await;
+    let error = f
+        .engine
+        .revoke_version(&f.rt, &current, "test", "operator")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RotationError::Refused(_)), "{error}");
+    assert!(f.sim.is_live(&f.old));
+    assert_eq!(f.current().await.id, current.id);
+    assert!(f.current().await.has_secret);
+}
+
+#[tokio::test]
+async fn without_an_issuer_rotate_asks_for_an_imported_key_and_adopts_it() {
+    let f = fixture(Setup {
+        no_issuer: true,
+        ..Setup::default()
+    })
+    .await;
+    assert!(f.rt.issuer.is_none());
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(matches!(error, RotationError::NoIssuer(_)), "{error}");
+    assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
+
+    let replacement = format!("sim-op-{}", uuid_like());
+    f.sim.add_key(&replacement);
+    let pending = f
+        .store
+        .import_key(
+            CRED,
+            NewKey {
+                secret: SecretString::from(replacement.clone()),
+                expires_at: None,
+                provider_key_id: None,
+                rotation_id: None,
+            },
+            "operator",
+            f.clock.now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending.stage, Stage::Pending);
+    let rotated = f.engine.rotate(&f.rt, "operator").await.unwrap();
+    assert_eq!(rotated.version_id, pending.id);
+    assert_eq!(f.current_secret().await, replacement);
+    assert_eq!(f.delivered(), replacement);
+    let kinds = f.event_kinds().await;
+    for kind in ["adopted", "verified", "delivered", "promoted"] {
+        assert!(kinds.contains(&kind.to_string()), "no {kind} in {kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_imported_key_refused_by_the_provider_is_never_promoted() {
+    let f = fixture(Setup {
+        no_issuer: true,
+        ..Setup::default()
+    })
+    .await;
+    let bogus = format!("sim-bogus-{}", uuid_like());
+    f.store
+        .import_key(
+            CRED,
+            NewKey {
+                secret: SecretString::from(bogus),
+                expires_at: None,
+                provider_key_id: None,
+                rotation_id: None,
+            },
+            "operator",
+            f.clock.now(),
+        )
+        .await
+        .unwrap();
+    let error = f.engine.rotate(&f.rt, "operator").await.unwrap_err();
+    assert!(
+        matches!(&error, RotationError::Failed { step: "verify", .. }),
+        "{error}"
+    );
+    assert_eq!(f.current_secret().await, f.old);
+    assert!(f.in_stage(Stage::Pending).await.is_empty());
+    assert_eq!(f.delivered(), "", "a refused key is never delivered");
+}
+
+#[tokio::test]
+async fn an_imported_key_whose_delivery_failed_can_be_retried() {
+    // A transient failure keeps the operator's key pending for a retry: the retry must be
+    // able to take it (not "no issuer") and promote it.
+    let f = fixture(Setup {
+        no_issuer: true,
+        file_dir: Some("missing"),
+        ..Setup::default()
+    })
+    .await;
+    let replacement = format!("sim-op-{}", uuid_like());
+    f.sim.add_key(&replacement);
+    f.store
+        .import_key(
+            CRED,
+            NewKey {
+                secret: SecretString::from(replacement.clone()),
+                expires_at: None,
+                provider_key_id: None,
+                rotation_id: None,
+            },
+            "operator",
+            f.clock.now(),
+        )
+        .await
+        .unwrap();
+    let error = f.engine.rotate(&f.rt, "operator").await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RotationError::Failed {
+                step: "deliver",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(f.current_secret().await, f.old);
+    assert_eq!(
+        f.in_stage(Stage::Pending).await.len(),
+        1,
+        "kept for a retry"
+    );
+    std::fs::create_dir(f.dir.path().join("missing")).unwrap();
+    // The scheduler must not hammer a retry before the backoff is over.
+    f.engine.tick(&f.rt).await.unwrap();
+    assert_eq!(
+        f.current_secret().await,
+        f.old,
+        "retried before the backoff"
+    );
+    let retry_at = f
+        .store
+        .credential(CRED)
+        .await
+        .unwrap()
+        .unwrap()
+        .next_rotation_at
+        .unwrap();
+    f.clock.set(retry_at);
+    f.engine.tick(&f.rt).await.unwrap();
+    assert_eq!(f.current_secret().await, replacement);
+    assert_eq!(f.delivered(), replacement);
+}
+
+#[tokio::test]
+async fn tick_records_the_due_time_rotates_when_due_and_catches_up_once() {
+    let f = fixture(Setup {
+        rotation: "max_age = \"1d\"",
+        ..Setup::default()
+    })
+    .await;
+    let day = 86_400;
+    let wake = f.engine.tick(&f.rt).await.unwrap();
+    assert!(wake > START && wake <= START + day, "wakes by the due time");
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    assert_eq!(credential.next_rotation_at, Some(START + day));
+    assert_eq!(f.current_secret().await, f.old, "rotated before due");
+
+    f.clock.set(START + day);
+    f.engine.tick(&f.rt).await.unwrap();
+    let second = f.current_secret().await;
+    assert_ne!(second, f.old, "not rotated when due");
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    assert_eq!(credential.next_rotation_at, Some(START + 2 * day));
+
+    // Down for ten periods: one rotation at start-up, not ten.
+    f.clock.set(START + 12 * day);
+    for _ in 0..5 {
+        f.engine.tick(&f.rt).await.unwrap();
+    }
+    let snapshot = f.store.snapshot().await.unwrap();
+    assert_eq!(snapshot.credentials[0].rotations_succeeded, 2);
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    assert_eq!(credential.next_rotation_at, Some(START + 13 * day));
+    // The catch-up's previous key is inside its grace; the older ones are revoked.
+    assert_eq!(f.in_stage(Stage::Previous).await.len(), 1);
+    assert!(!f.sim.is_live(&f.old));
+    assert!(f.sim.is_live(&second));
+    f.assert_no_orphans().await;
+}
+
+#[tokio::test]
+async fn tick_retries_a_failed_rotation_after_the_backoff() {
+    let f = fixture(Setup {
+        rotation: "max_age = \"1d\"\nretry_backoff = \"10m\"",
+        ..Setup::default()
+    })
+    .await;
+    f.clock.set(START + 86_400);
+    f.sim.fail_next(Op::Issue, Fault::ServerError, 1);
+    f.engine.tick(&f.rt).await.unwrap();
+    f.assert_failed_cleanly(1, "").await;
+    let retry_at = f
+        .store
+        .credential(CRED)
+        .await
+        .unwrap()
+        .unwrap()
+        .next_rotation_at
+        .unwrap();
+    assert!(retry_at >= f.clock.now() + 300 && retry_at <= f.clock.now() + 600);
+    // Not before the backoff is over...
+    let wake = f.engine.tick(&f.rt).await.unwrap();
+    assert_eq!(wake, retry_at);
+    assert_eq!(f.current_secret().await, f.old);
+    // ...then once.
+    f.clock.set(retry_at);
+    f.engine.tick(&f.rt).await.unwrap();
+    assert_ne!(f.current_secret().await, f.old);
+    assert_eq!(
+        f.store
+            .credential(CRED)
+            .await
+            .unwrap()
+            .unwrap()
+            .consecutive_failures,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_short_retry_backoff_still_schedules_the_retry_in_the_future() {
+    let f = fixture(Setup {
+        rotation: "retry_backoff = \"1s\"",
+        ..Setup::default()
+    })
+    .await;
+    f.sim.fail_next(Op::Issue, Fault::ServerError, 1);
+    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    f.assert_failed_cleanly(1, "").await;
+}
+
+#[tokio::test]
+async fn the_scheduler_takes_over_a_rotation_abandoned_by_a_dead_process() {
+    // A `key rotate` killed right after planning (while the daemon runs) leaves a rotation
+    // in flight. The daemon must not wait for it forever, nor take it over while it may
+    // still be running elsewhere.
+    let f = fixture(Setup {
+        rotation: "max_age = \"1d\"",
+        ..Setup::default()
+    })
+    .await;
+    f.store
+        .plan_rotation(CRED, "20260101T000000-deadbeef", "cli:dead", START + 86_390)
+        .await
+        .unwrap();
+    f.clock.set(START + 86_400);
+    let wake = f.engine.tick(&f.rt).await.unwrap();
+    assert!(
+        wake > f.clock.now(),
+        "must not spin while another rotation runs"
+    );
+    assert_eq!(f.current_secret().await, f.old);
+    assert_eq!(f.store.rotations_in_flight().await.unwrap().len(), 1);
+
+    f.clock.advance(rotation::STALE_ROTATION.as_secs() as i64);
+    f.engine.tick(&f.rt).await.unwrap();
+    assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
+    let new = f.current_secret().await;
+    assert_ne!(new, f.old, "the abandoned rotation was not completed");
+    assert_eq!(f.delivered(), new);
+    assert_eq!(
+        f.current().await.rotation_id.as_deref(),
+        Some("20260101T000000-deadbeef")
+    );
+    f.assert_no_orphans().await;
+}
+
+#[tokio::test]
+async fn a_rotation_whose_new_key_was_revoked_mid_way_is_wound_up_not_wedged() {
+    let f = fixture(Setup::default()).await;
+    use keyrotd::store::RotationStep;
+    let id = "20260101T000000-cafebabe";
+    f.store
+        .plan_rotation(CRED, id, "test", START)
+        .await
+        .unwrap();
+    let pending = f
+        .store
+        .record_issued(
+            id,
+            NewKey {
+                secret: SecretString::from(format!("sim-x-{}", uuid_like())),
+                expires_at: None,
+                provider_key_id: None,
+                rotation_id: Some(id.into()),
+            },
+            START,
+        )
+        .await
+        .unwrap();
+    for step in [RotationStep::Verified, RotationStep::Delivered] {
+        f.store
+            .advance_rotation(id, step, "test", START)
+            .await
+            .unwrap();
+    }
+    // An operator revokes the pending key before the promotion.
+    let error = f
+        .engine
+        .revoke_version(&f.rt, &pending, "operator", "test")
+        .await;
+    assert!(error.is_ok(), "{error:?}");
+    let error = f.engine.resume(&f.rt).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RotationError::Failed {
+                step: "promote",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
+    assert_eq!(f.current_secret().await, f.old);
+    // The credential rotates again.
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    assert_ne!(f.current_secret().await, f.old);
+}
+
+#[tokio::test]
+#[ignore = "known issue: under max_age the restored key is overdue, so the next tick rotates again"]
+async fn rollback_is_not_undone_by_the_scheduler_straight_away() {
+    // After a rollback under a max_age policy the restored key is older than max_age, so
+    // the very next scheduling pass issues and delivers another key: the operator's
+    // rollback is undone within a second. What should happen (defer by the grace period?
+    // until the operator rotates?) is a product decision; this is the behaviour wanted.
+    let f = fixture(Setup {
+        rotation: "max_age = \"1d\"",
+        ..Setup::default()
+    })
+    .await;
+    f.clock.set(START + 86_400);
+    f.engine.tick(&f.rt).await.unwrap();
+    assert_ne!(f.current_secret().await, f.old);
+    f.clock.advance(60);
+    f.engine.rollback(&f.rt, "operator").await.unwrap();
+    assert_eq!(f.current_secret().await, f.old);
+    f.clock.advance(1);
+    f.engine.tick(&f.rt).await.unwrap();
+    assert_eq!(f.current_secret().await, f.old, "the rollback was undone");
+}
