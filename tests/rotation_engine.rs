@@ -872,12 +872,10 @@ async fn a_rotation_whose_new_key_was_revoked_mid_way_is_wound_up_not_wedged() {
 }
 
 #[tokio::test]
-#[ignore = "known issue: under max_age the restored key is overdue, so the next tick rotates again"]
 async fn rollback_is_not_undone_by_the_scheduler_straight_away() {
-    // After a rollback under a max_age policy the restored key is older than max_age, so
-    // the very next scheduling pass issues and delivers another key: the operator's
-    // rollback is undone within a second. What should happen (defer by the grace period?
-    // until the operator rotates?) is a product decision; this is the behaviour wanted.
+    // Under a max_age policy the restored key is overdue; a rollback counts as a failed
+    // rotation and holds automatic rotation off for the grace period, so the operator's
+    // rollback is not undone by the next scheduling pass.
     let f = fixture(Setup {
         rotation: "max_age = \"1d\"",
         ..Setup::default()

@@ -1133,13 +1133,23 @@ impl Store for SqliteStore {
             .bind(previous_id)
             .execute(&mut *tx)
             .await?;
+        // A rollback means the last rotation failed in use: count it as a failure and hold
+        // automatic rotation off for a grace period, or a max_age policy would undo the
+        // operator's rollback at the next scheduling pass.
+        sqlx::query(
+            "UPDATE credentials SET consecutive_failures = consecutive_failures + 1, next_rotation_at = ? WHERE id = ?",
+        )
+        .bind(now + (now - not_before).max(60))
+        .bind(credential_id)
+        .execute(&mut *tx)
+        .await?;
         Self::insert_event(
             &mut tx,
             Some(credential),
             Some(previous_id),
             "rolled_back",
             actor,
-            "previous key restored as current",
+            "previous key restored as current; automatic rotation held off for a grace period",
             now,
         )
         .await?;
