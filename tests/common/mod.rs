@@ -235,8 +235,13 @@ pub struct Daemon {
 impl Daemon {
     /// Spawns `command run`, captures stderr, waits for `keyrotd ready listen_address=…`.
     pub fn start(mut command: Command) -> Daemon {
+        command.arg("run");
+        Daemon::spawn(command)
+    }
+
+    /// Like [`Daemon::start`] for a command line that is complete already (`demo ...`).
+    pub fn spawn(mut command: Command) -> Daemon {
         let mut child = command
-            .arg("run")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -383,7 +388,14 @@ impl Drop for Daemon {
 /// The port of `listen_address=127.0.0.1:PORT` on the `keyrotd ready` line, if logged yet.
 fn ready_port(log: &str) -> Option<u16> {
     let line = log.lines().find(|l| l.contains("keyrotd ready"))?;
-    let rest = &line[line.find("listen_address=")? + "listen_address=".len()..];
+    // Human format `listen_address=ADDR`, or JSON `"listen_address":"ADDR"`.
+    let rest = match line.find("listen_address=") {
+        Some(at) => &line[at + "listen_address=".len()..],
+        None => {
+            let key = "\"listen_address\":\"";
+            &line[line.find(key)? + key.len()..]
+        }
+    };
     let address = rest
         .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
         .next()?;
