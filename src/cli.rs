@@ -69,7 +69,7 @@ pub enum Command {
         json: JsonFlag,
     },
     /// Run a self-contained demo: simulated providers on loopback, keys rotated every
-    /// minute, metrics live. No network, no config.
+    /// minute (see --schedule), metrics live. No network, no config.
     Demo {
         /// Keep the demo's state in this directory (default: a temporary one).
         #[arg(long)]
@@ -77,6 +77,10 @@ pub enum Command {
         /// Where to serve /metrics.
         #[arg(long, default_value = config::DEFAULT_LISTEN_ADDRESS)]
         listen_address: std::net::SocketAddr,
+        /// When the demo credentials rotate: a cron expression, 5 fields or 6 with seconds
+        /// first (UTC). "*/10 * * * * *" rotates every 10 seconds.
+        #[arg(long, default_value = crate::demo::DEFAULT_SCHEDULE, value_name = "CRON")]
+        schedule: String,
     },
     /// Manage the master key that seals stored secrets.
     #[command(subcommand)]
@@ -220,11 +224,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if let Command::Demo {
         dir,
         listen_address,
+        schedule,
     } = cli.command
     {
         return crate::demo::run(crate::demo::DemoOptions {
             dir,
             listen_address,
+            schedule,
         })
         .await;
     }

@@ -23,10 +23,15 @@ const CREDENTIALS: [(&str, &str, f64); 2] = [
     ("demo-batch", "demo-flaky", 0.25),
 ];
 
+/// How often the demo rotates by default: every minute.
+pub const DEFAULT_SCHEDULE: &str = "* * * * *";
+
 pub struct DemoOptions {
     /// Keep state here (created if absent) instead of a temporary directory.
     pub dir: Option<PathBuf>,
     pub listen_address: SocketAddr,
+    /// Cron expression of the demo credentials' rotations (`--schedule`).
+    pub schedule: String,
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
@@ -66,13 +71,18 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let config_path = dir.join("keyrotd.toml");
     std::fs::write(
         &config_path,
-        demo_config(&dir, &simulators, options.listen_address),
+        demo_config(&dir, &simulators, options.listen_address, &options.schedule),
     )?;
     let config = Config::load(&config_path)?;
     let database = dir.join("keyrotd.db");
     seed_keys(&config, &database, &master_key, &simulators).await?;
 
-    print_banner(&dir, options.listen_address, temporary.is_some());
+    print_banner(
+        &dir,
+        options.listen_address,
+        temporary.is_some(),
+        &options.schedule,
+    );
     let result = daemon::run(DaemonSettings {
         config_path,
         config,
@@ -87,7 +97,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     result
 }
 
-fn demo_config(dir: &Path, simulators: &[Simulator], listen: SocketAddr) -> String {
+fn demo_config(dir: &Path, simulators: &[Simulator], listen: SocketAddr, schedule: &str) -> String {
     let mut text = format!(
         "# Written by `keyrotd demo`.\n[daemon]\nlisten_address = \"{listen}\"\ndatabase = \"{}\"\n\n[checks]\ninterval = \"10s\"\njitter = 0.1\n",
         dir.join("keyrotd.db").display()
@@ -105,10 +115,12 @@ timeout = "2s"
 [[credential]]
 name = "{credential}"
 provider = "{provider}"
-rotation = {{ schedule = "* * * * *", grace = "2m", retry_backoff = "10s", retry_backoff_max = "1m" }}
+rotation = {{ schedule = "{schedule}", grace = "2m", retry_backoff = "10s", retry_backoff_max = "1m" }}
 deliver = [{{ kind = "file", path = "{target}" }}]
 "#,
             base = simulator.base_url(),
+            // A bad --schedule is caught by Config::load below, with file, line and column.
+            schedule = schedule.replace(['"', '\\'], ""),
             key = dir.join(format!("{provider}.management-key")).display(),
             target = dir.join(format!("{credential}.key")).display(),
         ));
@@ -174,11 +186,11 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(dir: &Path, listen: SocketAddr, temporary: bool) {
+fn print_banner(dir: &Path, listen: SocketAddr, temporary: bool, schedule: &str) {
     println!(
         r#"keyrotd demo: two simulated providers on loopback, no network needed.
 
-  credentials   demo-app   (steady provider)   rotated every minute, checked every 10 s
+  credentials   demo-app   (steady provider)   rotated on "{schedule}" (cron), checked every 10 s
                 demo-batch (flaky provider)    its provider fails now and then: watch the retries
   state         {dir}{temp}
 

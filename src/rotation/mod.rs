@@ -57,7 +57,22 @@ pub fn build_runtimes(
     let mut providers = HashMap::new();
     for provider in &config.providers {
         let checker = providers::build(provider, telemetry)?;
-        let issuer = providers::build_issuer(provider, telemetry)?;
+        // Fix (more-tests): a kind that issues keys only with a management key used to fail
+        // here without one, so `keyrotd run` (and `key import` of a replacement) refused a
+        // check-only OpenRouter/OpenAI section, which the config documents as valid. Without
+        // a management key the credential is managed like a provider with no issuing API.
+        let issues_with_management_key = matches!(
+            provider.kind,
+            crate::config::ProviderKind::Openrouter
+                | crate::config::ProviderKind::Openai
+                | crate::config::ProviderKind::Relay
+                | crate::config::ProviderKind::Simulated
+        );
+        let issuer = if issues_with_management_key && provider.management_key.is_none() {
+            None
+        } else {
+            providers::build_issuer(provider, telemetry)?
+        };
         providers.insert(provider.name().to_string(), (checker, issuer));
     }
     let mut runtimes = HashMap::new();

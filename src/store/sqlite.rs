@@ -671,6 +671,33 @@ impl Store for SqliteStore {
         .bind(version_id)
         .execute(&mut *tx)
         .await?;
+        // Fix (more-tests): the reported balance and expiry were dropped here, so
+        // `keyrotd_key_credit_remaining` never appeared and the expiry gauge ignored the
+        // provider. A non-empty report replaces the stored set; an expiry replaces the key's.
+        if !check.credits.is_empty() {
+            sqlx::query("DELETE FROM credits WHERE credential_id = ?")
+                .bind(credential_id)
+                .execute(&mut *tx)
+                .await?;
+            for (unit, remaining) in &check.credits {
+                sqlx::query(
+                    "INSERT INTO credits (credential_id, unit, remaining, reported_at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(credential_id)
+                .bind(unit)
+                .bind(remaining)
+                .bind(check.at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some(expires_at) = check.expires_at {
+            sqlx::query("UPDATE key_versions SET expires_at = ? WHERE id = ?")
+                .bind(expires_at)
+                .bind(version_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if previous.as_deref() != Some(status) {
             let detail = format!(
                 "{} -> {status}: {}",

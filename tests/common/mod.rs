@@ -235,8 +235,13 @@ pub struct Daemon {
 impl Daemon {
     /// Spawns `command run`, captures stderr, waits for `keyrotd ready listen_address=…`.
     pub fn start(mut command: Command) -> Daemon {
+        command.arg("run");
+        Daemon::spawn(command)
+    }
+
+    /// Like [`Daemon::start`] for a command line that is complete already (`demo ...`).
+    pub fn spawn(mut command: Command) -> Daemon {
         let mut child = command
-            .arg("run")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -383,7 +388,14 @@ impl Drop for Daemon {
 /// The port of `listen_address=127.0.0.1:PORT` on the `keyrotd ready` line, if logged yet.
 fn ready_port(log: &str) -> Option<u16> {
     let line = log.lines().find(|l| l.contains("keyrotd ready"))?;
-    let rest = &line[line.find("listen_address=")? + "listen_address=".len()..];
+    // Human format `listen_address=ADDR`, or JSON `"listen_address":"ADDR"`.
+    let rest = match line.find("listen_address=") {
+        Some(at) => &line[at + "listen_address=".len()..],
+        None => {
+            let key = "\"listen_address\":\"";
+            &line[line.find(key)? + key.len()..]
+        }
+    };
     let address = rest
         .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
         .next()?;
@@ -454,4 +466,36 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
+}
+
+/// The value of the series `name{...}` carrying every `labels` pair (in any order), if present.
+pub fn series(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(&format!("{name}{{")) && wanted.iter().all(|w| l.contains(w)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
 }

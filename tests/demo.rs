@@ -1,0 +1,138 @@
+//! `keyrotd demo`: starts with no config, reports its real port, shows both demo credentials
+//! in `/metrics`, delivers their keys to 0600 files, rotates on `--schedule`, and stops
+//! cleanly on SIGTERM.
+
+mod common;
+
+use common::{assert_success, bare_command, run_command, series, stdout, wait_for, Daemon};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+const CREDENTIALS: [&str; 2] = ["demo-app", "demo-batch"];
+
+#[test]
+fn demo_help_documents_the_schedule_and_its_default() {
+    let out = run_command(bare_command().args(["demo", "--help"]), "");
+    assert_success(&out, "demo --help");
+    let help = stdout(&out);
+    assert!(help.contains("--schedule <CRON>"), "{help}");
+    assert!(help.contains("[default: \"* * * * *\"]"), "{help}");
+}
+
+#[test]
+fn demo_runs_rotates_on_its_schedule_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = bare_command();
+    command.args([
+        "demo",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--listen-address",
+        "127.0.0.1:0",
+        "--schedule",
+        "*/2 * * * * *",
+    ]);
+    // `keyrotd ready` names the real port, not :0 (Daemon::spawn parses it and fails if not).
+    let daemon = Daemon::spawn(command);
+    assert_ne!(daemon.port, 0);
+
+    let metrics = wait_for(Duration::from_secs(10), || {
+        let m = daemon.metrics();
+        CREDENTIALS
+            .iter()
+            .all(|c| {
+                [
+                    "keyrotd_key_age_seconds",
+                    "keyrotd_key_expiry_timestamp_seconds",
+                    "keyrotd_key_expires_in_seconds",
+                ]
+                .iter()
+                .all(|name| series(&m, name, &[("credential", c)]).is_some())
+            })
+            .then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no age/expiry gauges for both credentials:\n{}",
+            daemon.metrics()
+        )
+    });
+    for credential in CREDENTIALS {
+        let expires_in = series(
+            &metrics,
+            "keyrotd_key_expires_in_seconds",
+            &[("credential", credential)],
+        )
+        .unwrap();
+        // Demo keys live three hours.
+        assert!(
+            expires_in > 0.0 && expires_in <= 3.0 * 3600.0,
+            "{expires_in}"
+        );
+    }
+
+    // Keys are delivered at the first rotation, to 0600 files.
+    let app_key = dir.path().join("demo-app.key");
+    let batch_key = dir.path().join("demo-batch.key");
+    wait_for(Duration::from_secs(30), || {
+        (app_key.exists() && batch_key.exists()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("delivered key files never appeared:\n{}", daemon.log()));
+    for file in [&app_key, &batch_key] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.trim().starts_with("sim-"), "not a demo key");
+    }
+
+    // The schedule fires again: a counted success and a new key in the file.
+    let first = common::file_hash(&app_key);
+    wait_for(Duration::from_secs(20), || {
+        (common::file_hash(&app_key) != first).then_some(())
+    })
+    .unwrap_or_else(|| panic!("demo-app.key never changed:\n{}", daemon.log()));
+    let m = daemon.wait_for_metrics("a successful rotation", |m| {
+        series(
+            m,
+            "keyrotd_rotations_total",
+            &[("credential", "demo-app"), ("result", "success")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    });
+    assert!(
+        series(
+            &m,
+            "keyrotd_key_last_rotation_timestamp_seconds",
+            &[("credential", "demo-app")]
+        )
+        .is_some(),
+        "{m}"
+    );
+
+    let log = daemon.stop();
+    // The delivered keys never reach the log.
+    for file in [&app_key, &batch_key] {
+        let key = std::fs::read_to_string(file).unwrap();
+        assert!(!log.contains(key.trim()), "the log carries a demo key");
+    }
+}
+
+#[test]
+fn demo_rejects_a_bad_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_command(
+        bare_command().args([
+            "demo",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--listen-address",
+            "127.0.0.1:0",
+            "--schedule",
+            "every tuesday",
+        ]),
+        "",
+    );
+    assert!(!out.status.success(), "a bad --schedule was accepted");
+    let err = common::stderr(&out);
+    assert!(err.contains("cron expression \"every tuesday\""), "{err}");
+}
