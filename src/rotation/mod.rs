@@ -503,6 +503,9 @@ impl Engine {
     /// Delivers the current key to every target (the first key of a credential, which
     /// becomes current without a rotation). Stops at the first failing target.
     pub async fn deliver_current(&self, rt: &CredentialRuntime) -> Result<usize, RotationError> {
+        if rt.targets.is_empty() {
+            return Ok(0);
+        }
         let current = self
             .store
             .versions(&rt.name)
