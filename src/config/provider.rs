@@ -344,7 +344,11 @@ impl ProviderConfig {
     /// Azure: `(subscription_id, resource_group, account_name)` when the management plane is
     /// configured.
     pub fn azure_account(&self) -> Option<(&str, &str, &str)> {
-        match (&self.subscription_id, &self.resource_group, &self.account_name) {
+        match (
+            &self.subscription_id,
+            &self.resource_group,
+            &self.account_name,
+        ) {
             (Some(s), Some(g), Some(a)) => Some((s.get_ref(), g.get_ref(), a.get_ref())),
             _ => None,
         }

@@ -165,7 +165,11 @@ impl AnthropicRevoker {
                 .get("last_id")
                 .and_then(Value::as_str)
                 .filter(|id| !id.is_empty())
-                .or_else(|| page.last().and_then(|i| i.get("id")).and_then(Value::as_str))
+                .or_else(|| {
+                    page.last()
+                        .and_then(|i| i.get("id"))
+                        .and_then(Value::as_str)
+                })
                 .ok_or_else(|| {
                     ProviderError::Malformed("list: `has_more` without `last_id`".into())
                 })?;
@@ -188,14 +192,7 @@ impl AnthropicRevoker {
                 &format!("organizations/api_keys/{}", encode_component(id)),
             )?
             .json(&serde_json::json!({ "status": "inactive" }));
-        call(
-            &self.client,
-            "revoke",
-            request,
-            Some(&self.admin_key),
-            &[],
-        )
-        .await?;
+        call(&self.client, "revoke", request, Some(&self.admin_key), &[]).await?;
         Ok(())
     }
 }

@@ -257,10 +257,16 @@ impl SqliteStore {
 /// SQLite already does the same for the -wal and -shm files it creates as root.
 fn hand_to_directory_owner(path: &Path, dir: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(dir_meta) = std::fs::metadata(dir) else { return };
-    let Ok(file_meta) = std::fs::metadata(path) else { return };
+    let Ok(dir_meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let Ok(file_meta) = std::fs::metadata(path) else {
+        return;
+    };
     if file_meta.uid() == 0 && dir_meta.uid() != 0 {
-        if let Err(error) = std::os::unix::fs::chown(path, Some(dir_meta.uid()), Some(dir_meta.gid())) {
+        if let Err(error) =
+            std::os::unix::fs::chown(path, Some(dir_meta.uid()), Some(dir_meta.gid()))
+        {
             tracing::warn!(path = %path.display(), %error, "cannot hand the new database to the owner of its directory");
         }
     }
