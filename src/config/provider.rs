@@ -88,6 +88,23 @@ pub struct ProviderConfig {
     /// Relay issuer: the `rotation_policy` sent to `POST /keys/rotate` (default "30d").
     #[serde(default)]
     pub rotation_policy: Option<Spanned<String>>,
+    /// Azure OpenAI management plane (ARM): the subscription holding the account. With
+    /// `resource_group`, `account_name` and an Entra bearer token as `management_key`, keyrotd
+    /// rotates the account's two key slots (key1/key2) itself.
+    #[serde(default)]
+    pub subscription_id: Option<Spanned<String>>,
+    /// Azure OpenAI management plane: the resource group of the account.
+    #[serde(default)]
+    pub resource_group: Option<Spanned<String>>,
+    /// Azure OpenAI management plane: the Cognitive Services account name.
+    #[serde(default)]
+    pub account_name: Option<Spanned<String>>,
+    /// Azure OpenAI management plane base URL (default `https://management.azure.com`).
+    #[serde(default)]
+    pub management_url: Option<Spanned<String>>,
+    /// Azure OpenAI management plane `api-version` (default `2024-10-01`).
+    #[serde(default)]
+    pub management_api_version: Option<Spanned<String>>,
     /// Generic HTTP adapter (`kind = "http"`).
     #[serde(default)]
     pub http: Option<HttpAdapterConfig>,
@@ -308,6 +325,35 @@ impl ProviderConfig {
             .unwrap_or("2024-10-21")
     }
 
+    /// Azure management plane base URL (default `https://management.azure.com`).
+    pub fn management_url(&self) -> &str {
+        self.management_url
+            .as_ref()
+            .map(|v| v.get_ref().as_str())
+            .unwrap_or("https://management.azure.com")
+    }
+
+    /// Azure management plane `api-version` (default `2024-10-01`).
+    pub fn management_api_version(&self) -> &str {
+        self.management_api_version
+            .as_ref()
+            .map(|v| v.get_ref().as_str())
+            .unwrap_or("2024-10-01")
+    }
+
+    /// Azure: `(subscription_id, resource_group, account_name)` when the management plane is
+    /// configured.
+    pub fn azure_account(&self) -> Option<(&str, &str, &str)> {
+        match (
+            &self.subscription_id,
+            &self.resource_group,
+            &self.account_name,
+        ) {
+            (Some(s), Some(g), Some(a)) => Some((s.get_ref(), g.get_ref(), a.get_ref())),
+            _ => None,
+        }
+    }
+
     /// Anthropic `anthropic-version` header (default `2023-06-01`).
     pub fn anthropic_version(&self) -> &str {
         self.anthropic_version
@@ -388,6 +434,7 @@ impl ProviderConfig {
                 misplaced(issues, v.span(), "anthropic_version", "anthropic");
             }
         }
+        self.validate_azure_management(issues);
         if let Some(v) = &self.project {
             if kind != ProviderKind::Openai {
                 misplaced(issues, v.span(), "project", "openai");
@@ -426,6 +473,75 @@ impl ProviderConfig {
                 ),
             ),
             (None, _) => {}
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The ARM fields: azure_openai only, all three of subscription/group/account together,
+    /// with a management key (the Entra bearer token), plain path segments.
+    fn validate_azure_management(&self, issues: &mut Issues) {
+        let kind = self.kind;
+        let fields = [
+            ("subscription_id", &self.subscription_id),
+            ("resource_group", &self.resource_group),
+            ("account_name", &self.account_name),
+            ("management_url", &self.management_url),
+            ("management_api_version", &self.management_api_version),
+        ];
+        let mut present = 0;
+        for (field, value) in fields {
+            let Some(v) = value else { continue };
+            if kind != ProviderKind::AzureOpenai {
+                issues.push(
+                    Some(v.span()),
+                    format!(
+                        "`{field}` only applies to kind azure_openai, not {}",
+                        kind.as_str()
+                    ),
+                );
+                continue;
+            }
+            if field == "management_url" {
+                let url = v.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    issues.push(
+                        Some(v.span()),
+                        "`management_url` must start with http:// or https://".into(),
+                    );
+                }
+                continue;
+            }
+            if field != "management_api_version" {
+                present += 1;
+            }
+            if !plain_segment(v.get_ref()) {
+                issues.push(
+                    Some(v.span()),
+                    format!("`{field}` must be a plain name (A-Z a-z 0-9 - _ .)"),
+                );
+            }
+        }
+        if kind != ProviderKind::AzureOpenai {
+            return;
+        }
+        let span = self.name.span();
+        if present > 0 && present < 3 {
+            issues.push(
+                Some(span),
+                format!(
+                    "provider {:?}: `subscription_id`, `resource_group` and `account_name` go together (the account whose key slots keyrotd rotates)",
+                    self.name()
+                ),
+            );
+        } else if present == 3 && self.management_key.is_none() {
+            issues.push(
+                Some(span),
+                format!(
+                    "provider {:?}: rotating Azure key slots needs `management_key` (an Entra bearer token for management.azure.com)",
+                    self.name()
+                ),
+            );
         }
     }
 }

@@ -104,6 +104,10 @@ pub enum ProviderError {
     /// A success status with a body that is not the documented shape.
     #[error("malformed provider response: {0}")]
     Malformed(String),
+    /// The key to act on could not be identified for certain at the provider (no key or
+    /// several keys match it); nothing was changed.
+    #[error("key not identified at the provider: {0}")]
+    Unidentified(String),
     /// The provider kind has no API for this operation.
     #[error("{kind} providers do not support {operation}")]
     Unsupported {
@@ -147,15 +151,51 @@ pub struct RemoteKey {
     pub name: String,
 }
 
+/// The key consumers use right now, as the engine knows it: what a dual-slot provider
+/// (Azure) needs to pick the slot *not* in use. No `Debug`: it holds the secret.
+#[derive(Clone, Copy)]
+pub struct CurrentKey<'a> {
+    /// The provider's id for it (`key1`/`key2` for Azure), when keyrotd issued it.
+    pub remote_id: Option<&'a str>,
+    /// Its value, for providers that must look it up (an operator-imported key has no id).
+    pub secret: Option<&'a SecretString>,
+}
+
 /// A provider account that can create, list and revoke keys (with a management key).
 #[async_trait]
 pub trait Issuer: Send + Sync {
     /// Creates a key named `name` (e.g. "keyrotd/<credential>/<rotation id>").
     async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError>;
+    /// Creates a key that replaces `current` (the credential's current key, if any). The
+    /// engine always calls this; only providers whose new key depends on the one in use
+    /// (Azure's two slots) override the default, which is [`Issuer::issue`].
+    async fn issue_after(
+        &self,
+        name: &str,
+        current: Option<CurrentKey<'_>>,
+    ) -> Result<IssuedKey, ProviderError> {
+        let _ = current;
+        self.issue(name).await
+    }
     /// Keys at the provider whose name starts with `prefix` (orphan recovery).
     async fn list(&self, prefix: &str) -> Result<Vec<RemoteKey>, ProviderError>;
     /// Revokes/disables/deletes; already-gone (404) is success.
     async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError>;
+}
+
+/// A provider account that can deactivate a key it did not issue — one an operator imported,
+/// known only by its value (Anthropic Admin API: `status: inactive`; Azure: regenerate the
+/// slot that still holds the value).
+#[async_trait]
+pub trait Revoker: Send + Sync {
+    /// Deactivates `key` at the provider. `remote_id` is the provider's id when known.
+    /// Already deactivated is success; a key that cannot be identified for certain is an
+    /// error (nothing is touched).
+    async fn deactivate(
+        &self,
+        key: &SecretString,
+        remote_id: Option<&str>,
+    ) -> Result<(), ProviderError>;
 }
 
 /// The base URL of a provider, or a configuration error naming what is missing.
@@ -222,8 +262,9 @@ pub fn build(
 }
 
 /// Builds the issuing adapter, or `None` where the vendor has no key-issuing API
-/// (Anthropic, DeepSeek, Gemini, Azure data plane, OpenAI-compatible APIs) or the section
-/// does not configure one (`http` without `[provider.http.issue]`, `exec` without `issuer`).
+/// (Anthropic, DeepSeek, Gemini, OpenAI-compatible APIs) or the section does not configure
+/// one (`http` without `[provider.http.issue]`, `exec` without `issuer`, `azure_openai`
+/// without `subscription_id`/`resource_group`/`account_name`).
 pub fn build_issuer(
     config: &ProviderConfig,
     telemetry: &ProviderTelemetry,
@@ -245,10 +286,27 @@ pub fn build_issuer(
         ProviderKind::Simulated => Some(Arc::new(simulated::SimulatedIssuer::new(
             config, telemetry,
         )?)),
+        ProviderKind::AzureOpenai => azure::AzureIssuer::new(config, telemetry)?
+            .map(|issuer| Arc::new(issuer) as Arc<dyn Issuer>),
         ProviderKind::OpenaiCompatible
         | ProviderKind::Anthropic
         | ProviderKind::Deepseek
-        | ProviderKind::Gemini
-        | ProviderKind::AzureOpenai => None,
+        | ProviderKind::Gemini => None,
+    })
+}
+
+/// Builds the deactivating adapter for keys known only by value: Anthropic with an admin key
+/// (`sk-ant-admin01-…`) as `management_key`, Azure OpenAI with its management plane
+/// configured. `None` elsewhere.
+pub fn build_revoker(
+    config: &ProviderConfig,
+    telemetry: &ProviderTelemetry,
+) -> Result<Option<Arc<dyn Revoker>>, ProviderError> {
+    Ok(match config.kind {
+        ProviderKind::Anthropic => anthropic::AnthropicRevoker::new(config, telemetry)?
+            .map(|revoker| Arc::new(revoker) as Arc<dyn Revoker>),
+        ProviderKind::AzureOpenai => azure::AzureIssuer::new(config, telemetry)?
+            .map(|issuer| Arc::new(issuer) as Arc<dyn Revoker>),
+        _ => None,
     })
 }

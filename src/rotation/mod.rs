@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{self, Delivery, Target};
 use crate::model::{fingerprint, CheckStatus, Stage, UnixTime};
-use crate::providers::{self, Issuer, Provider, ProviderTelemetry};
+use crate::providers::{self, CurrentKey, Issuer, Provider, ProviderTelemetry, Revoker};
 use crate::store::{
     KeyVersion, NewKey, Rotation, RotationFailure, RotationStep, Store, StoreError,
 };
@@ -43,6 +43,8 @@ pub struct CredentialRuntime {
     pub provider_name: String,
     pub provider: Arc<dyn Provider>,
     pub issuer: Option<Arc<dyn Issuer>>,
+    /// Deactivates keys known only by value (imported keys: Anthropic Admin API, Azure).
+    pub revoker: Option<Arc<dyn Revoker>>,
     pub targets: Vec<Arc<dyn Target>>,
     pub policy: Policy,
     pub retry: Backoff,
@@ -73,11 +75,12 @@ pub fn build_runtimes(
         } else {
             providers::build_issuer(provider, telemetry)?
         };
-        providers.insert(provider.name().to_string(), (checker, issuer));
+        let revoker = providers::build_revoker(provider, telemetry)?;
+        providers.insert(provider.name().to_string(), (checker, issuer, revoker));
     }
     let mut runtimes = HashMap::new();
     for credential in &config.credentials {
-        let Some((provider, issuer)) = providers.get(credential.provider()) else {
+        let Some((provider, issuer, revoker)) = providers.get(credential.provider()) else {
             continue;
         };
         let targets = credential
@@ -92,6 +95,7 @@ pub fn build_runtimes(
                 provider_name: credential.provider().to_string(),
                 provider: provider.clone(),
                 issuer: issuer.clone(),
+                revoker: revoker.clone(),
                 targets,
                 policy: Policy::from_config(credential),
                 retry: credential.rotation.retry_backoff(),
@@ -304,7 +308,25 @@ impl Engine {
             .ok_or_else(|| StepError::transient("issue", "no issuing API and no imported key"))?;
         let name = issued_key_name(&rt.name, &rotation.id);
         self.delete_orphans(rt, issuer.as_ref()).await?;
-        let issued = issuer.issue(&name).await.map_err(|e| {
+        // The key in use, for providers whose new key depends on it (Azure's other slot).
+        let current = self
+            .store
+            .versions(&rt.name)
+            .await
+            .map_err(|e| StepError::transient("issue", e.to_string()))?
+            .into_iter()
+            .find(|v| v.stage == Stage::Current);
+        let current_secret = match &current {
+            Some(v) if v.provider_key_id.is_none() && v.has_secret => {
+                self.store.secret(v.id).await.ok()
+            }
+            _ => None,
+        };
+        let current = current.as_ref().map(|v| CurrentKey {
+            remote_id: v.provider_key_id.as_deref(),
+            secret: current_secret.as_ref(),
+        });
+        let issued = issuer.issue_after(&name, current).await.map_err(|e| {
             if e.is_transient() {
                 StepError::transient("issue", e.to_string())
             } else {
@@ -691,8 +713,11 @@ impl Engine {
         }
     }
 
-    /// Revokes a version at the provider (when it has an issuing API and a provider key id)
-    /// and drops its secret. The current key is never revoked here.
+    /// Revokes a version at the provider and drops its secret: by value through the revoker
+    /// when there is one (it checks the value is still live: Anthropic by key hint, Azure by
+    /// slot), else by provider key id through the issuer, else only retires it locally. A
+    /// provider failure leaves the version as it is, to be retried. The current key is never
+    /// revoked here.
     pub async fn revoke_version(
         &self,
         rt: &CredentialRuntime,
@@ -709,16 +734,30 @@ impl Engine {
         if version.stage == Stage::Revoked {
             return Ok(());
         }
-        let detail = match (&rt.issuer, &version.provider_key_id) {
-            (Some(issuer), Some(remote)) => {
-                issuer
-                    .revoke(remote)
+        let failed = |e: providers::ProviderError| RotationError::Failed {
+            credential: rt.name.clone(),
+            step: "revoke",
+            reason: e.to_string(),
+        };
+        // A key the provider refused at import may not be ours to kill: only retire it.
+        let by_value = rt.revoker.as_ref().filter(|_| {
+            version.has_secret
+                && !(version.stage == Stage::Failed && version.provider_key_id.is_none())
+        });
+        let detail = match (by_value, &rt.issuer, &version.provider_key_id) {
+            (Some(revoker), _, remote) => {
+                let secret = self.store.secret(version.id).await?;
+                revoker
+                    .deactivate(&secret, remote.as_deref())
                     .await
-                    .map_err(|e| RotationError::Failed {
-                        credential: rt.name.clone(),
-                        step: "revoke",
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(failed)?;
+                format!(
+                    "{} deactivated at the provider ({why})",
+                    version.fingerprint
+                )
+            }
+            (None, Some(issuer), Some(remote)) => {
+                issuer.revoke(remote).await.map_err(failed)?;
                 format!("{} revoked at the provider ({why})", version.fingerprint)
             }
             _ => format!(
