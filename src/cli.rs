@@ -13,6 +13,7 @@ use crate::model::CheckStatus;
 use crate::model::{Stage, UnixTime};
 use crate::providers::ProviderTelemetry;
 use crate::store::{KeyVersion, NewKey, Store};
+use crate::web_config::WebConfig;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
@@ -43,6 +44,15 @@ pub struct Cli {
     /// Master key file (default: $CREDENTIALS_DIRECTORY/master-key, else /etc/keyrotd/master.key).
     #[arg(long, global = true, env = "KEYROTD_MASTER_KEY")]
     pub master_key: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP endpoint: a web-config YAML file as node_exporter
+    /// reads it (overrides `[daemon] web_config_file`).
+    #[arg(
+        long = "web.config.file",
+        global = true,
+        value_name = "PATH",
+        env = "KEYROTD_WEB_CONFIG_FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -155,6 +165,29 @@ fn load_config(cli: &Cli) -> Result<(PathBuf, Config), ConfigError> {
     }
 }
 
+/// Loads the web config named on the command line or in the config, if any. Relative paths
+/// in the config file are relative to its directory.
+fn load_web_config(
+    cli: &Cli,
+    config_path: &Path,
+    config: &Config,
+) -> Result<Option<Arc<WebConfig>>, ExitError> {
+    let path = match (&cli.web_config_file, &config.daemon.web_config_file) {
+        (Some(path), _) => path.clone(),
+        (None, Some(path)) if path.is_relative() => {
+            config_path.parent().unwrap_or(Path::new(".")).join(path)
+        }
+        (None, Some(path)) => path.clone(),
+        (None, None) => return Ok(None),
+    };
+    WebConfig::load(&path)
+        .map(|web| Some(Arc::new(web)))
+        .map_err(|error| ExitError {
+            code: EXIT_CONFIG,
+            message: error.to_string(),
+        })
+}
+
 fn database_path(cli: &Cli, config: &Config) -> PathBuf {
     cli.database
         .clone()
@@ -174,8 +207,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         message: error.to_string(),
     })?;
     let database = database_path(&cli, &config);
+    let web_config = match cli.command {
+        Command::Run | Command::CheckConfig => load_web_config(&cli, &config_path, &config)?,
+        _ => None,
+    };
     match cli.command {
         Command::CheckConfig => {
+            if let Some(web) = &web_config {
+                println!("{}: ok", web.file().display());
+            }
             println!(
                 "{}: ok ({} providers, {} credentials)",
                 config_path.display(),
@@ -190,6 +230,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 config,
                 database,
                 master_key: cli.master_key,
+                web_config,
             })
             .await
         }

@@ -10,6 +10,7 @@
 //! - [`model`]: the shared words: stages, check statuses, fingerprints.
 //! - [`providers`]: one adapter per vendor behind the `Provider` trait.
 //! - [`delivery`]: targets that hand a key to its consumers, behind the `Target` trait.
+//! - [`http`] + [`web_config`]: the metrics endpoint, with optional TLS and basic auth.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 #![forbid(unsafe_code)]
@@ -29,3 +30,4 @@ pub mod model;
 pub mod providers;
 pub mod scheduler;
 pub mod store;
+pub mod web_config;

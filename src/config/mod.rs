@@ -59,6 +59,10 @@ pub struct DaemonConfig {
     /// SQLite database file. Default: `$STATE_DIRECTORY/keyrotd.db`, else /var/lib/keyrotd/keyrotd.db.
     #[serde(default)]
     pub database: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP endpoint, in node_exporter's web-config format
+    /// (`--web.config.file` overrides it). Relative to the config file's directory.
+    #[serde(default)]
+    pub web_config_file: Option<PathBuf>,
 }
 
 fn default_listen_address() -> Spanned<String> {
@@ -70,6 +74,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             listen_address: default_listen_address(),
             database: None,
+            web_config_file: None,
         }
     }
 }
