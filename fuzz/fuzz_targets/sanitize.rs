@@ -9,11 +9,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // The first line (if it looks like a key) is the key; it is also planted in the text.
-    let (key, rest) = text.split_once('\n').unwrap_or(("sk-proj-fuzzKEY123", text));
+    let (key, rest) = text
+        .split_once('\n')
+        .unwrap_or(("sk-proj-fuzzKEY123", text));
     let _ = mask_key_shaped(text);
     if key.len() < 8
         || REDACTED.contains(key)
-        || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return;
     }
