@@ -15,6 +15,7 @@ use crate::providers::ProviderTelemetry;
 use crate::rotation::{self, CredentialRuntime, Engine};
 use crate::store::SqliteStore;
 use crate::store::{KeyVersion, NewKey, Store};
+use crate::web_config::WebConfig;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
@@ -45,6 +46,15 @@ pub struct Cli {
     /// Master key file (default: $CREDENTIALS_DIRECTORY/master-key, else /etc/keyrotd/master.key).
     #[arg(long, global = true, env = "KEYROTD_MASTER_KEY")]
     pub master_key: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP endpoint: a web-config YAML file as node_exporter
+    /// reads it (overrides `[daemon] web_config_file`).
+    #[arg(
+        long = "web.config.file",
+        global = true,
+        value_name = "PATH",
+        env = "KEYROTD_WEB_CONFIG_FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -207,6 +217,29 @@ fn load_config(cli: &Cli) -> Result<(PathBuf, Config), ConfigError> {
     }
 }
 
+/// Loads the web config named on the command line or in the config, if any. Relative paths
+/// in the config file are relative to its directory.
+fn load_web_config(
+    cli: &Cli,
+    config_path: &Path,
+    config: &Config,
+) -> Result<Option<Arc<WebConfig>>, ExitError> {
+    let path = match (&cli.web_config_file, &config.daemon.web_config_file) {
+        (Some(path), _) => path.clone(),
+        (None, Some(path)) if path.is_relative() => {
+            config_path.parent().unwrap_or(Path::new(".")).join(path)
+        }
+        (None, Some(path)) => path.clone(),
+        (None, None) => return Ok(None),
+    };
+    WebConfig::load(&path)
+        .map(|web| Some(Arc::new(web)))
+        .map_err(|error| ExitError {
+            code: EXIT_CONFIG,
+            message: error.to_string(),
+        })
+}
+
 fn database_path(cli: &Cli, config: &Config) -> PathBuf {
     cli.database
         .clone()
@@ -239,8 +272,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         message: error.to_string(),
     })?;
     let database = database_path(&cli, &config);
+    let web_config = match cli.command {
+        Command::Run | Command::CheckConfig => load_web_config(&cli, &config_path, &config)?,
+        _ => None,
+    };
     match cli.command {
         Command::CheckConfig => {
+            if let Some(web) = &web_config {
+                println!("{}: ok", web.file().display());
+            }
             println!(
                 "{}: ok ({} providers, {} credentials)",
                 config_path.display(),
@@ -255,6 +295,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 config,
                 database,
                 master_key: cli.master_key,
+                web_config,
             })
             .await
         }

@@ -12,6 +12,7 @@ use crate::providers::ProviderTelemetry;
 use crate::rotation::{self, CredentialRuntime, Engine};
 use crate::scheduler::{Scheduler, HEARTBEAT_INTERVAL};
 use crate::store::{CredentialSpec, SqliteStore, Store};
+use crate::web_config::WebConfig;
 use anyhow::Context;
 use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub struct DaemonSettings {
     pub config: Config,
     pub database: PathBuf,
     pub master_key: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP endpoint (`--web.config.file`), loaded at start-up.
+    pub web_config: Option<Arc<WebConfig>>,
 }
 
 /// The credentials section of a config, as the store records it.
@@ -143,9 +146,22 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         heartbeat: heartbeat.clone(),
         clock: clock.clone(),
     });
-    let server = tokio::spawn(http::serve(listener, http_state, async {
-        let _ = http_stopped.await;
-    }));
+    let tls = settings
+        .web_config
+        .as_ref()
+        .is_some_and(|w| w.tls_acceptor().is_some());
+    let basic_auth = settings
+        .web_config
+        .as_ref()
+        .is_some_and(|w| w.requires_auth());
+    let server = tokio::spawn(http::serve_with(
+        listener,
+        http_state,
+        settings.web_config.clone(),
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -153,6 +169,8 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
 
     tracing::info!(
         listen_address = %bound,
+        tls,
+        basic_auth,
         database = %settings.database.display(),
         credentials = config.credentials.len(),
         "keyrotd ready"
@@ -234,6 +252,9 @@ async fn reload(
     let runtimes = rotation::build_runtimes(&config, telemetry)?;
     if config.daemon.listen_address() != running.daemon.listen_address() {
         tracing::warn!("listen_address changed; it takes effect at the next restart");
+    }
+    if config.daemon.web_config_file != running.daemon.web_config_file {
+        tracing::warn!("web_config_file changed; it takes effect at the next restart");
     }
     store
         .sync_credentials(&credential_specs(&config), clock.now())

@@ -88,6 +88,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         config,
         database,
         master_key: Some(master_key),
+        web_config: None,
     })
     .await;
     for simulator in &simulators {

@@ -4,10 +4,13 @@
 //! A dedicated listener, never shared with anything that takes input from consumers. The
 //! accept loop never dies on an accept error (EMFILE would otherwise take metrics down with
 //! it): it logs, backs off and goes on.
+//!
+//! TLS and basic auth come from a node_exporter-style web config ([`crate::web_config`]).
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::web_config::WebConfig;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -51,10 +54,26 @@ pub struct HttpState {
     pub clock: Arc<dyn Clock>,
 }
 
-/// Serves until `shutdown` completes, then drains open connections (bounded wait).
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves plain HTTP without auth until `shutdown` completes, then drains open connections
+/// (bounded wait).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// Like [`serve`], with TLS and basic auth from a web config when one is given. The TLS
+/// handshake runs in the connection's own task, so a slow client never stalls the accept
+/// loop; basic auth guards every path.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    web: Option<Arc<WebConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -76,14 +95,41 @@ pub async fn serve(
                     }
                 };
                 let state = state.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&state, request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let web = web.clone();
+                let builder = builder.clone();
+                // Taken before the handshake so a shutdown waits for (or ends) this connection.
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    let acceptor = web.as_ref().and_then(|w| w.tls_acceptor().cloned());
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = state.clone();
+                        let web = web.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(handle(&state, web.as_ref(), request).await)
+                        }
+                    });
+                    let result = match acceptor {
+                        Some(acceptor) => {
+                            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                            watcher.watch(connection).await
+                        }
+                        None => {
+                            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                            watcher.watch(connection).await
+                        }
+                    };
+                    if let Err(error) = result {
                         tracing::debug!(%peer, %error, "connection ended with an error");
                     }
                 });
@@ -98,6 +144,33 @@ pub async fn serve(
     {
         tracing::warn!("connections still open after 5s; closing them");
     }
+}
+
+/// Basic auth (when configured) in front of every route.
+async fn handle(
+    state: &HttpState,
+    web: Option<&Arc<WebConfig>>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if let Some(web) = web {
+        let header = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if web.requires_auth() && !web.authorize(header).await {
+            let mut response = text(
+                StatusCode::UNAUTHORIZED,
+                "text/plain; charset=utf-8",
+                "Unauthorized\n",
+            );
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Basic realm=\"keyrotd\""),
+            );
+            return response;
+        }
+    }
+    route(state, request).await
 }
 
 fn text(

@@ -11,6 +11,7 @@
 //! - [`providers`]: one adapter per vendor behind the `Provider` trait.
 //! - [`delivery`]: targets that hand a key to its consumers, behind the `Target` trait.
 //! - [`simulator`]: a fake key-issuing provider on loopback, for `keyrotd demo` and tests.
+//! - [`http`] + [`web_config`]: the metrics endpoint, with optional TLS and basic auth.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 #![forbid(unsafe_code)]
@@ -33,3 +34,4 @@ pub mod rotation;
 pub mod scheduler;
 pub mod simulator;
 pub mod store;
+pub mod web_config;

@@ -59,6 +59,10 @@ pub struct DaemonConfig {
     /// SQLite database file. Default: `$STATE_DIRECTORY/keyrotd.db`, else /var/lib/keyrotd/keyrotd.db.
     #[serde(default)]
     pub database: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP endpoint, in node_exporter's web-config format
+    /// (`--web.config.file` overrides it). Relative to the config file's directory.
+    #[serde(default)]
+    pub web_config_file: Option<PathBuf>,
 }
 
 fn default_listen_address() -> Spanned<String> {
@@ -70,6 +74,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             listen_address: default_listen_address(),
             database: None,
+            web_config_file: None,
         }
     }
 }
@@ -258,13 +263,19 @@ impl Issues {
         if self.0.is_empty() {
             return None;
         }
+        // Line starts are found once: a big file with many issues stays linear.
+        let line_starts: Vec<usize> = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         let issues = self
             .0
             .into_iter()
             .map(|(span, message)| {
                 let (line, column) = match span {
                     // A default value has an empty span at 0: no position in the file.
-                    Some(range) if range != (0..0) => line_column(source, range.start),
+                    Some(range) if range != (0..0) => {
+                        line_column_indexed(source, &line_starts, range.start)
+                    }
                     _ => (0, 0),
                 };
                 ConfigIssue {
@@ -281,7 +292,21 @@ impl Issues {
     }
 }
 
+/// [`line_column`] with the byte offsets of line starts precomputed.
+fn line_column_indexed(source: &str, line_starts: &[usize], offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(source.len());
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    // The last line start at or before `offset`.
+    let line = line_starts.partition_point(|&start| start <= offset);
+    let line_start = line_starts[line - 1];
+    let column = source[line_start..offset].chars().count() + 1;
+    (line, column)
+}
+
 /// 1-based line and column (in characters) of a byte offset.
+#[cfg(test)]
 fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(source.len());
     // `str::floor_char_boundary` is newer than our MSRV.
@@ -545,6 +570,15 @@ mod tests {
     fn line_column_counts_from_one() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        let source = "ab\ncé\n\nx";
+        let starts = [0, 3, 7, 8];
+        for offset in 0..=source.len() + 2 {
+            assert_eq!(
+                line_column_indexed(source, &starts, offset),
+                line_column(source, offset),
+                "offset {offset}"
+            );
+        }
     }
 
     #[test]

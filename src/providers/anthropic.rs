@@ -38,7 +38,7 @@ impl Anthropic {
     }
 }
 
-fn classify(response: &Response) -> CheckReport {
+pub(super) fn classify(response: &Response) -> CheckReport {
     match response.status {
         200..=299 => match response.json() {
             Some(Value::Object(body)) if body.get("data").is_some_and(Value::is_array) => {

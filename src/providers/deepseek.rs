@@ -30,7 +30,7 @@ impl DeepSeek {
     }
 }
 
-fn classify(response: &Response) -> CheckReport {
+pub(super) fn classify(response: &Response) -> CheckReport {
     if !(200..=299).contains(&response.status) {
         return error_report(response);
     }

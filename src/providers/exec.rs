@@ -186,7 +186,7 @@ impl Exec {
 }
 
 /// Reads the check answer; `None` when stdout is not one.
-fn parse_check(stdout: &[u8]) -> Option<CheckReport> {
+pub(super) fn parse_check(stdout: &[u8]) -> Option<CheckReport> {
     let body: Value = serde_json::from_slice(stdout).ok()?;
     let status: CheckStatus = body.get("status")?.as_str()?.parse().ok()?;
     let detail = body

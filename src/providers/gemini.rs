@@ -30,7 +30,7 @@ impl Gemini {
     }
 }
 
-fn classify(response: &Response) -> CheckReport {
+pub(super) fn classify(response: &Response) -> CheckReport {
     match response.status {
         200..=299 => match response.json() {
             Some(Value::Object(body)) if body.get("models").is_some_and(Value::is_array) => {

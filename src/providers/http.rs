@@ -133,7 +133,7 @@ impl CheckRules {
         })
     }
 
-    fn classify(&self, response: &Response) -> CheckReport {
+    pub(super) fn classify(&self, response: &Response) -> CheckReport {
         let status = response.status;
         if !self.valid_status.contains(&status) {
             let outcome = if self.invalid_status.contains(&status) {

@@ -240,6 +240,73 @@ pub(crate) fn required_management_key(
     })
 }
 
+/// Pure entry points into the parsers of provider answers, for the property tests and the
+/// fuzz targets (`fuzz/`). Not part of the daemon's API.
+#[doc(hidden)]
+pub mod parsers {
+    use super::client::Response;
+    use super::{CheckReport, ProviderKind};
+    use crate::model::CheckStatus;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    /// Classifies a check answer as the adapter of `kind` does, with its detail sanitised as
+    /// the check flow does. `http` uses rules with every pointer set (`/valid`, `/credit`,
+    /// `/expires_at`); `exec` reads `body` as the command's stdout.
+    pub fn classify_check(
+        kind: ProviderKind,
+        status: u16,
+        retry_after: Option<&str>,
+        body: &[u8],
+    ) -> CheckReport {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(RETRY_AFTER, value);
+        }
+        let response = Response {
+            status,
+            headers,
+            body: body.to_vec(),
+        };
+        let mut report = match kind {
+            ProviderKind::Openai => super::openai::classify(&response, false),
+            ProviderKind::OpenaiCompatible => super::openai::classify(&response, true),
+            ProviderKind::Anthropic => super::anthropic::classify(&response),
+            ProviderKind::Openrouter => super::openrouter::classify(&response),
+            ProviderKind::Deepseek => super::deepseek::classify(&response),
+            ProviderKind::Gemini => super::gemini::classify(&response),
+            ProviderKind::AzureOpenai => super::azure::classify(&response),
+            ProviderKind::Simulated => super::simulated::classify(&response),
+            ProviderKind::Relay => super::relay::check_rules().classify(&response),
+            ProviderKind::Http => {
+                let mut rules = super::relay::check_rules();
+                rules.valid_pointer = Some("/valid".into());
+                rules.credit_pointer = Some("/credit".into());
+                rules.classify(&response)
+            }
+            ProviderKind::Exec => super::exec::parse_check(body).unwrap_or_else(|| {
+                CheckReport::new(
+                    CheckStatus::Unreachable,
+                    "command printed no valid check result",
+                )
+            }),
+        };
+        if report.retry_after.is_none() {
+            report.retry_after = response.retry_after();
+        }
+        report.detail = super::sanitize(&report.detail, None);
+        report
+    }
+
+    /// The detail of an error answer: status, vendor codes, a cut and masked vendor message.
+    pub fn error_detail(status: u16, body: &[u8]) -> String {
+        super::classify::error_detail(&Response {
+            status,
+            headers: HeaderMap::new(),
+            body: body.to_vec(),
+        })
+    }
+}
+
 /// Builds the checking adapter for a provider section.
 pub fn build(
     config: &ProviderConfig,

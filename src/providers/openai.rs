@@ -39,27 +39,32 @@ impl OpenAi {
     }
 
     fn classify(&self, response: &Response) -> CheckReport {
-        match response.status {
-            200..=299 => match response.json() {
-                Some(Value::Object(body)) if body.get("data").is_some_and(Value::is_array) => {
-                    CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status))
-                }
-                Some(Value::Array(_)) if self.compatible => {
-                    CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status))
-                }
-                _ => unexpected_body(response),
-            },
-            429 => {
-                let mut report = error_report(response);
-                if let Some(body) = response.json() {
-                    if vendor_error(&body).has_code("insufficient_quota") {
-                        report.status = CheckStatus::Exhausted;
-                    }
-                }
-                report
+        classify(response, self.compatible)
+    }
+}
+
+/// `compatible` accepts the bare-array `models` answer of compatible APIs.
+pub(super) fn classify(response: &Response, compatible: bool) -> CheckReport {
+    match response.status {
+        200..=299 => match response.json() {
+            Some(Value::Object(body)) if body.get("data").is_some_and(Value::is_array) => {
+                CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status))
             }
-            _ => error_report(response),
+            Some(Value::Array(_)) if compatible => {
+                CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status))
+            }
+            _ => unexpected_body(response),
+        },
+        429 => {
+            let mut report = error_report(response);
+            if let Some(body) = response.json() {
+                if vendor_error(&body).has_code("insufficient_quota") {
+                    report.status = CheckStatus::Exhausted;
+                }
+            }
+            report
         }
+        _ => error_report(response),
     }
 }
 

@@ -36,7 +36,7 @@ impl OpenRouter {
     }
 }
 
-fn classify(response: &Response) -> CheckReport {
+pub(super) fn classify(response: &Response) -> CheckReport {
     if !(200..=299).contains(&response.status) {
         let mut report = error_report(response);
         if response.status == 402 {

@@ -35,7 +35,7 @@ impl Simulated {
 }
 
 /// 200 must carry a JSON object; an optional `expires_at` (epoch seconds) is reported.
-fn classify(response: &Response) -> CheckReport {
+pub(super) fn classify(response: &Response) -> CheckReport {
     match response.status {
         200..=299 => match response.json() {
             Some(body @ Value::Object(_)) => match expiry(
