@@ -221,3 +221,26 @@ fn an_unwritable_directory_is_a_clear_error_and_nothing_is_touched() {
         "files appeared in the read-only directory"
     );
 }
+
+/// After a SIGKILL the newest state can live only in the WAL file: the store must still be
+/// recognised as ours (not "another program's database") and read completely.
+#[test]
+fn a_store_left_with_an_unmerged_wal_after_sigkill_opens_with_everything_in_it() {
+    let env = Env::new();
+    let secret = canary();
+    let daemon = env.start();
+    env.import(CREDENTIAL, &secret, &[]);
+    daemon.wait_for_metrics("the imported key", |m| has_credential(m, CREDENTIAL));
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    drop(daemon);
+    let listing = env.run(&["key", "list", "--json"]);
+    assert_success(&listing, "key list after SIGKILL");
+    assert!(
+        stdout(&listing).contains("\"current\""),
+        "{}",
+        stdout(&listing)
+    );
+    let restarted = env.start();
+    restarted.wait_for_metrics("the key after restart", |m| has_credential(m, CREDENTIAL));
+    restarted.stop();
+}

@@ -122,11 +122,18 @@ impl SqliteStore {
         if read < 16 || &header != SQLITE_HEADER {
             return Err(corrupt());
         }
-        // Read-only and immutable: no journal, no WAL, no lock files, no writes.
+        // Read-only, and immutable (no lock files, no writes at all) unless a WAL file is
+        // present: after an unclean exit the latest schema may live only in the WAL, and an
+        // immutable open would not see it and mistake our own database for a foreign one.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal_present = std::fs::metadata(&wal)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
         let options = SqliteConnectOptions::new()
             .filename(path)
             .read_only(true)
-            .immutable(true);
+            .immutable(!wal_present);
         let mut conn = sqlx::ConnectOptions::connect(&options)
             .await
             .map_err(|_| corrupt())?;
