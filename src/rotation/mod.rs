@@ -494,17 +494,9 @@ impl Engine {
     async fn deliver(&self, rt: &CredentialRuntime, rotation: &Rotation) -> Result<(), StepError> {
         let (version, secret) = self.new_secret(rotation, "deliver").await?;
         let fp = fingerprint(&secret);
-        let delivery = Delivery {
-            credential: &rt.name,
-            key: &secret,
-            fingerprint: &fp,
-            version_id: version,
-        };
-        for target in &rt.targets {
-            if let Err(error) = target.deliver(&delivery).await {
-                self.restore_current(rt).await;
-                return Err(StepError::transient("deliver", error.to_string()));
-            }
+        if let Err(error) = deliver_to_all(rt, version, &fp, &secret).await {
+            self.restore_current(rt).await;
+            return Err(StepError::transient("deliver", error.to_string()));
         }
         let described: Vec<String> = rt.targets.iter().map(|t| t.describe()).collect();
         self.store
@@ -536,22 +528,13 @@ impl Engine {
             .find(|v| v.stage == Stage::Current)
             .ok_or_else(|| RotationError::Refused(format!("{} has no current key", rt.name)))?;
         let secret = self.store.secret(current.id).await?;
-        let delivery = Delivery {
-            credential: &rt.name,
-            key: &secret,
-            fingerprint: &current.fingerprint,
-            version_id: current.id,
-        };
-        for target in &rt.targets {
-            target
-                .deliver(&delivery)
-                .await
-                .map_err(|error| RotationError::Failed {
-                    credential: rt.name.clone(),
-                    step: "deliver",
-                    reason: error.to_string(),
-                })?;
-        }
+        deliver_to_all(rt, current.id, &current.fingerprint, &secret)
+            .await
+            .map_err(|error| RotationError::Failed {
+                credential: rt.name.clone(),
+                step: "deliver",
+                reason: error.to_string(),
+            })?;
         let _ = self
             .store
             .append_event(
@@ -838,21 +821,13 @@ impl Engine {
                 report.status, report.detail
             )));
         }
-        let delivery = Delivery {
-            credential: &rt.name,
-            key: &secret,
-            fingerprint: &previous.fingerprint,
-            version_id: previous.id,
-        };
-        for target in &rt.targets {
-            if let Err(error) = target.deliver(&delivery).await {
-                self.restore_current(rt).await;
-                return Err(RotationError::Failed {
-                    credential: rt.name.clone(),
-                    step: "deliver",
-                    reason: error.to_string(),
-                });
-            }
+        if let Err(error) = deliver_to_all(rt, previous.id, &previous.fingerprint, &secret).await {
+            self.restore_current(rt).await;
+            return Err(RotationError::Failed {
+                credential: rt.name.clone(),
+                step: "deliver",
+                reason: error.to_string(),
+            });
         }
         Ok(self
             .store
@@ -957,6 +932,27 @@ impl Engine {
             tokio::time::sleep(Duration::from_secs(seconds.max(1))).await;
         }
     }
+}
+
+/// Hands one key version to every target of the credential, in order, stopping at the
+/// first failure (the caller decides how to undo). Restoring after a failure is the one
+/// place that goes on past a failing target, see `Engine::restore_current`.
+async fn deliver_to_all(
+    rt: &CredentialRuntime,
+    version_id: i64,
+    fingerprint: &str,
+    secret: &SecretString,
+) -> Result<(), delivery::DeliveryError> {
+    let delivery = Delivery {
+        credential: &rt.name,
+        key: secret,
+        fingerprint,
+        version_id,
+    };
+    for target in &rt.targets {
+        target.deliver(&delivery).await?;
+    }
+    Ok(())
 }
 
 fn new_rotation_id() -> String {
