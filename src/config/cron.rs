@@ -22,6 +22,13 @@ impl Schedule {
                 "cron expression {expression:?} has {fields} fields; expected 5 (minute hour day month weekday) or 6 (with seconds first)"
             ));
         }
+        // croner reads `+` in the weekday field as "AND with day-of-month", against the
+        // Vixie OR semantics we document; refuse it rather than change meaning silently.
+        if expression.contains('+') {
+            return Err(format!(
+                "cron expression {expression:?}: `+` is not supported (day-of-month and day-of-week are ORed, as in Vixie cron)"
+            ));
+        }
         let parser = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
@@ -95,6 +102,7 @@ mod tests {
             "0 0 30 2 *",
             "a b c d e",
             "* * * * * * *",
+            "0 0 1 * +MON",
         ] {
             assert!(Schedule::parse(bad).is_err(), "{bad:?} accepted");
         }
