@@ -179,12 +179,8 @@ impl Checker {
     /// Checks every target on its own schedule until the returned set is dropped or aborted.
     pub async fn spawn_all(self: &Arc<Self>, targets: Vec<CheckTarget>) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
-        let last_checks: HashMap<String, i64> = match self.store.snapshot().await {
-            Ok(snapshot) => snapshot
-                .credentials
-                .into_iter()
-                .filter_map(|s| s.credential.last_check_at.map(|at| (s.credential.name, at)))
-                .collect(),
+        let last_checks: HashMap<String, i64> = match self.store.last_checks().await {
+            Ok(last_checks) => last_checks,
             Err(error) => {
                 tracing::error!(%error, "cannot read last check times; checking everything soon");
                 HashMap::new()
@@ -208,7 +204,9 @@ impl Checker {
         tokio::time::sleep(first_delay).await;
         let mut transient_failures: u32 = 0;
         loop {
-            let delay = match self.check_now(&target).await {
+            // Boxed: a task sleeping between checks holds only its timer, not the state of
+            // a check (see `Engine::run_credential`).
+            let delay = match Box::pin(self.check_now(&target)).await {
                 Ok(outcome) => {
                     let status = outcome.report.status;
                     if status.is_conclusive() {

@@ -507,9 +507,14 @@ impl Store for SqliteStore {
             existing.iter().map(|row| (row.0.as_str(), row)).collect();
         let wanted: std::collections::HashSet<&str> =
             specs.iter().map(|s| s.name.as_str()).collect();
+        // Nothing to change (every restart with an unchanged config): roll back instead of
+        // committing, which saves an fsync and leaves the generation (and so the metrics
+        // cache) alone.
+        let mut changed = false;
         for spec in specs {
             match by_name.get(spec.name.as_str()) {
                 None => {
+                    changed = true;
                     sqlx::query(
                         "INSERT INTO credentials (name, provider, provider_kind, created_at) VALUES (?, ?, ?, ?)",
                     )
@@ -535,6 +540,7 @@ impl Store for SqliteStore {
                         || kind != &spec.provider_kind
                         || removed.is_some()
                     {
+                        changed = true;
                         sqlx::query(
                             "UPDATE credentials SET provider = ?, provider_kind = ?, removed_at = NULL WHERE name = ?",
                         )
@@ -559,6 +565,7 @@ impl Store for SqliteStore {
         }
         for (name, _, _, removed) in &existing {
             if removed.is_none() && !wanted.contains(name.as_str()) {
+                changed = true;
                 sqlx::query("UPDATE credentials SET removed_at = ? WHERE name = ?")
                     .bind(now)
                     .bind(name)
@@ -576,7 +583,11 @@ impl Store for SqliteStore {
                 .await?;
             }
         }
-        tx.commit().await?;
+        if changed {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         Ok(())
     }
 
@@ -717,6 +728,15 @@ impl Store for SqliteStore {
             generation,
             credentials,
         })
+    }
+
+    async fn last_checks(&self) -> StoreResult<std::collections::HashMap<String, UnixTime>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, last_check_at FROM credentials WHERE removed_at IS NULL AND last_check_at IS NOT NULL",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn generation(&self) -> StoreResult<i64> {
