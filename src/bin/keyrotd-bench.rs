@@ -345,6 +345,7 @@ impl Bench {
             .to_string();
         let pid = daemon.pid();
         let rss_at_ready = proc_status_kib(pid, "VmRSS")?;
+        let rss_anon_at_ready = proc_status_kib(pid, "RssAnon")?;
         let cpu_at_ready = cpu_seconds(pid)?;
 
         // The start-up sweep: every key is overdue, so all are checked within a few seconds.
@@ -409,6 +410,9 @@ impl Bench {
         };
         let per_minute = 60.0 / args.idle_secs as f64;
         let idle_rss = proc_status_kib(pid, "VmRSS")?;
+        // File-backed: the binary's and libraries' pages; anonymous: the heap and stacks.
+        let idle_rss_anon = proc_status_kib(pid, "RssAnon")?;
+        let idle_rss_file = proc_status_kib(pid, "RssFile")?;
         let threads = proc_status_kib(pid, "Threads")?;
 
         // Scrapes: the first one after the sweep renders a changed store.
@@ -430,6 +434,7 @@ impl Bench {
         Ok(json!({
             "ready_ms": ready_ms,
             "rss_at_ready_kib": rss_at_ready,
+            "rss_anon_at_ready_kib": rss_anon_at_ready,
             "cpu_to_ready_s": cpu_at_ready,
             "startup_sweep": {
                 "seconds_after_ready": sweep_seconds,
@@ -440,6 +445,8 @@ impl Bench {
             "idle": {
                 "seconds": args.idle_secs,
                 "rss_kib": idle_rss,
+                "rss_anon_kib": idle_rss_anon,
+                "rss_file_kib": idle_rss_file,
                 "threads": threads,
                 "cpu_s": idle_cpu,
                 "cpu_percent": idle_cpu / args.idle_secs as f64 * 100.0,
