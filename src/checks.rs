@@ -130,7 +130,25 @@ impl Checker {
     }
 
     /// Probes the credential's current key once and records the result.
+    ///
+    /// The concurrency permit comes first: a key is read and decrypted only when its check
+    /// can go out, so a sweep holds the state (and the plaintext secrets) of at most
+    /// `max_concurrent` checks, not of every credential waiting for a permit. The check's
+    /// state is boxed, so a waiting caller holds only its place in the semaphore's queue.
     pub async fn check_now(&self, target: &CheckTarget) -> Result<CheckOutcome, CheckError> {
+        let permit = self
+            .concurrency
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        Box::pin(self.check_with(target, permit)).await
+    }
+
+    async fn check_with(
+        &self,
+        target: &CheckTarget,
+        permit: tokio::sync::SemaphorePermit<'_>,
+    ) -> Result<CheckOutcome, CheckError> {
         let current = self
             .store
             .versions(&target.credential)
@@ -139,15 +157,10 @@ impl Checker {
             .find(|v| v.stage == Stage::Current)
             .ok_or_else(|| CheckError::NoCurrentKey(target.credential.clone()))?;
         let secret = self.store.secret(current.id).await?;
-        let report = {
-            let _permit = self
-                .concurrency
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            target.pacer.wait().await;
-            target.provider.check(&secret).await
-        };
+        target.pacer.wait().await;
+        let report = target.provider.check(&secret).await;
+        // Recording waits for the writer; the next check need not wait for it.
+        drop(permit);
         drop(secret);
         let record = CheckRecord {
             status: report.status,
@@ -204,9 +217,9 @@ impl Checker {
         tokio::time::sleep(first_delay).await;
         let mut transient_failures: u32 = 0;
         loop {
-            // Boxed: a task sleeping between checks holds only its timer, not the state of
-            // a check (see `Engine::run_credential`).
-            let delay = match Box::pin(self.check_now(&target)).await {
+            // `check_now` boxes the state of a check: a task sleeping between checks holds
+            // only its timer (see `Engine::run_credential`).
+            let delay = match self.check_now(&target).await {
                 Ok(outcome) => {
                     let status = outcome.report.status;
                     if status.is_conclusive() {
