@@ -527,7 +527,7 @@ impl Bench {
         let checks_before = simulator.request_count(Op::Check);
         let before = children_usage();
         let started = Instant::now();
-        let status = tokio::process::Command::from({
+        let mut child = tokio::process::Command::from({
             let mut command = self.command(&self.config);
             command
                 .arg("check")
@@ -535,8 +535,20 @@ impl Bench {
                 .stderr(Stdio::inherit());
             command
         })
-        .status()
-        .await?;
+        .spawn()?;
+        // getrusage's max RSS of children covers every child ever waited for (the Python
+        // exporter included): poll this one's high-water mark instead.
+        let pid = child.id().context("no pid")?;
+        let mut peak_kib = 0;
+        let status = loop {
+            if let Ok(hwm) = proc_status_kib(pid, "VmHWM") {
+                peak_kib = peak_kib.max(hwm);
+            }
+            tokio::select! {
+                status = child.wait() => break status?,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        };
         let wall = started.elapsed().as_secs_f64();
         let after = children_usage();
         simulator.set_latency(Duration::ZERO);
@@ -554,7 +566,7 @@ impl Bench {
             "cpu_user_s": after.0 - before.0,
             "cpu_sys_s": after.1 - before.1,
             "cores_used": cpu / wall,
-            "max_rss_kib": after.2,
+            "max_rss_kib": peak_kib,
         }))
     }
 
@@ -748,19 +760,22 @@ fn wait_ready(socket: &UnixDatagram, started: Instant) -> anyhow::Result<(Durati
     bail!("no READY=1 within 300 s")
 }
 
-/// One `GET /metrics` on a fresh connection; returns the body.
-fn get_metrics(address: &str) -> anyhow::Result<String> {
+/// One `GET /metrics` on a fresh connection; returns the raw response. The buffer is sized
+/// from the previous answer, so the client does not copy a 10 MB body while timing it.
+fn get_metrics(address: &str, expected: usize) -> anyhow::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(address)?;
     stream.set_nodelay(true)?;
     stream.write_all(
         b"GET /metrics HTTP/1.1\r\nHost: bench\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
     )?;
-    let mut response = Vec::with_capacity(1 << 20);
+    let mut response = Vec::with_capacity(expected + 64 * 1024);
     stream.read_to_end(&mut response)?;
-    let text = String::from_utf8(response)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let head_end = response
+        .windows(4)
+        .take(8192)
+        .position(|w| w == b"\r\n\r\n")
         .context("no end of the response head")?;
+    let head = String::from_utf8_lossy(&response[..head_end]);
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         bail!(
             "GET /metrics answered {}",
@@ -773,21 +788,31 @@ fn get_metrics(address: &str) -> anyhow::Result<String> {
     {
         bail!("chunked responses are not supported by this client");
     }
-    Ok(body.to_string())
+    Ok(response)
+}
+
+/// The body of a response from [`get_metrics`].
+fn body_of(response: &[u8]) -> anyhow::Result<String> {
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of the response head")?;
+    Ok(String::from_utf8(response[head_end + 4..].to_vec())?)
 }
 
 /// The first scrape's latency, then `count` more sequential scrapes; all in ms.
 fn scrape_series(address: &str, count: usize) -> anyhow::Result<(f64, Vec<f64>, String)> {
     let started = Instant::now();
-    let mut body = get_metrics(address)?;
+    let mut response = get_metrics(address, 1 << 20)?;
     let first = started.elapsed().as_secs_f64() * 1e3;
     let mut timings = Vec::with_capacity(count);
     for _ in 0..count {
+        let expected = response.len();
         let started = Instant::now();
-        body = get_metrics(address)?;
+        response = get_metrics(address, expected)?;
         timings.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    Ok((first, timings, body))
+    Ok((first, timings, body_of(&response)?))
 }
 
 fn percentile(values: &[f64], q: f64) -> f64 {
