@@ -56,7 +56,7 @@ ROWS = [
     ("sweep / bound", "sweep/ratio_to_bound", 2),
     ("sweep CPU user+sys (s)", ("sweep/cpu_user_s", "sweep/cpu_sys_s"), "sum"),
     ("sweep cores used", "sweep/cores_used", 2),
-    ("sweep max RSS (MiB)", "sweep/max_rss_kib", "mib"),
+    ("sweep peak RSS of `keyrotd check` (MiB) †", "sweep/max_rss_kib", "mib"),
     ("rotations/s sequential", "rotation/sequential/per_second", 1),
     ("rotations/s, 8 in flight", "rotation/parallel/per_second", 1),
     ("ms per rotation (sequential)", "rotation/sequential/ms_per_rotation", 1),
