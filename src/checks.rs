@@ -130,7 +130,25 @@ impl Checker {
     }
 
     /// Probes the credential's current key once and records the result.
+    ///
+    /// The concurrency permit comes first: a key is read and decrypted only when its check
+    /// can go out, so a sweep holds the state (and the plaintext secrets) of at most
+    /// `max_concurrent` checks, not of every credential waiting for a permit. The check's
+    /// state is boxed, so a waiting caller holds only its place in the semaphore's queue.
     pub async fn check_now(&self, target: &CheckTarget) -> Result<CheckOutcome, CheckError> {
+        let permit = self
+            .concurrency
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        Box::pin(self.check_with(target, permit)).await
+    }
+
+    async fn check_with(
+        &self,
+        target: &CheckTarget,
+        permit: tokio::sync::SemaphorePermit<'_>,
+    ) -> Result<CheckOutcome, CheckError> {
         let current = self
             .store
             .versions(&target.credential)
@@ -139,15 +157,10 @@ impl Checker {
             .find(|v| v.stage == Stage::Current)
             .ok_or_else(|| CheckError::NoCurrentKey(target.credential.clone()))?;
         let secret = self.store.secret(current.id).await?;
-        let report = {
-            let _permit = self
-                .concurrency
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            target.pacer.wait().await;
-            target.provider.check(&secret).await
-        };
+        target.pacer.wait().await;
+        let report = target.provider.check(&secret).await;
+        // Recording waits for the writer; the next check need not wait for it.
+        drop(permit);
         drop(secret);
         let record = CheckRecord {
             status: report.status,
@@ -179,12 +192,8 @@ impl Checker {
     /// Checks every target on its own schedule until the returned set is dropped or aborted.
     pub async fn spawn_all(self: &Arc<Self>, targets: Vec<CheckTarget>) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
-        let last_checks: HashMap<String, i64> = match self.store.snapshot().await {
-            Ok(snapshot) => snapshot
-                .credentials
-                .into_iter()
-                .filter_map(|s| s.credential.last_check_at.map(|at| (s.credential.name, at)))
-                .collect(),
+        let last_checks: HashMap<String, i64> = match self.store.last_checks().await {
+            Ok(last_checks) => last_checks,
             Err(error) => {
                 tracing::error!(%error, "cannot read last check times; checking everything soon");
                 HashMap::new()
@@ -208,6 +217,8 @@ impl Checker {
         tokio::time::sleep(first_delay).await;
         let mut transient_failures: u32 = 0;
         loop {
+            // `check_now` boxes the state of a check: a task sleeping between checks holds
+            // only its timer (see `Engine::run_credential`).
             let delay = match self.check_now(&target).await {
                 Ok(outcome) => {
                     let status = outcome.report.status;

@@ -135,9 +135,7 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let mut rotation_tasks =
         spawn_rotations(&engine, rotation::build_runtimes(&config, &telemetry)?);
     let heartbeat = Arc::new(Heartbeat::default());
-    let scheduler = Scheduler::start(clock.clone(), heartbeat.clone(), metrics.clone())
-        .await
-        .context("cannot start the scheduler")?;
+    let scheduler = Scheduler::start(clock.clone(), heartbeat.clone(), metrics.clone());
 
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_state = Arc::new(HttpState {

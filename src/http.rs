@@ -8,12 +8,11 @@
 //! TLS and basic auth come from a node_exporter-style web config ([`crate::web_config`]).
 
 use crate::clock::Clock;
-use crate::metrics::Metrics;
+use crate::metrics::{Exposition, Metrics};
 use crate::store::Store;
 use crate::web_config::WebConfig;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -151,7 +150,7 @@ async fn handle(
     state: &HttpState,
     web: Option<&Arc<WebConfig>>,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Chunks> {
     if let Some(web) = web {
         let header = request
             .headers()
@@ -173,19 +172,71 @@ async fn handle(
     route(state, request).await
 }
 
+/// A response body sent as a few shared chunks: `/metrics` hands over the cached per-key
+/// text without copying it into one buffer. The exact length is known, so hyper sends a
+/// `Content-Length`.
+pub struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Chunks {
+    fn new(chunks: impl IntoIterator<Item = Bytes>) -> Chunks {
+        let chunks: std::collections::VecDeque<Bytes> =
+            chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        Chunks { chunks, remaining }
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(chunk) = &next {
+            self.remaining -= chunk.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
 fn text(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+) -> Response<Chunks> {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, content_type)
-        .body(Full::new(body.into()))
+        .body(Chunks::new([body.into()]))
         .expect("static response parts are valid")
 }
 
-async fn route(state: &HttpState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+fn exposition(body: Exposition) -> Response<Chunks> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(Chunks::new(body.chunks))
+        .expect("static response parts are valid")
+}
+
+async fn route(state: &HttpState, request: Request<Incoming>) -> Response<Chunks> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(
@@ -196,11 +247,7 @@ async fn route(state: &HttpState, request: Request<Incoming>) -> Response<Full<B
     }
     match request.uri().path() {
         "/metrics" => match state.metrics.refresh(state.store.as_ref()).await {
-            Ok(()) => text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                state.metrics.render(),
-            ),
+            Ok(()) => exposition(state.metrics.exposition()),
             Err(error) => {
                 tracing::error!(%error, "cannot read the store for /metrics");
                 text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "store unavailable\n")

@@ -232,6 +232,19 @@ pub trait Store: Send + Sync {
     /// Active credentials and their current keys, with the store's generation.
     async fn snapshot(&self) -> StoreResult<Snapshot>;
 
+    /// When each active credential was last checked (credentials never checked are absent).
+    /// Start-up reads this to resume every check schedule; the full [`Store::snapshot`]
+    /// answers it too, at several times the cost.
+    async fn last_checks(&self) -> StoreResult<std::collections::HashMap<String, UnixTime>> {
+        Ok(self
+            .snapshot()
+            .await?
+            .credentials
+            .into_iter()
+            .filter_map(|s| s.credential.last_check_at.map(|at| (s.credential.name, at)))
+            .collect())
+    }
+
     /// A number that changes whenever anything in the store changes.
     async fn generation(&self) -> StoreResult<i64>;
 
