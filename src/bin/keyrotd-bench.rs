@@ -1019,6 +1019,7 @@ fn timed(rt: &CredentialRuntime, times: &Arc<StepTimes>) -> Arc<CredentialRuntim
             .iter()
             .map(|t| Arc::new(TimedTarget(t.clone(), times.clone())) as Arc<dyn Target>)
             .collect(),
+        revoker: rt.revoker.clone(),
         policy: rt.policy.clone(),
         retry: rt.retry,
     })
