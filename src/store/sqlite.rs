@@ -249,6 +249,53 @@ impl SqliteStore {
             .ok_or_else(|| StoreError::UnknownCredential(name.to_string()))
     }
 
+    /// Inserts a key version and seals its secret in the same transaction. The version id is
+    /// part of the associated data, so the secret is sealed after the insert.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_sealed_version(
+        tx: &mut Transaction<'static, Sqlite>,
+        sealer: &Sealer,
+        (credential_id, credential): (i64, &str),
+        stage: &str,
+        fingerprint: &str,
+        key: &NewKey,
+        rotation_id: Option<&str>,
+        now: UnixTime,
+    ) -> StoreResult<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO key_versions (credential_id, stage, fingerprint, provider_key_id, rotation_id, created_at, expires_at, stage_changed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(credential_id)
+        .bind(stage)
+        .bind(fingerprint)
+        .bind(&key.provider_key_id)
+        .bind(rotation_id)
+        .bind(now)
+        .bind(key.expires_at)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        let sealed = sealer.seal(credential, id, &key.secret)?;
+        sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(id)
+    }
+
+    /// One version, read inside a write transaction.
+    async fn version_in(tx: &mut Transaction<'static, Sqlite>, id: i64) -> StoreResult<KeyVersion> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(version_from_row(&row))
+    }
+
     async fn insert_event(
         tx: &mut Transaction<'static, Sqlite>,
         credential: Option<&str>,
@@ -626,27 +673,17 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let stage = if has_current { "pending" } else { "current" };
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO key_versions (credential_id, stage, fingerprint, provider_key_id, rotation_id, created_at, expires_at, stage_changed_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        let id = Self::insert_sealed_version(
+            &mut tx,
+            sealer,
+            (credential_id, credential),
+            stage,
+            &fp,
+            &key,
+            key.rotation_id.as_deref(),
+            now,
         )
-        .bind(credential_id)
-        .bind(stage)
-        .bind(&fp)
-        .bind(&key.provider_key_id)
-        .bind(&key.rotation_id)
-        .bind(now)
-        .bind(key.expires_at)
-        .bind(now)
-        .fetch_one(&mut *tx)
         .await?;
-        // The version id is part of the associated data, so seal after the insert.
-        let sealed = sealer.seal(credential, id, &key.secret)?;
-        sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
-            .bind(sealed)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
         let detail = format!("{fp} imported as {stage}");
         Self::insert_event(
             &mut tx,
@@ -658,14 +695,9 @@ impl Store for SqliteStore {
             now,
         )
         .await?;
-        let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
-        ))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let version = Self::version_in(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(version_from_row(&row))
+        Ok(version)
     }
 
     async fn snapshot(&self) -> StoreResult<Snapshot> {
@@ -941,25 +973,17 @@ impl Store for SqliteStore {
         .ok_or_else(|| {
             StoreError::Conflict(format!("rotation {rotation_id} is not waiting for a key"))
         })?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO key_versions (credential_id, stage, fingerprint, provider_key_id, rotation_id, created_at, expires_at, stage_changed_at)
-             VALUES (?, 'pending', ?, ?, ?, ?, ?, ?) RETURNING id",
+        let id = Self::insert_sealed_version(
+            &mut tx,
+            sealer,
+            (credential_id, &credential),
+            "pending",
+            &fp,
+            &key,
+            Some(rotation_id),
+            now,
         )
-        .bind(credential_id)
-        .bind(&fp)
-        .bind(&key.provider_key_id)
-        .bind(rotation_id)
-        .bind(now)
-        .bind(key.expires_at)
-        .bind(now)
-        .fetch_one(&mut *tx)
         .await?;
-        let sealed = sealer.seal(&credential, id, &key.secret)?;
-        sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
-            .bind(sealed)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?",
         )
@@ -982,14 +1006,9 @@ impl Store for SqliteStore {
             now,
         )
         .await?;
-        let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
-        ))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let version = Self::version_in(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(version_from_row(&row))
+        Ok(version)
     }
 
     async fn adopt_pending(
@@ -1309,14 +1328,9 @@ impl Store for SqliteStore {
             now,
         )
         .await?;
-        let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
-        ))
-        .bind(previous_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let version = Self::version_in(&mut tx, previous_id).await?;
         tx.commit().await?;
-        Ok(version_from_row(&row))
+        Ok(version)
     }
 
     async fn reseal(&self, new: &Sealer, actor: &str, now: UnixTime) -> StoreResult<usize> {
