@@ -5,9 +5,8 @@
 //!
 //! With the management plane configured, [`AzureIssuer`] rotates the two slots through ARM.
 
-use super::classify::{
-    call, check_flow, error_report, json_body, string_at, unexpected_body, unsendable_key,
-};
+use super::classify::take_secret_json;
+use super::classify::{call, check_flow, error_report, string_at, unexpected_body, unsendable_key};
 use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::sanitize::sanitize;
 use super::{
@@ -176,9 +175,7 @@ impl AzureIssuer {
                 },
                 (err, _) => err,
             })?;
-        let body = json_body(&response, operation);
-        zeroize::Zeroize::zeroize(&mut response.body);
-        let body = body?;
+        let body = take_secret_json(&mut response, operation)?;
         let key1 = SecretString::from(string_at(&body, "/key1", operation)?);
         let key2 = SecretString::from(string_at(&body, "/key2", operation)?);
         Ok([key1, key2])

@@ -38,6 +38,22 @@ pub(crate) async fn check_flow(
     report
 }
 
+/// The most common check: `GET url` with `Authorization: Bearer <key>`.
+pub(crate) async fn bearer_get_check(
+    client: &HttpClient,
+    url: &str,
+    key: &SecretString,
+    classify: impl FnOnce(&Response) -> CheckReport,
+) -> CheckReport {
+    let Some(auth) = crate::providers::client::secret_header("Bearer ", key) else {
+        return unsendable_key();
+    };
+    let request = client
+        .request(reqwest::Method::GET, url)
+        .header(reqwest::header::AUTHORIZATION, auth);
+    check_flow(client, request, key, classify).await
+}
+
 /// A key that cannot even be put in a header (newline, control characters) cannot work.
 pub(crate) fn unsendable_key() -> CheckReport {
     CheckReport::new(
@@ -190,6 +206,17 @@ pub(crate) fn json_body(response: &Response, what: &str) -> Result<Value, Provid
     response.json().ok_or_else(|| {
         ProviderError::Malformed(format!("{what}: HTTP {} body is not JSON", response.status))
     })
+}
+
+/// Parses a body that carries a new key, then wipes the raw bytes whatever the outcome, so
+/// the plaintext key is left only in the parsed value the caller turns into a secret.
+pub(crate) fn take_secret_json(
+    response: &mut Response,
+    what: &str,
+) -> Result<Value, ProviderError> {
+    let body = json_body(response, what);
+    zeroize::Zeroize::zeroize(&mut response.body);
+    body
 }
 
 /// A non-empty string at `pointer`, or `Malformed` naming the field.

@@ -4,8 +4,9 @@
 //! each becomes a credit entry (unit = currency, lower case). `is_available: false` means the
 //! balance cannot pay for calls: exhausted. 402 is exhausted too.
 
-use super::classify::{amount, check_flow, error_report, unexpected_body, unsendable_key};
-use super::client::{join_url, secret_header, HttpClient, Response};
+use super::classify::bearer_get_check;
+use super::classify::{amount, error_report, unexpected_body};
+use super::client::{join_url, HttpClient, Response};
 use super::{base_url, CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
@@ -70,13 +71,6 @@ pub(super) fn classify(response: &Response) -> CheckReport {
 #[async_trait]
 impl Provider for DeepSeek {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        let Some(auth) = secret_header("Bearer ", key) else {
-            return unsendable_key();
-        };
-        let request = self
-            .client
-            .request(reqwest::Method::GET, &self.balance_url)
-            .header(reqwest::header::AUTHORIZATION, auth);
-        check_flow(&self.client, request, key, classify).await
+        bearer_get_check(&self.client, &self.balance_url, key, classify).await
     }
 }

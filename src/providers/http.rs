@@ -8,6 +8,7 @@
 //! A success status must come with a JSON body (an empty body only with 204): an HTML page
 //! behind a 200 is a broken proxy, not a valid key.
 
+use super::classify::take_secret_json;
 use super::classify::{amount, check_flow, error_detail, expiry, unexpected_body, unsendable_key};
 use super::client::{encode_component, join_url, HttpClient, Response};
 use super::{base_url, CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
@@ -365,9 +366,7 @@ impl super::Issuer for HttpIssuer {
         )
         .await?;
         self.check_status(&response, ok)?;
-        let body = super::classify::json_body(&response, "issue");
-        zeroize::Zeroize::zeroize(&mut response.body);
-        let body = body?;
+        let body = take_secret_json(&mut response, "issue")?;
         let secret = SecretString::from(super::classify::string_at(&body, key_pointer, "issue")?);
         let remote_id = match id_pointer {
             Some(pointer) => super::classify::string_at(&body, pointer, "issue")?,

@@ -5,10 +5,8 @@
 //! or a rate limit. Together answers a bare JSON array instead of `{data:[...]}`; Groq's 498
 //! (capacity) is transient like a 5xx.
 
-use super::classify::{
-    call, check_flow, error_report, json_body, string_at, unexpected_body, unsendable_key,
-    vendor_error,
-};
+use super::classify::{bearer_get_check, take_secret_json};
+use super::classify::{call, error_report, json_body, string_at, unexpected_body, vendor_error};
 use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::{
     base_url, CheckReport, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry, RemoteKey,
@@ -71,14 +69,7 @@ pub(super) fn classify(response: &Response, compatible: bool) -> CheckReport {
 #[async_trait]
 impl Provider for OpenAi {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        let Some(auth) = secret_header("Bearer ", key) else {
-            return unsendable_key();
-        };
-        let request = self
-            .client
-            .request(reqwest::Method::GET, &self.models_url)
-            .header(reqwest::header::AUTHORIZATION, auth);
-        check_flow(&self.client, request, key, |r| self.classify(r)).await
+        bearer_get_check(&self.client, &self.models_url, key, |r| self.classify(r)).await
     }
 }
 
@@ -137,9 +128,7 @@ impl Issuer for OpenAiIssuer {
             .request(reqwest::Method::POST, &self.accounts_url)?
             .json(&serde_json::json!({ "name": name }));
         let mut response = call(&self.client, "issue", request, Some(&self.admin_key), &[]).await?;
-        let body = json_body(&response, "issue");
-        zeroize::Zeroize::zeroize(&mut response.body);
-        let body = body?;
+        let body = take_secret_json(&mut response, "issue")?;
         Ok(IssuedKey {
             secret: SecretString::from(string_at(&body, "/api_key/value", "issue")?),
             remote_id: string_at(&body, "/id", "issue")?,

@@ -4,10 +4,8 @@
 //! otherwise `limit_remaining` in USD) and its `expires_at` (ISO-8601 or null). 401 means
 //! invalid or disabled; 402 is out of credits (account or key limit).
 
-use super::classify::{
-    amount, call, check_flow, error_report, expiry, json_body, string_at, unexpected_body,
-    unsendable_key,
-};
+use super::classify::{amount, call, error_report, expiry, json_body, string_at, unexpected_body};
+use super::classify::{bearer_get_check, take_secret_json};
 use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::{
     base_url, CheckReport, Credit, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry,
@@ -84,14 +82,7 @@ pub(super) fn classify(response: &Response) -> CheckReport {
 #[async_trait]
 impl Provider for OpenRouter {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        let Some(auth) = secret_header("Bearer ", key) else {
-            return unsendable_key();
-        };
-        let request = self
-            .client
-            .request(reqwest::Method::GET, &self.key_url)
-            .header(reqwest::header::AUTHORIZATION, auth);
-        check_flow(&self.client, request, key, classify).await
+        bearer_get_check(&self.client, &self.key_url, key, classify).await
     }
 }
 
@@ -148,9 +139,7 @@ impl Issuer for OpenRouterIssuer {
             &[],
         )
         .await?;
-        let body = json_body(&response, "issue");
-        zeroize::Zeroize::zeroize(&mut response.body);
-        let body = body?;
+        let body = take_secret_json(&mut response, "issue")?;
         let secret = SecretString::from(string_at(&body, "/key", "issue")?);
         let remote_id = string_at(&body, "/data/hash", "issue")?;
         let expires_at = expiry(body.pointer("/data/expires_at")).unwrap_or(None);

@@ -4,6 +4,7 @@
 //!
 //! These endpoints are the article's words, not a confirmed public API.
 
+use super::classify::take_secret_json;
 use super::classify::{call, expiry, json_body, string_at};
 use super::client::{encode_component, join_url, secret_header, HttpClient};
 use super::http::{CheckRules, Http, RequestTemplate};
@@ -104,9 +105,8 @@ impl Issuer for RelayIssuer {
             &[],
         )
         .await?;
-        let body = json_body(&response, "issue");
-        zeroize::Zeroize::zeroize(&mut response.body);
-        let secret = SecretString::from(string_at(&body?, "/key", "issue")?);
+        let body = take_secret_json(&mut response, "issue")?;
+        let secret = SecretString::from(string_at(&body, "/key", "issue")?);
         // The key exists now: a failed metadata lookup must not lose it, only its expiry.
         let metadata = async {
             let request = self.request(

@@ -4,9 +4,8 @@
 //! The in-process simulated server will implement the other side; until then any server with
 //! this shape (a wiremock in tests) stands in for it.
 
-use super::classify::{
-    call, check_flow, error_report, expiry, json_body, string_at, unexpected_body, unsendable_key,
-};
+use super::classify::{bearer_get_check, take_secret_json};
+use super::classify::{call, error_report, expiry, json_body, string_at, unexpected_body};
 use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::{
     base_url, CheckReport, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry, RemoteKey,
@@ -60,14 +59,7 @@ pub(super) fn classify(response: &Response) -> CheckReport {
 #[async_trait]
 impl Provider for Simulated {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        let Some(auth) = secret_header("Bearer ", key) else {
-            return unsendable_key();
-        };
-        let request = self
-            .client
-            .request(reqwest::Method::GET, &self.key_url)
-            .header(reqwest::header::AUTHORIZATION, auth);
-        check_flow(&self.client, request, key, classify).await
+        bearer_get_check(&self.client, &self.key_url, key, classify).await
     }
 }
 
@@ -116,9 +108,7 @@ impl Issuer for SimulatedIssuer {
             .json(&serde_json::json!({ "name": name }));
         let secret = self.management_key.as_ref();
         let mut response = call(&self.client, "issue", request, secret, &[]).await?;
-        let body = json_body(&response, "issue");
-        zeroize::Zeroize::zeroize(&mut response.body);
-        let body = body?;
+        let body = take_secret_json(&mut response, "issue")?;
         Ok(IssuedKey {
             secret: SecretString::from(string_at(&body, "/key", "issue")?),
             remote_id: string_at(&body, "/id", "issue")?,
