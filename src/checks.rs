@@ -1,21 +1,23 @@
 //! Validity checks: when to probe each credential's current key, how many at once, how fast
 //! per provider, and what to do with the answer.
 //!
-//! Each credential has its own timer task (cheap in tokio, and a sleeping task costs no
-//! wake-ups). Concurrency is bounded globally by a semaphore and per provider by a pacer.
+//! Every credential's next check waits in one [`due`] queue (one timer for all of them).
+//! Concurrency is bounded globally by a semaphore and per provider by a pacer.
 //! A transient outcome (rate limited, unreachable) never touches validity: it is recorded
 //! as the check status and retried with capped exponential backoff, honouring Retry-After.
 
 use crate::backoff::{with_jitter, Backoff};
 use crate::clock::Clock;
-use crate::model::{CheckStatus, Stage};
+use crate::due;
+use crate::model::CheckStatus;
 use crate::providers::{CheckReport, Provider};
 use crate::store::{CheckRecord, Store, StoreError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// First retry after a transient failure; doubles up to the check interval.
@@ -49,6 +51,12 @@ impl Pacer {
         };
         *next = Some(slot + self.spacing);
     }
+}
+
+/// A target in the schedule, with its run of transient failures (for the backoff).
+struct Scheduled {
+    target: CheckTarget,
+    transient_failures: AtomicU32,
 }
 
 /// What one credential is checked with.
@@ -149,14 +157,11 @@ impl Checker {
         target: &CheckTarget,
         permit: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<CheckOutcome, CheckError> {
-        let current = self
+        let (current, secret) = self
             .store
-            .versions(&target.credential)
+            .current_key(&target.credential)
             .await?
-            .into_iter()
-            .find(|v| v.stage == Stage::Current)
             .ok_or_else(|| CheckError::NoCurrentKey(target.credential.clone()))?;
-        let secret = self.store.secret(current.id).await?;
         target.pacer.wait().await;
         let report = target.provider.check(&secret).await;
         // Recording waits for the writer; the next check need not wait for it.
@@ -189,70 +194,97 @@ impl Checker {
         })
     }
 
-    /// Checks every target on its own schedule until the returned set is dropped or aborted.
-    pub async fn spawn_all(self: &Arc<Self>, targets: Vec<CheckTarget>) -> JoinSet<()> {
-        let mut tasks = JoinSet::new();
-        let last_checks: HashMap<String, i64> = match self.store.last_checks().await {
-            Ok(last_checks) => last_checks,
-            Err(error) => {
-                tracing::error!(%error, "cannot read last check times; checking everything soon");
-                HashMap::new()
-            }
-        };
-        let now = self.clock.now();
-        for target in targets {
-            let first_delay = initial_delay(
-                last_checks.get(&target.credential).copied(),
-                now,
-                target.interval,
-                &mut rand::thread_rng(),
-            );
-            let checker = self.clone();
-            tasks.spawn(async move { checker.check_forever(target, first_delay).await });
-        }
-        tasks
-    }
-
-    async fn check_forever(&self, target: CheckTarget, first_delay: Duration) {
-        tokio::time::sleep(first_delay).await;
-        let mut transient_failures: u32 = 0;
-        loop {
-            // `check_now` boxes the state of a check: a task sleeping between checks holds
-            // only its timer (see `Engine::run_credential`).
-            let delay = match self.check_now(&target).await {
-                Ok(outcome) => {
-                    let status = outcome.report.status;
-                    if status.is_conclusive() {
-                        transient_failures = 0;
-                    } else {
-                        transient_failures += 1;
-                    }
-                    next_delay(
-                        status,
-                        outcome.report.retry_after,
-                        transient_failures,
-                        target.interval,
-                        self.jitter,
-                        &mut rand::thread_rng(),
-                    )
-                }
-                Err(CheckError::NoCurrentKey(_)) => {
-                    with_jitter(target.interval, self.jitter, &mut rand::thread_rng())
-                }
+    /// Checks every target on its own schedule until the returned task is aborted.
+    ///
+    /// One [`due`] queue holds every credential's next check: start-up reads the last check
+    /// times in one query and resumes each schedule where it left off; a check runs only
+    /// when due, and a sleeping credential costs an entry in the queue, not a task.
+    pub fn schedule(self: &Arc<Self>, targets: Vec<CheckTarget>) -> JoinHandle<()> {
+        let checker = self.clone();
+        tokio::spawn(async move {
+            let last_checks: HashMap<String, i64> = match checker.store.last_checks().await {
+                Ok(last_checks) => last_checks,
                 Err(error) => {
-                    tracing::error!(credential = %target.credential, %error, "check could not run");
-                    transient_failures += 1;
-                    next_delay(
-                        CheckStatus::Unreachable,
-                        None,
-                        transient_failures,
-                        target.interval,
-                        self.jitter,
-                        &mut rand::thread_rng(),
-                    )
+                    tracing::error!(%error, "cannot read last check times; checking everything soon");
+                    HashMap::new()
                 }
             };
-            tokio::time::sleep(delay).await;
+            let now = checker.clock.now();
+            let start = Instant::now();
+            let first: Vec<_> = {
+                let mut rng = rand::thread_rng();
+                targets
+                    .iter()
+                    .enumerate()
+                    .map(|(item, target)| {
+                        let last = last_checks.get(&target.credential).copied();
+                        (
+                            item,
+                            start + initial_delay(last, now, target.interval, &mut rng),
+                        )
+                    })
+                    .collect()
+            };
+            drop(last_checks);
+            let parallel = checker.concurrency.available_permits();
+            let targets: Arc<[Scheduled]> = targets
+                .into_iter()
+                .map(|target| Scheduled {
+                    target,
+                    transient_failures: AtomicU32::new(0),
+                })
+                .collect();
+            let work = move |item: usize| {
+                let (checker, targets) = (checker.clone(), targets.clone());
+                // Boxed: a check's state exists only while it runs.
+                Box::pin(async move {
+                    let delay = checker.check_scheduled(&targets[item]).await;
+                    Some(Instant::now() + delay)
+                })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = Option<Instant>> + Send>>
+            };
+            let (_moves, moves) = due::channel();
+            due::run("check", first, parallel, work, moves).await;
+        })
+    }
+
+    /// Checks a scheduled credential once; answers how long until its next check.
+    async fn check_scheduled(&self, scheduled: &Scheduled) -> Duration {
+        let target = &scheduled.target;
+        let failures = &scheduled.transient_failures;
+        match self.check_now(target).await {
+            Ok(outcome) => {
+                let status = outcome.report.status;
+                let transient = if status.is_conclusive() {
+                    failures.store(0, Ordering::Relaxed);
+                    0
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed) + 1
+                };
+                next_delay(
+                    status,
+                    outcome.report.retry_after,
+                    transient,
+                    target.interval,
+                    self.jitter,
+                    &mut rand::thread_rng(),
+                )
+            }
+            Err(CheckError::NoCurrentKey(_)) => {
+                with_jitter(target.interval, self.jitter, &mut rand::thread_rng())
+            }
+            Err(error) => {
+                tracing::error!(credential = %target.credential, %error, "check could not run");
+                let transient = failures.fetch_add(1, Ordering::Relaxed) + 1;
+                next_delay(
+                    CheckStatus::Unreachable,
+                    None,
+                    transient,
+                    target.interval,
+                    self.jitter,
+                    &mut rand::thread_rng(),
+                )
+            }
         }
     }
 }

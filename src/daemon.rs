@@ -128,9 +128,7 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         config.checks.max_concurrent,
         config.checks.jitter,
     ));
-    let mut check_tasks = checker
-        .spawn_all(checks::build_targets(&config, &telemetry)?)
-        .await;
+    let mut check_tasks = checker.schedule(checks::build_targets(&config, &telemetry)?);
     let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>, clock.clone()));
     let mut rotation_tasks =
         spawn_rotations(&engine, rotation::build_runtimes(&config, &telemetry)?);
@@ -206,10 +204,10 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                 match reload(&settings.config_path, &config, store.as_ref(), clock.as_ref(), &telemetry).await {
                     Ok((new_config, targets, runtimes)) => {
                         config = new_config;
-                        check_tasks.abort_all();
-                        check_tasks = checker.spawn_all(targets).await;
+                        check_tasks.abort();
+                        check_tasks = checker.schedule(targets);
                         // A rotation cut short here resumes from its last committed step.
-                        rotation_tasks.abort_all();
+                        rotation_tasks.abort();
                         rotation_tasks = spawn_rotations(&engine, runtimes);
                         tracing::info!(credentials = config.credentials.len(), "configuration reloaded");
                     }
@@ -227,8 +225,10 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     if let Some(task) = watchdog {
         task.abort();
     }
-    check_tasks.abort_all();
-    rotation_tasks.abort_all();
+    check_tasks.abort();
+    rotation_tasks.abort();
+    let _ = check_tasks.await;
+    let _ = rotation_tasks.await;
     let _ = stop_http.send(());
     let _ = server.await;
     scheduler.shutdown().await;
@@ -262,11 +262,7 @@ async fn reload(
 
 type Runtimes = std::collections::HashMap<String, Arc<CredentialRuntime>>;
 
-/// One scheduling task per credential; each first resumes its in-flight rotation.
-fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> tokio::task::JoinSet<()> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for runtime in runtimes.into_values() {
-        tasks.spawn(engine.clone().run_credential(runtime));
-    }
-    tasks
+/// The rotation schedule of every credential (one task; see `rotation::schedule`).
+fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> tokio::task::JoinHandle<()> {
+    rotation::schedule::spawn(engine.clone(), runtimes.into_values().collect())
 }

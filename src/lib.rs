@@ -25,6 +25,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod delivery;
 pub mod demo;
+pub mod due;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -10,9 +10,9 @@ use keyrotd::config::Config;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::Stage;
 use keyrotd::providers::ProviderTelemetry;
-use keyrotd::rotation::{self, CredentialRuntime, Engine, RotationError};
+use keyrotd::rotation::{self, schedule, CredentialRuntime, Engine, RotationError};
 use keyrotd::simulator::{Fault, Op, Simulator};
-use keyrotd::store::{KeyVersion, NewKey, SqliteStore, Store};
+use keyrotd::store::{KeyVersion, NewKey, RotationOutlook, SqliteStore, Store};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -890,4 +890,115 @@ async fn rollback_is_not_undone_by_the_scheduler_straight_away() {
     f.clock.advance(1);
     f.engine.tick(&f.rt).await.unwrap();
     assert_eq!(f.current_secret().await, f.old, "the rollback was undone");
+}
+
+/// What `Store::rotation_outlooks` must answer, from the per-credential reads `tick` uses.
+async fn outlook_by_hand(f: &Fixture) -> RotationOutlook {
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    let versions = f.store.versions(CRED).await.unwrap();
+    let oldest = |stage: Stage| {
+        versions
+            .iter()
+            .filter(|v| v.stage == stage && v.has_secret)
+            .map(|v| v.stage_changed_at)
+            .min()
+    };
+    RotationOutlook {
+        credential: CRED.to_string(),
+        next_rotation_at: credential.next_rotation_at,
+        last_rotated_at: credential.last_rotated_at,
+        consecutive_failures: credential.consecutive_failures,
+        current: versions
+            .iter()
+            .find(|v| v.stage == Stage::Current)
+            .map(|v| (v.created_at, v.expires_at)),
+        imported_pending: versions
+            .iter()
+            .any(|v| v.stage == Stage::Pending && v.rotation_id.is_none() && v.has_secret),
+        in_flight_since: f
+            .store
+            .rotations_in_flight()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.credential == CRED)
+            .map(|r| r.updated_at),
+        oldest_previous: oldest(Stage::Previous),
+        oldest_discarded: oldest(Stage::Failed),
+    }
+}
+
+async fn survey_of(f: &Fixture) -> RotationOutlook {
+    let mut all = f.store.rotation_outlooks().await.unwrap();
+    assert_eq!(all.len(), 1, "{all:#?}");
+    all.remove(0)
+}
+
+#[tokio::test]
+async fn the_start_up_survey_agrees_with_what_a_pass_reads_through_a_key_s_life() {
+    // The daemon schedules every credential from one query (`rotation_outlooks`) and only
+    // then runs `tick` for the ones due: the two must see the same bookkeeping, or a due
+    // rotation or revocation would be missed (or run early) after a restart.
+    let f = fixture(Setup {
+        rotation: "max_age = \"1d\"\nretry_backoff = \"10m\"",
+        ..Setup::default()
+    })
+    .await;
+    let day = 86_400;
+    let can_issue = f.rt.issuer.is_some();
+    let next = |o: &RotationOutlook, now| schedule::next_pass(&f.rt.policy, can_issue, o, now);
+
+    let fresh = survey_of(&f).await;
+    assert_eq!(fresh, outlook_by_hand(&f).await);
+    assert_eq!(fresh.current.map(|(created, _)| created), Some(START));
+    assert_eq!(next(&fresh, START), Some(START + day), "due by max_age");
+    let (version, secret) = f.store.current_key(CRED).await.unwrap().unwrap();
+    assert_eq!(version, f.current().await);
+    assert_eq!(secret.expose_secret(), f.old);
+
+    // A failed attempt: the retry time is the store's, not the policy's.
+    f.clock.set(START + day);
+    f.sim.fail_next(Op::Issue, Fault::ServerError, 1);
+    f.engine.tick(&f.rt).await.unwrap();
+    let failed = survey_of(&f).await;
+    assert_eq!(failed, outlook_by_hand(&f).await);
+    assert_eq!(failed.consecutive_failures, 1);
+    let retry_at = failed.next_rotation_at.unwrap();
+    assert!(retry_at > f.clock.now());
+    assert_eq!(next(&failed, f.clock.now()), Some(retry_at));
+
+    // Another process plans a rotation and dies: looked at once it would be stale.
+    f.clock.set(retry_at);
+    f.store
+        .plan_rotation(CRED, "20260101T000000-deadbeef", "cli:dead", retry_at)
+        .await
+        .unwrap();
+    let in_flight = survey_of(&f).await;
+    assert_eq!(in_flight, outlook_by_hand(&f).await);
+    assert_eq!(in_flight.in_flight_since, Some(retry_at));
+    assert_eq!(
+        next(&in_flight, retry_at),
+        Some(retry_at + rotation::STALE_ROTATION.as_secs() as i64)
+    );
+
+    // Taken over and completed: the previous key waits for its grace period.
+    f.clock.advance(rotation::STALE_ROTATION.as_secs() as i64);
+    f.engine.tick(&f.rt).await.unwrap();
+    let now = f.clock.now();
+    let rotated = survey_of(&f).await;
+    assert_eq!(rotated, outlook_by_hand(&f).await);
+    assert_eq!(rotated.in_flight_since, None);
+    assert_eq!(rotated.consecutive_failures, 0);
+    assert_eq!(rotated.oldest_previous, Some(now));
+    assert_eq!(next(&rotated, now), Some(now + GRACE), "revocation first");
+    let (version, secret) = f.store.current_key(CRED).await.unwrap().unwrap();
+    assert_eq!(version, f.current().await);
+    assert_eq!(secret.expose_secret(), f.current_secret().await);
+
+    // The batch write records due times like one write each.
+    f.store
+        .set_next_rotations(&[(CRED.to_string(), Some(now + 42))])
+        .await
+        .unwrap();
+    assert_eq!(survey_of(&f).await.next_rotation_at, Some(now + 42));
 }

@@ -2,12 +2,13 @@
 //! revocation of the previous key once its grace period is over.
 //!
 //! Every step is committed to the store before the next external effect, so a crash at any
-//! point resumes from the last committed step ([`Engine::resume_all`]). Issued keys carry the
+//! point resumes from the last committed step (the daemon's [`schedule`] resumes it at start-up). Issued keys carry the
 //! rotation id in their provider-side name; a key issued just before a crash (and so never
 //! stored) is found by that name and deleted before a new one is issued. The old key is never
 //! revoked before the new one is verified and delivered, and any failure leaves it current.
 
 pub mod policy;
+pub mod schedule;
 
 pub use policy::Policy;
 
@@ -35,7 +36,7 @@ const VERIFY_SPACING: Duration = Duration::from_secs(1);
 /// the targets' timeouts), so a live rotation in another process is never taken over.
 pub const STALE_ROTATION: Duration = Duration::from_secs(30 * 60);
 /// Longest sleep of a credential's scheduling loop: it re-reads the store at least this often.
-const MAX_SLEEP: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 /// Everything needed to rotate one credential, built from the config.
 pub struct CredentialRuntime {
@@ -864,26 +865,22 @@ impl Engine {
         }
         let versions = self.store.versions(&rt.name).await?;
         let current = versions.iter().find(|v| v.stage == Stage::Current);
-        let imported = versions
+        let imported_waiting = versions
             .iter()
             .any(|v| v.stage == Stage::Pending && v.rotation_id.is_none() && v.has_secret);
-        let by_policy = current.and_then(|c| {
-            rt.policy
-                .next_due(c.created_at, c.expires_at, credential.last_rotated_at)
-        });
-        // After failures the store holds the retry time; otherwise the policy decides.
-        let next_due = if credential.consecutive_failures > 0 {
-            credential.next_rotation_at.or(by_policy)
-        } else {
-            by_policy
-        };
+        let next_due = rt.policy.due(
+            current.map(|c| (c.created_at, c.expires_at)),
+            credential.last_rotated_at,
+            credential.consecutive_failures,
+            credential.next_rotation_at,
+        );
         if next_due != credential.next_rotation_at {
             self.store.set_next_rotation(&rt.name, next_due).await?;
         }
         let due = next_due.is_some_and(|at| at <= now);
         // An imported key kept after a failed attempt waits for the backoff like any retry
         // (it used to be retried on every pass, once a second).
-        let imported = imported && (credential.consecutive_failures == 0 || due);
+        let imported = imported_waiting && (credential.consecutive_failures == 0 || due);
         if (due && rt.issuer.is_some()) || imported {
             match self.rotate(rt, "schedule").await {
                 Ok(_) => {}
@@ -902,7 +899,8 @@ impl Engine {
         }
         let next_revocation = self.revoke_due(rt).await?;
         let mut wake = now + MAX_SLEEP.as_secs() as i64;
-        if rt.issuer.is_some() {
+        // An imported key kept after a failed attempt is retried when the backoff is over.
+        if rt.issuer.is_some() || imported_waiting {
             if let Some(at) = next_due {
                 wake = wake.min(at);
             }
@@ -911,31 +909,6 @@ impl Engine {
             wake = wake.min(at);
         }
         Ok(wake.max(now))
-    }
-
-    /// Runs `tick` forever for one credential, sleeping until the next thing is due.
-    ///
-    /// `resume` and `tick` are boxed: inlined, their state (a whole rotation: issue, verify,
-    /// deliver, promote, failure handling) made every sleeping task several KiB, which at
-    /// 10,000 credentials was most of the daemon's memory. Boxed, a sleeping task holds a
-    /// timer and two `Arc`s; the rotation's state exists only while it runs.
-    pub async fn run_credential(self: Arc<Self>, rt: Arc<CredentialRuntime>) {
-        if let Err(error) = Box::pin(self.resume(&rt)).await {
-            tracing::warn!(credential = %rt.name, %error, "resumed rotation did not complete");
-        }
-        loop {
-            let now = self.clock.now();
-            let wake = match Box::pin(self.tick(&rt)).await {
-                Ok(wake) => wake,
-                Err(error) => {
-                    tracing::error!(credential = %rt.name, %error, "rotation scheduling failed; retrying in a minute");
-                    now + 60
-                }
-            };
-            let seconds = (wake - self.clock.now()).clamp(0, MAX_SLEEP.as_secs() as i64) as u64;
-            // A zero wait after a rotation re-reads the store once; never spin.
-            tokio::time::sleep(Duration::from_secs(seconds.max(1))).await;
-        }
     }
 }
 

@@ -35,6 +35,25 @@ impl Policy {
         self.schedule.is_some() || self.max_age.is_some() || self.rotate_before_expiry.is_some()
     }
 
+    /// When the next rotation is due, from the store's bookkeeping: after failures the store
+    /// holds the retry time the backoff chose; otherwise the policy decides from the current
+    /// key (`created_at`, `expires_at`).
+    pub fn due(
+        &self,
+        current: Option<(UnixTime, Option<UnixTime>)>,
+        last_rotated_at: Option<UnixTime>,
+        consecutive_failures: i64,
+        stored_next: Option<UnixTime>,
+    ) -> Option<UnixTime> {
+        let by_policy =
+            current.and_then(|(created, expires)| self.next_due(created, expires, last_rotated_at));
+        if consecutive_failures > 0 {
+            stored_next.or(by_policy)
+        } else {
+            by_policy
+        }
+    }
+
     /// The next due time for a current key created at `key_created_at` (and expiring at
     /// `key_expires_at`), last rotated at `last_rotated_at`.
     ///

@@ -116,6 +116,25 @@ pub struct NewKey {
     pub rotation_id: Option<String>,
 }
 
+/// One credential's rotation bookkeeping, reduced to what its next due time depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationOutlook {
+    pub credential: String,
+    pub next_rotation_at: Option<UnixTime>,
+    pub last_rotated_at: Option<UnixTime>,
+    pub consecutive_failures: i64,
+    /// `created_at` and `expires_at` of the current key.
+    pub current: Option<(UnixTime, Option<UnixTime>)>,
+    /// A key imported by an operator waits to be taken into a rotation.
+    pub imported_pending: bool,
+    /// `updated_at` of the rotation in flight, if any.
+    pub in_flight_since: Option<UnixTime>,
+    /// Earliest `stage_changed_at` of previous keys that still hold their secret.
+    pub oldest_previous: Option<UnixTime>,
+    /// Earliest `stage_changed_at` of discarded (failed) keys that still hold their secret.
+    pub oldest_discarded: Option<UnixTime>,
+}
+
 /// Everything the metrics endpoint needs, read in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -259,6 +278,28 @@ pub trait Store: Send + Sync {
     /// Decrypts a version's secret.
     async fn secret(&self, version_id: i64) -> StoreResult<SecretString>;
 
+    /// The credential's current key and its decrypted secret (`None` without a current key).
+    /// A check needs both; the SQLite store reads them in one query.
+    async fn current_key(
+        &self,
+        credential: &str,
+    ) -> StoreResult<Option<(KeyVersion, SecretString)>> {
+        let Some(current) = self
+            .versions(credential)
+            .await?
+            .into_iter()
+            .find(|v| v.stage == crate::model::Stage::Current)
+        else {
+            return Ok(None);
+        };
+        let secret = self.secret(current.id).await?;
+        Ok(Some((current, secret)))
+    }
+
+    /// What the rotation schedule of every active credential depends on, in one read (the
+    /// daemon's start-up and its hourly re-read; see `rotation::schedule`).
+    async fn rotation_outlooks(&self) -> StoreResult<Vec<RotationOutlook>>;
+
     /// Records a check of `version_id`; a change of status is also an event.
     async fn record_check(
         &self,
@@ -323,6 +364,15 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<()>;
 
     async fn set_next_rotation(&self, credential: &str, at: Option<UnixTime>) -> StoreResult<()>;
+
+    /// [`Store::set_next_rotation`] for many credentials in one transaction (start-up records
+    /// the due time of every credential at once, not with a commit each).
+    async fn set_next_rotations(&self, due: &[(String, Option<UnixTime>)]) -> StoreResult<()> {
+        for (credential, at) in due {
+            self.set_next_rotation(credential, *at).await?;
+        }
+        Ok(())
+    }
 
     /// Marks a version revoked and drops its secret material.
     async fn mark_revoked(

@@ -841,6 +841,65 @@ impl Store for SqliteStore {
         Ok(self.sealer()?.open(row.get(0), version_id, &sealed)?)
     }
 
+    async fn current_key(
+        &self,
+        credential: &str,
+    ) -> StoreResult<Option<(KeyVersion, SecretString)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS}, v.sealed_secret FROM key_versions v
+             JOIN credentials c ON c.id = v.credential_id
+             WHERE c.name = ? AND v.stage = 'current'"
+        ))
+        .bind(credential)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let version = version_from_row(&row);
+        let sealed: Option<Vec<u8>> = row.get(12);
+        let sealed = sealed.ok_or(StoreError::NoSecret(version.id))?;
+        let secret = self.sealer()?.open(credential, version.id, &sealed)?;
+        Ok(Some((version, secret)))
+    }
+
+    async fn rotation_outlooks(&self) -> StoreResult<Vec<RotationOutlook>> {
+        // One pass over the credentials; the correlated sub-queries use the
+        // (credential_id, stage) index.
+        let rows = sqlx::query(
+            "SELECT c.name, c.next_rotation_at, c.last_rotated_at, c.consecutive_failures,
+                    cur.created_at, cur.expires_at,
+                    EXISTS (SELECT 1 FROM key_versions v WHERE v.credential_id = c.id
+                            AND v.stage = 'pending' AND v.rotation_id IS NULL
+                            AND v.sealed_secret IS NOT NULL),
+                    r.updated_at,
+                    (SELECT MIN(v.stage_changed_at) FROM key_versions v WHERE v.credential_id = c.id
+                            AND v.stage = 'previous' AND v.sealed_secret IS NOT NULL),
+                    (SELECT MIN(v.stage_changed_at) FROM key_versions v WHERE v.credential_id = c.id
+                            AND v.stage = 'failed' AND v.sealed_secret IS NOT NULL)
+             FROM credentials c
+             LEFT JOIN key_versions cur ON cur.credential_id = c.id AND cur.stage = 'current'
+             LEFT JOIN rotations r ON r.credential_id = c.id AND r.finished_at IS NULL
+             WHERE c.removed_at IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| RotationOutlook {
+                credential: row.get(0),
+                next_rotation_at: row.get(1),
+                last_rotated_at: row.get(2),
+                consecutive_failures: row.get(3),
+                current: row
+                    .get::<Option<i64>, _>(4)
+                    .map(|created| (created, row.get(5))),
+                imported_pending: row.get(6),
+                in_flight_since: row.get(7),
+                oldest_previous: row.get(8),
+                oldest_discarded: row.get(9),
+            })
+            .collect())
+    }
+
     async fn record_check(
         &self,
         credential: &str,
@@ -1220,6 +1279,22 @@ impl Store for SqliteStore {
             now,
         )
         .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_next_rotations(&self, due: &[(String, Option<UnixTime>)]) -> StoreResult<()> {
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for (credential, at) in due {
+            sqlx::query("UPDATE credentials SET next_rotation_at = ? WHERE name = ?")
+                .bind(at)
+                .bind(credential)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

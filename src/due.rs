@@ -1,0 +1,278 @@
+//! One timer for many items: the work queue behind scheduled checks and rotations.
+//!
+//! Each credential used to have its own sleeping task (one for checks, one for rotations).
+//! That is cheap per task, but at 10,000 credentials it meant 20,000 tasks spawned at
+//! start-up, each reading the store on its first pass at the same moment: READY waited for
+//! the spawning, the read pool was swamped (at 100,000 its acquire timeout fired), and the
+//! allocator kept the storm's heap. Here the due times sit in one ordered set and one task
+//! sleeps until the earliest; work for an item runs only when it is due, at most `parallel`
+//! at once, and answers when the item is due next. An idle daemon holds a `BTreeSet` entry
+//! per item and one timer.
+//!
+//! An item is never worked on twice at once: it leaves the set while its work runs and
+//! returns with the time its work answered. [`DueHandle::reschedule`] moves an item that is
+//! waiting (a periodic re-read of the store found it due earlier or later); an item whose
+//! work is running keeps the time its work will answer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// How long an item waits after its work panicked (a bug, logged), before it is tried again.
+const AFTER_PANIC: Duration = Duration::from_secs(60);
+
+/// Moves items of a running queue. Cloneable; dropping every handle does not stop the queue.
+#[derive(Clone)]
+pub struct DueHandle {
+    moves: mpsc::UnboundedSender<(usize, Option<Instant>)>,
+}
+
+impl DueHandle {
+    /// Makes a waiting item due at `at` instead, or takes it out of the queue (`None`);
+    /// ignored while the item's work runs (its work answers when it is due next).
+    pub fn reschedule(&self, item: usize, at: Option<Instant>) {
+        let _ = self.moves.send((item, at));
+    }
+}
+
+/// The receiving end of a [`DueHandle`], given to [`run`].
+pub struct Moves(mpsc::UnboundedReceiver<(usize, Option<Instant>)>);
+
+pub fn channel() -> (DueHandle, Moves) {
+    let (moves, moved) = mpsc::unbounded_channel();
+    (DueHandle { moves }, Moves(moved))
+}
+
+/// Runs the queue until the future is dropped (which aborts the work in flight too).
+/// `first` gives each item's first due time (an item left out waits for a
+/// [`DueHandle::reschedule`]); `work(item)` runs when the item is due and answers when it is
+/// due next (`None`: not until rescheduled).
+pub async fn run<W, F>(
+    name: &'static str,
+    first: Vec<(usize, Instant)>,
+    parallel: usize,
+    work: W,
+    moves: Moves,
+) where
+    W: Fn(usize) -> F + Send + Sync + 'static,
+    F: Future<Output = Option<Instant>> + Send + 'static,
+{
+    Queue::new(first)
+        .run(name, parallel.max(1), work, moves.0)
+        .await
+}
+
+/// [`run`] on its own task; aborting the task stops the queue and its work.
+pub fn spawn<W, F>(
+    name: &'static str,
+    first: Vec<(usize, Instant)>,
+    parallel: usize,
+    work: W,
+) -> (JoinHandle<()>, DueHandle)
+where
+    W: Fn(usize) -> F + Send + Sync + 'static,
+    F: Future<Output = Option<Instant>> + Send + 'static,
+{
+    let (handle, moves) = channel();
+    let task = tokio::spawn(run(name, first, parallel, work, moves));
+    (task, handle)
+}
+
+/// The waiting items, ordered by due time (ties by item, so entries are unique).
+struct Queue {
+    waiting: BTreeSet<(Instant, usize)>,
+    due_at: HashMap<usize, Instant>,
+}
+
+impl Queue {
+    fn new(first: Vec<(usize, Instant)>) -> Queue {
+        let mut queue = Queue {
+            waiting: BTreeSet::new(),
+            due_at: HashMap::with_capacity(first.len()),
+        };
+        for (item, at) in first {
+            queue.put(item, Some(at));
+        }
+        queue
+    }
+
+    fn put(&mut self, item: usize, at: Option<Instant>) {
+        if let Some(old) = self.due_at.remove(&item) {
+            self.waiting.remove(&(old, item));
+        }
+        if let Some(at) = at {
+            self.due_at.insert(item, at);
+            self.waiting.insert((at, item));
+        }
+    }
+
+    /// The earliest item if it is due at `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<usize> {
+        let &(at, item) = self.waiting.first()?;
+        if at > now {
+            return None;
+        }
+        self.waiting.pop_first();
+        self.due_at.remove(&item);
+        Some(item)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.waiting.first().map(|&(at, _)| at)
+    }
+
+    async fn run<W, F>(
+        mut self,
+        name: &'static str,
+        parallel: usize,
+        work: W,
+        mut moved: mpsc::UnboundedReceiver<(usize, Option<Instant>)>,
+    ) where
+        W: Fn(usize) -> F + Send + Sync + 'static,
+        F: Future<Output = Option<Instant>> + Send + 'static,
+    {
+        let mut running: JoinSet<(usize, Option<Instant>)> = JoinSet::new();
+        // Which item a task works on, to put it back if the work panics.
+        let mut running_items: HashMap<tokio::task::Id, usize> = HashMap::new();
+        let mut moves_open = true;
+        loop {
+            // Start everything due, as far as the parallelism allows.
+            let now = Instant::now();
+            while running.len() < parallel {
+                let Some(item) = self.pop_due(now) else { break };
+                let future = work(item);
+                let handle = running.spawn(async move { (item, future.await) });
+                running_items.insert(handle.id(), item);
+            }
+            // Sleeping on the earliest due time only when a slot is free to act on it.
+            let wake = if running.len() < parallel {
+                self.next_due()
+            } else {
+                None
+            };
+            tokio::select! {
+                _ = async { tokio::time::sleep_until(wake.expect("checked")).await }, if wake.is_some() => {}
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => match joined {
+                    Ok((id, (item, next))) => {
+                        running_items.remove(&id);
+                        self.put(item, next);
+                    }
+                    Err(error) => {
+                        if let Some(item) = running_items.remove(&error.id()) {
+                            if error.is_panic() {
+                                tracing::error!(queue = name, item, "scheduled work panicked; trying again in a minute");
+                            }
+                            self.put(item, Some(Instant::now() + AFTER_PANIC));
+                        }
+                    }
+                },
+                next = moved.recv(), if moves_open => match next {
+                    Some((item, at)) => {
+                        if !running_items.values().any(|&running| running == item) {
+                            self.put(item, at);
+                        }
+                    }
+                    None => moves_open = false,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test(start_paused = true)]
+    async fn items_run_when_due_in_order_and_come_back() {
+        let start = Instant::now();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        let (task, _handle) = spawn(
+            "test",
+            vec![
+                (0, start + Duration::from_secs(30)),
+                (1, start + Duration::from_secs(10)),
+                (2, start + Duration::from_secs(20)),
+            ],
+            4,
+            move |item| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push((item, start.elapsed().as_secs()));
+                    // Every item comes back 100 s later.
+                    Some(Instant::now() + Duration::from_secs(100))
+                }
+            },
+        );
+        tokio::time::sleep(Duration::from_secs(125)).await;
+        task.abort();
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(1, 10), (2, 20), (0, 30), (1, 110), (2, 120)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_parallel_run_at_once_and_none_twice() {
+        let start = Instant::now();
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let (r, p, d) = (running.clone(), peak.clone(), done.clone());
+        let first = (0..10).map(|i| (i, start)).collect();
+        let (task, _handle) = spawn("test", first, 3, move |item| {
+            let (running, peak, done) = (r.clone(), p.clone(), d.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                done.lock().unwrap().push(item);
+                None
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        task.abort();
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
+        let mut done = done.lock().unwrap().clone();
+        done.sort();
+        assert_eq!(done, (0..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reschedule_moves_a_waiting_item_and_a_panic_retries_later() {
+        let start = Instant::now();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        let (task, handle) = spawn(
+            "test",
+            vec![(0, start + Duration::from_secs(1000)), (1, start)],
+            2,
+            move |item| {
+                let seen = seen.clone();
+                async move {
+                    let elapsed = start.elapsed().as_secs();
+                    seen.lock().unwrap().push((item, elapsed));
+                    if item == 1 && elapsed == 0 {
+                        panic!("first pass of item 1 fails");
+                    }
+                    Some(Instant::now() + Duration::from_secs(10_000))
+                }
+            },
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        handle.reschedule(0, Some(start + Duration::from_secs(5)));
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        task.abort();
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(1, 0), (0, 5), (1, AFTER_PANIC.as_secs())]
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! The daemon's rotation schedule: which credential needs a pass ([`Engine::tick`]) when.
+//!
+//! Start-up reads the bookkeeping of every credential in one query
+//! ([`Store::rotation_outlooks`]), records every due time in one transaction, resumes the
+//! rotations a previous run left in flight, and puts each credential in one [`due`] queue at
+//! the time its next pass is needed. A credential with nothing due (no schedule, no key in
+//! its grace period) has no entry at all, so an idle daemon does not wake for it.
+//!
+//! What another process changes in the store (a `keyrotd key import` or `key rotate` from
+//! the CLI) is picked up by a re-read of every credential once an hour ([`SURVEY_EVERY`]),
+//! the same survey as at start-up: one query and one wake-up an hour, not one per credential.
+
+use super::{CredentialRuntime, Engine, Policy, MAX_SLEEP, STALE_ROTATION};
+use crate::due::{self, DueHandle};
+use crate::model::UnixTime;
+use crate::store::{RotationOutlook, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How often every credential's bookkeeping is re-read for changes made by other processes.
+pub const SURVEY_EVERY: Duration = MAX_SLEEP;
+/// Passes at once: rotations talk to providers and targets, and each commits several times
+/// through the one writer; more in parallel would only queue on it.
+const PARALLEL_PASSES: usize = 16;
+
+/// When a credential needs its next pass, judged from its bookkeeping at `now`; `None` when
+/// nothing is known to be due (the hourly survey looks again).
+pub fn next_pass(
+    policy: &Policy,
+    can_issue: bool,
+    outlook: &RotationOutlook,
+    now: UnixTime,
+) -> Option<UnixTime> {
+    let grace = policy.grace.as_secs() as i64;
+    let revocation = [
+        outlook.oldest_previous.map(|at| at + grace),
+        outlook.oldest_discarded,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    if let Some(since) = outlook.in_flight_since {
+        // Another process is rotating: look again when it would count as abandoned.
+        let takeover = since + STALE_ROTATION.as_secs() as i64;
+        return Some(revocation.map_or(takeover, |at| at.min(takeover)).max(now));
+    }
+    let due = policy.due(
+        outlook.current,
+        outlook.last_rotated_at,
+        outlook.consecutive_failures,
+        outlook.next_rotation_at,
+    );
+    if outlook.imported_pending
+        && (outlook.consecutive_failures == 0 || due.is_some_and(|at| at <= now))
+    {
+        return Some(now);
+    }
+    // An imported key kept after a failed attempt is retried when the backoff is over.
+    let by_rotation = if can_issue || outlook.imported_pending {
+        due
+    } else {
+        None
+    };
+    [by_rotation, revocation]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.max(now))
+}
+
+/// Runs the schedule of `runtimes` until aborted (a reload aborts it and starts another;
+/// a rotation cut short resumes from its last committed step).
+pub fn spawn(engine: Arc<Engine>, runtimes: Vec<Arc<CredentialRuntime>>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let runtimes: Arc<[Arc<CredentialRuntime>]> = runtimes.into();
+        let index: HashMap<&str, usize> = runtimes
+            .iter()
+            .enumerate()
+            .map(|(i, rt)| (rt.name.as_str(), i))
+            .collect();
+        let mut first = Vec::new();
+        let resume_first = Arc::new(Mutex::new(HashSet::new()));
+        match survey(&engine, &runtimes, &index).await {
+            Ok(passes) => {
+                for (item, outlook, at) in passes {
+                    if outlook.in_flight_since.is_some() {
+                        // Ours, left by the previous run (or another process's): resume now.
+                        resume_first
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(item);
+                        first.push((item, Instant::now()));
+                    } else if let Some(at) = at {
+                        first.push((item, instant_at(&engine, at)));
+                    }
+                }
+            }
+            Err(error) => {
+                // Without the survey, give every credential a pass (each reads its own rows).
+                tracing::error!(%error, "cannot read the rotation schedule; looking at every credential");
+                first = (0..runtimes.len()).map(|i| (i, Instant::now())).collect();
+            }
+        }
+        tracing::debug!(
+            credentials = runtimes.len(),
+            scheduled = first.len(),
+            "rotation schedule loaded"
+        );
+        let (moves, moved) = due::channel();
+        let work = {
+            let (engine, runtimes) = (engine.clone(), runtimes.clone());
+            move |item: usize| {
+                let (engine, rt) = (engine.clone(), runtimes[item].clone());
+                let resume = resume_first
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&item);
+                // Boxed: a pass's state (a whole rotation) exists only while it runs.
+                Box::pin(async move { pass(&engine, &rt, resume).await })
+            }
+        };
+        let passes = due::run("rotation", first, PARALLEL_PASSES, work, moved);
+        let surveys = survey_forever(&engine, &runtimes, &index, moves);
+        tokio::join!(passes, surveys);
+    })
+}
+
+/// One pass over a credential; answers when the next one is needed.
+async fn pass(engine: &Engine, rt: &CredentialRuntime, resume: bool) -> Option<Instant> {
+    if resume {
+        if let Err(error) = engine.resume(rt).await {
+            tracing::warn!(credential = %rt.name, %error, "resumed rotation did not complete");
+        }
+    }
+    let now = engine.clock.now();
+    let wake = match engine.tick(rt).await {
+        Ok(wake) => wake,
+        Err(error) => {
+            tracing::error!(credential = %rt.name, %error, "rotation scheduling failed; retrying in a minute");
+            now + 60
+        }
+    };
+    // `tick` looks at most MAX_SLEEP ahead; beyond that the survey decides.
+    if wake - now >= MAX_SLEEP.as_secs() as i64 {
+        return None;
+    }
+    // A zero wait after a rotation re-reads the store once; never spin.
+    Some(instant_at(engine, wake.max(engine.clock.now() + 1)))
+}
+
+/// Reads every credential's bookkeeping, records due times that changed (one transaction),
+/// and answers each credential's next pass.
+async fn survey(
+    engine: &Engine,
+    runtimes: &[Arc<CredentialRuntime>],
+    index: &HashMap<&str, usize>,
+) -> Result<Vec<(usize, RotationOutlook, Option<UnixTime>)>, StoreError> {
+    let now = engine.clock.now();
+    let mut changed = Vec::new();
+    let mut passes = Vec::new();
+    for outlook in engine.store.rotation_outlooks().await? {
+        let Some(&item) = index.get(outlook.credential.as_str()) else {
+            continue;
+        };
+        let rt = &runtimes[item];
+        let due = rt.policy.due(
+            outlook.current,
+            outlook.last_rotated_at,
+            outlook.consecutive_failures,
+            outlook.next_rotation_at,
+        );
+        if due != outlook.next_rotation_at && outlook.in_flight_since.is_none() {
+            changed.push((outlook.credential.clone(), due));
+        }
+        let at = next_pass(&rt.policy, rt.issuer.is_some(), &outlook, now);
+        passes.push((item, outlook, at));
+    }
+    engine.store.set_next_rotations(&changed).await?;
+    Ok(passes)
+}
+
+async fn survey_forever(
+    engine: &Engine,
+    runtimes: &[Arc<CredentialRuntime>],
+    index: &HashMap<&str, usize>,
+    moves: DueHandle,
+) {
+    loop {
+        tokio::time::sleep(SURVEY_EVERY).await;
+        match survey(engine, runtimes, index).await {
+            Ok(passes) => {
+                for (item, _, at) in passes {
+                    moves.reschedule(item, at.map(|at| instant_at(engine, at)));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "rotation survey failed; trying again in an hour")
+            }
+        }
+    }
+}
+
+/// The monotonic instant of a wall-clock time of the engine's clock.
+fn instant_at(engine: &Engine, at: UnixTime) -> Instant {
+    let wait = (at - engine.clock.now()).max(0) as u64;
+    Instant::now() + Duration::from_secs(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_age_days: Option<u64>) -> Policy {
+        Policy {
+            schedule: None,
+            max_age: max_age_days.map(|d| Duration::from_secs(d * 86_400)),
+            rotate_before_expiry: None,
+            grace: Duration::from_secs(3_600),
+        }
+    }
+
+    fn outlook() -> RotationOutlook {
+        RotationOutlook {
+            credential: "c".into(),
+            next_rotation_at: None,
+            last_rotated_at: None,
+            consecutive_failures: 0,
+            current: Some((1_000, None)),
+            imported_pending: false,
+            in_flight_since: None,
+            oldest_previous: None,
+            oldest_discarded: None,
+        }
+    }
+
+    #[test]
+    fn nothing_due_means_no_pass() {
+        assert_eq!(next_pass(&policy(None), true, &outlook(), 5_000), None);
+        // A policy without an issuer cannot rotate by itself.
+        assert_eq!(next_pass(&policy(Some(1)), false, &outlook(), 5_000), None);
+    }
+
+    #[test]
+    fn the_pass_comes_at_the_earliest_of_rotation_and_revocation() {
+        let now = 5_000;
+        let due = 1_000 + 86_400;
+        assert_eq!(
+            next_pass(&policy(Some(1)), true, &outlook(), now),
+            Some(due)
+        );
+        let revoking = RotationOutlook {
+            oldest_previous: Some(4_000),
+            ..outlook()
+        };
+        assert_eq!(
+            next_pass(&policy(Some(1)), true, &revoking, now),
+            Some(4_000 + 3_600)
+        );
+        let discarded = RotationOutlook {
+            oldest_discarded: Some(10),
+            ..outlook()
+        };
+        assert_eq!(
+            next_pass(&policy(Some(1)), true, &discarded, now),
+            Some(now),
+            "overdue work is due now, not in the past"
+        );
+    }
+
+    #[test]
+    fn failures_wait_for_the_stored_retry_and_imports_go_first() {
+        let now = 200_000;
+        let failing = RotationOutlook {
+            consecutive_failures: 2,
+            next_rotation_at: Some(now + 600),
+            ..outlook()
+        };
+        assert_eq!(
+            next_pass(&policy(Some(1)), true, &failing, now),
+            Some(now + 600)
+        );
+        let imported = RotationOutlook {
+            imported_pending: true,
+            ..outlook()
+        };
+        assert_eq!(next_pass(&policy(None), false, &imported, now), Some(now));
+        let imported_after_failure = RotationOutlook {
+            imported_pending: true,
+            ..failing
+        };
+        assert_eq!(
+            next_pass(&policy(None), false, &imported_after_failure, now),
+            Some(now + 600),
+            "an imported key retried after a failure waits for the backoff"
+        );
+    }
+
+    #[test]
+    fn a_rotation_in_flight_elsewhere_is_looked_at_when_it_would_be_stale() {
+        let in_flight = RotationOutlook {
+            in_flight_since: Some(10_000),
+            ..outlook()
+        };
+        assert_eq!(
+            next_pass(&policy(Some(1)), true, &in_flight, 10_100),
+            Some(10_000 + STALE_ROTATION.as_secs() as i64)
+        );
+    }
+}
