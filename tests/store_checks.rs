@@ -1,0 +1,176 @@
+//! Check results written together (the group commit of a sweep) must leave the store exactly
+//! as the same results written one at a time: statuses, validity (only conclusive results
+//! change it), expiry, balances, and one `check_status_changed` event per change.
+
+use keyrotd::crypto::{MasterKey, Sealer};
+use keyrotd::model::CheckStatus;
+use keyrotd::store::{CheckRecord, CredentialSpec, NewKey, SqliteStore, Store};
+use secrecy::SecretString;
+use std::sync::Arc;
+
+const CREDENTIALS: usize = 60;
+const START: i64 = 1_800_000_000;
+
+async fn store_with_keys(dir: &std::path::Path) -> (Arc<SqliteStore>, Vec<i64>) {
+    let sealer = Arc::new(Sealer::new(&MasterKey::generate()));
+    let store = Arc::new(
+        SqliteStore::open(&dir.join("keyrotd.db"), Some(sealer))
+            .await
+            .unwrap(),
+    );
+    let specs: Vec<_> = (0..CREDENTIALS)
+        .map(|i| CredentialSpec {
+            name: format!("tenant-{i:03}"),
+            provider: "sim".into(),
+            provider_kind: "simulated".into(),
+        })
+        .collect();
+    store.sync_credentials(&specs, START).await.unwrap();
+    let mut versions = Vec::new();
+    for spec in &specs {
+        let key = NewKey {
+            secret: SecretString::from(format!("sk-test-{}", spec.name)),
+            expires_at: None,
+            provider_key_id: None,
+            rotation_id: None,
+        };
+        versions.push(
+            store
+                .import_key(&spec.name, key, "test", START)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    (store, versions)
+}
+
+/// Round `round` of results: varied statuses, some with an expiry or balances.
+fn record(round: i64, i: usize) -> CheckRecord {
+    let status = match (round + i as i64) % 5 {
+        0 => CheckStatus::Valid,
+        1 => CheckStatus::Invalid,
+        2 => CheckStatus::RateLimited,
+        3 => CheckStatus::Exhausted,
+        _ => CheckStatus::Unreachable,
+    };
+    CheckRecord {
+        status,
+        detail: format!("round {round} says {status}"),
+        at: START + 100 * round,
+        credits: if i % 7 == 0 {
+            vec![("usd".into(), (round * 10 + i as i64) as f64)]
+        } else {
+            Vec::new()
+        },
+        expires_at: (i % 4 == 0).then_some(START + 86_400 * (round + 1)),
+    }
+}
+
+/// Everything a check result touches, per credential, in a comparable form.
+async fn state(store: &SqliteStore) -> Vec<String> {
+    let snapshot = store.snapshot().await.unwrap();
+    let mut out = Vec::new();
+    for s in snapshot.credentials {
+        let c = &s.credential;
+        let current = s.current.as_ref().unwrap();
+        let events: Vec<_> = store
+            .events(&c.name)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "check_status_changed")
+            .map(|e| format!("{}@{} v{:?}: {}", e.actor, e.at, e.version_id, e.detail))
+            .collect();
+        out.push(format!(
+            "{} status={:?} valid={:?} at={:?} detail={:?} | version at={:?} status={:?} expires={:?} | credits={:?} | events={events:?}",
+            c.name,
+            c.check_status,
+            c.valid,
+            c.last_check_at,
+            c.check_detail,
+            current.last_check_at,
+            current.last_check_status,
+            current.expires_at,
+            s.credits,
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn results_written_together_equal_results_written_one_by_one() {
+    let (one_dir, together_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (one, one_versions) = store_with_keys(one_dir.path()).await;
+    let (together, together_versions) = store_with_keys(together_dir.path()).await;
+    for round in 0..4 {
+        for (i, version) in one_versions.iter().enumerate() {
+            one.record_check(&format!("tenant-{i:03}"), *version, &record(round, i))
+                .await
+                .unwrap();
+        }
+        let before = together.generation().await.unwrap();
+        let results =
+            futures::future::join_all(together_versions.iter().enumerate().map(|(i, version)| {
+                let together = together.clone();
+                async move {
+                    together
+                        .record_check(&format!("tenant-{i:03}"), *version, &record(round, i))
+                        .await
+                }
+            }))
+            .await;
+        for result in results {
+            result.unwrap();
+        }
+        let commits = together.generation().await.unwrap() - before;
+        assert!(
+            commits < CREDENTIALS as i64 / 2,
+            "round {round}: {commits} commits for {CREDENTIALS} concurrent results: not batched"
+        );
+        assert_eq!(state(&one).await, state(&together).await, "round {round}");
+    }
+    // The states are not trivially equal: every kind of change happened.
+    let text = state(&together).await.join("\n");
+    for needle in [
+        "valid=Some(false)",
+        "valid=Some(true)",
+        "credits=[(\"usd\"",
+        "unchecked -> ",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_record_in_a_batch_fails_only_its_own_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, versions) = store_with_keys(dir.path()).await;
+    let results = futures::future::join_all((0..CREDENTIALS + 1).map(|i| {
+        let store = store.clone();
+        let version = versions.get(i).copied().unwrap_or(versions[0]);
+        async move {
+            // The last one names a credential the store does not know.
+            let name = if i == CREDENTIALS {
+                "no-such-credential".to_string()
+            } else {
+                format!("tenant-{i:03}")
+            };
+            (i, store.record_check(&name, version, &record(0, i)).await)
+        }
+    }))
+    .await;
+    for (i, result) in results {
+        if i == CREDENTIALS {
+            assert!(result.is_err(), "the unknown credential was accepted");
+        } else {
+            result.unwrap_or_else(|e| panic!("tenant-{i:03} failed with the bad record: {e}"));
+        }
+    }
+    let snapshot = store.snapshot().await.unwrap();
+    assert!(snapshot
+        .credentials
+        .iter()
+        .all(|s| s.credential.last_check_at == Some(START)));
+}
