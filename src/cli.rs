@@ -641,7 +641,7 @@ async fn check_command(
         config.checks.max_concurrent,
         0.0,
     );
-    let outcomes = futures::future::join_all(targets.iter().map(|t| checker.check_now(t))).await;
+    let outcomes = checker.check_all(&targets).await?;
     let mut any_invalid = false;
     let mut rows = Vec::new();
     for (target, outcome) in targets.iter().zip(outcomes) {

@@ -174,3 +174,36 @@ async fn a_bad_record_in_a_batch_fails_only_its_own_caller() {
         .iter()
         .all(|s| s.credential.last_check_at == Some(START)));
 }
+
+#[tokio::test]
+async fn keys_read_ahead_for_a_sweep_are_the_current_ones() {
+    use secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_keys(dir.path()).await;
+    // A replacement imported for one credential waits as pending: the sweep checks the
+    // current key, not the pending one.
+    let replacement = NewKey {
+        secret: SecretString::from("sk-test-replacement".to_string()),
+        expires_at: None,
+        provider_key_id: None,
+        rotation_id: None,
+    };
+    store
+        .import_key("tenant-005", replacement, "test", START + 10)
+        .await
+        .unwrap();
+    let keys = store.current_keys_sealed().await.unwrap();
+    assert_eq!(keys.len(), CREDENTIALS);
+    for key in &keys {
+        let (version, secret) = store
+            .current_key(&key.version.credential)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.version, version);
+        let opened = store.open_sealed(key).unwrap();
+        assert_eq!(opened.expose_secret(), secret.expose_secret());
+        let expected = format!("sk-test-{}", key.version.credential);
+        assert_eq!(opened.expose_secret(), expected);
+    }
+}

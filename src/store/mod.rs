@@ -116,6 +116,23 @@ pub struct NewKey {
     pub rotation_id: Option<String>,
 }
 
+/// A current key read ahead of its check: the version and its sealed (encrypted) secret.
+#[derive(Debug, Clone)]
+pub struct SealedKey {
+    pub version: KeyVersion,
+    sealed: Vec<u8>,
+}
+
+impl SealedKey {
+    pub(crate) fn new(version: KeyVersion, sealed: Vec<u8>) -> SealedKey {
+        SealedKey { version, sealed }
+    }
+
+    pub(crate) fn sealed(&self) -> &[u8] {
+        &self.sealed
+    }
+}
+
 /// One credential's rotation bookkeeping, reduced to what its next due time depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotationOutlook {
@@ -295,6 +312,13 @@ pub trait Store: Send + Sync {
         let secret = self.secret(current.id).await?;
         Ok(Some((current, secret)))
     }
+
+    /// The current key of every active credential, still sealed: a sweep reads them all in
+    /// one query and opens each with [`Store::open_sealed`] only when its check goes out.
+    async fn current_keys_sealed(&self) -> StoreResult<Vec<SealedKey>>;
+
+    /// Decrypts a key read by [`Store::current_keys_sealed`].
+    fn open_sealed(&self, key: &SealedKey) -> StoreResult<SecretString>;
 
     /// What the rotation schedule of every active credential depends on, in one read (the
     /// daemon's start-up and its hourly re-read; see `rotation::schedule`).

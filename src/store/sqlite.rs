@@ -957,6 +957,26 @@ impl Store for SqliteStore {
         Ok(Some((version, secret)))
     }
 
+    async fn current_keys_sealed(&self) -> StoreResult<Vec<SealedKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS}, v.sealed_secret FROM key_versions v
+             JOIN credentials c ON c.id = v.credential_id
+             WHERE c.removed_at IS NULL AND v.stage = 'current' AND v.sealed_secret IS NOT NULL"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| SealedKey::new(version_from_row(row), row.get(12)))
+            .collect())
+    }
+
+    fn open_sealed(&self, key: &SealedKey) -> StoreResult<SecretString> {
+        Ok(self
+            .sealer()?
+            .open(&key.version.credential, key.version.id, key.sealed())?)
+    }
+
     async fn rotation_outlooks(&self) -> StoreResult<Vec<RotationOutlook>> {
         // One pass over the credentials; the correlated sub-queries use the
         // (credential_id, stage) index.
