@@ -523,6 +523,20 @@ impl Bench {
     }
 
     async fn sweep_phase(&self, args: &Args, simulator: &Simulator) -> anyhow::Result<Value> {
+        // The CLI's fixed start (config, store open, sync, provider set-up) without checking
+        // anything: `keyrotd check` of an unknown name stops right after it.
+        let started = Instant::now();
+        let fixed = self
+            .command(&self.config)
+            .arg("check")
+            .arg("keyrotd-bench-no-such-credential")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let fixed_start = started.elapsed().as_secs_f64();
+        if fixed.success() {
+            bail!("`keyrotd check` of an unknown credential succeeded");
+        }
         simulator.set_latency(Duration::from_millis(args.latency_ms));
         let checks_before = simulator.request_count(Op::Check);
         let before = children_usage();
@@ -563,6 +577,9 @@ impl Bench {
             "wall_s": wall,
             "bound_s": bound,
             "ratio_to_bound": wall / bound,
+            "cli_fixed_start_s": fixed_start,
+            "checks_wall_s": wall - fixed_start,
+            "checks_ratio_to_bound": (wall - fixed_start) / bound,
             "cpu_user_s": after.0 - before.0,
             "cpu_sys_s": after.1 - before.1,
             "cores_used": cpu / wall,
