@@ -177,6 +177,8 @@ impl Queue {
                     }
                     None => moves_open = false,
                 },
+                // Nothing waiting, nothing running, and nobody left to add anything.
+                else => return,
             }
         }
     }
