@@ -954,4 +954,61 @@ mod tests {
         );
         assert_eq!(metrics.render(), expected);
     }
+
+    /// What a re-render after a change costs at 10,000 credentials (the render and the
+    /// compression, not the store's snapshot queries):
+    /// `cargo test --release --lib -- --ignored render_cost --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn render_cost_at_10k() {
+        let credentials: Vec<CredentialState> = (0..10_000)
+            .map(|i| state(&format!("bench-{i:06}"), true, false))
+            .collect();
+        let snapshot = Snapshot {
+            generation: 1,
+            credentials,
+        };
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let mut keys = KeyState::render(&snapshot);
+            let fixed_ms = started.elapsed().as_secs_f64() * 1e3;
+            let started = std::time::Instant::now();
+            let timed = keys.timed(1_000);
+            let timed_ms = started.elapsed().as_secs_f64() * 1e3;
+            let text = Exposition {
+                members: vec![keys.fixed.clone()],
+            }
+            .to_text();
+            let started = std::time::Instant::now();
+            let _ = Member::compress(text.as_bytes());
+            let compress_ms = started.elapsed().as_secs_f64() * 1e3;
+            println!(
+                "fixed: {} -> {} bytes in {fixed_ms:.1} ms (compressing alone {compress_ms:.1} ms); \
+                 clocked: {} -> {} bytes in {timed_ms:.1} ms",
+                keys.fixed.text_len,
+                keys.fixed.gzip.len(),
+                timed.text_len,
+                timed.gzip.len()
+            );
+            for level in 1..=4 {
+                let started = std::time::Instant::now();
+                let mut encoder = GzEncoder::new(Vec::new(), Compression::new(level));
+                for piece in text.as_bytes().chunks(RENDER_BUFFER) {
+                    encoder.write_all(piece).unwrap();
+                }
+                let gzip = encoder.finish().unwrap();
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                let started = std::time::Instant::now();
+                let mut back = Vec::with_capacity(text.len());
+                flate2::read::GzDecoder::new(&gzip[..])
+                    .read_to_end(&mut back)
+                    .unwrap();
+                let inflate_ms = started.elapsed().as_secs_f64() * 1e3;
+                println!(
+                    "  level {level}: {} bytes, compress {ms:.1} ms, decompress {inflate_ms:.1} ms",
+                    gzip.len()
+                );
+            }
+        }
+    }
 }
