@@ -5,7 +5,10 @@ The side-by-side baseline of BENCHMARKS.md: `keyrotd-bench --python bench/prom_e
 writes the families it scraped from keyrotd (name, help, type, label sets, values) to a
 JSON file and starts this script with it; the script creates the same families with the
 same label sets, the way an exporter written with prometheus_client would (Gauge / Counter
-with labels), serves them with `start_http_server`, prints READY and waits.
+with labels), serves them with `start_http_server`, prints READY and waits. Like keyrotd,
+prometheus_client answers gzip to a request with `Accept-Encoding: gzip` (it compresses
+every scrape, at Python's default level 9) and text otherwise; the harness scrapes it both
+ways, as it scrapes keyrotd.
 
 Histogram families (a handful of provider-request series) are left out; the harness reports
 both series counts.

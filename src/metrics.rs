@@ -5,62 +5,247 @@
 //! Process-level series (build info, heartbeat, provider request counters) are ordinary
 //! registered metrics, encoded on every scrape (a handful of series).
 //!
-//! The per-key families are the bulk of a scrape (15 series per credential: 11 MB of text
-//! at 10,000 credentials), so they are not re-encoded per scrape. They are written straight
-//! to text (no protobuf model, no per-label allocations) and cached:
+//! The per-key families are the bulk of a scrape (14 series per credential: 11.8 MB of text
+//! at 10,000 credentials), so they are not re-encoded per scrape, and they are not kept as
+//! text either: they are written straight to text (no protobuf model, no per-label
+//! allocations) through a 64 KiB buffer into a gzip compressor, and only the compressed
+//! **gzip member** is cached (~0.6 MB at 10,000 credentials):
 //!
-//! - the families that depend only on the store ([`KeyStateText::fixed`]) are rendered once
-//!   per store generation;
+//! - the families that depend only on the store ([`KeyState::fixed`]) are rendered and
+//!   compressed once per store generation (off the async threads);
 //! - `keyrotd_key_age_seconds` and `keyrotd_key_expires_in_seconds`, which move with the
-//!   clock, are rendered at most once per second from a compact per-key table kept with the
-//!   generation.
+//!   clock, are rendered and compressed at most once per second, into their own member,
+//!   from a compact per-key table kept with the generation;
+//! - the registry (a few KB) is compressed on every scrape.
 //!
-//! A scrape of an unchanged store is then: one `SELECT` of the generation, the small
-//! registry, and the cached text handed to the response as shared `Bytes` (no copy).
+//! A scrape is an [`Exposition`]: those members in order. Concatenated they are one valid
+//! multi-member gzip stream (RFC 1952 §2.2), which `/metrics` sends as is to a client that
+//! accepts gzip (Prometheus does); for any other client it is decompressed while it is sent,
+//! in bounded chunks ([`Exposition::text_reader`]). The text is the same either way.
+//!
+//! A scrape of an unchanged store is then: one `SELECT` of the generation, compressing the
+//! small registry, and the cached members handed to the response as shared `Bytes`.
 
 use crate::clock::Clock;
 use crate::model::{CheckStatus, UnixTime};
-use crate::store::{Snapshot, Store, StoreResult};
-use bytes::Bytes;
+use crate::store::{CredentialState, Snapshot, Store, StoreResult};
+use bytes::{Buf, Bytes};
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use prometheus::proto::MetricType;
 use prometheus::{Encoder, Registry, TextEncoder};
+use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::io::{BufRead, Read, Write as _};
 use std::sync::{Arc, Mutex};
 
 pub const NAMESPACE: &str = "keyrotd";
 
+/// The gzip level of every cached member. Chosen by measurement at 10,000 credentials
+/// (BENCHMARKS.md, "/metrics scrape"): with the zlib-rs backend, level 2 compresses the
+/// 11 MB of store-dependent text in ~20 ms to ~0.55 MB; level 1 is no faster and 1.5×
+/// larger, level 3 twice as slow for nothing.
+pub const GZIP_LEVEL: u32 = 2;
+
+/// Text is rendered into a buffer of about this size, then handed to the compressor.
+const RENDER_BUFFER: usize = 64 * 1024;
+
 /// The registry and the per-key state of one daemon.
 pub struct Metrics {
     registry: Registry,
-    keys: Mutex<KeyStateText>,
+    keys: Mutex<KeyState>,
     /// Serialises re-reads of the store, so a burst of scrapes after a change reads it once.
     refreshing: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
     heartbeat: prometheus::Gauge,
 }
 
-/// One rendered scrape: the pieces of the body, in order (shared, not copied).
+/// One gzip member (header, deflate data, CRC-32 and length trailer) and the length of the
+/// text it holds.
 #[derive(Debug, Clone, Default)]
-pub struct Exposition {
-    pub chunks: Vec<Bytes>,
+pub struct Member {
+    pub gzip: Bytes,
+    pub text_len: u64,
 }
 
-impl Exposition {
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(Bytes::len).sum()
+impl Member {
+    /// Compresses `text` into one member (the registry's part, tests).
+    pub fn compress(text: &[u8]) -> Member {
+        let mut writer = MemberWriter::new();
+        writer.write_bytes(text);
+        writer.finish()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.text_len == 0
+    }
+}
+
+/// Renders text into one gzip member through a bounded buffer: the whole text never exists
+/// at once.
+struct MemberWriter {
+    text: String,
+    encoder: GzEncoder<Vec<u8>>,
+    text_len: u64,
+}
+
+impl MemberWriter {
+    fn new() -> MemberWriter {
+        MemberWriter {
+            text: String::with_capacity(RENDER_BUFFER + 1024),
+            encoder: GzEncoder::new(Vec::new(), Compression::new(GZIP_LEVEL)),
+            text_len: 0,
+        }
+    }
+
+    /// The buffer to append text to; call [`MemberWriter::spill`] after each line.
+    fn buffer(&mut self) -> &mut String {
+        &mut self.text
+    }
+
+    /// Compresses the buffer once it is full.
+    fn spill(&mut self) {
+        if self.text.len() >= RENDER_BUFFER {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.text.is_empty() {
+            return;
+        }
+        self.text_len += self.text.len() as u64;
+        self.encoder
+            .write_all(self.text.as_bytes())
+            .expect("compressing into a Vec cannot fail");
+        self.text.clear();
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.flush();
+        self.text_len += bytes.len() as u64;
+        self.encoder
+            .write_all(bytes)
+            .expect("compressing into a Vec cannot fail");
+    }
+
+    fn finish(mut self) -> Member {
+        self.flush();
+        if self.text_len == 0 {
+            return Member::default();
+        }
+        let mut gzip = self
+            .encoder
+            .finish()
+            .expect("compressing into a Vec cannot fail");
+        gzip.shrink_to_fit();
+        Member {
+            gzip: Bytes::from(gzip),
+            text_len: self.text_len,
+        }
+    }
+}
+
+/// One rendered scrape: gzip members to send in order (shared, not copied). Their
+/// concatenation is one multi-member gzip stream of the text exposition.
+#[derive(Debug, Clone, Default)]
+pub struct Exposition {
+    pub members: Vec<Member>,
+}
+
+impl Exposition {
+    /// Bytes of the gzip stream.
+    pub fn gzip_len(&self) -> u64 {
+        self.members.iter().map(|m| m.gzip.len() as u64).sum()
+    }
+
+    /// Bytes of the text it decompresses to.
+    pub fn text_len(&self) -> u64 {
+        self.members.iter().map(|m| m.text_len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text_len() == 0
+    }
+
+    /// The gzip stream, as the members' shared bytes.
+    pub fn gzip_chunks(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.members
+            .iter()
+            .filter(|m| !m.is_empty())
+            .map(|m| m.gzip.clone())
+    }
+
+    /// Reads the text by decompressing the members as it goes.
+    pub fn text_reader(&self) -> TextReader {
+        TextReader::new(self.gzip_chunks())
     }
 
     /// The whole body as one string (tests, tools).
     pub fn to_text(&self) -> String {
-        let mut text = String::with_capacity(self.len());
-        for chunk in &self.chunks {
-            text.push_str(std::str::from_utf8(chunk).expect("the text format is UTF-8"));
-        }
+        let mut text = String::with_capacity(self.text_len() as usize);
+        self.text_reader()
+            .read_to_string(&mut text)
+            .expect("the cached members decompress to UTF-8 text");
         text
+    }
+}
+
+/// The text of a multi-member gzip stream held as shared chunks, decompressed as it is read.
+pub struct TextReader {
+    decoder: Option<flate2::bufread::MultiGzDecoder<ChunkReader>>,
+}
+
+impl TextReader {
+    pub fn new(chunks: impl IntoIterator<Item = Bytes>) -> TextReader {
+        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        TextReader {
+            // An empty input is no gzip stream (not even a header): it is empty text.
+            decoder: (!chunks.is_empty())
+                .then(|| flate2::bufread::MultiGzDecoder::new(ChunkReader { chunks })),
+        }
+    }
+}
+
+impl Read for TextReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.decoder {
+            Some(decoder) => decoder.read(buf),
+            None => Ok(0),
+        }
+    }
+}
+
+/// `BufRead` over shared chunks, without copying them into one buffer.
+struct ChunkReader {
+    chunks: VecDeque<Bytes>,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.chunks.front().is_some_and(|c| c.is_empty()) {
+            self.chunks.pop_front();
+        }
+        Ok(self.chunks.front().map(|c| &c[..]).unwrap_or(&[]))
+    }
+
+    fn consume(&mut self, amount: usize) {
+        if let Some(front) = self.chunks.front_mut() {
+            front.advance(amount);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
     }
 }
 
@@ -91,7 +276,7 @@ impl Metrics {
             .expect("registered once");
         Metrics {
             registry,
-            keys: Mutex::new(KeyStateText::default()),
+            keys: Mutex::new(KeyState::default()),
             refreshing: tokio::sync::Mutex::new(()),
             clock,
             heartbeat,
@@ -106,7 +291,7 @@ impl Metrics {
         self.heartbeat.set(at as f64);
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, KeyStateText> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, KeyState> {
         // A panic while holding this lock cannot leave the cache half-written: it is
         // replaced whole.
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
@@ -123,25 +308,30 @@ impl Metrics {
             return Ok(());
         }
         let snapshot = store.snapshot().await?;
-        let rendered = KeyStateText::render(&snapshot);
+        // Rendering and compressing 10,000 credentials takes tens of ms: not on the
+        // threads that serve the other requests.
+        let rendered = tokio::task::spawn_blocking(move || KeyState::render(&snapshot))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         *self.keys() = rendered;
         Ok(())
     }
 
-    /// The text exposition of every metric, as chunks to send in order.
+    /// Every metric, as gzip members to send in order.
     pub fn exposition(&self) -> Exposition {
         let families = self.registry.gather();
         let mut process = Vec::with_capacity(4 * 1024);
         TextEncoder::new()
             .encode(&families, &mut process)
             .expect("text encoding into a Vec cannot fail");
+        let process = Member::compress(&process);
         let now = self.clock.now();
         let (timed, fixed) = {
             let mut keys = self.keys();
             (keys.timed(now), keys.fixed.clone())
         };
         Exposition {
-            chunks: vec![Bytes::from(process), timed, fixed],
+            members: vec![process, timed, fixed],
         }
     }
 
@@ -151,16 +341,16 @@ impl Metrics {
     }
 }
 
-/// The per-key families as text, for one store generation.
+/// The per-key families, compressed, for one store generation.
 #[derive(Debug, Default)]
-struct KeyStateText {
+struct KeyState {
     generation: Option<i64>,
     /// Every per-key family that does not move with the clock.
-    fixed: Bytes,
+    fixed: Member,
     /// What the clock-dependent families are computed from.
     clocked: Vec<ClockedKey>,
     /// The clock-dependent families, rendered for the second in `.0`.
-    timed: Option<(UnixTime, Bytes)>,
+    timed: Option<(UnixTime, Member)>,
 }
 
 /// A credential's current key, for `keyrotd_key_age_seconds` and
@@ -204,143 +394,182 @@ const ROTATIONS_TOTAL: (&str, &str) = (
     "Finished rotations by result (success or failure).",
 );
 
-impl KeyStateText {
-    /// Renders the store-only families of `snapshot` and keeps what the clocked ones need.
-    fn render(snapshot: &Snapshot) -> KeyStateText {
+/// The store-dependent families in the order they are served.
+const FIXED_ORDER: [usize; 9] = [
+    CREATED,
+    EXPIRY,
+    VALID,
+    CHECK_STATUS,
+    LAST_CHECK,
+    NEXT_ROTATION,
+    LAST_ROTATION,
+    FAILURES,
+    CREDIT,
+];
+
+/// Writes one family into a member: its `# HELP` and `# TYPE` lines before its first
+/// sample, nothing at all when it has none.
+struct Family<'a> {
+    out: &'a mut MemberWriter,
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    started: bool,
+}
+
+impl<'a> Family<'a> {
+    fn new(
+        out: &'a mut MemberWriter,
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+    ) -> Family<'a> {
+        Family {
+            out,
+            name,
+            help,
+            kind,
+            started: false,
+        }
+    }
+
+    fn begin(&mut self) -> &mut String {
+        if !self.started {
+            self.started = true;
+            header(self.out.buffer(), self.name, self.help, self.kind);
+        }
+        self.out.buffer()
+    }
+
+    /// `name{labels[,extra="v"]} value`; `labels` is open (see [`open_labels`]).
+    fn sample(&mut self, labels: &str, extra: Option<(&str, &str)>, value: Value) {
+        let name = self.name;
+        sample(self.begin(), name, labels, extra, value);
+        self.out.spill();
+    }
+
+    /// `name{labels} value` with closed `labels`.
+    fn line_closed(&mut self, labels: &str, value: i64) {
+        let name = self.name;
+        line_closed(self.begin(), name, labels, value);
+        self.out.spill();
+    }
+}
+
+/// `{credential="..",provider=".."` (escaped, without its closing brace so extra labels can
+/// follow).
+fn open_labels(state: &CredentialState) -> String {
+    let c = &state.credential;
+    let mut labels = String::with_capacity(c.name.len() + c.provider.len() + 28);
+    labels.push_str("{credential=\"");
+    escape_label(&mut labels, &c.name);
+    labels.push_str("\",provider=\"");
+    escape_label(&mut labels, &c.provider);
+    labels.push('"');
+    labels
+}
+
+impl KeyState {
+    /// Renders and compresses the store-only families of `snapshot`, one family at a time,
+    /// and keeps what the clocked ones need.
+    fn render(snapshot: &Snapshot) -> KeyState {
         let credentials = &snapshot.credentials;
-        // One buffer per family, filled in one pass over the credentials.
-        let mut per_family: Vec<String> = vec![String::new(); FAMILIES.len()];
-        let mut rotations = String::new();
-        let mut clocked = Vec::with_capacity(credentials.len());
-        for state in credentials {
-            let c = &state.credential;
-            let mut labels = String::with_capacity(c.name.len() + c.provider.len() + 28);
-            labels.push_str("{credential=\"");
-            escape_label(&mut labels, &c.name);
-            labels.push_str("\",provider=\"");
-            escape_label(&mut labels, &c.provider);
-            labels.push('"');
-            // `labels` lacks its closing brace so extra labels can follow.
-            let mut line = |index: usize, value: Value| {
-                let out = &mut per_family[index];
-                sample(out, FAMILIES[index].0, &labels, None, value);
-            };
-            if let Some(key) = &state.current {
-                line(CREATED, Value::Int(key.created_at));
-                if let Some(expires) = key.expires_at {
-                    line(EXPIRY, Value::Int(expires));
-                }
-                if let Some(valid) = c.valid {
-                    line(VALID, Value::Int(valid as i64));
-                }
-                if let Some(at) = c.last_check_at {
-                    line(LAST_CHECK, Value::Int(at));
-                }
-            }
-            if let Some(at) = c.next_rotation_at {
-                line(NEXT_ROTATION, Value::Int(at));
-            }
-            if let Some(at) = c.last_rotated_at {
-                line(LAST_ROTATION, Value::Int(at));
-            }
-            line(FAILURES, Value::Int(c.consecutive_failures));
-            for (unit, remaining) in &state.credits {
-                let out = &mut per_family[CREDIT];
-                sample(
-                    out,
-                    FAMILIES[CREDIT].0,
-                    &labels,
-                    Some(("unit", unit)),
-                    Value::Float(*remaining),
-                );
-            }
-            if let (Some(status), Some(_)) = (c.check_status, &state.current) {
-                for candidate in CheckStatus::ALL {
-                    sample(
-                        &mut per_family[CHECK_STATUS],
-                        FAMILIES[CHECK_STATUS].0,
-                        &labels,
-                        Some(("status", candidate.as_str())),
-                        Value::Int((candidate == status) as i64),
-                    );
+        let labels: Vec<String> = credentials.iter().map(open_labels).collect();
+        let mut out = MemberWriter::new();
+        for index in FIXED_ORDER {
+            let (name, help, _, _) = FAMILIES[index];
+            let mut family = Family::new(&mut out, name, help, "gauge");
+            for (state, labels) in credentials.iter().zip(&labels) {
+                let c = &state.credential;
+                let key = state.current.as_ref();
+                let int = |v: i64| Some(Value::Int(v));
+                let single = match index {
+                    CREATED => key.and_then(|k| int(k.created_at)),
+                    EXPIRY => key.and_then(|k| k.expires_at).and_then(int),
+                    VALID => key.and(c.valid).and_then(|v| int(v as i64)),
+                    LAST_CHECK => key.and(c.last_check_at).and_then(int),
+                    NEXT_ROTATION => c.next_rotation_at.and_then(int),
+                    LAST_ROTATION => c.last_rotated_at.and_then(int),
+                    FAILURES => int(c.consecutive_failures),
+                    CHECK_STATUS => {
+                        if let (Some(status), Some(_)) = (c.check_status, key) {
+                            for candidate in CheckStatus::ALL {
+                                family.sample(
+                                    labels,
+                                    Some(("status", candidate.as_str())),
+                                    Value::Int((candidate == status) as i64),
+                                );
+                            }
+                        }
+                        None
+                    }
+                    CREDIT => {
+                        for (unit, remaining) in &state.credits {
+                            family.sample(labels, Some(("unit", unit)), Value::Float(*remaining));
+                        }
+                        None
+                    }
+                    _ => unreachable!("not a store-dependent family"),
+                };
+                if let Some(value) = single {
+                    family.sample(labels, None, value);
                 }
             }
+        }
+        let mut rotations = Family::new(&mut out, ROTATIONS_TOTAL.0, ROTATIONS_TOTAL.1, "counter");
+        for (state, labels) in credentials.iter().zip(&labels) {
             for (result, count) in [
                 ("success", state.rotations_succeeded),
                 ("failure", state.rotations_failed),
             ] {
-                sample(
-                    &mut rotations,
-                    ROTATIONS_TOTAL.0,
-                    &labels,
-                    Some(("result", result)),
-                    Value::Int(count as i64),
-                );
+                rotations.sample(labels, Some(("result", result)), Value::Int(count as i64));
             }
-            if let Some(key) = &state.current {
+        }
+        let fixed = out.finish();
+        let clocked = credentials
+            .iter()
+            .zip(labels)
+            .filter_map(|(state, mut labels)| {
+                let key = state.current.as_ref()?;
                 labels.push('}');
-                clocked.push(ClockedKey {
+                Some(ClockedKey {
                     labels: labels.into_boxed_str(),
                     created_at: key.created_at,
                     expires_at: key.expires_at,
-                });
-            }
-        }
-        let mut fixed = String::with_capacity(
-            per_family.iter().map(String::len).sum::<usize>() + rotations.len() + 4096,
-        );
-        for (index, text) in per_family.iter().enumerate() {
-            if index != AGE && index != EXPIRES_IN && !text.is_empty() {
-                header(&mut fixed, FAMILIES[index].0, FAMILIES[index].1, "gauge");
-                fixed.push_str(text);
-            }
-        }
-        if !rotations.is_empty() {
-            header(&mut fixed, ROTATIONS_TOTAL.0, ROTATIONS_TOTAL.1, "counter");
-            fixed.push_str(&rotations);
-        }
-        KeyStateText {
+                })
+            })
+            .collect();
+        KeyState {
             generation: Some(snapshot.generation),
-            fixed: Bytes::from(fixed),
+            fixed,
             clocked,
             timed: None,
         }
     }
 
-    /// The clock-dependent families at `now`, rendered at most once per second.
-    fn timed(&mut self, now: UnixTime) -> Bytes {
-        if let Some((at, text)) = &self.timed {
+    /// The clock-dependent families at `now`, rendered and compressed at most once per
+    /// second.
+    fn timed(&mut self, now: UnixTime) -> Member {
+        if let Some((at, member)) = &self.timed {
             if *at == now {
-                return text.clone();
+                return member.clone();
             }
         }
-        let mut age = String::with_capacity(self.clocked.len() * 72 + 256);
-        let mut expires_in = String::new();
+        let mut out = MemberWriter::new();
+        let mut age = Family::new(&mut out, FAMILIES[AGE].0, FAMILIES[AGE].1, "gauge");
         for key in &self.clocked {
-            let (name, _, _, _) = FAMILIES[AGE];
-            line_closed(&mut age, name, &key.labels, (now - key.created_at).max(0));
+            age.line_closed(&key.labels, (now - key.created_at).max(0));
+        }
+        let (name, help, _, _) = FAMILIES[EXPIRES_IN];
+        let mut expires_in = Family::new(&mut out, name, help, "gauge");
+        for key in &self.clocked {
             if let Some(expires) = key.expires_at {
-                let (name, _, _, _) = FAMILIES[EXPIRES_IN];
-                line_closed(&mut expires_in, name, &key.labels, expires - now);
+                expires_in.line_closed(&key.labels, expires - now);
             }
         }
-        let mut text = String::with_capacity(age.len() + expires_in.len() + 512);
-        if !age.is_empty() {
-            header(&mut text, FAMILIES[AGE].0, FAMILIES[AGE].1, "gauge");
-            text.push_str(&age);
-        }
-        if !expires_in.is_empty() {
-            header(
-                &mut text,
-                FAMILIES[EXPIRES_IN].0,
-                FAMILIES[EXPIRES_IN].1,
-                "gauge",
-            );
-            text.push_str(&expires_in);
-        }
-        let text = Bytes::from(text);
-        self.timed = Some((now, text.clone()));
-        text
+        let member = out.finish();
+        self.timed = Some((now, member.clone()));
+        member
     }
 }
 
@@ -579,7 +808,7 @@ mod tests {
         };
         let clock = ManualClock::new(1_000);
         let metrics = Metrics::new(Arc::new(clock.clone()));
-        *metrics.keys() = KeyStateText::render(&snapshot);
+        *metrics.keys() = KeyState::render(&snapshot);
         for now in [1_000, 1_001, 2_500] {
             clock.set(now);
             let text = metrics.render();
@@ -606,15 +835,180 @@ mod tests {
             generation: 1,
             credentials: vec![state("a", true, false)],
         };
-        let mut keys = KeyStateText::render(&snapshot);
+        let mut keys = KeyState::render(&snapshot);
         let first = keys.timed(50);
         let again = keys.timed(50);
         assert_eq!(
-            first.as_ptr(),
-            again.as_ptr(),
-            "same second: the cached text"
+            first.gzip.as_ptr(),
+            again.gzip.as_ptr(),
+            "same second: the cached member"
         );
         let later = keys.timed(51);
-        assert_ne!(first, later);
+        assert_ne!(first.gzip, later.gzip);
+    }
+
+    #[test]
+    fn the_gzip_stream_decompresses_to_the_text_exposition() {
+        // Enough credentials that every member spans several render buffers.
+        let credentials: Vec<CredentialState> = (0..3_000)
+            .map(|i| state(&format!("cred-{i:05}"), i % 3 != 0, i % 7 == 0))
+            .collect();
+        let snapshot = Snapshot {
+            generation: 9,
+            credentials,
+        };
+        let clock = ManualClock::new(1_500);
+        let metrics = Metrics::new(Arc::new(clock.clone()));
+        *metrics.keys() = KeyState::render(&snapshot);
+        let exposition = metrics.exposition();
+        assert!(exposition.members.iter().all(|m| !m.is_empty()));
+        assert!(
+            exposition.members[2].text_len > 4 * RENDER_BUFFER as u64,
+            "the fixed member spans several buffers"
+        );
+        // The members concatenated: what a gzip response carries.
+        let mut gzip = Vec::new();
+        for chunk in exposition.gzip_chunks() {
+            gzip.extend_from_slice(&chunk);
+        }
+        assert_eq!(gzip.len() as u64, exposition.gzip_len());
+        let mut multi = String::new();
+        flate2::read::MultiGzDecoder::new(&gzip[..])
+            .read_to_string(&mut multi)
+            .unwrap();
+        // Each member on its own, decoded separately and joined: the same text.
+        let mut separately = String::new();
+        for member in &exposition.members {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&member.gzip[..])
+                .read_to_string(&mut text)
+                .unwrap();
+            assert_eq!(text.len() as u64, member.text_len);
+            separately.push_str(&text);
+        }
+        assert_eq!(multi, separately);
+        assert_eq!(multi.len() as u64, exposition.text_len());
+        // What the identity path streams.
+        assert_eq!(exposition.to_text(), multi);
+        // It is a real multi-member stream: a single-member reader stops after the first.
+        let mut first_only = String::new();
+        flate2::read::GzDecoder::new(&gzip[..])
+            .read_to_string(&mut first_only)
+            .unwrap();
+        assert_eq!(first_only.len() as u64, exposition.members[0].text_len);
+        // And it is compressed: far smaller than the text.
+        assert!(exposition.gzip_len() * 8 < exposition.text_len());
+
+        // Every sample line against the prometheus crate's encoder.
+        let mut ours: Vec<String> = multi
+            .lines()
+            .filter(|l| l.starts_with("keyrotd_key_") || l.starts_with("keyrotd_rotation"))
+            .map(str::to_string)
+            .collect();
+        ours.sort();
+        let expected = reference(&snapshot, 1_500);
+        assert_eq!(ours.len(), expected.len());
+        assert!(ours == expected, "sample lines differ from the encoder's");
+    }
+
+    #[test]
+    fn an_empty_store_still_serves_the_registry() {
+        let metrics = Metrics::new(Arc::new(ManualClock::new(5)));
+        *metrics.keys() = KeyState::render(&Snapshot {
+            generation: 1,
+            credentials: Vec::new(),
+        });
+        let exposition = metrics.exposition();
+        let text = exposition.to_text();
+        assert!(text.contains("keyrotd_build_info{"), "{text}");
+        assert!(!text.contains("keyrotd_key_"), "{text}");
+        assert_eq!(
+            exposition.gzip_chunks().count(),
+            1,
+            "empty members are not sent"
+        );
+        let mut nothing = Vec::new();
+        TextReader::new(Vec::new())
+            .read_to_end(&mut nothing)
+            .unwrap();
+        assert!(nothing.is_empty());
+    }
+
+    /// The text is byte for byte what the uncompressed text cache served (order included):
+    /// `tests/data/exposition-3-credentials.txt` was rendered by that code.
+    #[test]
+    fn the_text_is_unchanged_byte_for_byte() {
+        let snapshot = Snapshot {
+            generation: 4,
+            credentials: vec![
+                state("plain", true, true),
+                state("we\\ird \"name\"\nhere", false, false),
+                state("third", true, false),
+            ],
+        };
+        let metrics = Metrics::new(Arc::new(ManualClock::new(1_000)));
+        *metrics.keys() = KeyState::render(&snapshot);
+        let expected = include_str!("../tests/data/exposition-3-credentials.txt").replace(
+            "{version=\"VERSION\"}",
+            &format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
+        );
+        assert_eq!(metrics.render(), expected);
+    }
+
+    /// What a re-render after a change costs at 10,000 credentials (the render and the
+    /// compression, not the store's snapshot queries):
+    /// `cargo test --release --lib -- --ignored render_cost --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn render_cost_at_10k() {
+        let credentials: Vec<CredentialState> = (0..10_000)
+            .map(|i| state(&format!("bench-{i:06}"), true, false))
+            .collect();
+        let snapshot = Snapshot {
+            generation: 1,
+            credentials,
+        };
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let mut keys = KeyState::render(&snapshot);
+            let fixed_ms = started.elapsed().as_secs_f64() * 1e3;
+            let started = std::time::Instant::now();
+            let timed = keys.timed(1_000);
+            let timed_ms = started.elapsed().as_secs_f64() * 1e3;
+            let text = Exposition {
+                members: vec![keys.fixed.clone()],
+            }
+            .to_text();
+            let started = std::time::Instant::now();
+            let _ = Member::compress(text.as_bytes());
+            let compress_ms = started.elapsed().as_secs_f64() * 1e3;
+            println!(
+                "fixed: {} -> {} bytes in {fixed_ms:.1} ms (compressing alone {compress_ms:.1} ms); \
+                 clocked: {} -> {} bytes in {timed_ms:.1} ms",
+                keys.fixed.text_len,
+                keys.fixed.gzip.len(),
+                timed.text_len,
+                timed.gzip.len()
+            );
+            for level in 1..=4 {
+                let started = std::time::Instant::now();
+                let mut encoder = GzEncoder::new(Vec::new(), Compression::new(level));
+                for piece in text.as_bytes().chunks(RENDER_BUFFER) {
+                    encoder.write_all(piece).unwrap();
+                }
+                let gzip = encoder.finish().unwrap();
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                let started = std::time::Instant::now();
+                let mut back = Vec::with_capacity(text.len());
+                flate2::read::GzDecoder::new(&gzip[..])
+                    .read_to_end(&mut back)
+                    .unwrap();
+                let inflate_ms = started.elapsed().as_secs_f64() * 1e3;
+                println!(
+                    "  level {level}: {} bytes, compress {ms:.1} ms, decompress {inflate_ms:.1} ms",
+                    gzip.len()
+                );
+            }
+        }
     }
 }

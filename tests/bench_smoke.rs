@@ -51,6 +51,25 @@ fn the_benchmark_harness_produces_numbers() {
     // 14 series per credential (age, created, expiry, expires in, valid, 5 statuses, last
     // check, failures, 2 rotation results) plus the process's own.
     assert!(number("/daemon/scrape/series") >= 50.0 * 14.0);
+    // Scraped as Prometheus does (gzip), and as text.
+    assert_eq!(
+        results.pointer("/daemon/scrape/content_encoding"),
+        Some(&serde_json::json!("gzip"))
+    );
+    assert!(number("/daemon/scrape/wire_bytes") < number("/daemon/scrape/bytes"));
+    assert_eq!(
+        results.pointer("/daemon/scrape/identity/content_encoding"),
+        Some(&serde_json::json!("identity"))
+    );
+    assert_eq!(
+        number("/daemon/scrape/identity/wire_bytes"),
+        number("/daemon/scrape/identity/bytes")
+    );
+    assert!(number("/daemon/scrape/identity/p50_ms") > 0.0);
+    assert_eq!(
+        number("/daemon/scrape/identity/series"),
+        number("/daemon/scrape/series")
+    );
     assert_eq!(number("/sweep/checks"), 50.0);
     assert!(number("/sweep/wall_s") > 0.0);
     assert!(number("/sweep/ratio_to_bound") > 0.0);

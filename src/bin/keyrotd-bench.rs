@@ -9,7 +9,9 @@
 //!    checked once at start-up and then the daemon is idle) with a `NOTIFY_SOCKET` the harness
 //!    listens on: time to `READY=1`, the start-up sweep, resident memory, then an idle window
 //!    (CPU ticks and context switches of every thread = wake-ups), then sequential
-//!    `GET /metrics` (p50/p99, bytes, series);
+//!    `GET /metrics` the way Prometheus scrapes (`Accept-Encoding: gzip`: p50/p99, bytes on
+//!    the wire and decompressed, series), then more without `Accept-Encoding` (identity text,
+//!    as curl or promtool read it);
 //! 3. **python**: the same series served by `prometheus_client` (`bench/prom_exporter.py`),
 //!    scraped the same way, when `--python` is given;
 //! 4. **sweep**: `keyrotd check` (one check of every key) against the in-process simulator
@@ -56,18 +58,24 @@ struct Args {
     /// The keyrotd binary under test (default: `keyrotd` next to this binary).
     #[arg(long)]
     keyrotd: Option<PathBuf>,
-    /// Sequential `GET /metrics` against the daemon.
+    /// Sequential `GET /metrics` against the daemon with `Accept-Encoding: gzip`.
     #[arg(long, default_value_t = 100)]
     scrapes: usize,
+    /// Sequential `GET /metrics` against the daemon without `Accept-Encoding` (identity).
+    #[arg(long, default_value_t = 20)]
+    identity_scrapes: usize,
     /// `bench/prom_exporter.py`: serve the same series with prometheus_client and scrape it.
     #[arg(long)]
     python: Option<PathBuf>,
     /// Python interpreter for `--python`.
     #[arg(long, default_value = "python3")]
     python_bin: String,
-    /// Sequential `GET /metrics` against the Python exporter.
+    /// Sequential `GET /metrics` against the Python exporter with `Accept-Encoding: gzip`.
     #[arg(long, default_value_t = 20)]
     python_scrapes: usize,
+    /// Sequential `GET /metrics` against the Python exporter without `Accept-Encoding`.
+    #[arg(long, default_value_t = 3)]
+    python_identity_scrapes: usize,
     /// Latency the simulated provider adds to every answer during the sweep.
     #[arg(long, default_value_t = 50)]
     latency_ms: u64,
@@ -415,18 +423,25 @@ impl Bench {
         let idle_rss_file = proc_status_kib(pid, "RssFile")?;
         let threads = proc_status_kib(pid, "Threads")?;
 
-        // Scrapes: the first one after the sweep renders a changed store.
+        // Scrapes as Prometheus makes them (gzip): the first one after the sweep renders a
+        // changed store.
         let scrape_address = address.clone();
         let scrapes = args.scrapes;
-        let (first, timings, body) =
-            tokio::task::spawn_blocking(move || scrape_series(&scrape_address, scrapes)).await??;
-        let series = body
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .count();
+        let gzip =
+            tokio::task::spawn_blocking(move || scrape_series(&scrape_address, scrapes, true))
+                .await??;
         let scrape_cpu = cpu_seconds(pid)? - cpu_before - idle_cpu;
         let rss_after_scrapes = proc_status_kib(pid, "VmRSS")?;
-        *self.exposition.lock().unwrap() = body.clone();
+        // Then as curl or promtool read it: no Accept-Encoding.
+        let cpu_before_identity = cpu_seconds(pid)?;
+        let scrape_address = address.clone();
+        let scrapes = args.identity_scrapes;
+        let identity =
+            tokio::task::spawn_blocking(move || scrape_series(&scrape_address, scrapes, false))
+                .await??;
+        let identity_cpu = cpu_seconds(pid)? - cpu_before_identity;
+        let rss_after_identity = proc_status_kib(pid, "VmRSS")?;
+        *self.exposition.lock().unwrap() = gzip.text.clone();
 
         let stop_started = Instant::now();
         daemon.terminate()?;
@@ -453,17 +468,14 @@ impl Bench {
                 "context_switches_per_minute": switches as f64 * per_minute,
                 "perf_sched_switch_per_minute": perf_switches.map(|s| s * per_minute),
             },
-            "scrape": {
-                "count": timings.len(),
-                "first_ms": first,
-                "p50_ms": percentile(&timings, 0.50),
-                "p99_ms": percentile(&timings, 0.99),
-                "mean_ms": timings.iter().sum::<f64>() / timings.len().max(1) as f64,
-                "bytes": body.len(),
-                "series": series,
-                "cpu_s_per_scrape": scrape_cpu / timings.len().max(1) as f64,
+            "scrape": gzip.summary(json!({
+                "cpu_s_per_scrape": scrape_cpu / gzip.timings.len().max(1) as f64,
                 "rss_after_kib": rss_after_scrapes,
-            },
+                "identity": identity.summary(json!({
+                    "cpu_s_per_scrape": identity_cpu / identity.timings.len().max(1) as f64,
+                    "rss_after_kib": rss_after_identity,
+                })),
+            })),
             "stop_ms": stop_ms,
         }))
     }
@@ -500,24 +512,18 @@ impl Bench {
         let load_seconds = started.elapsed().as_secs_f64();
         let address = format!("127.0.0.1:{port}");
         let scrapes = args.python_scrapes;
-        let (first, timings, body) =
-            tokio::task::spawn_blocking(move || scrape_series(&address, scrapes)).await??;
-        let series = body
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .count();
+        let scrape_address = address.clone();
+        let gzip =
+            tokio::task::spawn_blocking(move || scrape_series(&scrape_address, scrapes, true))
+                .await??;
+        let scrapes = args.python_identity_scrapes;
+        let identity =
+            tokio::task::spawn_blocking(move || scrape_series(&address, scrapes, false)).await??;
         let rss = proc_status_kib(python.pid(), "VmRSS")?;
         python.terminate()?;
         Ok(json!({
             "load_seconds": load_seconds,
-            "scrape": {
-                "count": timings.len(),
-                "first_ms": first,
-                "p50_ms": percentile(&timings, 0.50),
-                "p99_ms": percentile(&timings, 0.99),
-                "bytes": body.len(),
-                "series": series,
-            },
+            "scrape": gzip.summary(json!({ "identity": identity.summary(json!({})) })),
             "rss_kib": rss,
         }))
     }
@@ -777,13 +783,22 @@ fn wait_ready(socket: &UnixDatagram, started: Instant) -> anyhow::Result<(Durati
     bail!("no READY=1 within 300 s")
 }
 
-/// One `GET /metrics` on a fresh connection; returns the raw response. The buffer is sized
+/// One `GET /metrics` on a fresh connection, with `Accept-Encoding: gzip` when `gzip` (as
+/// Prometheus asks); returns the raw response and where its body starts. The buffer is sized
 /// from the previous answer, so the client does not copy a 10 MB body while timing it.
-fn get_metrics(address: &str, expected: usize) -> anyhow::Result<Vec<u8>> {
+fn get_metrics(address: &str, expected: usize, gzip: bool) -> anyhow::Result<(Vec<u8>, usize)> {
     let mut stream = TcpStream::connect(address)?;
     stream.set_nodelay(true)?;
+    let encoding = if gzip {
+        "Accept-Encoding: gzip\r\n"
+    } else {
+        ""
+    };
     stream.write_all(
-        b"GET /metrics HTTP/1.1\r\nHost: bench\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: bench\r\nAccept: text/plain\r\n{encoding}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )?;
     let mut response = Vec::with_capacity(expected + 64 * 1024);
     stream.read_to_end(&mut response)?;
@@ -805,31 +820,94 @@ fn get_metrics(address: &str, expected: usize) -> anyhow::Result<Vec<u8>> {
     {
         bail!("chunked responses are not supported by this client");
     }
-    Ok(response)
+    Ok((response, head_end + 4))
 }
 
-/// The body of a response from [`get_metrics`].
-fn body_of(response: &[u8]) -> anyhow::Result<String> {
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of the response head")?;
-    Ok(String::from_utf8(response[head_end + 4..].to_vec())?)
-}
-
-/// The first scrape's latency, then `count` more sequential scrapes; all in ms.
-fn scrape_series(address: &str, count: usize) -> anyhow::Result<(f64, Vec<f64>, String)> {
+/// The body of a response from [`get_metrics`] as text (gunzipped when it came gzipped),
+/// its `Content-Encoding` and the ms it took to decompress.
+fn body_of(response: &[u8], body_start: usize) -> anyhow::Result<(String, String, f64)> {
+    let head = String::from_utf8_lossy(&response[..body_start]).to_ascii_lowercase();
+    let encoding = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-encoding:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| "identity".into());
+    let body = &response[body_start..];
     let started = Instant::now();
-    let mut response = get_metrics(address, 1 << 20)?;
-    let first = started.elapsed().as_secs_f64() * 1e3;
+    let text = match encoding.as_str() {
+        "identity" => String::from_utf8(body.to_vec())?,
+        "gzip" => {
+            let mut text = String::new();
+            flate2::read::MultiGzDecoder::new(body).read_to_string(&mut text)?;
+            text
+        }
+        other => bail!("unexpected Content-Encoding {other}"),
+    };
+    Ok((text, encoding, started.elapsed().as_secs_f64() * 1e3))
+}
+
+/// Sequential scrapes: the first, then `timings.len()` more.
+struct Series {
+    first_ms: f64,
+    timings: Vec<f64>,
+    /// Body bytes on the wire (compressed when `encoding` says so).
+    wire_bytes: usize,
+    encoding: String,
+    /// The last body, decompressed.
+    text: String,
+    /// Client-side decompression of the last body (not in the timings).
+    inflate_ms: f64,
+}
+
+impl Series {
+    /// The figures as JSON, with the fields of `extra` added.
+    fn summary(&self, extra: Value) -> Value {
+        let series = self
+            .text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count();
+        let mut out = json!({
+            "count": self.timings.len(),
+            "first_ms": self.first_ms,
+            "p50_ms": percentile(&self.timings, 0.50),
+            "p99_ms": percentile(&self.timings, 0.99),
+            "mean_ms": self.timings.iter().sum::<f64>() / self.timings.len().max(1) as f64,
+            "content_encoding": self.encoding,
+            "wire_bytes": self.wire_bytes,
+            "bytes": self.text.len(),
+            "series": series,
+            "client_inflate_ms": self.inflate_ms,
+        });
+        if let (Value::Object(out), Value::Object(extra)) = (&mut out, extra) {
+            out.extend(extra);
+        }
+        out
+    }
+}
+
+/// The first scrape's latency, then `count` more sequential scrapes; all in ms (receiving
+/// the whole body; decompressing it is measured apart).
+fn scrape_series(address: &str, count: usize, gzip: bool) -> anyhow::Result<Series> {
+    let started = Instant::now();
+    let (mut response, mut body_start) = get_metrics(address, 1 << 20, gzip)?;
+    let first_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut timings = Vec::with_capacity(count);
     for _ in 0..count {
         let expected = response.len();
         let started = Instant::now();
-        response = get_metrics(address, expected)?;
+        (response, body_start) = get_metrics(address, expected, gzip)?;
         timings.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    Ok((first, timings, body_of(&response)?))
+    let (text, encoding, inflate_ms) = body_of(&response, body_start)?;
+    Ok(Series {
+        first_ms,
+        timings,
+        wire_bytes: response.len() - body_start,
+        encoding,
+        text,
+        inflate_ms,
+    })
 }
 
 fn percentile(values: &[f64], q: f64) -> f64 {
