@@ -115,6 +115,9 @@ pub(crate) enum TransportError {
     Other(&'static str),
 }
 
+/// How long an idle keep-alive connection to a provider is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// One provider's HTTP client.
 #[derive(Clone)]
 pub(crate) struct HttpClient {
@@ -135,6 +138,11 @@ impl HttpClient {
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Checks come in bursts (start-up, a sweep) and then rarely: keep-alive
+            // connections (and their buffers) are closed soon after a burst, and the pool's
+            // eviction timer stops once it is empty, instead of holding up to
+            // `max_concurrent` idle connections for reqwest's default 90 s.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("keyrotd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|_| super::ProviderError::Config("cannot build the HTTP client".into()))?;
