@@ -362,7 +362,12 @@ impl ProviderConfig {
             .unwrap_or("2023-06-01")
     }
 
-    pub(super) fn validate(&self, issues: &mut Issues, positions: Option<&ProviderPositions>) {
+    /// `positions` is only called when an issue needs the position of a field without a span.
+    pub(super) fn validate<'p>(
+        &self,
+        issues: &mut Issues,
+        positions: impl Fn() -> Option<&'p ProviderPositions>,
+    ) {
         let span = self.name.span();
         let at = |position: Option<&super::Position>| {
             position.and_then(super::span_of).unwrap_or(span.clone())
@@ -396,14 +401,14 @@ impl ProviderConfig {
         }
         if !(self.requests_per_second > 0.0 && self.requests_per_second.is_finite()) {
             issues.push(
-                Some(at(positions.map(|p| &p.requests_per_second))),
+                Some(at(positions().map(|p| &p.requests_per_second))),
                 "`requests_per_second` must be a positive number".into(),
             );
         }
         if let Some(key) = &self.management_key {
             if let Err(err) = key.validate() {
                 issues.push(
-                    Some(at(positions.map(|p| &p.management_key))),
+                    Some(at(positions().map(|p| &p.management_key))),
                     format!("`management_key`: {err}"),
                 );
             }
