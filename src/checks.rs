@@ -119,6 +119,7 @@ pub struct Checker {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     concurrency: Arc<Semaphore>,
+    max_concurrent: usize,
     jitter: f64,
 }
 
@@ -133,6 +134,7 @@ impl Checker {
             store,
             clock,
             concurrency: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            max_concurrent: max_concurrent.max(1),
             jitter,
         }
     }
@@ -144,12 +146,21 @@ impl Checker {
     /// `max_concurrent` checks, not of every credential waiting for a permit. The check's
     /// state is boxed, so a waiting caller holds only its place in the semaphore's queue.
     pub async fn check_now(&self, target: &CheckTarget) -> Result<CheckOutcome, CheckError> {
+        self.check_permitted(target, None).await
+    }
+
+    /// Waits for a concurrency permit, then checks (`key`: the current key read ahead).
+    async fn check_permitted(
+        &self,
+        target: &CheckTarget,
+        key: Option<SealedKey>,
+    ) -> Result<CheckOutcome, CheckError> {
         let permit = self
             .concurrency
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        Box::pin(self.check_with(target, permit, None)).await
+        Box::pin(self.check_with(target, permit, key)).await
     }
 
     /// Checks every target once, at most `max_concurrent` at a time (`keyrotd check`).
@@ -171,13 +182,8 @@ impl Checker {
         let checks = targets.iter().map(|target| {
             let key = keys.remove(&target.credential);
             async move {
-                let permit = self
-                    .concurrency
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
                 match key {
-                    Some(key) => Box::pin(self.check_with(target, permit, Some(key))).await,
+                    Some(key) => self.check_permitted(target, Some(key)).await,
                     None => Err(CheckError::NoCurrentKey(target.credential.clone())),
                 }
             }
@@ -267,7 +273,8 @@ impl Checker {
                     .collect()
             };
             drop(last_checks);
-            let parallel = checker.concurrency.available_permits();
+            // Not the permits free now: a schedule a reload is aborting may still hold some.
+            let parallel = checker.max_concurrent;
             let targets: Arc<[Scheduled]> = targets
                 .into_iter()
                 .map(|target| Scheduled {

@@ -946,7 +946,7 @@ async fn the_start_up_survey_agrees_with_what_a_pass_reads_through_a_key_s_life(
     .await;
     let day = 86_400;
     let can_issue = f.rt.issuer.is_some();
-    let next = |o: &RotationOutlook, now| schedule::next_pass(&f.rt.policy, can_issue, o, now);
+    let next = |o: &RotationOutlook, now| schedule::plan(&f.rt.policy, can_issue, o, now).pass;
 
     let fresh = survey_of(&f).await;
     assert_eq!(fresh, outlook_by_hand(&f).await);

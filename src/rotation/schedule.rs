@@ -26,14 +26,19 @@ pub const SURVEY_EVERY: Duration = MAX_SLEEP;
 /// through the one writer; more in parallel would only queue on it.
 const PARALLEL_PASSES: usize = 16;
 
-/// When a credential needs its next pass, judged from its bookkeeping at `now`; `None` when
-/// nothing is known to be due (the hourly survey looks again).
-pub fn next_pass(
-    policy: &Policy,
-    can_issue: bool,
-    outlook: &RotationOutlook,
-    now: UnixTime,
-) -> Option<UnixTime> {
+/// A credential's schedule judged from its bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// When its next rotation is due (what the store's `next_rotation_at` should say);
+    /// `None` while a rotation is in flight (that rotation decides).
+    pub due: Option<UnixTime>,
+    /// When it needs its next pass; `None` when nothing is known to be due (the hourly
+    /// survey looks again).
+    pub pass: Option<UnixTime>,
+}
+
+/// When a credential's next rotation is due and when it needs its next pass, at `now`.
+pub fn plan(policy: &Policy, can_issue: bool, outlook: &RotationOutlook, now: UnixTime) -> Plan {
     let grace = policy.grace.as_secs() as i64;
     let revocation = [
         outlook.oldest_previous.map(|at| at + grace),
@@ -45,7 +50,10 @@ pub fn next_pass(
     if let Some(since) = outlook.in_flight_since {
         // Another process is rotating: look again when it would count as abandoned.
         let takeover = since + STALE_ROTATION.as_secs() as i64;
-        return Some(revocation.map_or(takeover, |at| at.min(takeover)).max(now));
+        return Plan {
+            due: None,
+            pass: Some(revocation.map_or(takeover, |at| at.min(takeover)).max(now)),
+        };
     }
     let due = policy.due(
         outlook.current,
@@ -56,7 +64,10 @@ pub fn next_pass(
     if outlook.imported_pending
         && (outlook.consecutive_failures == 0 || due.is_some_and(|at| at <= now))
     {
-        return Some(now);
+        return Plan {
+            due,
+            pass: Some(now),
+        };
     }
     // An imported key kept after a failed attempt is retried when the backoff is over.
     let by_rotation = if can_issue || outlook.imported_pending {
@@ -64,11 +75,12 @@ pub fn next_pass(
     } else {
         None
     };
-    [by_rotation, revocation]
+    let pass = [by_rotation, revocation]
         .into_iter()
         .flatten()
         .min()
-        .map(|at| at.max(now))
+        .map(|at| at.max(now));
+    Plan { due, pass }
 }
 
 /// Runs the schedule of `runtimes` until aborted (a reload aborts it and starts another;
@@ -166,17 +178,11 @@ async fn survey(
             continue;
         };
         let rt = &runtimes[item];
-        let due = rt.policy.due(
-            outlook.current,
-            outlook.last_rotated_at,
-            outlook.consecutive_failures,
-            outlook.next_rotation_at,
-        );
-        if due != outlook.next_rotation_at && outlook.in_flight_since.is_none() {
-            changed.push((outlook.credential.clone(), due));
+        let plan = plan(&rt.policy, rt.issuer.is_some(), &outlook, now);
+        if outlook.in_flight_since.is_none() && plan.due != outlook.next_rotation_at {
+            changed.push((outlook.credential.clone(), plan.due));
         }
-        let at = next_pass(&rt.policy, rt.issuer.is_some(), &outlook, now);
-        passes.push((item, outlook, at));
+        passes.push((item, outlook, plan.pass));
     }
     engine.store.set_next_rotations(&changed).await?;
     Ok(passes)
@@ -238,9 +244,9 @@ mod tests {
 
     #[test]
     fn nothing_due_means_no_pass() {
-        assert_eq!(next_pass(&policy(None), true, &outlook(), 5_000), None);
+        assert_eq!(plan(&policy(None), true, &outlook(), 5_000).pass, None);
         // A policy without an issuer cannot rotate by itself.
-        assert_eq!(next_pass(&policy(Some(1)), false, &outlook(), 5_000), None);
+        assert_eq!(plan(&policy(Some(1)), false, &outlook(), 5_000).pass, None);
     }
 
     #[test]
@@ -248,15 +254,20 @@ mod tests {
         let now = 5_000;
         let due = 1_000 + 86_400;
         assert_eq!(
-            next_pass(&policy(Some(1)), true, &outlook(), now),
+            plan(&policy(Some(1)), true, &outlook(), now).pass,
             Some(due)
+        );
+        assert_eq!(
+            plan(&policy(Some(1)), false, &outlook(), now).due,
+            Some(due),
+            "due without an issuer too"
         );
         let revoking = RotationOutlook {
             oldest_previous: Some(4_000),
             ..outlook()
         };
         assert_eq!(
-            next_pass(&policy(Some(1)), true, &revoking, now),
+            plan(&policy(Some(1)), true, &revoking, now).pass,
             Some(4_000 + 3_600)
         );
         let discarded = RotationOutlook {
@@ -264,7 +275,7 @@ mod tests {
             ..outlook()
         };
         assert_eq!(
-            next_pass(&policy(Some(1)), true, &discarded, now),
+            plan(&policy(Some(1)), true, &discarded, now).pass,
             Some(now),
             "overdue work is due now, not in the past"
         );
@@ -279,20 +290,20 @@ mod tests {
             ..outlook()
         };
         assert_eq!(
-            next_pass(&policy(Some(1)), true, &failing, now),
+            plan(&policy(Some(1)), true, &failing, now).pass,
             Some(now + 600)
         );
         let imported = RotationOutlook {
             imported_pending: true,
             ..outlook()
         };
-        assert_eq!(next_pass(&policy(None), false, &imported, now), Some(now));
+        assert_eq!(plan(&policy(None), false, &imported, now).pass, Some(now));
         let imported_after_failure = RotationOutlook {
             imported_pending: true,
             ..failing
         };
         assert_eq!(
-            next_pass(&policy(None), false, &imported_after_failure, now),
+            plan(&policy(None), false, &imported_after_failure, now).pass,
             Some(now + 600),
             "an imported key retried after a failure waits for the backoff"
         );
@@ -305,8 +316,13 @@ mod tests {
             ..outlook()
         };
         assert_eq!(
-            next_pass(&policy(Some(1)), true, &in_flight, 10_100),
+            plan(&policy(Some(1)), true, &in_flight, 10_100).pass,
             Some(10_000 + STALE_ROTATION.as_secs() as i64)
+        );
+        assert_eq!(
+            plan(&policy(Some(1)), true, &in_flight, 10_100).due,
+            None,
+            "the rotation in flight decides"
         );
     }
 }

@@ -295,23 +295,12 @@ pub trait Store: Send + Sync {
     /// Decrypts a version's secret.
     async fn secret(&self, version_id: i64) -> StoreResult<SecretString>;
 
-    /// The credential's current key and its decrypted secret (`None` without a current key).
-    /// A check needs both; the SQLite store reads them in one query.
+    /// The credential's current key and its decrypted secret (`None` without a current key),
+    /// read together: a check needs both.
     async fn current_key(
         &self,
         credential: &str,
-    ) -> StoreResult<Option<(KeyVersion, SecretString)>> {
-        let Some(current) = self
-            .versions(credential)
-            .await?
-            .into_iter()
-            .find(|v| v.stage == crate::model::Stage::Current)
-        else {
-            return Ok(None);
-        };
-        let secret = self.secret(current.id).await?;
-        Ok(Some((current, secret)))
-    }
+    ) -> StoreResult<Option<(KeyVersion, SecretString)>>;
 
     /// The current key of every active credential, still sealed: a sweep reads them all in
     /// one query and opens each with [`Store::open_sealed`] only when its check goes out.
@@ -387,16 +376,14 @@ pub trait Store: Send + Sync {
         now: UnixTime,
     ) -> StoreResult<()>;
 
-    async fn set_next_rotation(&self, credential: &str, at: Option<UnixTime>) -> StoreResult<()>;
-
-    /// [`Store::set_next_rotation`] for many credentials in one transaction (start-up records
-    /// the due time of every credential at once, not with a commit each).
-    async fn set_next_rotations(&self, due: &[(String, Option<UnixTime>)]) -> StoreResult<()> {
-        for (credential, at) in due {
-            self.set_next_rotation(credential, *at).await?;
-        }
-        Ok(())
+    async fn set_next_rotation(&self, credential: &str, at: Option<UnixTime>) -> StoreResult<()> {
+        self.set_next_rotations(&[(credential.to_string(), at)])
+            .await
     }
+
+    /// Records the next due time of many credentials in one transaction (start-up records
+    /// every credential's at once, not with a commit each).
+    async fn set_next_rotations(&self, due: &[(String, Option<UnixTime>)]) -> StoreResult<()>;
 
     /// Marks a version revoked and drops its secret material.
     async fn mark_revoked(

@@ -394,12 +394,8 @@ async fn begin_write(
 async fn commit_checks(writer: SqlitePool, path: PathBuf, batch: Vec<PendingCheck>) {
     async fn write(writer: &SqlitePool, path: &Path, batch: &[PendingCheck]) -> StoreResult<()> {
         let mut tx = begin_write(writer, path).await?;
-        if let [p] = batch {
-            apply_check(&mut tx, &p.credential, p.version_id, &p.check).await?;
-        } else {
-            for chunk in batch.chunks(CHECKS_PER_STATEMENT) {
-                apply_checks_together(&mut tx, chunk).await?;
-            }
+        for chunk in batch.chunks(CHECKS_PER_STATEMENT) {
+            apply_checks(&mut tx, chunk).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -423,18 +419,19 @@ async fn commit_checks(writer: SqlitePool, path: PathBuf, batch: Vec<PendingChec
     }
 }
 
-/// Check results written by one statement of [`apply_checks_together`] (7 bound values
+/// Check results written by one statement of [`apply_checks`] (7 bound values
 /// each, well under SQLite's 32,766 variables per statement).
 const CHECKS_PER_STATEMENT: usize = 500;
 
-/// Records several checks inside `tx` with the same effect as [`apply_check`] on each, in
-/// three statements instead of four or five per record. Every statement of sqlx's SQLite
-/// driver is a round trip to the connection's thread (two context switches); one record at
-/// a time, those hand-offs were most of the CPU of a validity sweep.
+/// Records checks inside `tx`: each updates its credential's status and last check (only a
+/// conclusive result changes validity), its key version's last check and reported expiry,
+/// and its balances; a change of status is also an event. Three statements for the whole
+/// batch: every statement of sqlx's SQLite driver is a round trip to the connection's thread
+/// (two context switches), and statements per record were most of a sweep's CPU.
 ///
-/// Fails (and the caller falls back to one record at a time, which names the culprit) when a
-/// record's credential is unknown or removed, or when one credential appears twice.
-async fn apply_checks_together(
+/// Fails when a record's credential is unknown or removed, or when one credential appears
+/// twice (the caller then writes the records one by one, which names the culprit).
+async fn apply_checks(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &[PendingCheck],
 ) -> StoreResult<()> {
@@ -484,6 +481,9 @@ async fn apply_checks_together(
         .execute(&mut **tx)
         .await?
         .rows_affected();
+    if let ([p], 0) = (batch, updated) {
+        return Err(StoreError::UnknownCredential(p.credential.clone()));
+    }
     if updated != batch.len() as u64 {
         return Err(StoreError::Conflict(format!(
             "{} of {} checked credentials are unknown, removed or repeated",
@@ -501,76 +501,6 @@ async fn apply_checks_together(
     for p in batch.iter().filter(|p| !p.check.credits.is_empty()) {
         let credential_id = SqliteStore::credential_id(tx, &p.credential).await?;
         replace_credits(tx, credential_id, &p.check).await?;
-    }
-    Ok(())
-}
-
-/// Records one check inside `tx`; a change of status is also an event.
-async fn apply_check(
-    tx: &mut Transaction<'static, Sqlite>,
-    credential: &str,
-    version_id: i64,
-    check: &CheckRecord,
-) -> StoreResult<()> {
-    let credential_id = SqliteStore::credential_id(tx, credential).await?;
-    let previous: Option<String> =
-        sqlx::query_scalar("SELECT check_status FROM credentials WHERE id = ?")
-            .bind(credential_id)
-            .fetch_one(&mut **tx)
-            .await?;
-    let status = check.status.as_str();
-    // Only a conclusive result changes validity; a blip keeps the last known state.
-    let valid: Option<i64> = match check.status {
-        CheckStatus::Invalid => Some(0),
-        CheckStatus::Valid | CheckStatus::Exhausted => Some(1),
-        _ => None,
-    };
-    sqlx::query(
-        "UPDATE credentials SET check_status = ?, last_check_at = ?, check_detail = ?,
-                 valid = COALESCE(?, valid) WHERE id = ?",
-    )
-    .bind(status)
-    .bind(check.at)
-    .bind(&check.detail)
-    .bind(valid)
-    .bind(credential_id)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE key_versions SET last_check_at = ?, last_check_status = ? WHERE id = ?")
-        .bind(check.at)
-        .bind(status)
-        .bind(version_id)
-        .execute(&mut **tx)
-        .await?;
-    // Fix (more-tests): the reported balance and expiry were dropped here, so
-    // `keyrotd_key_credit_remaining` never appeared and the expiry gauge ignored the
-    // provider. A non-empty report replaces the stored set; an expiry replaces the key's.
-    if !check.credits.is_empty() {
-        replace_credits(tx, credential_id, check).await?;
-    }
-    if let Some(expires_at) = check.expires_at {
-        sqlx::query("UPDATE key_versions SET expires_at = ? WHERE id = ?")
-            .bind(expires_at)
-            .bind(version_id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    if previous.as_deref() != Some(status) {
-        let detail = format!(
-            "{} -> {status}: {}",
-            previous.as_deref().unwrap_or("unchecked"),
-            check.detail
-        );
-        SqliteStore::insert_event(
-            tx,
-            Some(credential),
-            Some(version_id),
-            "check_status_changed",
-            "checker",
-            &detail,
-            check.at,
-        )
-        .await?;
     }
     Ok(())
 }
@@ -1472,17 +1402,6 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn set_next_rotation(&self, credential: &str, at: Option<UnixTime>) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE credentials SET next_rotation_at = ? WHERE name = ?")
-            .bind(at)
-            .bind(credential)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
