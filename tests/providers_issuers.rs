@@ -500,3 +500,38 @@ esac"#;
             .is_none());
     }
 }
+
+/// A listing without a `data` array (a proxy's page, an API change) must fail the list, not
+/// read as "no keys": an empty answer would tell the orphan sweep there is nothing to delete.
+#[tokio::test]
+async fn a_listing_without_a_data_array_is_malformed_not_empty() {
+    let cases = [
+        (
+            "kind = \"openrouter\"\nbase_url = \"{base}/api/v1\"".to_string(),
+            "/api/v1/keys",
+        ),
+        (
+            "kind = \"openai\"\nbase_url = \"{base}/v1\"\nproject = \"proj_abc\"".to_string(),
+            "/v1/organization/projects/proj_abc/service_accounts",
+        ),
+    ];
+    for (toml, list_path) in cases {
+        for body in [json!({"keys": []}), json!({"data": {"id": "x"}}), json!([])] {
+            let server = MockServer::start().await;
+            Mock::given(method("GET"))
+                .and(path(list_path))
+                .respond_with(ResponseTemplate::new(200).set_body_json(body.clone()))
+                .mount(&server)
+                .await;
+            let error = issuer(&toml, &server)
+                .list("keyrotd/")
+                .await
+                .expect_err("a listing without `data` was accepted");
+            assert!(
+                matches!(&error, ProviderError::Malformed(m) if m.contains("data")),
+                "{toml}: {body}: {error}"
+            );
+            assert_no_admin(&error);
+        }
+    }
+}

@@ -9,7 +9,7 @@
 //! `{"status":"inactive"}`.
 
 use super::classify::{
-    call, check_flow, error_report, json_body, string_at, unexpected_body, unsendable_key,
+    call, check_flow, error_report, list_page, string_at, unexpected_body, unsendable_key,
 };
 use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::{base_url, CheckReport, Provider, ProviderError, ProviderTelemetry, Revoker};
@@ -136,13 +136,8 @@ impl AnthropicRevoker {
                 path.push_str(&format!("&after_id={}", encode_component(after)));
             }
             let request = self.request(reqwest::Method::GET, &path)?;
-            let response = call(&self.client, "list", request, Some(&self.admin_key), &[]).await?;
-            let body = json_body(&response, "list")?;
-            let page = body
-                .get("data")
-                .and_then(Value::as_array)
-                .ok_or_else(|| ProviderError::Malformed("list: no `data` array".into()))?;
-            for item in page {
+            let (page, body) = list_page(&self.client, request, &self.admin_key).await?;
+            for item in &page {
                 let hint = item
                     .get("partial_key_hint")
                     .and_then(Value::as_str)

@@ -208,6 +208,21 @@ pub(crate) fn json_body(response: &Response, what: &str) -> Result<Value, Provid
     })
 }
 
+/// One page of a key listing whose body is `{"data": [...], ...}` (OpenAI, Anthropic and
+/// OpenRouter list keys this way): the `data` items, and the rest of the body for paging.
+pub(crate) async fn list_page(
+    client: &HttpClient,
+    request: reqwest::RequestBuilder,
+    secret: &SecretString,
+) -> Result<(Vec<Value>, Value), ProviderError> {
+    let response = call(client, "list", request, Some(secret), &[]).await?;
+    let mut body = json_body(&response, "list")?;
+    match body.get_mut("data").map(Value::take) {
+        Some(Value::Array(items)) => Ok((items, body)),
+        _ => Err(ProviderError::Malformed("list: no `data` array".into())),
+    }
+}
+
 /// Parses a body that carries a new key, then wipes the raw bytes whatever the outcome, so
 /// the plaintext key is left only in the parsed value the caller turns into a secret.
 pub(crate) fn take_secret_json(

@@ -5,8 +5,8 @@
 //! or a rate limit. Together answers a bare JSON array instead of `{data:[...]}`; Groq's 498
 //! (capacity) is transient like a 5xx.
 
-use super::classify::{bearer_get_check, take_secret_json};
-use super::classify::{call, error_report, json_body, string_at, unexpected_body, vendor_error};
+use super::classify::{bearer_get_check, list_page, take_secret_json};
+use super::classify::{call, error_report, string_at, unexpected_body, vendor_error};
 use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::{
     base_url, CheckReport, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry, RemoteKey,
@@ -149,13 +149,8 @@ impl Issuer for OpenAiIssuer {
                 None => format!("{}?limit=100", self.accounts_url),
             };
             let request = self.request(reqwest::Method::GET, &url)?;
-            let response = call(&self.client, "list", request, Some(&self.admin_key), &[]).await?;
-            let body = json_body(&response, "list")?;
-            let page = body
-                .get("data")
-                .and_then(Value::as_array)
-                .ok_or_else(|| ProviderError::Malformed("list: no `data` array".into()))?;
-            for item in page {
+            let (page, body) = list_page(&self.client, request, &self.admin_key).await?;
+            for item in &page {
                 let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
                 if name.starts_with(prefix) {
                     found.push(RemoteKey {

@@ -4,8 +4,8 @@
 //! otherwise `limit_remaining` in USD) and its `expires_at` (ISO-8601 or null). 401 means
 //! invalid or disabled; 402 is out of credits (account or key limit).
 
-use super::classify::{amount, call, error_report, expiry, json_body, string_at, unexpected_body};
-use super::classify::{bearer_get_check, take_secret_json};
+use super::classify::{amount, call, error_report, expiry, string_at, unexpected_body};
+use super::classify::{bearer_get_check, list_page, take_secret_json};
 use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::{
     base_url, CheckReport, Credit, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry,
@@ -158,24 +158,12 @@ impl Issuer for OpenRouterIssuer {
                 reqwest::Method::GET,
                 &format!("keys?offset={offset}&include_disabled=true"),
             )?;
-            let response = call(
-                &self.client,
-                "list",
-                request,
-                Some(&self.management_key),
-                &[],
-            )
-            .await?;
-            let body = json_body(&response, "list")?;
-            let page = body
-                .get("data")
-                .and_then(Value::as_array)
-                .ok_or_else(|| ProviderError::Malformed("list: no `data` array".into()))?;
+            let (page, _) = list_page(&self.client, request, &self.management_key).await?;
             if page.is_empty() {
                 return Ok(found);
             }
             offset += page.len();
-            for item in page {
+            for item in &page {
                 let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
                 if name.starts_with(prefix) {
                     found.push(RemoteKey {
