@@ -1033,8 +1033,12 @@ impl StepTotals {
 }
 
 impl StepTimes {
-    fn add(counter: &AtomicU64, started: Instant) {
+    /// Runs `step`, adding its duration to `counter`.
+    async fn time<T>(counter: &AtomicU64, step: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = step.await;
         counter.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        result
     }
     /// Totals in ms since the last take.
     fn take(&self) -> StepTotals {
@@ -1054,10 +1058,7 @@ struct TimedProvider(Arc<dyn Provider>, Arc<StepTimes>);
 #[async_trait]
 impl Provider for TimedProvider {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        let started = Instant::now();
-        let report = self.0.check(key).await;
-        StepTimes::add(&self.1.verify, started);
-        report
+        StepTimes::time(&self.1.verify, self.0.check(key)).await
     }
 }
 
@@ -1066,22 +1067,13 @@ struct TimedIssuer(Arc<dyn Issuer>, Arc<StepTimes>);
 #[async_trait]
 impl Issuer for TimedIssuer {
     async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
-        let started = Instant::now();
-        let issued = self.0.issue(name).await;
-        StepTimes::add(&self.1.issue, started);
-        issued
+        StepTimes::time(&self.1.issue, self.0.issue(name)).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<RemoteKey>, ProviderError> {
-        let started = Instant::now();
-        let listed = self.0.list(prefix).await;
-        StepTimes::add(&self.1.list, started);
-        listed
+        StepTimes::time(&self.1.list, self.0.list(prefix)).await
     }
     async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError> {
-        let started = Instant::now();
-        let revoked = self.0.revoke(remote_id).await;
-        StepTimes::add(&self.1.revoke, started);
-        revoked
+        StepTimes::time(&self.1.revoke, self.0.revoke(remote_id)).await
     }
 }
 
@@ -1093,10 +1085,7 @@ impl Target for TimedTarget {
         self.0.describe()
     }
     async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliveryError> {
-        let started = Instant::now();
-        let delivered = self.0.deliver(delivery).await;
-        StepTimes::add(&self.1.deliver, started);
-        delivered
+        StepTimes::time(&self.1.deliver, self.0.deliver(delivery)).await
     }
 }
 
