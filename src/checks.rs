@@ -289,8 +289,8 @@ impl Checker {
                     let delay = checker.check_scheduled(&targets[item]).await;
                     Some(Instant::now() + delay)
                 })
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = Option<Instant>> + Send>>
             };
+            // Checks are never moved from outside; the handle only keeps the channel open.
             let (_moves, moves) = due::channel();
             due::run("check", first, parallel, work, moves).await;
         })

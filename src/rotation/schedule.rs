@@ -111,9 +111,14 @@ pub fn spawn(engine: Arc<Engine>, runtimes: Vec<Arc<CredentialRuntime>>) -> Join
                 }
             }
             Err(error) => {
-                // Without the survey, give every credential a pass (each reads its own rows).
+                // Without the survey, give every credential a pass that first resumes what it
+                // left in flight, as each reads its own rows.
                 tracing::error!(%error, "cannot read the rotation schedule; looking at every credential");
                 first = (0..runtimes.len()).map(|i| (i, Instant::now())).collect();
+                resume_first
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(0..runtimes.len());
             }
         }
         tracing::debug!(
