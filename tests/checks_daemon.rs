@@ -414,3 +414,42 @@ async fn checks_of_one_provider_are_paced_to_its_request_rate() {
         "requests closer than the pacer allows: {gaps:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_reports_a_credential_without_a_key_beside_the_checked_ones() {
+    // `keyrotd check` reads every current key in one query: a credential missing from that
+    // read must come out as "no current key", and must not take the others with it.
+    let fake = Fake::new();
+    let server = fake.serve().await;
+    let env = Env::new();
+    env.write_config(&format!(
+        "{}{}{}",
+        provider(&server, ""),
+        credential(CREDENTIAL, ""),
+        credential("not-imported-yet", "")
+    ));
+    let key = canary();
+    env.import(CREDENTIAL, &key, &[]);
+    let out = env.run(&["check", "--json"]);
+    assert_success(&out, "check --json");
+    let items: Value = serde_json::from_slice(&out.stdout).expect("check --json is JSON");
+    let item = |name: &str| {
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["credential"] == name)
+            .unwrap_or_else(|| panic!("no item for {name}: {items:#}"))
+            .clone()
+    };
+    assert_eq!(item(CREDENTIAL)["status"], "valid");
+    let missing = item("not-imported-yet");
+    assert_eq!(missing["status"], Value::Null);
+    assert!(
+        missing["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no current key")),
+        "{missing:#}"
+    );
+    assert_no_canary("check --json", &stdout(&out), &key);
+}
