@@ -4,7 +4,7 @@
 
 use crate::checks::{self, CheckTarget, Checker};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, DaemonConfig};
 use crate::crypto::{MasterKey, Sealer};
 use crate::http::{self, Heartbeat, HttpState, HEARTBEAT_MAX_AGE};
 use crate::metrics::Metrics;
@@ -102,7 +102,7 @@ fn notify(states: &[NotifyState]) {
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mut config = settings.config;
+    let config = settings.config;
     let store = Arc::new(
         open_store(
             &settings.database,
@@ -132,6 +132,10 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>, clock.clone()));
     let mut rotation_tasks =
         spawn_rotations(&engine, rotation::build_runtimes(&config, &telemetry)?);
+    // Only the daemon section is consulted again (a reload warns about what needs a
+    // restart): the credentials and providers live on in their runtimes, and keeping the
+    // whole parsed file would double the daemon's per-credential memory.
+    let mut running = Running::from(config);
     let heartbeat = Arc::new(Heartbeat::default());
     let scheduler = Scheduler::start(clock.clone(), heartbeat.clone(), metrics.clone());
 
@@ -168,12 +172,12 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         tls,
         basic_auth,
         database = %settings.database.display(),
-        credentials = config.credentials.len(),
+        credentials = running.credentials,
         "keyrotd ready"
     );
     let status = format!(
         "serving metrics on {bound}; {} credentials",
-        config.credentials.len()
+        running.credentials
     );
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     let watchdog = sd_notify::watchdog_enabled().map(|interval| {
@@ -201,15 +205,15 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         tokio::select! {
             _ = hangup.recv() => {
                 notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
-                match reload(&settings.config_path, &config, store.as_ref(), clock.as_ref(), &telemetry).await {
-                    Ok((new_config, targets, runtimes)) => {
-                        config = new_config;
+                match reload(&settings.config_path, &running, store.as_ref(), clock.as_ref(), &telemetry).await {
+                    Ok((reloaded, targets, runtimes)) => {
+                        running = reloaded;
                         check_tasks.abort();
                         check_tasks = checker.schedule(targets);
                         // A rotation cut short here resumes from its last committed step.
                         rotation_tasks.abort();
                         rotation_tasks = spawn_rotations(&engine, runtimes);
-                        tracing::info!(credentials = config.credentials.len(), "configuration reloaded");
+                        tracing::info!(credentials = running.credentials, "configuration reloaded");
                     }
                     Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration"),
                 }
@@ -237,13 +241,28 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the daemon keeps of its config once the checks and rotations are built from it.
+struct Running {
+    daemon: DaemonConfig,
+    credentials: usize,
+}
+
+impl From<Config> for Running {
+    fn from(config: Config) -> Running {
+        Running {
+            credentials: config.credentials.len(),
+            daemon: config.daemon,
+        }
+    }
+}
+
 async fn reload(
     path: &Path,
-    running: &Config,
+    running: &Running,
     store: &dyn Store,
     clock: &dyn Clock,
     telemetry: &ProviderTelemetry,
-) -> anyhow::Result<(Config, Vec<CheckTarget>, Runtimes)> {
+) -> anyhow::Result<(Running, Vec<CheckTarget>, Runtimes)> {
     let config = Config::load(path)?;
     // Build everything before changing anything, so a bad provider section changes nothing.
     let targets = checks::build_targets(&config, telemetry)?;
@@ -257,7 +276,7 @@ async fn reload(
     store
         .sync_credentials(&credential_specs(&config), clock.now())
         .await?;
-    Ok((config, targets, runtimes))
+    Ok((Running::from(config), targets, runtimes))
 }
 
 type Runtimes = std::collections::HashMap<String, Arc<CredentialRuntime>>;

@@ -28,7 +28,7 @@
 
 use crate::clock::Clock;
 use crate::model::{CheckStatus, UnixTime};
-use crate::store::{CredentialState, Snapshot, Store, StoreResult};
+use crate::store::{CredentialState, Store, StoreResult};
 use bytes::{Buf, Bytes};
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -307,12 +307,18 @@ impl Metrics {
         if self.keys().generation == Some(generation) {
             return Ok(());
         }
-        let snapshot = store.snapshot().await?;
+        // Each record is cut down to what the families need as it is read: the full
+        // records of 10,000 credentials are ~10 MB, their rows ~2 MB.
+        let mut rows = Vec::new();
+        let generation = store
+            .visit_states(&mut |state| rows.push(KeyRow::from(&state)))
+            .await?;
         // Rendering and compressing 10,000 credentials takes tens of ms: not on the
         // threads that serve the other requests.
-        let rendered = tokio::task::spawn_blocking(move || KeyState::render(&snapshot))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let rendered =
+            tokio::task::spawn_blocking(move || KeyState::render_rows(generation, &rows))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         *self.keys() = rendered;
         Ok(())
     }
@@ -441,7 +447,7 @@ impl<'a> Family<'a> {
         self.out.buffer()
     }
 
-    /// `name{labels[,extra="v"]} value`; `labels` is open (see [`open_labels`]).
+    /// `name{labels[,extra="v"]} value`; `labels` is open (see [`KeyRow::labels`]).
     fn sample(&mut self, labels: &str, extra: Option<(&str, &str)>, value: Value) {
         let name = self.name;
         sample(self.begin(), name, labels, extra, value);
@@ -456,43 +462,79 @@ impl<'a> Family<'a> {
     }
 }
 
-/// `{credential="..",provider=".."` (escaped, without its closing brace so extra labels can
-/// follow).
-fn open_labels(state: &CredentialState) -> String {
-    let c = &state.credential;
-    let mut labels = String::with_capacity(c.name.len() + c.provider.len() + 28);
-    labels.push_str("{credential=\"");
-    escape_label(&mut labels, &c.name);
-    labels.push_str("\",provider=\"");
-    escape_label(&mut labels, &c.provider);
-    labels.push('"');
-    labels
+/// What the per-key families need of one credential, cut from its full record.
+#[derive(Debug)]
+struct KeyRow {
+    /// `{credential="..",provider=".."` (escaped, without its closing brace so extra labels
+    /// can follow).
+    labels: Box<str>,
+    /// (created, expires) of the current key.
+    key: Option<(UnixTime, Option<UnixTime>)>,
+    valid: Option<bool>,
+    check_status: Option<CheckStatus>,
+    last_check_at: Option<UnixTime>,
+    next_rotation_at: Option<UnixTime>,
+    last_rotated_at: Option<UnixTime>,
+    consecutive_failures: i64,
+    rotations_succeeded: u64,
+    rotations_failed: u64,
+    credits: Box<[(String, f64)]>,
+}
+
+impl From<&CredentialState> for KeyRow {
+    fn from(state: &CredentialState) -> KeyRow {
+        let c = &state.credential;
+        let mut labels = String::with_capacity(c.name.len() + c.provider.len() + 28);
+        labels.push_str("{credential=\"");
+        escape_label(&mut labels, &c.name);
+        labels.push_str("\",provider=\"");
+        escape_label(&mut labels, &c.provider);
+        labels.push('"');
+        KeyRow {
+            labels: labels.into_boxed_str(),
+            key: state.current.as_ref().map(|k| (k.created_at, k.expires_at)),
+            valid: c.valid,
+            check_status: c.check_status,
+            last_check_at: c.last_check_at,
+            next_rotation_at: c.next_rotation_at,
+            last_rotated_at: c.last_rotated_at,
+            consecutive_failures: c.consecutive_failures,
+            rotations_succeeded: state.rotations_succeeded,
+            rotations_failed: state.rotations_failed,
+            credits: state.credits.clone().into_boxed_slice(),
+        }
+    }
 }
 
 impl KeyState {
-    /// Renders and compresses the store-only families of `snapshot`, one family at a time,
+    /// [`KeyState::render_rows`] of a whole snapshot.
+    #[cfg(test)]
+    fn render(snapshot: &crate::store::Snapshot) -> KeyState {
+        let rows: Vec<KeyRow> = snapshot.credentials.iter().map(KeyRow::from).collect();
+        KeyState::render_rows(snapshot.generation, &rows)
+    }
+
+    /// Renders and compresses the store-only families of `rows`, one family at a time,
     /// and keeps what the clocked ones need.
-    fn render(snapshot: &Snapshot) -> KeyState {
-        let credentials = &snapshot.credentials;
-        let labels: Vec<String> = credentials.iter().map(open_labels).collect();
+    fn render_rows(generation: i64, rows: &[KeyRow]) -> KeyState {
         let mut out = MemberWriter::new();
         for index in FIXED_ORDER {
             let (name, help, _, _) = FAMILIES[index];
             let mut family = Family::new(&mut out, name, help, "gauge");
-            for (state, labels) in credentials.iter().zip(&labels) {
-                let c = &state.credential;
-                let key = state.current.as_ref();
+            for row in rows {
+                let labels = &row.labels;
+                let key = row.key;
                 let int = |v: i64| Some(Value::Int(v));
                 let single = match index {
-                    CREATED => key.and_then(|k| int(k.created_at)),
-                    EXPIRY => key.and_then(|k| k.expires_at).and_then(int),
-                    VALID => key.and(c.valid).and_then(|v| int(v as i64)),
-                    LAST_CHECK => key.and(c.last_check_at).and_then(int),
-                    NEXT_ROTATION => c.next_rotation_at.and_then(int),
-                    LAST_ROTATION => c.last_rotated_at.and_then(int),
-                    FAILURES => int(c.consecutive_failures),
+                    CREATED => key.and_then(|(created, _)| int(created)),
+                    EXPIRY => key.and_then(|(_, expires)| expires).and_then(int),
+                    VALID => key.and(row.valid).and_then(|v| int(v as i64)),
+                    LAST_CHECK => key.and(row.last_check_at).and_then(int),
+                    NEXT_ROTATION => row.next_rotation_at.and_then(int),
+                    LAST_ROTATION => row.last_rotated_at.and_then(int),
+                    FAILURES => int(row.consecutive_failures),
                     CHECK_STATUS => {
-                        if let (Some(status), Some(_)) = (c.check_status, key) {
+                        if let (Some(status), Some(_)) = (row.check_status, key) {
                             for candidate in CheckStatus::ALL {
                                 family.sample(
                                     labels,
@@ -504,7 +546,7 @@ impl KeyState {
                         None
                     }
                     CREDIT => {
-                        for (unit, remaining) in &state.credits {
+                        for (unit, remaining) in &row.credits {
                             family.sample(labels, Some(("unit", unit)), Value::Float(*remaining));
                         }
                         None
@@ -517,30 +559,32 @@ impl KeyState {
             }
         }
         let mut rotations = Family::new(&mut out, ROTATIONS_TOTAL.0, ROTATIONS_TOTAL.1, "counter");
-        for (state, labels) in credentials.iter().zip(&labels) {
+        for row in rows {
             for (result, count) in [
-                ("success", state.rotations_succeeded),
-                ("failure", state.rotations_failed),
+                ("success", row.rotations_succeeded),
+                ("failure", row.rotations_failed),
             ] {
-                rotations.sample(labels, Some(("result", result)), Value::Int(count as i64));
+                rotations.sample(
+                    &row.labels,
+                    Some(("result", result)),
+                    Value::Int(count as i64),
+                );
             }
         }
         let fixed = out.finish();
-        let clocked = credentials
+        let clocked = rows
             .iter()
-            .zip(labels)
-            .filter_map(|(state, mut labels)| {
-                let key = state.current.as_ref()?;
-                labels.push('}');
+            .filter_map(|row| {
+                let (created_at, expires_at) = row.key?;
                 Some(ClockedKey {
-                    labels: labels.into_boxed_str(),
-                    created_at: key.created_at,
-                    expires_at: key.expires_at,
+                    labels: format!("{}}}", row.labels).into_boxed_str(),
+                    created_at,
+                    expires_at,
                 })
             })
             .collect();
         KeyState {
-            generation: Some(snapshot.generation),
+            generation: Some(generation),
             fixed,
             clocked,
             timed: None,
@@ -642,7 +686,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::model::Stage;
-    use crate::store::{CredentialRecord, CredentialState, KeyVersion};
+    use crate::store::{CredentialRecord, CredentialState, KeyVersion, Snapshot};
     use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily};
 
     fn state(name: &str, checked: bool, credits: bool) -> CredentialState {

@@ -10,7 +10,8 @@ use std::time::Duration;
 /// A credential's rotation policy, resolved from the config.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub schedule: Option<Schedule>,
+    /// Boxed: a parsed cron expression is a few hundred bytes, and most credentials have none.
+    pub schedule: Option<Box<Schedule>>,
     pub max_age: Option<Duration>,
     pub rotate_before_expiry: Option<Duration>,
     pub grace: Duration,
@@ -20,7 +21,7 @@ impl Policy {
     pub fn from_config(credential: &CredentialConfig) -> Policy {
         let rotation = &credential.rotation;
         Policy {
-            schedule: rotation.schedule(),
+            schedule: rotation.schedule().map(Box::new),
             max_age: rotation.max_age.as_ref().map(|d| d.get_ref().0),
             rotate_before_expiry: rotation
                 .rotate_before_expiry
@@ -97,7 +98,7 @@ mod tests {
 
     fn policy(schedule: Option<&str>, max_age: Option<u64>, before: Option<u64>) -> Policy {
         Policy {
-            schedule: schedule.map(|s| Schedule::parse(s).unwrap()),
+            schedule: schedule.map(|s| Box::new(Schedule::parse(s).unwrap())),
             max_age: max_age.map(Duration::from_secs),
             rotate_before_expiry: before.map(Duration::from_secs),
             grace: Duration::from_secs(86_400),

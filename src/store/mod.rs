@@ -265,8 +265,25 @@ pub trait Store: Send + Sync {
         now: UnixTime,
     ) -> StoreResult<KeyVersion>;
 
+    /// Hands every active credential with its current key to `visit`, in name order, as it
+    /// is read (one read transaction); answers the store's generation at that read.
+    /// For readers that keep less than the whole record, such as the metrics renderer.
+    async fn visit_states(
+        &self,
+        visit: &mut (dyn FnMut(CredentialState) + Send),
+    ) -> StoreResult<i64>;
+
     /// Active credentials and their current keys, with the store's generation.
-    async fn snapshot(&self) -> StoreResult<Snapshot>;
+    async fn snapshot(&self) -> StoreResult<Snapshot> {
+        let mut credentials = Vec::new();
+        let generation = self
+            .visit_states(&mut |state| credentials.push(state))
+            .await?;
+        Ok(Snapshot {
+            generation,
+            credentials,
+        })
+    }
 
     /// When each active credential was last checked (credentials never checked are absent).
     /// Start-up reads this to resume every check schedule; the full [`Store::snapshot`]

@@ -11,6 +11,7 @@
 use super::*;
 use crate::crypto::Sealer;
 use crate::model::fingerprint;
+use futures::TryStreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -439,7 +440,10 @@ async fn apply_checks(
         sql: &'q str,
         batch: &'q [PendingCheck],
     ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-        let mut query = sqlx::query(sql);
+        // A batch's statement text depends on its size: cached, every size seen would keep
+        // its compiled statement (tens of KB at hundreds of rows) in the writer for good.
+        // Compiling it again costs far less than the batch's writes.
+        let mut query = sqlx::query(sql).persistent(batch.len() == 1);
         for p in batch {
             let check = &p.check;
             // Only a conclusive result changes validity; a blip keeps the last known state.
@@ -583,30 +587,37 @@ const VERSION_COLUMNS: &str =
      v.sealed_secret IS NOT NULL";
 
 fn version_from_row(row: &SqliteRow) -> KeyVersion {
+    version_from_row_at(row, 0)
+}
+
+/// A version whose [`VERSION_COLUMNS`] start at column `at`.
+fn version_from_row_at(row: &SqliteRow, at: usize) -> KeyVersion {
     KeyVersion {
-        id: row.get(0),
-        credential: row.get(1),
+        id: row.get(at),
+        credential: row.get(at + 1),
         stage: row
-            .get::<String, _>(2)
+            .get::<String, _>(at + 2)
             .parse()
             .unwrap_or(crate::model::Stage::Failed),
-        fingerprint: row.get(3),
-        provider_key_id: row.get(4),
-        rotation_id: row.get(5),
-        created_at: row.get(6),
-        expires_at: row.get(7),
-        stage_changed_at: row.get(8),
-        last_check_at: row.get(9),
+        fingerprint: row.get(at + 3),
+        provider_key_id: row.get(at + 4),
+        rotation_id: row.get(at + 5),
+        created_at: row.get(at + 6),
+        expires_at: row.get(at + 7),
+        stage_changed_at: row.get(at + 8),
+        last_check_at: row.get(at + 9),
         last_check_status: row
-            .get::<Option<String>, _>(10)
+            .get::<Option<String>, _>(at + 10)
             .and_then(|s| s.parse().ok()),
-        has_secret: row.get(11),
+        has_secret: row.get(at + 11),
     }
 }
 
-const CREDENTIAL_COLUMNS: &str = "id, name, provider, provider_kind, created_at, removed_at,
-     next_rotation_at, last_rotated_at, consecutive_failures, check_status, valid,
-     last_check_at, check_detail";
+/// Read from `credentials c`.
+const CREDENTIAL_COLUMNS: &str = "c.id, c.name, c.provider, c.provider_kind, c.created_at,
+     c.removed_at, c.next_rotation_at, c.last_rotated_at, c.consecutive_failures,
+     c.check_status, c.valid, c.last_check_at, c.check_detail";
+const CREDENTIAL_COLUMN_COUNT: usize = 13;
 
 fn credential_from_row(row: &SqliteRow) -> CredentialRecord {
     CredentialRecord {
@@ -787,22 +798,16 @@ impl Store for SqliteStore {
         Ok(version)
     }
 
-    async fn snapshot(&self) -> StoreResult<Snapshot> {
+    async fn visit_states(
+        &self,
+        visit: &mut (dyn FnMut(CredentialState) + Send),
+    ) -> StoreResult<i64> {
         let mut tx = self.reader.begin().await?;
         let generation: i64 = sqlx::query_scalar("SELECT value FROM store_generation WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-        let credentials = sqlx::query(&format!(
-            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE removed_at IS NULL ORDER BY name"
-        ))
-        .fetch_all(&mut *tx)
-        .await?;
-        let currents = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id
-             WHERE v.stage = 'current' AND c.removed_at IS NULL"
-        ))
-        .fetch_all(&mut *tx)
-        .await?;
+        // The side tables first (few rows: balances are reported by few providers, and only
+        // rotated credentials have finished rotations), then one pass over the credentials.
         let credit_rows: Vec<(String, String, f64)> = sqlx::query_as(
             "SELECT c.name, k.unit, k.remaining FROM credits k JOIN credentials c ON c.id = k.credential_id
              WHERE c.removed_at IS NULL ORDER BY k.unit",
@@ -816,7 +821,6 @@ impl Store for SqliteStore {
         )
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
         let mut rotations_by_name: std::collections::HashMap<String, (u64, u64)> = rotation_rows
             .into_iter()
             .map(|(name, done, failed)| (name, (done.max(0) as u64, failed.max(0) as u64)))
@@ -829,40 +833,44 @@ impl Store for SqliteStore {
                 .or_default()
                 .push((unit, remaining));
         }
-        let mut current_by_name: std::collections::HashMap<String, KeyVersion> = currents
-            .iter()
-            .map(version_from_row)
-            .map(|v| (v.credential.clone(), v))
-            .collect();
-        let credentials = credentials
-            .iter()
-            .map(credential_from_row)
-            .map(|credential| {
+        // Each credential is handed over as its row arrives (at most one current key each,
+        // by the unique index): the whole table is never held at once, which at 10,000
+        // credentials was ~10 MB of records at every scrape after a change.
+        {
+            let sql = format!(
+                "SELECT {CREDENTIAL_COLUMNS}, {VERSION_COLUMNS} FROM credentials c
+                 LEFT JOIN key_versions v ON v.credential_id = c.id AND v.stage = 'current'
+                 WHERE c.removed_at IS NULL ORDER BY c.name"
+            );
+            let mut rows = sqlx::query(&sql).fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let credential = credential_from_row(&row);
+                let current = row
+                    .get::<Option<i64>, _>(CREDENTIAL_COLUMN_COUNT)
+                    .map(|_| version_from_row_at(&row, CREDENTIAL_COLUMN_COUNT));
                 let (rotations_succeeded, rotations_failed) = rotations_by_name
                     .remove(&credential.name)
                     .unwrap_or_default();
-                CredentialState {
+                visit(CredentialState {
                     rotations_succeeded,
                     rotations_failed,
-                    current: current_by_name.remove(&credential.name),
+                    current,
                     credits: credits_by_name.remove(&credential.name).unwrap_or_default(),
                     credential,
-                }
-            })
-            .collect();
-        Ok(Snapshot {
-            generation,
-            credentials,
-        })
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(generation)
     }
 
     async fn last_checks(&self) -> StoreResult<std::collections::HashMap<String, UnixTime>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
+        Ok(sqlx::query_as::<_, (String, i64)>(
             "SELECT name, last_check_at FROM credentials WHERE removed_at IS NULL AND last_check_at IS NOT NULL",
         )
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows.into_iter().collect())
+        .fetch(&self.reader)
+        .try_collect()
+        .await?)
     }
 
     async fn generation(&self) -> StoreResult<i64> {
@@ -875,7 +883,7 @@ impl Store for SqliteStore {
 
     async fn credential(&self, name: &str) -> StoreResult<Option<CredentialRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE name = ?"
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE name = ?"
         ))
         .bind(name)
         .fetch_optional(&self.reader)
@@ -949,17 +957,15 @@ impl Store for SqliteStore {
     }
 
     async fn current_keys_sealed(&self) -> StoreResult<Vec<SealedKey>> {
-        let rows = sqlx::query(&format!(
+        Ok(sqlx::query(&format!(
             "SELECT {VERSION_COLUMNS}, v.sealed_secret FROM key_versions v
              JOIN credentials c ON c.id = v.credential_id
              WHERE c.removed_at IS NULL AND v.stage = 'current' AND v.sealed_secret IS NOT NULL"
         ))
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| SealedKey::new(version_from_row(row), row.get(12)))
-            .collect())
+        .fetch(&self.reader)
+        .map_ok(|row| SealedKey::new(version_from_row(&row), row.get(12)))
+        .try_collect()
+        .await?)
     }
 
     fn open_sealed(&self, key: &SealedKey) -> StoreResult<SecretString> {
@@ -971,7 +977,7 @@ impl Store for SqliteStore {
     async fn rotation_outlooks(&self) -> StoreResult<Vec<RotationOutlook>> {
         // One pass over the credentials; the correlated sub-queries use the
         // (credential_id, stage) index.
-        let rows = sqlx::query(
+        Ok(sqlx::query(
             "SELECT c.name, c.next_rotation_at, c.last_rotated_at, c.consecutive_failures,
                     cur.created_at, cur.expires_at,
                     EXISTS (SELECT 1 FROM key_versions v WHERE v.credential_id = c.id
@@ -987,24 +993,22 @@ impl Store for SqliteStore {
              LEFT JOIN rotations r ON r.credential_id = c.id AND r.finished_at IS NULL
              WHERE c.removed_at IS NULL",
         )
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| RotationOutlook {
-                credential: row.get(0),
-                next_rotation_at: row.get(1),
-                last_rotated_at: row.get(2),
-                consecutive_failures: row.get(3),
-                current: row
-                    .get::<Option<i64>, _>(4)
-                    .map(|created| (created, row.get(5))),
-                imported_pending: row.get(6),
-                in_flight_since: row.get(7),
-                oldest_previous: row.get(8),
-                oldest_discarded: row.get(9),
-            })
-            .collect())
+        .fetch(&self.reader)
+        .map_ok(|row| RotationOutlook {
+            credential: row.get(0),
+            next_rotation_at: row.get(1),
+            last_rotated_at: row.get(2),
+            consecutive_failures: row.get(3),
+            current: row
+                .get::<Option<i64>, _>(4)
+                .map(|created| (created, row.get(5))),
+            imported_pending: row.get(6),
+            in_flight_since: row.get(7),
+            oldest_previous: row.get(8),
+            oldest_discarded: row.get(9),
+        })
+        .try_collect()
+        .await?)
     }
 
     async fn record_check(
