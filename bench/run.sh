@@ -30,6 +30,13 @@ IDLE_SECS="${IDLE_SECS:-60}"
 OUT="bench/results/$(date -u +%Y-%m-%d)"
 mkdir -p "$OUT"
 
+# The daemon runs with the shipped unit's Environment= lines (glibc malloc tunables), as
+# systemd runs it; one more 10,000-credential run without them shows what they change.
+UNIT_ENV=()
+while IFS= read -r pair; do
+    UNIT_ENV+=(--daemon-env "$pair")
+done < <(sed -n 's/^Environment=//p' systemd/keyrotd.service)
+
 PERF=()
 if perf stat -e sched:sched_switch true >/dev/null 2>&1; then PERF=(--perf); fi
 PYTHON=()
@@ -54,7 +61,13 @@ for n in $SCALES; do
     "$BENCH" --n "$n" --keyrotd "$KEYROTD" --scrapes "$scrapes" \
         "${PYTHON[@]}" --python-scrapes "$py" \
         --latency-ms 50 --concurrency 256 --rotations "$rotations" --rotation-parallel 8 \
-        --idle-secs "$IDLE_SECS" "${PERF[@]}" --json "$OUT/$n.json" >/dev/null
+        --idle-secs "$IDLE_SECS" "${PERF[@]}" "${UNIT_ENV[@]}" --json "$OUT/$n.json" >/dev/null
     echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    if [[ "$n" == 10000 ]]; then
+        echo "== $n credentials, footprint without the unit's environment"
+        "$BENCH" --n "$n" --keyrotd "$KEYROTD" --scrapes "$scrapes" --rotations 0 --skip-sweep \
+            --latency-ms 50 --concurrency 256 --idle-secs "$IDLE_SECS" "${PERF[@]}" \
+            --json "$OUT/$n-bare-environment.json" >/dev/null
+    fi
 done
 echo "results in $OUT"

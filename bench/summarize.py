@@ -29,6 +29,7 @@ def fmt(v, digits=1):
 
 ROWS = [
     ("credentials", "n", 0),
+    ("daemon environment", "daemon/environment", "env"),
     ("start → READY (ms)", "daemon/ready_ms", 0),
     ("RSS at READY (MiB)", "daemon/rss_at_ready_kib", "mib"),
     ("/metrics first scrape after a change (ms)", "daemon/scrape/first_ms", 1),
@@ -81,6 +82,11 @@ ROWS = [
 
 
 def cell(run, path, how):
+    if how == "env":
+        v = get(run, path)
+        if v is None:
+            return "–"
+        return "<br>".join(f"`{pair}`" for pair in v) if v else "none"
     if how == "mib":
         v = get(run, path)
         return fmt(v / 1024 if v is not None else None, 1)

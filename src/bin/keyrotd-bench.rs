@@ -101,6 +101,10 @@ struct Args {
     /// Pause after the start-up sweep for its last results to commit, ms.
     #[arg(long, default_value_t = 2000)]
     settle_ms: u64,
+    /// `NAME=VALUE` set for `keyrotd run` only (repeatable): the shipped unit's
+    /// `Environment=` lines, so the daemon is measured as systemd runs it.
+    #[arg(long, value_parser = parse_env_pair)]
+    daemon_env: Vec<(String, String)>,
     /// Skip the `keyrotd check` sweep.
     #[arg(long)]
     skip_sweep: bool,
@@ -336,6 +340,7 @@ impl Bench {
         let mut command = self.command(&self.config);
         command
             .arg("run")
+            .envs(args.daemon_env.iter().map(|(name, value)| (name, value)))
             .env("NOTIFY_SOCKET", &socket_path)
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -447,6 +452,11 @@ impl Bench {
         daemon.terminate()?;
         let stop_ms = stop_started.elapsed().as_secs_f64() * 1e3;
         Ok(json!({
+            "environment": args
+                .daemon_env
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>(),
             "ready_ms": ready_ms,
             "rss_at_ready_kib": rss_at_ready,
             "rss_anon_at_ready_kib": rss_anon_at_ready,
@@ -1107,4 +1117,12 @@ fn timed(rt: &CredentialRuntime, times: &Arc<StepTimes>) -> Arc<CredentialRuntim
         policy: rt.policy.clone(),
         retry: rt.retry,
     })
+}
+
+/// `NAME=VALUE` of `--daemon-env`.
+fn parse_env_pair(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{pair:?} is not NAME=VALUE")),
+    }
 }

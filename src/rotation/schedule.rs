@@ -97,8 +97,13 @@ pub fn spawn(engine: Arc<Engine>, runtimes: Vec<Arc<CredentialRuntime>>) -> Join
         let resume_first = Arc::new(Mutex::new(HashSet::new()));
         match survey(&engine, &runtimes, &index).await {
             Ok(passes) => {
-                for (item, outlook, at) in passes {
-                    if outlook.in_flight_since.is_some() {
+                for Pass {
+                    item,
+                    in_flight,
+                    at,
+                } in passes
+                {
+                    if in_flight {
                         // Ours, left by the previous run (or another process's): resume now.
                         resume_first
                             .lock()
@@ -168,26 +173,44 @@ async fn pass(engine: &Engine, rt: &CredentialRuntime, resume: bool) -> Option<I
     Some(instant_at(engine, wake.max(engine.clock.now() + 1)))
 }
 
+/// One credential's answer from a survey.
+struct Pass {
+    /// Index into the runtimes.
+    item: usize,
+    /// A rotation of it is in flight.
+    in_flight: bool,
+    /// When its next pass is due; `None`: nothing to do until the next survey.
+    at: Option<UnixTime>,
+}
+
 /// Reads every credential's bookkeeping, records due times that changed (one transaction),
 /// and answers each credential's next pass.
 async fn survey(
     engine: &Engine,
     runtimes: &[Arc<CredentialRuntime>],
     index: &HashMap<&str, usize>,
-) -> Result<Vec<(usize, RotationOutlook, Option<UnixTime>)>, StoreError> {
+) -> Result<Vec<Pass>, StoreError> {
     let now = engine.clock.now();
+    let outlooks = engine.store.rotation_outlooks().await?;
     let mut changed = Vec::new();
-    let mut passes = Vec::new();
-    for outlook in engine.store.rotation_outlooks().await? {
+    // Each outlook is read once and only its answer kept: at 10,000 credentials the
+    // outlooks themselves were the largest allocation of the daemon's start-up.
+    let mut passes = Vec::with_capacity(outlooks.len());
+    for outlook in outlooks {
         let Some(&item) = index.get(outlook.credential.as_str()) else {
             continue;
         };
         let rt = &runtimes[item];
         let plan = plan(&rt.policy, rt.issuer.is_some(), &outlook, now);
-        if outlook.in_flight_since.is_none() && plan.due != outlook.next_rotation_at {
-            changed.push((outlook.credential.clone(), plan.due));
+        let in_flight = outlook.in_flight_since.is_some();
+        if !in_flight && plan.due != outlook.next_rotation_at {
+            changed.push((outlook.credential, plan.due));
         }
-        passes.push((item, outlook, plan.pass));
+        passes.push(Pass {
+            item,
+            in_flight,
+            at: plan.pass,
+        });
     }
     engine.store.set_next_rotations(&changed).await?;
     Ok(passes)
@@ -203,7 +226,7 @@ async fn survey_forever(
         tokio::time::sleep(SURVEY_EVERY).await;
         match survey(engine, runtimes, index).await {
             Ok(passes) => {
-                for (item, _, at) in passes {
+                for Pass { item, at, .. } in passes {
                     moves.reschedule(item, at.map(|at| instant_at(engine, at)));
                 }
             }
