@@ -17,7 +17,7 @@ fn cases() -> Vec<(&'static str, String, usize, usize, &'static str)> {
             "[daemon\nlisten_address = \"127.0.0.1:0\"\n".into(),
             1,
             8,
-            "table header",
+            "unclosed table",
         ),
         (
             "unknown top-level field",

@@ -342,7 +342,9 @@ impl Config {
             let message = err.message().trim().replace('\n', " ");
             issues.push(Some(err.span().unwrap_or(0..0)), message);
             let mut error = issues.into_error(path, source).expect("one issue");
-            if err.span().is_none() {
+            // A syntax error always has a place; toml gives none, or an empty span at 0
+            // (which reads as "no position"), when it fails on the first byte.
+            if error.issues[0].line == 0 {
                 error.issues[0].line = 1;
                 error.issues[0].column = 1;
             }
