@@ -32,6 +32,9 @@ const READER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// 512 KiB (the B-tree's upper levels and then some) measured no slower than 2,000 KiB on
 /// a 10,000-credential store: its pages come from the OS page cache either way.
 const READER_CACHE_KIB: u32 = 512;
+/// The writer's page cache (SQLite's default is 2,000 KiB). It lives as long as the daemon;
+/// a write reads the few pages it changes, which the OS page cache holds anyway.
+const WRITER_CACHE_KIB: u32 = 512;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -112,7 +115,11 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
+            )
             .await
             .map_err(|e| classify_open_error(path, e))?;
         if !exists {
