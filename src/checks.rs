@@ -62,8 +62,11 @@ struct Scheduled {
 /// What one credential is checked with.
 #[derive(Clone)]
 pub struct CheckTarget {
-    pub credential: String,
-    pub provider_name: String,
+    /// Shared with the credential's rotation runtime where both exist; a daemon holds one
+    /// per credential for its whole life.
+    pub credential: Arc<str>,
+    /// One allocation per provider, shared by its credentials.
+    pub provider_name: Arc<str>,
     pub provider: Arc<dyn Provider>,
     pub pacer: Arc<Pacer>,
     pub interval: Duration,
@@ -92,20 +95,25 @@ pub fn build_targets(
     config: &crate::config::Config,
     telemetry: &crate::providers::ProviderTelemetry,
 ) -> Result<Vec<CheckTarget>, crate::providers::ProviderError> {
-    let mut providers: HashMap<String, (Arc<dyn Provider>, Arc<Pacer>)> = HashMap::new();
+    /// A provider's name, adapter and pacer, shared by its credentials.
+    type Shared = (Arc<str>, Arc<dyn Provider>, Arc<Pacer>);
+    let mut providers: HashMap<String, Shared> = HashMap::new();
     for provider in &config.providers {
         let adapter = crate::providers::build(provider, telemetry)?;
         let pacer = Arc::new(Pacer::new(provider.requests_per_second));
-        providers.insert(provider.name().to_string(), (adapter, pacer));
+        providers.insert(
+            provider.name().to_string(),
+            (Arc::from(provider.name()), adapter, pacer),
+        );
     }
     Ok(config
         .credentials
         .iter()
         .filter_map(|credential| {
-            let (provider, pacer) = providers.get(credential.provider())?;
+            let (provider_name, provider, pacer) = providers.get(credential.provider())?;
             Some(CheckTarget {
-                credential: credential.name().to_string(),
-                provider_name: credential.provider().to_string(),
+                credential: Arc::from(credential.name()),
+                provider_name: provider_name.clone(),
                 provider: provider.clone(),
                 pacer: pacer.clone(),
                 interval: config.check_interval(credential),
@@ -180,11 +188,11 @@ impl Checker {
             .map(|key| (key.version.credential.clone(), key))
             .collect();
         let checks = targets.iter().map(|target| {
-            let key = keys.remove(&target.credential);
+            let key = keys.remove(&*target.credential);
             async move {
                 match key {
                     Some(key) => self.check_permitted(target, Some(key)).await,
-                    None => Err(CheckError::NoCurrentKey(target.credential.clone())),
+                    None => Err(CheckError::NoCurrentKey(target.credential.to_string())),
                 }
             }
         });
@@ -207,7 +215,7 @@ impl Checker {
                 .store
                 .current_key(&target.credential)
                 .await?
-                .ok_or_else(|| CheckError::NoCurrentKey(target.credential.clone()))?,
+                .ok_or_else(|| CheckError::NoCurrentKey(target.credential.to_string()))?,
         };
         target.pacer.wait().await;
         let report = target.provider.check(&secret).await;
@@ -234,7 +242,7 @@ impl Checker {
             tracing::debug!(credential = %target.credential, status = %report.status, detail = %report.detail, "checked");
         }
         Ok(CheckOutcome {
-            credential: target.credential.clone(),
+            credential: target.credential.to_string(),
             version_id: current.id,
             fingerprint: current.fingerprint,
             report,
@@ -264,7 +272,7 @@ impl Checker {
                     .iter()
                     .enumerate()
                     .map(|(item, target)| {
-                        let last = last_checks.get(&target.credential).copied();
+                        let last = last_checks.get(&*target.credential).copied();
                         (
                             item,
                             start + initial_delay(last, now, target.interval, &mut rng),

@@ -630,7 +630,7 @@ async fn check_command(
     let telemetry = ProviderTelemetry::new();
     let mut targets = checks::build_targets(config, &telemetry)?;
     if let Some(name) = &name {
-        targets.retain(|t| &t.credential == name);
+        targets.retain(|t| *t.credential == **name);
         if targets.is_empty() {
             bail!("unknown credential {name:?}");
         }
@@ -685,8 +685,8 @@ async fn check_command(
         for (t, o, e) in &rows {
             match o {
                 Some(o) => table.row(vec![
-                    t.credential.clone(),
-                    t.provider_name.clone(),
+                    t.credential.to_string(),
+                    t.provider_name.to_string(),
                     o.fingerprint.clone(),
                     o.report.status.to_string(),
                     if o.report.credit.is_empty() {
@@ -706,8 +706,8 @@ async fn check_command(
                     o.report.detail.clone(),
                 ]),
                 None => table.row(vec![
-                    t.credential.clone(),
-                    t.provider_name.clone(),
+                    t.credential.to_string(),
+                    t.provider_name.to_string(),
                     "-".into(),
                     "not checked".into(),
                     "-".into(),

@@ -359,6 +359,10 @@ impl Bench {
         let pid = daemon.pid();
         let rss_at_ready = proc_status_kib(pid, "VmRSS")?;
         let rss_anon_at_ready = proc_status_kib(pid, "RssAnon")?;
+        let peak_rss_to_ready = proc_status_kib(pid, "VmHWM")?;
+        // Start the peak over (clear_refs "5", Linux ≥ 4.0), so the sweep's peak is not
+        // the start-up's (parsing the config is the largest allocation of a start).
+        let peak_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
         let cpu_at_ready = cpu_seconds(pid)?;
 
         // The start-up sweep: every key is overdue, so all are checked within a few seconds.
@@ -460,12 +464,15 @@ impl Bench {
             "ready_ms": ready_ms,
             "rss_at_ready_kib": rss_at_ready,
             "rss_anon_at_ready_kib": rss_anon_at_ready,
+            "peak_rss_to_ready_kib": peak_rss_to_ready,
             "cpu_to_ready_s": cpu_at_ready,
             "startup_sweep": {
                 "seconds_after_ready": sweep_seconds,
                 "settled_seconds_after_ready": settled_seconds,
                 "cpu_s": cpu_after_sweep - cpu_at_ready,
                 "peak_rss_kib": peak_rss,
+                // false: the kernel refused the reset; peak_rss_kib then includes start-up.
+                "peak_rss_since_ready": peak_reset,
             },
             "idle": {
                 "seconds": args.idle_secs,

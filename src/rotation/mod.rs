@@ -40,8 +40,9 @@ pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 /// Everything needed to rotate one credential, built from the config.
 pub struct CredentialRuntime {
-    pub name: String,
-    pub provider_name: String,
+    pub name: Arc<str>,
+    /// One allocation per provider, shared by its credentials.
+    pub provider_name: Arc<str>,
     pub provider: Arc<dyn Provider>,
     pub issuer: Option<Arc<dyn Issuer>>,
     /// Deactivates keys known only by value (imported keys: Anthropic Admin API, Azure).
@@ -77,11 +78,15 @@ pub fn build_runtimes(
             providers::build_issuer(provider, telemetry)?
         };
         let revoker = providers::build_revoker(provider, telemetry)?;
-        providers.insert(provider.name().to_string(), (checker, issuer, revoker));
+        providers.insert(
+            provider.name().to_string(),
+            (Arc::<str>::from(provider.name()), checker, issuer, revoker),
+        );
     }
     let mut runtimes = HashMap::new();
     for credential in &config.credentials {
-        let Some((provider, issuer, revoker)) = providers.get(credential.provider()) else {
+        let Some((provider_name, provider, issuer, revoker)) = providers.get(credential.provider())
+        else {
             continue;
         };
         let targets = credential
@@ -92,8 +97,8 @@ pub fn build_runtimes(
         runtimes.insert(
             credential.name().to_string(),
             Arc::new(CredentialRuntime {
-                name: credential.name().to_string(),
-                provider_name: credential.provider().to_string(),
+                name: Arc::from(credential.name()),
+                provider_name: provider_name.clone(),
                 provider: provider.clone(),
                 issuer: issuer.clone(),
                 revoker: revoker.clone(),
@@ -196,7 +201,7 @@ impl Engine {
         let _guard = lock.lock().await;
         let imported = self.imported_pending(&rt.name).await?;
         if rt.issuer.is_none() && imported.is_none() {
-            return Err(RotationError::NoIssuer(rt.name.clone()));
+            return Err(RotationError::NoIssuer(rt.name.to_string()));
         }
         let rotation_id = new_rotation_id();
         let rotation = match self
@@ -205,7 +210,9 @@ impl Engine {
             .await
         {
             Ok(rotation) => rotation,
-            Err(StoreError::Conflict(_)) => return Err(RotationError::InFlight(rt.name.clone())),
+            Err(StoreError::Conflict(_)) => {
+                return Err(RotationError::InFlight(rt.name.to_string()))
+            }
             Err(other) => return Err(other.into()),
         };
         tracing::info!(credential = %rt.name, rotation = %rotation.id, actor, "rotation planned");
@@ -219,7 +226,7 @@ impl Engine {
             .rotations_in_flight()
             .await?
             .into_iter()
-            .find(|r| r.credential == rt.name);
+            .find(|r| *r.credential == *rt.name);
         let Some(rotation) = in_flight else {
             return Ok(());
         };
@@ -532,7 +539,7 @@ impl Engine {
         deliver_to_all(rt, current.id, &current.fingerprint, &secret)
             .await
             .map_err(|error| RotationError::Failed {
-                credential: rt.name.clone(),
+                credential: rt.name.to_string(),
                 step: "deliver",
                 reason: error.to_string(),
             })?;
@@ -659,7 +666,7 @@ impl Engine {
             }
         }
         RotationError::Failed {
-            credential: rt.name.clone(),
+            credential: rt.name.to_string(),
             step: error.step,
             reason: error.reason,
         }
@@ -719,7 +726,7 @@ impl Engine {
             return Ok(());
         }
         let failed = |e: providers::ProviderError| RotationError::Failed {
-            credential: rt.name.clone(),
+            credential: rt.name.to_string(),
             step: "revoke",
             reason: e.to_string(),
         };
@@ -825,7 +832,7 @@ impl Engine {
         if let Err(error) = deliver_to_all(rt, previous.id, &previous.fingerprint, &secret).await {
             self.restore_current(rt).await;
             return Err(RotationError::Failed {
-                credential: rt.name.clone(),
+                credential: rt.name.to_string(),
                 step: "deliver",
                 reason: error.to_string(),
             });
@@ -852,7 +859,7 @@ impl Engine {
             .rotations_in_flight()
             .await?
             .into_iter()
-            .find(|r| r.credential == rt.name)
+            .find(|r| *r.credential == *rt.name)
         {
             let idle = now - stale.updated_at;
             if idle >= STALE_ROTATION.as_secs() as i64 {

@@ -91,7 +91,7 @@ pub fn spawn(engine: Arc<Engine>, runtimes: Vec<Arc<CredentialRuntime>>) -> Join
         let index: HashMap<&str, usize> = runtimes
             .iter()
             .enumerate()
-            .map(|(i, rt)| (rt.name.as_str(), i))
+            .map(|(i, rt)| (&*rt.name, i))
             .collect();
         let mut first = Vec::new();
         let resume_first = Arc::new(Mutex::new(HashSet::new()));
