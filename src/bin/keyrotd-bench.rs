@@ -40,6 +40,7 @@ use keyrotd::simulator::{Op, Simulator};
 use keyrotd::store::{CheckRecord, CredentialSpec, NewKey, SqliteStore, Store};
 use secrecy::SecretString;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
@@ -412,7 +413,7 @@ impl Bench {
         let switches_before = context_switches(pid)?;
         let cpu_before = cpu_seconds(pid)?;
         tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
-        let switches = context_switches(pid)? - switches_before;
+        let switches = switches_since(&switches_before, &context_switches(pid)?);
         let idle_cpu = cpu_seconds(pid)? - cpu_before;
         let perf_switches = match perf {
             Some(Ok(child)) => {
@@ -986,12 +987,15 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// Voluntary + involuntary context switches summed over the process's threads.
-fn context_switches(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
+/// Context switches (voluntary + involuntary) of each thread of `pid`, by thread id.
+fn context_switches(pid: u32) -> anyhow::Result<HashMap<String, u64>> {
+    let mut by_thread = HashMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Ok(text) = std::fs::read_to_string(task?.path().join("status")) else {
+        let task = task?;
+        let Ok(text) = std::fs::read_to_string(task.path().join("status")) else {
             continue;
         };
+        let mut total = 0;
         for line in text.lines() {
             if let Some(v) = line
                 .strip_prefix("voluntary_ctxt_switches:")
@@ -1000,8 +1004,19 @@ fn context_switches(pid: u32) -> anyhow::Result<u64> {
                 total += v.trim().parse::<u64>().unwrap_or(0);
             }
         }
+        by_thread.insert(task.file_name().to_string_lossy().into_owned(), total);
     }
-    Ok(total)
+    Ok(by_thread)
+}
+
+/// Switches between two samples, thread by thread: a thread that exited in between (an
+/// idle store reader closing) takes its count with it, so whole-process sums could go
+/// backwards. Its switches before it exited are not counted (`perf` counts them).
+fn switches_since(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(thread, now)| now.saturating_sub(before.get(thread).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// (user s, system s, max RSS KiB) of waited-for children.
