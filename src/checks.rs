@@ -62,8 +62,7 @@ struct Scheduled {
 /// What one credential is checked with.
 #[derive(Clone)]
 pub struct CheckTarget {
-    /// Shared with the credential's rotation runtime where both exist; a daemon holds one
-    /// per credential for its whole life.
+    /// Held for the daemon's whole life: one allocation, no spare capacity.
     pub credential: Arc<str>,
     /// One allocation per provider, shared by its credentials.
     pub provider_name: Arc<str>,

@@ -207,3 +207,69 @@ async fn keys_read_ahead_for_a_sweep_are_the_current_ones() {
         assert_eq!(opened.expose_secret(), expected);
     }
 }
+
+/// `/metrics` reads the store through `visit_states`, one credential at a time: every active
+/// credential, in name order, with its own current key (none for one never given a key, none
+/// of a removed one), its balances, and the same generation and records as `snapshot`.
+#[tokio::test]
+async fn visiting_the_states_hands_over_each_active_credential_with_its_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, versions) = store_with_keys(dir.path()).await;
+    for (i, version) in versions.iter().enumerate() {
+        store
+            .record_check(&format!("tenant-{i:03}"), *version, &record(0, i))
+            .await
+            .unwrap();
+    }
+    // One credential without a key, and one removed (the last), in a different order.
+    let mut specs: Vec<CredentialSpec> = (0..CREDENTIALS - 1)
+        .rev()
+        .map(|i| CredentialSpec {
+            name: format!("tenant-{i:03}"),
+            provider: "sim".into(),
+            provider_kind: "simulated".into(),
+        })
+        .collect();
+    specs.push(CredentialSpec {
+        name: "keyless".into(),
+        provider: "sim".into(),
+        provider_kind: "simulated".into(),
+    });
+    store.sync_credentials(&specs, START + 1).await.unwrap();
+
+    let mut visited = Vec::new();
+    let generation = store
+        .visit_states(&mut |state| visited.push(state))
+        .await
+        .unwrap();
+    let names: Vec<&str> = visited.iter().map(|s| s.credential.name.as_str()).collect();
+    let mut expected: Vec<String> = (0..CREDENTIALS - 1)
+        .map(|i| format!("tenant-{i:03}"))
+        .chain(["keyless".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    for state in &visited {
+        let name = &state.credential.name;
+        if name == "keyless" {
+            assert!(state.current.is_none(), "{name} has no key");
+            assert!(state.credits.is_empty());
+            continue;
+        }
+        let i: usize = name["tenant-".len()..].parse().unwrap();
+        let current = state.current.as_ref().expect("a current key");
+        assert_eq!(current.id, versions[i], "{name}'s own key");
+        assert_eq!(&current.credential, name);
+        assert_eq!(state.credential.check_status, Some(record(0, i).status));
+        assert_eq!(state.credits, record(0, i).credits, "{name}'s balances");
+    }
+
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot.generation, generation);
+    let snapshot_names: Vec<&str> = snapshot
+        .credentials
+        .iter()
+        .map(|s| s.credential.name.as_str())
+        .collect();
+    assert_eq!(snapshot_names, names);
+}

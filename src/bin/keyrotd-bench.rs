@@ -986,7 +986,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) / CLK_TCK)
 }
 
-/// Voluntary + involuntary context switches summed over the process's threads.
 /// Context switches (voluntary + involuntary) of each thread of `pid`, by thread id.
 fn context_switches(pid: u32) -> anyhow::Result<HashMap<String, u64>> {
     let mut by_thread = HashMap::new();

@@ -592,6 +592,8 @@ const VERSION_COLUMNS: &str =
     "v.id, c.name, v.stage, v.fingerprint, v.provider_key_id, v.rotation_id,
      v.created_at, v.expires_at, v.stage_changed_at, v.last_check_at, v.last_check_status,
      v.sealed_secret IS NOT NULL";
+/// Columns in [`VERSION_COLUMNS`]: a query's own columns follow them.
+const VERSION_COLUMN_COUNT: usize = 12;
 
 fn version_from_row(row: &SqliteRow) -> KeyVersion {
     version_from_row_at(row, 0)
@@ -624,6 +626,7 @@ fn version_from_row_at(row: &SqliteRow, at: usize) -> KeyVersion {
 const CREDENTIAL_COLUMNS: &str = "c.id, c.name, c.provider, c.provider_kind, c.created_at,
      c.removed_at, c.next_rotation_at, c.last_rotated_at, c.consecutive_failures,
      c.check_status, c.valid, c.last_check_at, c.check_detail";
+/// Columns in [`CREDENTIAL_COLUMNS`]: a query's own columns follow them.
 const CREDENTIAL_COLUMN_COUNT: usize = 13;
 
 fn credential_from_row(row: &SqliteRow) -> CredentialRecord {
@@ -957,7 +960,7 @@ impl Store for SqliteStore {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let version = version_from_row(&row);
-        let sealed: Option<Vec<u8>> = row.get(12);
+        let sealed: Option<Vec<u8>> = row.get(VERSION_COLUMN_COUNT);
         let sealed = sealed.ok_or(StoreError::NoSecret(version.id))?;
         let secret = self.sealer()?.open(credential, version.id, &sealed)?;
         Ok(Some((version, secret)))
@@ -970,7 +973,7 @@ impl Store for SqliteStore {
              WHERE c.removed_at IS NULL AND v.stage = 'current' AND v.sealed_secret IS NOT NULL"
         ))
         .fetch(&self.reader)
-        .map_ok(|row| SealedKey::new(version_from_row(&row), row.get(12)))
+        .map_ok(|row| SealedKey::new(version_from_row(&row), row.get(VERSION_COLUMN_COUNT)))
         .try_collect()
         .await?)
     }
