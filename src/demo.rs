@@ -17,10 +17,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The demo's credentials: (credential, provider, how often its provider fails).
-const CREDENTIALS: [(&str, &str, f64); 2] = [
-    ("demo-app", "demo-steady", 0.0),
-    ("demo-batch", "demo-flaky", 0.25),
+/// The demo's credentials: (credential, provider, every how many key issues its provider
+/// fails; 0 = never). The flaky one fails its 4th, 8th, ... issue and its 20th, 40th, ...
+/// check: the first key always arrives, and later failures show the retries.
+const CREDENTIALS: [(&str, &str, u64); 2] = [
+    ("demo-app", "demo-steady", 0),
+    ("demo-batch", "demo-flaky", 4),
 ];
 
 /// How often the demo rotates by default: every minute.
@@ -51,12 +53,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     };
 
     let mut simulators = Vec::new();
-    for (_, provider, failure_rate) in CREDENTIALS {
+    for (_, provider, fail_every) in CREDENTIALS {
         let (simulator, _) = Simulator::start("127.0.0.1:0".parse()?).await?;
         // Keys live three hours, so the expiry gauges have something to show.
         simulator.expire_after(Some(Duration::from_secs(3 * 3600)));
-        simulator.set_failure_rate(Op::Issue, failure_rate);
-        simulator.set_failure_rate(Op::Check, failure_rate / 5.0);
+        simulator.fail_every(Op::Issue, fail_every);
+        simulator.fail_every(Op::Check, fail_every * 5);
         write_private(
             &dir.join(format!("{provider}.management-key")),
             &simulator.management_key(),

@@ -126,18 +126,25 @@ struct Accounts {
 #[derive(Debug, Default)]
 struct Faults {
     queued: [VecDeque<Fault>; 4],
-    rates: [f64; 4],
+    /// Every n-th unfaulted request for the op fails (0: never).
+    every: [u64; 4],
+    /// Unfaulted requests seen per op since `every` was set.
+    seen: [u64; 4],
 }
 
 impl Faults {
-    /// The queued fault first; otherwise a 500 with the configured probability.
+    /// The queued fault first; otherwise a 500 on every n-th request. Deterministic on
+    /// purpose: the demo and its test must see the same sequence every run.
     fn take(&mut self, op: Op) -> Option<Fault> {
         let i = op.index();
         if let Some(fault) = self.queued[i].pop_front() {
             return Some(fault);
         }
-        let rate = self.rates[i];
-        (rate > 0.0 && rand::thread_rng().gen::<f64>() < rate).then_some(Fault::ServerError)
+        if self.every[i] == 0 {
+            return None;
+        }
+        self.seen[i] += 1;
+        (self.seen[i] % self.every[i] == 0).then_some(Fault::ServerError)
     }
 }
 
@@ -326,15 +333,13 @@ impl Simulator {
         faults.queued[op.index()].extend(std::iter::repeat_n(fault, count));
     }
 
-    /// Each request for `op` with no queued fault fails with a 500 with probability `rate`
-    /// (clamped to 0..=1). The demo uses this for "one failing now and then".
-    pub fn set_failure_rate(&self, op: Op, rate: f64) {
-        let rate = if rate.is_nan() {
-            0.0
-        } else {
-            rate.clamp(0.0, 1.0)
-        };
-        self.shared.faults().rates[op.index()] = rate;
+    /// From now on every `n`-th request for `op` with no queued fault fails with a 500
+    /// (the n-th, 2n-th, ...; `0` turns it off). The demo uses this for "one failing now and
+    /// then": a fixed rhythm rather than a coin, so a run of failures never starves a key.
+    pub fn fail_every(&self, op: Op, n: u64) {
+        let mut faults = self.shared.faults();
+        faults.every[op.index()] = n;
+        faults.seen[op.index()] = 0;
     }
 
     /// Every request waits `latency` before it is answered, like a provider across the
@@ -692,12 +697,14 @@ mod tests {
     }
 
     #[test]
-    fn queued_faults_come_before_the_failure_rate() {
+    fn queued_faults_come_before_the_rhythm_and_do_not_count_in_it() {
         let mut faults = Faults::default();
-        faults.rates[Op::List.index()] = 1.0;
+        faults.every[Op::List.index()] = 2;
         faults.queued[Op::List.index()].push_back(Fault::Garbage);
         assert_eq!(faults.take(Op::List), Some(Fault::Garbage));
+        assert_eq!(faults.take(Op::List), None);
         assert_eq!(faults.take(Op::List), Some(Fault::ServerError));
+        assert_eq!(faults.take(Op::List), None);
         assert_eq!(faults.take(Op::Check), None);
     }
 }

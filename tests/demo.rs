@@ -1,6 +1,6 @@
 //! `keyrotd demo`: starts with no config, reports its real port, shows both demo credentials
-//! in `/metrics`, delivers their keys to 0600 files, rotates on `--schedule`, and stops
-//! cleanly on SIGTERM.
+//! in `/metrics`, delivers their keys to 0600 files, rotates on `--schedule`, shows the flaky
+//! provider's failures, and stops cleanly on SIGTERM.
 
 mod common;
 
@@ -109,7 +109,26 @@ fn demo_runs_rotates_on_its_schedule_and_stops_on_sigterm() {
         "{m}"
     );
 
+    // The flaky provider fails its fourth key issue: the failure is counted and the key
+    // delivered before it stays in place.
+    let batch_key_text = wait_for(Duration::from_secs(30), || {
+        let m = daemon.metrics();
+        series(
+            &m,
+            "keyrotd_rotations_total",
+            &[("credential", "demo-batch"), ("result", "failure")],
+        )
+        .is_some_and(|v| v >= 1.0)
+        .then(|| std::fs::read_to_string(&batch_key).unwrap())
+    })
+    .unwrap_or_else(|| panic!("demo-batch never failed a rotation:\n{}", daemon.log()));
+    assert!(batch_key_text.trim().starts_with("sim-"), "not a demo key");
+
     let log = daemon.stop();
+    assert!(
+        log.contains("rotation failed; the current key stays"),
+        "the flaky provider's failure is not in the log"
+    );
     // The delivered keys never reach the log.
     for file in [&app_key, &batch_key] {
         let key = std::fs::read_to_string(file).unwrap();

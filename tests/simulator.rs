@@ -316,19 +316,35 @@ async fn reject_new_key_is_only_for_issue() {
 }
 
 #[tokio::test]
-async fn failure_rate_one_always_fails_and_zero_never() {
+async fn fail_every_fails_exactly_every_nth_request_and_zero_never() {
     let (sim, base) = start().await;
-    sim.add_key("sk-live-rate");
-    sim.set_failure_rate(Op::Check, 1.0);
-    for _ in 0..20 {
-        let response = check(&base, "sk-live-rate").await;
+    sim.add_key("sk-live-rhythm");
+    sim.fail_every(Op::Check, 3);
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        statuses.push(check(&base, "sk-live-rhythm").await.status());
+    }
+    let failed: Vec<usize> = (0..9)
+        .filter(|&i| statuses[i] == StatusCode::INTERNAL_SERVER_ERROR)
+        .collect();
+    assert_eq!(failed, [2, 5, 8], "{statuses:?}");
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::OK || *s == StatusCode::INTERNAL_SERVER_ERROR));
+
+    sim.fail_every(Op::Check, 1);
+    for _ in 0..5 {
+        let response = check(&base, "sk-live-rhythm").await;
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
-    sim.set_failure_rate(Op::Check, 0.0);
+    sim.fail_every(Op::Check, 0);
     for _ in 0..20 {
-        assert_eq!(check(&base, "sk-live-rate").await.status(), StatusCode::OK);
+        assert_eq!(
+            check(&base, "sk-live-rhythm").await.status(),
+            StatusCode::OK
+        );
     }
-    assert_eq!(sim.request_count(Op::Check), 40);
+    assert_eq!(sim.request_count(Op::Check), 34);
     assert_eq!(sim.request_count(Op::Issue), 0);
 }
 
