@@ -45,6 +45,11 @@ fn the_benchmark_harness_produces_numbers() {
     };
     assert!(number("/daemon/ready_ms") > 0.0);
     assert!(number("/daemon/idle/rss_kib") > 0.0);
+    // Resident memory split into heap and mapped files, and the two peaks reported apart.
+    assert!(number("/daemon/idle/rss_anon_kib") > 0.0);
+    assert!(number("/daemon/idle/rss_file_kib") > 0.0);
+    assert!(number("/daemon/peak_rss_to_ready_kib") >= number("/daemon/rss_at_ready_kib"));
+    assert!(number("/daemon/startup_sweep/peak_rss_kib") > 0.0);
     assert!(number("/daemon/idle/context_switches_per_minute") >= 0.0);
     assert!(number("/daemon/scrape/p50_ms") > 0.0);
     assert!(number("/daemon/scrape/p99_ms") >= number("/daemon/scrape/p50_ms"));

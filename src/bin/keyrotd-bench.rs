@@ -1147,3 +1147,27 @@ fn parse_env_pair(pair: &str) -> Result<(String, String), String> {
         _ => Err(format!("{pair:?} is not NAME=VALUE")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_are_counted_thread_by_thread_and_an_exited_thread_does_not_subtract() {
+        let sample = |pairs: &[(&str, u64)]| -> HashMap<String, u64> {
+            pairs.iter().map(|&(t, n)| (t.to_string(), n)).collect()
+        };
+        let before = sample(&[("1", 100), ("2", 40), ("3", 500)]);
+        // Thread 3 exited, thread 4 started.
+        let after = sample(&[("1", 103), ("2", 40), ("4", 7)]);
+        assert_eq!(switches_since(&before, &after), 3 + 7);
+        // The whole-process sums would have gone backwards: 640 -> 150.
+        assert_eq!(switches_since(&before, &before), 0);
+    }
+
+    #[test]
+    fn reads_a_count_for_the_main_thread_of_this_process() {
+        let by_thread = context_switches(std::process::id()).unwrap();
+        assert!(by_thread.contains_key(&std::process::id().to_string()));
+    }
+}

@@ -114,15 +114,15 @@ pub fn spawn(engine: Arc<Engine>, runtimes: Vec<Arc<CredentialRuntime>>) -> Join
                 // Without the survey, give every credential a pass that first resumes what it
                 // left in flight, as each reads its own rows.
                 tracing::error!(%error, "cannot read the rotation schedule; looking at every credential");
-                first = (0..runtimes.0.len()).map(|i| (i, Instant::now())).collect();
+                first = (0..runtimes.len()).map(|i| (i, Instant::now())).collect();
                 resume_first
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .extend(0..runtimes.0.len());
+                    .extend(0..runtimes.len());
             }
         }
         tracing::debug!(
-            credentials = runtimes.0.len(),
+            credentials = runtimes.len(),
             scheduled = first.len(),
             "rotation schedule loaded"
         );
@@ -130,7 +130,7 @@ pub fn spawn(engine: Arc<Engine>, runtimes: Vec<Arc<CredentialRuntime>>) -> Join
         let work = {
             let (engine, runtimes) = (engine.clone(), runtimes.clone());
             move |item: usize| {
-                let (engine, rt) = (engine.clone(), runtimes.0[item].clone());
+                let (engine, rt) = (engine.clone(), runtimes[item].clone());
                 let resume = resume_first
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -174,6 +174,14 @@ async fn pass(engine: &Engine, rt: &CredentialRuntime, resume: bool) -> Option<I
 #[derive(Clone)]
 struct ByName(Arc<[Arc<CredentialRuntime>]>);
 
+impl std::ops::Deref for ByName {
+    type Target = [Arc<CredentialRuntime>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 impl ByName {
     fn new(mut runtimes: Vec<Arc<CredentialRuntime>>) -> ByName {
         runtimes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -182,7 +190,7 @@ impl ByName {
 
     /// The item of the credential named `name`.
     fn item(&self, name: &str) -> Option<usize> {
-        self.0.binary_search_by(|rt| (*rt.name).cmp(name)).ok()
+        self.binary_search_by(|rt| (*rt.name).cmp(name)).ok()
     }
 }
 
@@ -209,7 +217,7 @@ async fn survey(engine: &Engine, runtimes: &ByName) -> Result<Vec<Pass>, StoreEr
         let Some(item) = runtimes.item(&outlook.credential) else {
             continue;
         };
-        let rt = &runtimes.0[item];
+        let rt = &runtimes[item];
         let plan = plan(&rt.policy, rt.issuer.is_some(), &outlook, now);
         let in_flight = outlook.in_flight_since.is_some();
         if !in_flight && plan.due != outlook.next_rotation_at {
@@ -269,7 +277,7 @@ mod tests {
         let by_name = ByName::new(runtimes.into_values().collect());
         for name in names {
             let item = by_name.item(name).expect(name);
-            assert_eq!(&*by_name.0[item].name, name);
+            assert_eq!(&*by_name[item].name, name);
         }
         assert_eq!(by_name.item("beta"), None);
         assert_eq!(by_name.item("zz"), None);
