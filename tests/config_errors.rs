@@ -134,6 +134,14 @@ fn cases() -> Vec<(&'static str, String, usize, usize, &'static str)> {
             "base_url",
         ),
         (
+            "base_url that is not a URL",
+            "[[provider]]\nname = \"r\"\nkind = \"relay\"\nbase_url = \"https://relay example:99999\"\n"
+                .into(),
+            4,
+            12,
+            "not a valid URL",
+        ),
+        (
             "max_concurrent zero",
             "[checks]\nmax_concurrent = 0\n".into(),
             2,

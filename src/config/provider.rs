@@ -397,6 +397,11 @@ impl ProviderConfig {
                     Some(url.span()),
                     "`base_url` must start with http:// or https://".into(),
                 );
+            } else if let Err(error) = reqwest::Url::parse(url.get_ref()) {
+                issues.push(
+                    Some(url.span()),
+                    format!("`base_url` is not a valid URL: {error}"),
+                );
             }
         }
         if !(self.requests_per_second > 0.0 && self.requests_per_second.is_finite()) {

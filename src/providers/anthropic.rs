@@ -11,7 +11,7 @@
 use super::classify::{
     call, check_flow, error_report, list_page, string_at, unexpected_body, unsendable_key,
 };
-use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
+use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::{base_url, CheckReport, Provider, ProviderError, ProviderTelemetry, Revoker};
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 pub(crate) struct Anthropic {
     client: HttpClient,
-    models_url: String,
+    models_url: reqwest::Url,
     version: String,
 }
 
@@ -32,7 +32,7 @@ impl Anthropic {
     ) -> Result<Self, ProviderError> {
         Ok(Anthropic {
             client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            models_url: join_url(&base_url(config)?, "models"),
+            models_url: parse_url(config.name(), join_url(&base_url(config)?, "models"))?,
             version: config.anthropic_version().to_string(),
         })
     }
@@ -68,7 +68,7 @@ impl Provider for Anthropic {
         };
         let request = self
             .client
-            .request(reqwest::Method::GET, &self.models_url)
+            .request(reqwest::Method::GET, self.models_url.clone())
             .header("x-api-key", secret)
             .header("anthropic-version", &self.version);
         check_flow(&self.client, request, key, classify).await
@@ -121,7 +121,7 @@ impl AnthropicRevoker {
         })?;
         Ok(self
             .client
-            .request(method, &join_url(&self.base, path))
+            .request(method, join_url(&self.base, path))
             .header("x-api-key", key)
             .header("anthropic-version", &self.version))
     }

@@ -7,7 +7,7 @@
 
 use super::classify::take_secret_json;
 use super::classify::{call, check_flow, error_report, string_at, unexpected_body, unsendable_key};
-use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
+use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::sanitize::sanitize;
 use super::{
     base_url, CheckReport, CurrentKey, IssuedKey, Issuer, Provider, ProviderError,
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 pub(crate) struct Azure {
     client: HttpClient,
-    models_url: String,
+    models_url: reqwest::Url,
 }
 
 impl Azure {
@@ -32,10 +32,13 @@ impl Azure {
         let url = join_url(&base_url(config)?, "openai/models");
         Ok(Azure {
             client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            models_url: format!(
-                "{url}?api-version={}",
-                encode_component(config.api_version())
-            ),
+            models_url: parse_url(
+                config.name(),
+                format!(
+                    "{url}?api-version={}",
+                    encode_component(config.api_version())
+                ),
+            )?,
         })
     }
 }
@@ -60,7 +63,7 @@ impl Provider for Azure {
         };
         let request = self
             .client
-            .request(reqwest::Method::GET, &self.models_url)
+            .request(reqwest::Method::GET, self.models_url.clone())
             .header("api-key", secret);
         check_flow(&self.client, request, key, classify).await
     }

@@ -41,7 +41,7 @@ pub(crate) async fn check_flow(
 /// The most common check: `GET url` with `Authorization: Bearer <key>`.
 pub(crate) async fn bearer_get_check(
     client: &HttpClient,
-    url: &str,
+    url: &reqwest::Url,
     key: &SecretString,
     classify: impl FnOnce(&Response) -> CheckReport,
 ) -> CheckReport {
@@ -49,7 +49,7 @@ pub(crate) async fn bearer_get_check(
         return unsendable_key();
     };
     let request = client
-        .request(reqwest::Method::GET, url)
+        .request(reqwest::Method::GET, url.clone())
         .header(reqwest::header::AUTHORIZATION, auth);
     check_flow(client, request, key, classify).await
 }

@@ -6,7 +6,7 @@
 
 use super::classify::bearer_get_check;
 use super::classify::{amount, error_report, unexpected_body};
-use super::client::{join_url, HttpClient, Response};
+use super::client::{join_url, parse_url, HttpClient, Response};
 use super::{base_url, CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
@@ -16,7 +16,7 @@ use serde_json::Value;
 
 pub(crate) struct DeepSeek {
     client: HttpClient,
-    balance_url: String,
+    balance_url: reqwest::Url,
 }
 
 impl DeepSeek {
@@ -26,7 +26,7 @@ impl DeepSeek {
     ) -> Result<Self, ProviderError> {
         Ok(DeepSeek {
             client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            balance_url: join_url(&base_url(config)?, "user/balance"),
+            balance_url: parse_url(config.name(), join_url(&base_url(config)?, "user/balance"))?,
         })
     }
 }

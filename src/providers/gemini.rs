@@ -5,7 +5,7 @@
 //! `API_KEY_INVALID`; any other 400 says nothing about the key.
 
 use super::classify::{check_flow, error_report, unexpected_body, unsendable_key, vendor_error};
-use super::client::{join_url, secret_header, HttpClient, Response};
+use super::client::{join_url, parse_url, secret_header, HttpClient, Response};
 use super::{base_url, CheckReport, Provider, ProviderError, ProviderTelemetry};
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 pub(crate) struct Gemini {
     client: HttpClient,
-    models_url: String,
+    models_url: reqwest::Url,
 }
 
 impl Gemini {
@@ -25,7 +25,7 @@ impl Gemini {
     ) -> Result<Self, ProviderError> {
         Ok(Gemini {
             client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            models_url: join_url(&base_url(config)?, "models"),
+            models_url: parse_url(config.name(), join_url(&base_url(config)?, "models"))?,
         })
     }
 }
@@ -61,7 +61,7 @@ impl Provider for Gemini {
         };
         let request = self
             .client
-            .request(reqwest::Method::GET, &self.models_url)
+            .request(reqwest::Method::GET, self.models_url.clone())
             .header("x-goog-api-key", secret);
         check_flow(&self.client, request, key, classify).await
     }

@@ -70,7 +70,7 @@ impl RequestTemplate {
         for (name, value) in vars {
             path = path.replace(&format!("{{{name}}}"), &encode_component(value));
         }
-        let mut request = client.request(self.method.clone(), &join_url(base, &path));
+        let mut request = client.request(self.method.clone(), join_url(base, &path));
         for (name, template) in &self.headers {
             let value = if template.contains(secret_placeholder) {
                 let raw = secret.map(|s| s.expose_secret()).unwrap_or_default();

@@ -7,7 +7,7 @@
 
 use super::classify::{bearer_get_check, list_page, take_secret_json};
 use super::classify::{call, error_report, string_at, unexpected_body, vendor_error};
-use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
+use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::{
     base_url, CheckReport, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry, RemoteKey,
 };
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 pub(crate) struct OpenAi {
     client: HttpClient,
-    models_url: String,
+    models_url: reqwest::Url,
     /// Accept the bare-array `models` answer of compatible APIs.
     compatible: bool,
 }
@@ -31,7 +31,7 @@ impl OpenAi {
     ) -> Result<Self, ProviderError> {
         Ok(OpenAi {
             client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            models_url: join_url(&base_url(config)?, "models"),
+            models_url: parse_url(config.name(), join_url(&base_url(config)?, "models"))?,
             compatible: config.kind == ProviderKind::OpenaiCompatible,
         })
     }

@@ -6,7 +6,7 @@
 
 use super::classify::{amount, call, error_report, expiry, string_at, unexpected_body};
 use super::classify::{bearer_get_check, list_page, take_secret_json};
-use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
+use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::{
     base_url, CheckReport, Credit, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry,
     RemoteKey,
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 pub(crate) struct OpenRouter {
     client: HttpClient,
-    key_url: String,
+    key_url: reqwest::Url,
 }
 
 impl OpenRouter {
@@ -29,7 +29,7 @@ impl OpenRouter {
     ) -> Result<Self, ProviderError> {
         Ok(OpenRouter {
             client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            key_url: join_url(&base_url(config)?, "key"),
+            key_url: parse_url(config.name(), join_url(&base_url(config)?, "key"))?,
         })
     }
 }
@@ -120,7 +120,7 @@ impl OpenRouterIssuer {
         })?;
         Ok(self
             .client
-            .request(method, &join_url(&self.base, path))
+            .request(method, join_url(&self.base, path))
             .header(reqwest::header::AUTHORIZATION, auth))
     }
 }

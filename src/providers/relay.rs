@@ -83,7 +83,7 @@ impl RelayIssuer {
         })?;
         Ok(self
             .client
-            .request(method, &join_url(&self.base, path))
+            .request(method, join_url(&self.base, path))
             .header(AUTHORIZATION, auth))
     }
 }

@@ -6,7 +6,7 @@
 
 use super::classify::{bearer_get_check, take_secret_json};
 use super::classify::{call, error_report, expiry, json_body, string_at, unexpected_body};
-use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
+use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::{
     base_url, CheckReport, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry, RemoteKey,
 };
@@ -18,7 +18,7 @@ use serde_json::Value;
 
 pub(crate) struct Simulated {
     client: HttpClient,
-    key_url: String,
+    key_url: reqwest::Url,
 }
 
 impl Simulated {
@@ -28,7 +28,7 @@ impl Simulated {
     ) -> Result<Self, ProviderError> {
         Ok(Simulated {
             client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            key_url: join_url(&base_url(config)?, "v1/key"),
+            key_url: parse_url(config.name(), join_url(&base_url(config)?, "v1/key"))?,
         })
     }
 }
