@@ -635,12 +635,12 @@ async fn check_command(
             bail!("unknown credential {name:?}");
         }
     }
-    let checker = Checker::new(
+    let checker = Arc::new(Checker::new(
         store.clone(),
         clock.clone(),
         config.checks.max_concurrent,
         0.0,
-    );
+    ));
     let outcomes = checker.check_all(&targets).await?;
     let mut any_invalid = false;
     let mut rows = Vec::new();

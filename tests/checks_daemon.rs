@@ -453,3 +453,58 @@ async fn a_sweep_reports_a_credential_without_a_key_beside_the_checked_ones() {
     );
     assert_no_canary("check --json", &stdout(&out), &key);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_lists_results_in_config_order_and_checks_only_the_named_credential() {
+    // The keys stream in the store's order while the checks run; the report follows the
+    // config, whatever order the store holds them in.
+    let fake = Fake::new();
+    let server = fake.serve().await;
+    let env = Env::new();
+    let names = ["cred-a", "cred-b", "cred-c", "cred-d"];
+    let config = |order: &[&str]| {
+        let mut text = provider(&server, "");
+        for name in order {
+            text.push_str(&credential(name, ""));
+        }
+        text
+    };
+    env.write_config(&config(&names));
+    for name in names {
+        env.import(name, &canary(), &[]);
+    }
+    let reordered = ["cred-d", "cred-b", "cred-a", "cred-c"];
+    env.write_config(&config(&reordered));
+    let before = fake.seen().len();
+    let out = env.run(&["check", "--json"]);
+    assert_success(&out, "check --json");
+    let items: Value = serde_json::from_slice(&out.stdout).expect("check --json is JSON");
+    let listed: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["credential"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, reordered);
+    assert!(
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "valid"),
+        "{items:#}"
+    );
+    assert_eq!(fake.seen().len() - before, 4);
+
+    let out = env.run(&["check", "--json", "cred-b"]);
+    assert_success(&out, "check --json cred-b");
+    let items: Value = serde_json::from_slice(&out.stdout).expect("check --json is JSON");
+    assert_eq!(items.as_array().unwrap().len(), 1, "{items:#}");
+    assert_eq!(items[0]["credential"], "cred-b");
+    assert_eq!(items[0]["status"], "valid");
+    assert_eq!(
+        fake.seen().len() - before,
+        5,
+        "only the named credential is checked"
+    );
+}

@@ -2,6 +2,7 @@
 //! as the same results written one at a time: statuses, validity (only conclusive results
 //! change it), expiry, balances, and one `check_status_changed` event per change.
 
+use futures::TryStreamExt;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::CheckStatus;
 use keyrotd::store::{CheckRecord, CredentialSpec, NewKey, SqliteStore, Store};
@@ -192,7 +193,7 @@ async fn keys_read_ahead_for_a_sweep_are_the_current_ones() {
         .import_key("tenant-005", replacement, "test", START + 10)
         .await
         .unwrap();
-    let keys = store.current_keys_sealed().await.unwrap();
+    let keys: Vec<_> = store.current_keys_sealed().try_collect().await.unwrap();
     assert_eq!(keys.len(), CREDENTIALS);
     for key in &keys {
         let (version, secret) = store
@@ -272,4 +273,51 @@ async fn visiting_the_states_hands_over_each_active_credential_with_its_own_key(
         .map(|s| s.credential.name.as_str())
         .collect();
     assert_eq!(snapshot_names, names);
+}
+
+#[tokio::test]
+async fn a_result_comes_back_exactly_as_recorded_whatever_its_text() {
+    // Results travel to SQLite as one JSON text per batch: quotes, backslashes, control
+    // characters and non-ASCII text in a provider's detail, and large times, must survive.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, versions) = store_with_keys(dir.path()).await;
+    let detail = "HTTP 401: {\"error\": \"bad \\\\ key\"}\n\tü → 🔑 '; DROP TABLE events; --";
+    let at = 4_102_444_800_123; // far beyond 2^32
+    let expires_at = Some(i64::MAX / 2);
+    let record = CheckRecord {
+        status: CheckStatus::Invalid,
+        detail: detail.to_string(),
+        at,
+        credits: Vec::new(),
+        expires_at,
+    };
+    store
+        .record_check("tenant-001", versions[1], &record)
+        .await
+        .unwrap();
+    let credential = store.credential("tenant-001").await.unwrap().unwrap();
+    assert_eq!(credential.check_detail.as_deref(), Some(detail));
+    assert_eq!(credential.last_check_at, Some(at));
+    assert_eq!(credential.valid, Some(false));
+    let version = store
+        .versions("tenant-001")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.id == versions[1])
+        .unwrap();
+    assert_eq!(version.last_check_at, Some(at));
+    assert_eq!(version.expires_at, expires_at);
+    let event = store
+        .events("tenant-001")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == "check_status_changed")
+        .expect("the first result is a change of status");
+    assert_eq!(event.detail, format!("unchecked -> invalid: {detail}"));
+    assert_eq!(event.at, at);
+    // Its neighbours are untouched.
+    let other = store.credential("tenant-002").await.unwrap().unwrap();
+    assert_eq!(other.last_check_at, None);
 }

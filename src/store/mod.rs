@@ -13,6 +13,7 @@ pub use sqlite::SqliteStore;
 use crate::crypto::CryptoError;
 use crate::model::{CheckStatus, Stage, UnixTime};
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use secrecy::SecretString;
 use std::path::PathBuf;
 
@@ -321,7 +322,8 @@ pub trait Store: Send + Sync {
 
     /// The current key of every active credential, still sealed: a sweep reads them all in
     /// one query and opens each with [`Store::open_sealed`] only when its check goes out.
-    async fn current_keys_sealed(&self) -> StoreResult<Vec<SealedKey>>;
+    /// A stream, so the first checks go out while the rest are still being read.
+    fn current_keys_sealed(&self) -> BoxStream<'_, StoreResult<SealedKey>>;
 
     /// Decrypts a key read by [`Store::current_keys_sealed`].
     fn open_sealed(&self, key: &SealedKey) -> StoreResult<SecretString>;

@@ -11,7 +11,7 @@
 use super::*;
 use crate::crypto::Sealer;
 use crate::model::fingerprint;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -427,9 +427,22 @@ async fn commit_checks(writer: SqlitePool, path: PathBuf, batch: Vec<PendingChec
     }
 }
 
-/// Check results written by one statement of [`apply_checks`] (7 bound values
-/// each, well under SQLite's 32,766 variables per statement).
+/// Check results written by one statement of [`apply_checks`]: bounds the JSON text a
+/// statement binds (~200 bytes a record).
 const CHECKS_PER_STATEMENT: usize = 500;
+
+/// The batch of [`apply_checks`] as a table: one JSON array of
+/// `[name, version_id, status, at, detail, valid, expires_at]` records, bound as `?1`.
+/// The statements' text is fixed, so the writer compiles each once and keeps it; with one
+/// `VALUES` row per record the text changed with the batch's size, every batch was compiled
+/// afresh, and compiling was a tenth of a sweep's CPU.
+macro_rules! checks_batch {
+    () => {
+        "WITH b(name, version_id, status, at, detail, valid, expires_at) AS (
+           SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6
+           FROM json_each(?1)) "
+    };
+}
 
 /// Records checks inside `tx`: each updates its credential's status and last check (only a
 /// conclusive result changes validity), its key version's last check and reported expiry,
@@ -443,15 +456,30 @@ async fn apply_checks(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &[PendingCheck],
 ) -> StoreResult<()> {
-    fn bind_all<'q>(
-        sql: &'q str,
-        batch: &'q [PendingCheck],
-    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-        // A batch's statement text depends on its size: cached, every size seen would keep
-        // its compiled statement (tens of KB at hundreds of rows) in the writer for good.
-        // Compiling it again costs far less than the batch's writes.
-        let mut query = sqlx::query(sql).persistent(batch.len() == 1);
-        for p in batch {
+    // Events first: they compare with the status before this batch.
+    const EVENTS: &str = concat!(
+        checks_batch!(),
+        "INSERT INTO events (at, credential, version_id, kind, actor, detail)
+         SELECT b.at, b.name, b.version_id, 'check_status_changed', 'checker',
+                COALESCE(c.check_status, 'unchecked') || ' -> ' || b.status || ': ' || b.detail
+         FROM b JOIN credentials c ON c.name = b.name AND c.removed_at IS NULL
+         WHERE c.check_status IS NOT b.status"
+    );
+    const CREDENTIALS: &str = concat!(
+        checks_batch!(),
+        "UPDATE credentials SET check_status = b.status, last_check_at = b.at,
+                check_detail = b.detail, valid = COALESCE(b.valid, credentials.valid)
+         FROM b WHERE credentials.name = b.name AND credentials.removed_at IS NULL"
+    );
+    const VERSIONS: &str = concat!(
+        checks_batch!(),
+        "UPDATE key_versions SET last_check_at = b.at, last_check_status = b.status,
+                expires_at = COALESCE(b.expires_at, key_versions.expires_at)
+         FROM b WHERE key_versions.id = b.version_id"
+    );
+    let records: Vec<_> = batch
+        .iter()
+        .map(|p| {
             let check = &p.check;
             // Only a conclusive result changes validity; a blip keeps the last known state.
             let valid: Option<i64> = match check.status {
@@ -459,36 +487,25 @@ async fn apply_checks(
                 CheckStatus::Valid | CheckStatus::Exhausted => Some(1),
                 _ => None,
             };
-            query = query
-                .bind(p.credential.as_str())
-                .bind(p.version_id)
-                .bind(check.status.as_str())
-                .bind(check.at)
-                .bind(check.detail.as_str())
-                .bind(valid)
-                .bind(check.expires_at);
-        }
-        query
-    }
-    let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; batch.len()].join(", ");
-    let with = format!(
-        "WITH b(name, version_id, status, at, detail, valid, expires_at) AS (VALUES {rows})"
-    );
-    // Events first: they compare with the status before this batch.
-    let events = format!(
-        "{with} INSERT INTO events (at, credential, version_id, kind, actor, detail)
-         SELECT b.at, b.name, b.version_id, 'check_status_changed', 'checker',
-                COALESCE(c.check_status, 'unchecked') || ' -> ' || b.status || ': ' || b.detail
-         FROM b JOIN credentials c ON c.name = b.name AND c.removed_at IS NULL
-         WHERE c.check_status IS NOT b.status"
-    );
-    bind_all(&events, batch).execute(&mut **tx).await?;
-    let credentials = format!(
-        "{with} UPDATE credentials SET check_status = b.status, last_check_at = b.at,
-                check_detail = b.detail, valid = COALESCE(b.valid, credentials.valid)
-         FROM b WHERE credentials.name = b.name AND credentials.removed_at IS NULL"
-    );
-    let updated = bind_all(&credentials, batch)
+            (
+                p.credential.as_str(),
+                p.version_id,
+                check.status.as_str(),
+                check.at,
+                check.detail.as_str(),
+                valid,
+                check.expires_at,
+            )
+        })
+        .collect();
+    let records =
+        serde_json::to_string(&records).expect("strings and integers always encode as JSON");
+    sqlx::query(EVENTS)
+        .bind(records.as_str())
+        .execute(&mut **tx)
+        .await?;
+    let updated = sqlx::query(CREDENTIALS)
+        .bind(records.as_str())
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -502,12 +519,10 @@ async fn apply_checks(
             batch.len()
         )));
     }
-    let versions = format!(
-        "{with} UPDATE key_versions SET last_check_at = b.at, last_check_status = b.status,
-                expires_at = COALESCE(b.expires_at, key_versions.expires_at)
-         FROM b WHERE key_versions.id = b.version_id"
-    );
-    bind_all(&versions, batch).execute(&mut **tx).await?;
+    sqlx::query(VERSIONS)
+        .bind(records.as_str())
+        .execute(&mut **tx)
+        .await?;
     // Balances are reported by few providers; those records replace their set one by one.
     for p in batch.iter().filter(|p| !p.check.credits.is_empty()) {
         let credential_id = SqliteStore::credential_id(tx, &p.credential).await?;
@@ -588,10 +603,16 @@ fn classify_open_error(path: &Path, error: sqlx::Error) -> StoreError {
     StoreError::Database(error)
 }
 
-const VERSION_COLUMNS: &str =
-    "v.id, c.name, v.stage, v.fingerprint, v.provider_key_id, v.rotation_id,
+/// The columns of a [`KeyVersion`], as a literal: statements that must be `&'static str`
+/// take it through `concat!`.
+macro_rules! version_columns {
+    () => {
+        "v.id, c.name, v.stage, v.fingerprint, v.provider_key_id, v.rotation_id,
      v.created_at, v.expires_at, v.stage_changed_at, v.last_check_at, v.last_check_status,
-     v.sealed_secret IS NOT NULL";
+     v.sealed_secret IS NOT NULL"
+    };
+}
+const VERSION_COLUMNS: &str = version_columns!();
 /// Columns in [`VERSION_COLUMNS`]: a query's own columns follow them.
 const VERSION_COLUMN_COUNT: usize = 12;
 
@@ -966,16 +987,20 @@ impl Store for SqliteStore {
         Ok(Some((version, secret)))
     }
 
-    async fn current_keys_sealed(&self) -> StoreResult<Vec<SealedKey>> {
-        Ok(sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS}, v.sealed_secret FROM key_versions v
+    fn current_keys_sealed(&self) -> BoxStream<'_, StoreResult<SealedKey>> {
+        // A literal: the stream borrows its statement for as long as it runs.
+        const CURRENT_KEYS_SEALED: &str = concat!(
+            "SELECT ",
+            version_columns!(),
+            ", v.sealed_secret FROM key_versions v
              JOIN credentials c ON c.id = v.credential_id
              WHERE c.removed_at IS NULL AND v.stage = 'current' AND v.sealed_secret IS NOT NULL"
-        ))
-        .fetch(&self.reader)
-        .map_ok(|row| SealedKey::new(version_from_row(&row), row.get(VERSION_COLUMN_COUNT)))
-        .try_collect()
-        .await?)
+        );
+        sqlx::query(CURRENT_KEYS_SEALED)
+            .fetch(&self.reader)
+            .map_ok(|row| SealedKey::new(version_from_row(&row), row.get(VERSION_COLUMN_COUNT)))
+            .map_err(StoreError::from)
+            .boxed()
     }
 
     fn open_sealed(&self, key: &SealedKey) -> StoreResult<SecretString> {
