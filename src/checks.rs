@@ -10,7 +10,7 @@ use crate::backoff::{with_jitter, Backoff};
 use crate::clock::Clock;
 use crate::due;
 use crate::model::CheckStatus;
-use crate::providers::{CheckReport, Provider};
+use crate::providers::{CheckReport, Provider, ProviderAdapters};
 use crate::store::{CheckRecord, SealedKey, Store, StoreError};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -120,37 +120,57 @@ pub struct CheckOutcome {
     pub report: CheckReport,
 }
 
-/// One pacer per provider, shared by every credential of that provider, so the provider's
-/// request rate is bounded whatever the number of keys.
+/// The check targets of every credential, with only the checking adapters built (the CLI's
+/// `keyrotd check`; the daemon shares its adapters with rotations: [`targets_from`]).
 pub fn build_targets(
     config: &crate::config::Config,
     telemetry: &crate::providers::ProviderTelemetry,
 ) -> Result<Vec<CheckTarget>, crate::providers::ProviderError> {
-    /// A provider's name, adapter and pacer, shared by its credentials.
-    type Shared = (Arc<str>, Arc<dyn Provider>, Arc<Pacer>);
-    let mut providers: HashMap<String, Shared> = HashMap::new();
-    for provider in &config.providers {
-        let adapter = crate::providers::build(provider, telemetry)?;
-        let pacer = Arc::new(Pacer::new(provider.requests_per_second));
-        providers.insert(
-            provider.name().to_string(),
-            (Arc::from(provider.name()), adapter, pacer),
-        );
-    }
-    Ok(config
+    let adapters = config
+        .providers
+        .iter()
+        .map(|provider| {
+            Ok((
+                provider.name().to_string(),
+                ProviderAdapters::checker_only(provider, telemetry)?,
+            ))
+        })
+        .collect::<Result<_, crate::providers::ProviderError>>()?;
+    Ok(targets_from(config, &adapters))
+}
+
+/// The check targets of every credential, on adapters already built.
+///
+/// One pacer per provider, shared by every credential of that provider, so the provider's
+/// request rate is bounded whatever the number of keys.
+pub fn targets_from(
+    config: &crate::config::Config,
+    adapters: &HashMap<String, ProviderAdapters>,
+) -> Vec<CheckTarget> {
+    let pacers: HashMap<&str, Arc<Pacer>> = config
+        .providers
+        .iter()
+        .map(|provider| {
+            (
+                provider.name(),
+                Arc::new(Pacer::new(provider.requests_per_second)),
+            )
+        })
+        .collect();
+    config
         .credentials
         .iter()
         .filter_map(|credential| {
-            let (provider_name, provider, pacer) = providers.get(credential.provider())?;
+            let adapters = adapters.get(credential.provider())?;
             Some(CheckTarget {
                 credential: Arc::from(credential.name()),
-                provider_name: provider_name.clone(),
-                provider: provider.clone(),
-                pacer: pacer.clone(),
+                provider_name: adapters.name.clone(),
+                provider: adapters.checker.clone(),
+                pacer: pacers.get(credential.provider())?.clone(),
                 interval: config.check_interval(credential),
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Runs checks: on demand (`check_now`) and on schedule (`run`).

@@ -8,7 +8,7 @@ use crate::config::{Config, DaemonConfig};
 use crate::crypto::{MasterKey, Sealer};
 use crate::http::{self, Heartbeat, HttpState, HEARTBEAT_MAX_AGE};
 use crate::metrics::Metrics;
-use crate::providers::ProviderTelemetry;
+use crate::providers::{self, ProviderTelemetry};
 use crate::rotation::{self, CredentialRuntime, Engine};
 use crate::scheduler::{Scheduler, HEARTBEAT_INTERVAL};
 use crate::store::{CredentialSpec, SqliteStore, Store};
@@ -128,10 +128,12 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         config.checks.max_concurrent,
         config.checks.jitter,
     ));
-    let mut check_tasks = checker.schedule(checks::build_targets(&config, &telemetry)?);
+    // One set of adapters (and HTTP clients) per provider, for checks and rotations alike.
+    let adapters = providers::build_all(&config, &telemetry)?;
+    let mut check_tasks = checker.schedule(checks::targets_from(&config, &adapters));
     let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>, clock.clone()));
-    let mut rotation_tasks =
-        spawn_rotations(&engine, rotation::build_runtimes(&config, &telemetry)?);
+    let mut rotation_tasks = spawn_rotations(&engine, rotation::runtimes_from(&config, &adapters)?);
+    drop(adapters);
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the
     // whole parsed file would double the daemon's per-credential memory.
@@ -265,8 +267,9 @@ async fn reload(
 ) -> anyhow::Result<(Running, Vec<CheckTarget>, Runtimes)> {
     let config = Config::load(path)?;
     // Build everything before changing anything, so a bad provider section changes nothing.
-    let targets = checks::build_targets(&config, telemetry)?;
-    let runtimes = rotation::build_runtimes(&config, telemetry)?;
+    let adapters = providers::build_all(&config, telemetry)?;
+    let targets = checks::targets_from(&config, &adapters);
+    let runtimes = rotation::runtimes_from(&config, &adapters)?;
     if config.daemon.listen_address() != running.daemon.listen_address() {
         tracing::warn!("listen_address changed; it takes effect at the next restart");
     }

@@ -1002,3 +1002,36 @@ async fn the_start_up_survey_agrees_with_what_a_pass_reads_through_a_key_s_life(
         .unwrap();
     assert_eq!(survey_of(&f).await.next_rotation_at, Some(now + 42));
 }
+
+#[test]
+fn checks_and_rotations_share_one_set_of_adapters_per_provider() {
+    // Each adapter holds an HTTP client and its pool: the daemon builds them once per
+    // provider and hands the same ones to every credential's checks and rotations.
+    let text =
+        "[[provider]]\nname = \"sim\"\nkind = \"simulated\"\nbase_url = \"http://127.0.0.1:9\"\n\n\
+                [[credential]]\nname = \"a\"\nprovider = \"sim\"\n\n\
+                [[credential]]\nname = \"b\"\nprovider = \"sim\"\n";
+    let config = Config::parse(Path::new("share.toml"), text).unwrap();
+    let adapters = keyrotd::providers::build_all(&config, &ProviderTelemetry::new()).unwrap();
+    let targets = keyrotd::checks::targets_from(&config, &adapters);
+    let runtimes = rotation::runtimes_from(&config, &adapters).unwrap();
+    assert_eq!(targets.len(), 2);
+    assert_eq!(runtimes.len(), 2);
+    let shared = &adapters["sim"].checker;
+    for target in &targets {
+        let runtime = &runtimes[&*target.credential];
+        assert!(
+            Arc::ptr_eq(&target.provider, shared),
+            "{}",
+            target.credential
+        );
+        assert!(
+            Arc::ptr_eq(&runtime.provider, shared),
+            "{}",
+            target.credential
+        );
+        assert!(Arc::ptr_eq(&target.provider_name, &runtime.provider_name));
+    }
+    // One pacer per provider, shared by its credentials.
+    assert!(Arc::ptr_eq(&targets[0].pacer, &targets[1].pacer));
+}

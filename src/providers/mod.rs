@@ -362,6 +362,76 @@ pub fn build_issuer(
     })
 }
 
+/// Every adapter of one provider section, built once and shared by its credentials'
+/// checks and rotations: each adapter holds an HTTP client (and its connection pool), so the
+/// daemon builds one set per provider, not one for its checks and another for its rotations.
+#[derive(Clone)]
+pub struct ProviderAdapters {
+    /// One allocation per provider, shared by its credentials.
+    pub name: Arc<str>,
+    pub checker: Arc<dyn Provider>,
+    pub issuer: Option<Arc<dyn Issuer>>,
+    pub revoker: Option<Arc<dyn Revoker>>,
+}
+
+impl ProviderAdapters {
+    /// Only the checking adapter (`keyrotd check` needs no more).
+    pub fn checker_only(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Self, ProviderError> {
+        Ok(ProviderAdapters {
+            name: Arc::from(config.name()),
+            checker: build(config, telemetry)?,
+            issuer: None,
+            revoker: None,
+        })
+    }
+
+    /// Every adapter the section configures.
+    pub fn all(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+    ) -> Result<Self, ProviderError> {
+        // A kind that issues keys only with a management key is, without one, managed like a
+        // provider with no issuing API: a check-only OpenRouter/OpenAI section is valid.
+        let issues_with_management_key = matches!(
+            config.kind,
+            ProviderKind::Openrouter
+                | ProviderKind::Openai
+                | ProviderKind::Relay
+                | ProviderKind::Simulated
+        );
+        let issuer = if issues_with_management_key && config.management_key.is_none() {
+            None
+        } else {
+            build_issuer(config, telemetry)?
+        };
+        Ok(ProviderAdapters {
+            issuer,
+            revoker: build_revoker(config, telemetry)?,
+            ..Self::checker_only(config, telemetry)?
+        })
+    }
+}
+
+/// Every provider section's adapters, by provider name (see [`ProviderAdapters::all`]).
+pub fn build_all(
+    config: &crate::config::Config,
+    telemetry: &ProviderTelemetry,
+) -> Result<std::collections::HashMap<String, ProviderAdapters>, ProviderError> {
+    config
+        .providers
+        .iter()
+        .map(|provider| {
+            Ok((
+                provider.name().to_string(),
+                ProviderAdapters::all(provider, telemetry)?,
+            ))
+        })
+        .collect()
+}
+
 /// Builds the deactivating adapter for keys known only by value: Anthropic with an admin key
 /// (`sk-ant-admin01-…`) as `management_key`, Azure OpenAI with its management plane
 /// configured. `None` elsewhere.

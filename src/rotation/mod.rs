@@ -17,7 +17,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{self, Delivery, Target};
 use crate::model::{fingerprint, CheckStatus, Stage, UnixTime};
-use crate::providers::{self, CurrentKey, Issuer, Provider, ProviderTelemetry, Revoker};
+use crate::providers::{
+    self, CurrentKey, Issuer, Provider, ProviderAdapters, ProviderTelemetry, Revoker,
+};
 use crate::store::{
     KeyVersion, NewKey, Rotation, RotationFailure, RotationStep, Store, StoreError,
 };
@@ -58,35 +60,18 @@ pub fn build_runtimes(
     config: &Config,
     telemetry: &ProviderTelemetry,
 ) -> anyhow::Result<HashMap<String, Arc<CredentialRuntime>>> {
-    let mut providers = HashMap::new();
-    for provider in &config.providers {
-        let checker = providers::build(provider, telemetry)?;
-        // Fix (more-tests): a kind that issues keys only with a management key used to fail
-        // here without one, so `keyrotd run` (and `key import` of a replacement) refused a
-        // check-only OpenRouter/OpenAI section, which the config documents as valid. Without
-        // a management key the credential is managed like a provider with no issuing API.
-        let issues_with_management_key = matches!(
-            provider.kind,
-            crate::config::ProviderKind::Openrouter
-                | crate::config::ProviderKind::Openai
-                | crate::config::ProviderKind::Relay
-                | crate::config::ProviderKind::Simulated
-        );
-        let issuer = if issues_with_management_key && provider.management_key.is_none() {
-            None
-        } else {
-            providers::build_issuer(provider, telemetry)?
-        };
-        let revoker = providers::build_revoker(provider, telemetry)?;
-        providers.insert(
-            provider.name().to_string(),
-            (Arc::<str>::from(provider.name()), checker, issuer, revoker),
-        );
-    }
+    runtimes_from(config, &providers::build_all(config, telemetry)?)
+}
+
+/// Builds the runtime of every credential on provider adapters already built (the daemon
+/// shares them with its checks); fails on the first delivery target that cannot be built.
+pub fn runtimes_from(
+    config: &Config,
+    providers: &HashMap<String, ProviderAdapters>,
+) -> anyhow::Result<HashMap<String, Arc<CredentialRuntime>>> {
     let mut runtimes = HashMap::new();
     for credential in &config.credentials {
-        let Some((provider_name, provider, issuer, revoker)) = providers.get(credential.provider())
-        else {
+        let Some(adapters) = providers.get(credential.provider()) else {
             continue;
         };
         let targets = credential
@@ -98,10 +83,10 @@ pub fn build_runtimes(
             credential.name().to_string(),
             Arc::new(CredentialRuntime {
                 name: Arc::from(credential.name()),
-                provider_name: provider_name.clone(),
-                provider: provider.clone(),
-                issuer: issuer.clone(),
-                revoker: revoker.clone(),
+                provider_name: adapters.name.clone(),
+                provider: adapters.checker.clone(),
+                issuer: adapters.issuer.clone(),
+                revoker: adapters.revoker.clone(),
                 targets,
                 policy: Policy::from_config(credential),
                 retry: credential.rotation.retry_backoff(),
