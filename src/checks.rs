@@ -126,17 +126,10 @@ pub fn build_targets(
     config: &crate::config::Config,
     telemetry: &crate::providers::ProviderTelemetry,
 ) -> Result<Vec<CheckTarget>, crate::providers::ProviderError> {
-    let adapters = config
-        .providers
-        .iter()
-        .map(|provider| {
-            Ok((
-                provider.name().to_string(),
-                ProviderAdapters::checker_only(provider, telemetry)?,
-            ))
-        })
-        .collect::<Result<_, crate::providers::ProviderError>>()?;
-    Ok(targets_from(config, &adapters))
+    Ok(targets_from(
+        config,
+        &crate::providers::build_checkers(config, telemetry)?,
+    ))
 }
 
 /// The check targets of every credential, on adapters already built.

@@ -133,6 +133,8 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let mut check_tasks = checker.schedule(checks::targets_from(&config, &adapters));
     let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>, clock.clone()));
     let mut rotation_tasks = spawn_rotations(&engine, rotation::runtimes_from(&config, &adapters)?);
+    // The targets and runtimes hold the adapters now; the map is not needed for the
+    // daemon's life.
     drop(adapters);
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the

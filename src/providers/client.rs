@@ -257,7 +257,6 @@ pub(crate) fn secret_header(prefix: &str, secret: &secrecy::SecretString) -> Opt
     Some(value)
 }
 
-/// `base` + `path`, with exactly one slash between them.
 /// A URL requested again and again (a provider's check endpoint), parsed once when the
 /// adapter is built: reqwest parses a URL given as text on every request, and that parse
 /// (IDNA host processing included) was ~3 % of a sweep's CPU.
@@ -269,6 +268,7 @@ pub(crate) fn parse_url(provider: &str, url: String) -> Result<reqwest::Url, sup
     })
 }
 
+/// `base` + `path`, with exactly one slash between them.
 pub(crate) fn join_url(base: &str, path: &str) -> String {
     format!(
         "{}/{}",

@@ -420,15 +420,26 @@ pub fn build_all(
     config: &crate::config::Config,
     telemetry: &ProviderTelemetry,
 ) -> Result<std::collections::HashMap<String, ProviderAdapters>, ProviderError> {
+    by_provider(config, telemetry, ProviderAdapters::all)
+}
+
+/// Every provider section's checking adapter only, by provider name (`keyrotd check`).
+pub fn build_checkers(
+    config: &crate::config::Config,
+    telemetry: &ProviderTelemetry,
+) -> Result<std::collections::HashMap<String, ProviderAdapters>, ProviderError> {
+    by_provider(config, telemetry, ProviderAdapters::checker_only)
+}
+
+fn by_provider(
+    config: &crate::config::Config,
+    telemetry: &ProviderTelemetry,
+    build: fn(&ProviderConfig, &ProviderTelemetry) -> Result<ProviderAdapters, ProviderError>,
+) -> Result<std::collections::HashMap<String, ProviderAdapters>, ProviderError> {
     config
         .providers
         .iter()
-        .map(|provider| {
-            Ok((
-                provider.name().to_string(),
-                ProviderAdapters::all(provider, telemetry)?,
-            ))
-        })
+        .map(|provider| Ok((provider.name().to_string(), build(provider, telemetry)?)))
         .collect()
 }
 
