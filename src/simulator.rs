@@ -47,6 +47,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod latency;
+pub use latency::HeldAnswers;
+use latency::Latency;
+
 /// How long a [`Fault::Timeout`] hangs: longer than any client timeout the daemon uses.
 const HANG: Duration = Duration::from_secs(60);
 /// Largest request body accepted (the only body is `{"name": ...}`).
@@ -155,8 +159,8 @@ struct Shared {
     accounts: Mutex<Accounts>,
     faults: Mutex<Faults>,
     counts: [AtomicU64; 4],
-    /// Added to every answer, in microseconds (see [`Simulator::set_latency`]).
-    latency_micros: AtomicU64,
+    /// Added to every answer (see [`Simulator::set_latency`]).
+    latency: Latency,
     stop: watch::Receiver<bool>,
 }
 
@@ -209,11 +213,13 @@ impl Shared {
 struct StopGuard {
     stop: watch::Sender<bool>,
     server: Mutex<Option<JoinHandle<()>>>,
+    latency: Latency,
 }
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
         self.stop.send_replace(true);
+        self.latency.close();
     }
 }
 
@@ -254,13 +260,14 @@ impl Simulator {
             accounts: Mutex::default(),
             faults: Mutex::default(),
             counts: Default::default(),
-            latency_micros: AtomicU64::new(0),
+            latency: Latency::default(),
             stop: stop_rx.clone(),
         });
         let server = tokio::spawn(serve(listener, shared.clone(), stop_rx));
         let guard = Arc::new(StopGuard {
             stop: stop_tx,
             server: Mutex::new(Some(server)),
+            latency: shared.latency.clone(),
         });
         tracing::info!(%addr, "simulated provider listening");
         Ok((
@@ -343,11 +350,16 @@ impl Simulator {
     }
 
     /// Every request waits `latency` before it is answered, like a provider across the
-    /// internet (benchmarks of the check sweep use 50 ms). Zero by default.
+    /// internet (benchmarks of the check sweep use 50 ms). Zero by default. Starts the
+    /// counts of [`Simulator::held_answers`] over.
     pub fn set_latency(&self, latency: Duration) {
-        self.shared
-            .latency_micros
-            .store(latency.as_micros() as u64, Ordering::SeqCst);
+        self.shared.latency.set(latency);
+    }
+
+    /// How long requests were held, from their arrival to their release, since the latency
+    /// was last set: what the simulator really added.
+    pub fn held_answers(&self) -> HeldAnswers {
+        self.shared.latency.held()
     }
 
     /// Keys issued or seeded from now on expire `ttl` after creation (`None`: never).
@@ -358,6 +370,7 @@ impl Simulator {
     /// Stops accepting, cuts hanging requests short and waits (bounded) for the server task.
     pub async fn shutdown(&self) {
         self.guard.stop.send_replace(true);
+        self.shared.latency.close();
         let server = self
             .guard
             .server
@@ -456,10 +469,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     };
     let op = route.op();
     shared.counts[op.index()].fetch_add(1, Ordering::SeqCst);
-    let latency = shared.latency_micros.load(Ordering::Relaxed);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_micros(latency)).await;
-    }
+    shared.latency.hold().await;
     let bearer = bearer(&request);
     if op != Op::Check && bearer.as_deref() != Some(shared.management_key.as_str()) {
         return error(

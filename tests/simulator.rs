@@ -244,6 +244,62 @@ async fn shutdown_cuts_a_hanging_request_short() {
     assert!(after.is_err(), "no longer listening");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_latency_holds_every_answer_at_least_that_long_and_counts_it() {
+    let (sim, base) = start().await;
+    let key = "sk-live-latency";
+    sim.add_key(key);
+    let latency = Duration::from_millis(40);
+    sim.set_latency(latency);
+    // Staggered so the deadlines are not all the same: the latency thread keeps them in order.
+    let mut requests = Vec::new();
+    for i in 0..12u64 {
+        let base = base.clone();
+        requests.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 3)).await;
+            let sent = Instant::now();
+            let status = check(&base, key).await.status();
+            (status, sent.elapsed())
+        }));
+    }
+    for request in requests {
+        let (status, took) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            took >= latency,
+            "answered after {took:?}, before the added {latency:?}"
+        );
+    }
+    let held = sim.held_answers();
+    assert_eq!(held.count, 12);
+    assert!(held.mean() >= latency, "{held:?}");
+    assert!(held.max >= held.mean(), "{held:?}");
+
+    // Zero turns it off and starts the counts over.
+    sim.set_latency(Duration::ZERO);
+    assert_eq!(check(&base, key).await.status(), StatusCode::OK);
+    assert_eq!(sim.held_answers().count, 0);
+    assert_eq!(sim.request_count(Op::Check), 13);
+}
+
+#[tokio::test]
+async fn shutdown_releases_answers_held_for_latency() {
+    let (sim, base) = start().await;
+    sim.add_key("sk-live-held");
+    sim.set_latency(Duration::from_secs(600));
+    let pending = tokio::spawn(async move { check(&base, "sk-live-held").await.status() });
+    while sim.request_count(Op::Check) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.shutdown().await;
+    let status = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("a held request ends with the simulator, not after the latency")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "released, then answered");
+    assert_eq!(sim.held_answers().count, 1);
+}
+
 #[tokio::test]
 async fn dropping_the_last_handle_stops_the_server() {
     let (sim, base) = start().await;

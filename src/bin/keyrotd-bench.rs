@@ -564,6 +564,7 @@ impl Bench {
         simulator.set_latency(Duration::from_millis(args.latency_ms));
         let checks_before = simulator.request_count(Op::Check);
         let before = children_usage();
+        let simulator_before = own_usage();
         let started = Instant::now();
         let mut child = tokio::process::Command::from({
             let mut command = self.command(&self.config);
@@ -589,6 +590,8 @@ impl Bench {
         };
         let wall = started.elapsed().as_secs_f64();
         let after = children_usage();
+        let simulator_after = own_usage();
+        let held = simulator.held_answers();
         simulator.set_latency(Duration::ZERO);
         if !status.success() {
             bail!("keyrotd check failed: {status}");
@@ -608,6 +611,16 @@ impl Bench {
             "cpu_sys_s": after.1 - before.1,
             "cores_used": cpu / wall,
             "max_rss_kib": peak_kib,
+            // What the simulator really added to each check (the bound assumes `latency_ms`).
+            "provider_latency_ms": {
+                "mean": held.mean().as_secs_f64() * 1e3,
+                "max": held.max.as_secs_f64() * 1e3,
+                "answers": held.count,
+            },
+            // The simulator shares the host: on 2 cores, its CPU is CPU keyrotd waits for.
+            "simulator_cores": ((simulator_after.0 - simulator_before.0)
+                + (simulator_after.1 - simulator_before.1))
+                / wall,
         }))
     }
 
@@ -1020,8 +1033,16 @@ fn switches_since(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -
 
 /// (user s, system s, max RSS KiB) of waited-for children.
 fn children_usage() -> (f64, f64, i64) {
-    use nix::sys::resource::{getrusage, UsageWho};
-    match getrusage(UsageWho::RUSAGE_CHILDREN) {
+    usage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+}
+
+/// (user s, system s, max RSS KiB) of this process: the simulator, in the sweep.
+fn own_usage() -> (f64, f64, i64) {
+    usage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+}
+
+fn usage(who: nix::sys::resource::UsageWho) -> (f64, f64, i64) {
+    match nix::sys::resource::getrusage(who) {
         Ok(usage) => {
             let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
             (
