@@ -110,7 +110,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // No ping before each use (sqlx's default): a SQLite connection is a thread in this
+        // process, not a socket that can drop, and the ping was a round trip to that thread
+        // on every transaction — one of six per batch of check results.
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -137,6 +141,7 @@ impl SqliteStore {
         // so an idle daemon keeps none past READER_IDLE_TIMEOUT (the first one, opened
         // here to prove the file opens read-only, included).
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(4)
             .min_connections(0)
             .idle_timeout(Some(READER_IDLE_TIMEOUT))
