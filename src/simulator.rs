@@ -213,13 +213,11 @@ impl Shared {
 struct StopGuard {
     stop: watch::Sender<bool>,
     server: Mutex<Option<JoinHandle<()>>>,
-    latency: Latency,
 }
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
         self.stop.send_replace(true);
-        self.latency.close();
     }
 }
 
@@ -267,7 +265,6 @@ impl Simulator {
         let guard = Arc::new(StopGuard {
             stop: stop_tx,
             server: Mutex::new(Some(server)),
-            latency: shared.latency.clone(),
         });
         tracing::info!(%addr, "simulated provider listening");
         Ok((
@@ -370,7 +367,6 @@ impl Simulator {
     /// Stops accepting, cuts hanging requests short and waits (bounded) for the server task.
     pub async fn shutdown(&self) {
         self.guard.stop.send_replace(true);
-        self.shared.latency.close();
         let server = self
             .guard
             .server
@@ -469,7 +465,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     };
     let op = route.op();
     shared.counts[op.index()].fetch_add(1, Ordering::SeqCst);
-    shared.latency.hold().await;
+    shared.latency.hold(shared.stop.clone()).await;
     let bearer = bearer(&request);
     if op != Op::Check && bearer.as_deref() != Some(shared.management_key.as_str()) {
         return error(

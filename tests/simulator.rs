@@ -251,7 +251,7 @@ async fn added_latency_holds_every_answer_at_least_that_long_and_counts_it() {
     sim.add_key(key);
     let latency = Duration::from_millis(40);
     sim.set_latency(latency);
-    // Staggered so the deadlines are not all the same: the latency thread keeps them in order.
+    // Staggered, so requests arrive while others are held.
     let mut requests = Vec::new();
     for i in 0..12u64 {
         let base = base.clone();
