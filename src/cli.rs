@@ -20,6 +20,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use serde_json::json;
+use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -877,14 +878,20 @@ impl Table {
                     .unwrap_or(0)
             })
             .collect();
-        let mut out = String::new();
+        // Written straight into one string: `keyrotd check` prints a row per credential, and
+        // a string per cell and per line cost ~20 ms at 10,000 rows.
+        let line_width: usize = widths.iter().map(|w| w + 2).sum();
+        let mut out = String::with_capacity(self.rows.len() * line_width);
         for row in &self.rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
+            let start = out.len();
+            for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    out.push_str("  ");
+                }
+                let _ = write!(out, "{cell:<width$}");
+            }
+            let kept = out[start..].trim_end().len();
+            out.truncate(start + kept);
             out.push('\n');
         }
         out
@@ -902,6 +909,19 @@ mod tests {
         assert_eq!(human_age(3 * 86_400 + 4 * 3_600 + 5), "3d4h");
         assert_eq!(human_age(86_400 + 30), "1d");
         assert_eq!(human_age(3_660), "1h1m");
+    }
+
+    #[test]
+    fn tables_pad_columns_to_the_widest_cell_and_trim_line_ends() {
+        let mut table = Table::new(&["NAME", "STATUS", "DETAIL"]);
+        table.row(vec!["a".into(), "valid".into(), "-".into()]);
+        table.row(vec!["ключ-long".into(), "x".into(), String::new()]);
+        assert_eq!(
+            table.render(),
+            "NAME       STATUS  DETAIL\n\
+             a          valid   -\n\
+             ключ-long  x\n"
+        );
     }
 
     #[test]
