@@ -21,17 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The command runs as a task on the runtime's workers, not on this thread: a future
-    // driven by `block_on` is woken through a futex each time, and whatever it spawns starts
-    // on another thread. A sweep of 10,000 checks woke this thread for every check.
-    let outcome = runtime.block_on(async {
-        match tokio::spawn(cli::dispatch(cli)).await {
-            Ok(outcome) => outcome,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(error) => Err(error.into()),
-        }
-    });
-    match outcome {
+    match runtime.block_on(cli::dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = error
