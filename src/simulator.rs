@@ -465,7 +465,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     };
     let op = route.op();
     shared.counts[op.index()].fetch_add(1, Ordering::SeqCst);
-    shared.latency.hold(shared.stop.clone()).await;
+    shared.latency.hold(&shared.stop).await;
     let bearer = bearer(&request);
     if op != Op::Check && bearer.as_deref() != Some(shared.management_key.as_str()) {
         return error(
@@ -520,9 +520,14 @@ async fn misbehave(shared: &Shared, op: Op, fault: Option<Fault>) -> Option<Repl
 }
 
 /// Sleeps for [`HANG`] or until the simulator stops.
-async fn hang(mut stop: watch::Receiver<bool>) {
+async fn hang(stop: watch::Receiver<bool>) {
+    sleep_until_or_stop(tokio::time::Instant::now() + HANG, stop).await;
+}
+
+/// Sleeps until `deadline` or until the simulator stops, whichever comes first.
+async fn sleep_until_or_stop(deadline: tokio::time::Instant, mut stop: watch::Receiver<bool>) {
     tokio::select! {
-        _ = tokio::time::sleep(HANG) => {}
+        _ = tokio::time::sleep_until(deadline) => {}
         _ = stopped(&mut stop) => {}
     }
 }

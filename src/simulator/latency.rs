@@ -59,16 +59,13 @@ impl Latency {
     }
 
     /// Waits out the added latency, counted from now; a stop of the simulator ends the wait.
-    pub(super) async fn hold(&self, mut stop: watch::Receiver<bool>) {
+    pub(super) async fn hold(&self, stop: &watch::Receiver<bool>) {
         let arrived = Instant::now();
         let added = self.state().added;
         if added.is_zero() {
             return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep_until((arrived + added).into()) => {}
-            _ = stop.wait_for(|stopped| *stopped) => {}
-        }
+        super::sleep_until_or_stop((arrived + added).into(), stop.clone()).await;
         let held = arrived.elapsed();
         let mut state = self.state();
         state.held.count += 1;
