@@ -261,6 +261,12 @@ impl Simulator {
             latency: Latency::default(),
             stop: stop_rx.clone(),
         });
+        let release_timer = latency::release_timer()?;
+        tokio::spawn(latency::release_held(
+            shared.clone(),
+            release_timer,
+            stop_rx.clone(),
+        ));
         let server = tokio::spawn(serve(listener, shared.clone(), stop_rx));
         let guard = Arc::new(StopGuard {
             stop: stop_tx,
@@ -465,7 +471,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     };
     let op = route.op();
     shared.counts[op.index()].fetch_add(1, Ordering::SeqCst);
-    shared.latency.hold(&shared.stop).await;
+    shared.latency.hold().await;
     let bearer = bearer(&request);
     if op != Op::Check && bearer.as_deref() != Some(shared.management_key.as_str()) {
         return error(

@@ -282,6 +282,41 @@ async fn added_latency_holds_every_answer_at_least_that_long_and_counts_it() {
     assert_eq!(sim.request_count(Op::Check), 13);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_hold_arriving_later_is_released_first() {
+    let (sim, base) = start().await;
+    let key = "sk-live-order";
+    sim.add_key(key);
+    let long_latency = Duration::from_secs(2);
+    sim.set_latency(long_latency);
+    let long = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let status = check(&base, key).await.status();
+            (status, sent.elapsed())
+        })
+    };
+    while sim.request_count(Op::Check) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The timer is armed for the long hold's deadline; a nearer one must re-arm it.
+    let short_latency = Duration::from_millis(50);
+    sim.set_latency(short_latency);
+    let sent = Instant::now();
+    assert_eq!(check(&base, key).await.status(), StatusCode::OK);
+    let short = sent.elapsed();
+    assert!(short >= short_latency, "answered after {short:?}");
+    assert!(
+        short < Duration::from_secs(1),
+        "the nearer deadline waited behind the farther one: {short:?}"
+    );
+    assert!(!long.is_finished(), "the long hold was released early");
+    let (status, long) = long.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(long >= long_latency, "answered after {long:?}");
+}
+
 #[tokio::test]
 async fn shutdown_releases_answers_held_for_latency() {
     let (sim, base) = start().await;
