@@ -5,7 +5,7 @@
 use futures::TryStreamExt;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::CheckStatus;
-use keyrotd::store::{CheckRecord, CredentialSpec, NewKey, SqliteStore, Store};
+use keyrotd::store::{CheckRecord, CheckToRecord, CredentialSpec, NewKey, SqliteStore, Store};
 use secrecy::SecretString;
 use std::sync::Arc;
 
@@ -174,6 +174,61 @@ async fn a_bad_record_in_a_batch_fails_only_its_own_caller() {
         .credentials
         .iter()
         .all(|s| s.credential.last_check_at == Some(START)));
+}
+
+/// A sweep's results, written in one call: one transaction for the lot, each answered in
+/// its place, and a bad one fails alone.
+#[tokio::test]
+async fn a_sweep_s_results_are_written_together_and_a_bad_one_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, versions) = store_with_keys(dir.path()).await;
+    let checks = |round: i64, bad: Option<usize>| -> Vec<CheckToRecord> {
+        (0..CREDENTIALS)
+            .map(|i| CheckToRecord {
+                credential: if Some(i) == bad {
+                    "no-such-credential".to_string()
+                } else {
+                    format!("tenant-{i:03}")
+                },
+                version_id: versions[i],
+                check: record(round, i),
+            })
+            .collect()
+    };
+    let last_checks = || async {
+        let snapshot = store.snapshot().await.unwrap();
+        snapshot
+            .credentials
+            .iter()
+            .map(|s| (s.credential.name.clone(), s.credential.last_check_at))
+            .collect::<Vec<_>>()
+    };
+
+    let generation = store.generation().await.unwrap();
+    let results = store.record_checks(checks(0, None)).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(
+        store.generation().await.unwrap(),
+        generation + 1,
+        "one write"
+    );
+    assert!(last_checks().await.iter().all(|(_, at)| *at == Some(START)));
+
+    let bad = 3;
+    let results = store.record_checks(checks(1, Some(bad))).await;
+    assert_eq!(results.len(), CREDENTIALS);
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.is_err(), i == bad, "record {i}: {result:?}");
+    }
+    for (name, at) in last_checks().await {
+        let expected = if name == format!("tenant-{bad:03}") {
+            START
+        } else {
+            START + 100
+        };
+        assert_eq!(at, Some(expected), "{name}");
+    }
+    assert!(store.record_checks(Vec::new()).await.is_empty());
 }
 
 #[tokio::test]

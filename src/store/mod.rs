@@ -183,6 +183,14 @@ pub struct CheckRecord {
     pub expires_at: Option<UnixTime>,
 }
 
+/// A check result for [`Store::record_checks`].
+#[derive(Debug, Clone)]
+pub struct CheckToRecord {
+    pub credential: String,
+    pub version_id: i64,
+    pub check: CheckRecord,
+}
+
 /// Where a rotation is. Each step is durable before the next external effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RotationStep {
@@ -339,6 +347,11 @@ pub trait Store: Send + Sync {
         version_id: i64,
         check: &CheckRecord,
     ) -> StoreResult<()>;
+
+    /// Records many checks at once, as [`Store::record_check`] records one: a sweep's
+    /// results, gathered by the caller. One result per record, in order; a record that
+    /// cannot be written (its credential was removed meanwhile, say) fails alone.
+    async fn record_checks(&self, checks: Vec<CheckToRecord>) -> Vec<StoreResult<()>>;
 
     /// Records a new rotation before anything is asked of the provider. Fails with
     /// `Conflict` while another rotation of the credential is in flight.

@@ -1090,6 +1090,38 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn record_checks(&self, checks: Vec<CheckToRecord>) -> Vec<StoreResult<()>> {
+        let (batch, mut answers): (Vec<_>, Vec<_>) = checks
+            .into_iter()
+            .map(|c| {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                let pending = PendingCheck {
+                    credential: c.credential,
+                    version_id: c.version_id,
+                    check: c.check,
+                    done,
+                };
+                (pending, answer)
+            })
+            .unzip();
+        if !batch.is_empty() {
+            // Spawned, as in `record_check`: a caller cancelled mid-write leaves the
+            // transaction to finish or fail whole.
+            let _ =
+                tokio::spawn(commit_checks(self.writer.clone(), self.path.clone(), batch)).await;
+        }
+        answers
+            .iter_mut()
+            .map(|answer| {
+                answer.try_recv().unwrap_or_else(|_| {
+                    Err(StoreError::Conflict(
+                        "the check result was not written".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
     async fn plan_rotation(
         &self,
         credential: &str,
