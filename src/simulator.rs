@@ -471,7 +471,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     };
     let op = route.op();
     shared.counts[op.index()].fetch_add(1, Ordering::SeqCst);
-    shared.latency.hold().await;
+    shared.latency.hold(&shared.stop).await;
     let bearer = bearer(&request);
     if op != Op::Check && bearer.as_deref() != Some(shared.management_key.as_str()) {
         return error(

@@ -58,6 +58,16 @@ struct State {
     waiting: BinaryHeap<Reverse<Waiting>>,
     /// Orders holds with the same deadline.
     next_sequence: u64,
+    /// The release timer failed: holds sleep on tokio's timer instead (late, never hung).
+    timer_failed: bool,
+}
+
+/// How a request waits out its latency.
+enum Held {
+    /// In the queue, until the release timer lets it go.
+    Queued(oneshot::Receiver<()>),
+    /// Until this instant, on tokio's timer (the release timer failed).
+    OnTokioTimer(Instant),
 }
 
 /// A held answer: released by dropping or firing `release`.
@@ -105,33 +115,55 @@ impl Latency {
 
     /// Waits out the added latency, counted from now, until [`release_held`] lets the answer
     /// go; a stop of the simulator ends the wait.
-    pub(super) async fn hold(&self) {
+    pub(super) async fn hold(&self, stop: &watch::Receiver<bool>) {
         let arrived = Instant::now();
-        let (release, released) = oneshot::channel();
-        {
-            let mut state = self.state();
-            if state.added.is_zero() {
-                return;
-            }
-            let deadline = monotonic_now() + state.added;
-            let sequence = state.next_sequence;
-            state.next_sequence += 1;
-            let earliest = state
-                .waiting
-                .peek()
-                .is_none_or(|Reverse(head)| deadline < head.deadline);
-            state.waiting.push(Reverse(Waiting {
-                deadline,
-                sequence,
-                release,
-            }));
-            if earliest {
-                self.earlier.notify_one();
+        let Some(held) = self.enqueue(arrived) else {
+            return;
+        };
+        let mut stop = stop.clone();
+        match held {
+            // Released, or dropped when the release task ends: either way the wait is over.
+            // A request that arrives after a stop is not held for a timer that is gone.
+            Held::Queued(released) => tokio::select! {
+                _ = released => {}
+                () = super::stopped(&mut stop) => {}
+            },
+            Held::OnTokioTimer(deadline) => {
+                super::sleep_until_or_stop(deadline.into(), stop).await;
             }
         }
-        // Released, or dropped when the simulator stops: either way the wait is over.
-        let _ = released.await;
-        let held = arrived.elapsed();
+        self.count_held(arrived.elapsed());
+    }
+
+    /// Queues a request that arrived at `arrived` for release; `None` when nothing is added.
+    fn enqueue(&self, arrived: Instant) -> Option<Held> {
+        let mut state = self.state();
+        if state.added.is_zero() {
+            return None;
+        }
+        if state.timer_failed {
+            return Some(Held::OnTokioTimer(arrived + state.added));
+        }
+        let (release, released) = oneshot::channel();
+        let deadline = monotonic_now() + state.added;
+        let sequence = state.next_sequence;
+        state.next_sequence += 1;
+        let earliest = state
+            .waiting
+            .peek()
+            .is_none_or(|Reverse(head)| deadline < head.deadline);
+        state.waiting.push(Reverse(Waiting {
+            deadline,
+            sequence,
+            release,
+        }));
+        if earliest {
+            self.earlier.notify_one();
+        }
+        Some(Held::Queued(released))
+    }
+
+    fn count_held(&self, held: Duration) {
         let mut state = self.state();
         state.held.count += 1;
         state.held.total += held;
@@ -204,20 +236,35 @@ pub(super) async fn release_held(
         }
         tokio::select! {
             ready = timer.readable() => match ready {
-                Ok(mut ready) => {
-                    // Reads the expiry count; "not yet" (EAGAIN) clears the readiness.
-                    if ready.try_io(|timer| timer.get_ref().0.wait().map_err(std::io::Error::from)).is_err() {
-                        continue;
+                Ok(mut ready) => match ready.try_io(|timer| timer.get_ref().0.wait().map_err(std::io::Error::from)) {
+                    // Expired (the count is read), or not yet (the readiness is cleared):
+                    // either way, look at the queue again.
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "simulator: cannot read the latency timer");
+                        break;
                     }
-                }
+                },
                 Err(error) => {
                     tracing::error!(%error, "simulator: the latency timer failed");
                     break;
                 }
             },
             () = latency.earlier.notified() => {}
-            () = super::stopped(&mut stop) => break,
+            () = super::stopped(&mut stop) => {
+                latency.state().waiting.clear();
+                return;
+            }
         }
     }
-    latency.state().waiting.clear();
+    // Only a failed timer gets here: what it held, and what comes next, wait on tokio's.
+    let mut state = latency.state();
+    state.timer_failed = true;
+    for Reverse(held) in std::mem::take(&mut state.waiting) {
+        let remaining = held.deadline.saturating_sub(monotonic_now());
+        tokio::spawn(async move {
+            tokio::time::sleep(remaining).await;
+            let _ = held.release.send(());
+        });
+    }
 }
