@@ -95,9 +95,19 @@ fn metrics_are_served_gzipped_or_as_text_by_accept_encoding() {
         &["--expires-at", "2030-01-01T00:00:00Z"],
     );
     let daemon = env.start();
-    daemon.wait_for_metrics("the imported key", |m| {
-        sample(m, "keyrotd_key_age_seconds", names[0]).is_some()
-    });
+    // The imported key is checked once within the start-up spread (up to 5 s), and again
+    // only after a 15 s backoff (the provider is unreachable): the scrapes below must not
+    // straddle that check, or they differ by its counters and its status.
+    wait_for(Duration::from_secs(15), || {
+        let metrics = daemon.metrics();
+        sample(
+            &metrics,
+            "keyrotd_key_last_check_timestamp_seconds",
+            names[0],
+        )
+        .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("the imported key was never checked:\n{}", daemon.metrics()));
 
     // As Prometheus asks.
     let gzip = request(daemon.port, "GET", Some("gzip"));

@@ -30,9 +30,16 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PROVIDER: &str = "or";
 pub const CREDENTIAL: &str = "or-prod";
 
+/// Where the default test provider points: a loopback port nothing listens on, so a
+/// daemon that checks a key gets "connection refused" at once and no test ever reaches the
+/// real vendor.
+pub const UNREACHABLE_PROVIDER: &str = "http://127.0.0.1:9/api/v1";
+
 /// `[[provider]]` + `[[credential]]` sections for `credentials` (all on provider `or`).
 pub fn sections(credentials: &[&str]) -> String {
-    let mut text = String::from("[[provider]]\nname = \"or\"\nkind = \"openrouter\"\n");
+    let mut text = format!(
+        "[[provider]]\nname = \"or\"\nkind = \"openrouter\"\nbase_url = \"{UNREACHABLE_PROVIDER}\"\n"
+    );
     for name in credentials {
         text.push_str(&format!(
             "\n[[credential]]\nname = \"{name}\"\nprovider = \"or\"\n"
