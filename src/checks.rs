@@ -115,9 +115,11 @@ pub enum CheckError {
 ///
 /// Each write of a batch is a transaction, and a transaction cost ~1 ms of CPU whatever its
 /// size (round trips to the store's thread, the commit's fsync, waking the writers). Written
-/// as soon as the previous write ended, a sweep of 10,000 keys committed ~500 times, a
-/// quarter of its CPU; gathered for 25 ms, ~80 times. The last batch is written as soon as
-/// the last check is in: the window only bounds how long a result waits while more come.
+/// as soon as the previous write ended, a sweep of 10,000 keys committed ~530 times (its
+/// store writer used a quarter of a core); gathered for 25 ms, the whole command fsyncs 64
+/// times and the sweep uses ~22 % less CPU (BENCHMARKS.md, round 7). The last batch is
+/// written as soon as the last check is in: the window only bounds how long a result waits
+/// while more come.
 pub const SWEEP_RECORD_WINDOW: Duration = Duration::from_millis(25);
 
 /// A batch of a sweep's results is written once it holds this many, window or not.
@@ -129,16 +131,18 @@ struct Probed {
     record: CheckRecord,
 }
 
-/// Writes a sweep's results as they come, a window at a time (see [`SWEEP_RECORD_WINDOW`]),
-/// until the sweep drops its sender. Answers the results that could not be written.
+/// Writes a sweep's results as they come, gathering each batch for at most `window` (the
+/// sweep's is [`SWEEP_RECORD_WINDOW`]), until the sweep drops its sender, and then at once.
+/// Answers the results that could not be written, by their index.
 async fn record_sweep(
     store: Arc<dyn Store>,
     mut results: tokio::sync::mpsc::UnboundedReceiver<(usize, CheckToRecord)>,
+    window: Duration,
 ) -> Vec<(usize, StoreError)> {
     let mut unrecorded = Vec::new();
     let mut batch: Vec<(usize, CheckToRecord)> = Vec::new();
     while results.recv_many(&mut batch, SWEEP_RECORD_BATCH).await > 0 {
-        let window = tokio::time::sleep(SWEEP_RECORD_WINDOW);
+        let window = tokio::time::sleep(window);
         tokio::pin!(window);
         while batch.len() < SWEEP_RECORD_BATCH {
             let room = SWEEP_RECORD_BATCH - batch.len();
@@ -290,7 +294,11 @@ impl Checker {
             }
         }));
         let (to_record, recording) = tokio::sync::mpsc::unbounded_channel();
-        let mut recorder = AbortOnDrop(tokio::spawn(record_sweep(self.store.clone(), recording)));
+        let mut recorder = AbortOnDrop(tokio::spawn(record_sweep(
+            self.store.clone(),
+            recording,
+            SWEEP_RECORD_WINDOW,
+        )));
         let index_of: HashMap<&str, usize> = targets
             .iter()
             .enumerate()
@@ -575,6 +583,125 @@ pub fn next_delay(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// A store with credentials `c0`, `c1`, each with a current key; their version ids.
+    async fn store_with_two_keys(dir: &std::path::Path) -> (Arc<dyn Store>, Vec<i64>) {
+        use crate::crypto::{MasterKey, Sealer};
+        use crate::store::{CredentialSpec, NewKey, SqliteStore};
+        let sealer = Arc::new(Sealer::new(&MasterKey::generate()));
+        let store = SqliteStore::open(&dir.join("keyrotd.db"), Some(sealer))
+            .await
+            .unwrap();
+        let names = ["c0", "c1"];
+        let specs: Vec<_> = names
+            .iter()
+            .map(|name| CredentialSpec {
+                name: name.to_string(),
+                provider: "sim".into(),
+                provider_kind: "simulated".into(),
+            })
+            .collect();
+        store.sync_credentials(&specs, 1_000).await.unwrap();
+        let mut versions = Vec::new();
+        for name in names {
+            let key = NewKey {
+                secret: secrecy::SecretString::from(format!("sk-test-{name}")),
+                expires_at: None,
+                provider_key_id: None,
+                rotation_id: None,
+            };
+            versions.push(store.import_key(name, key, "test", 1_000).await.unwrap().id);
+        }
+        (Arc::new(store), versions)
+    }
+
+    fn result_of(credential: &str, version_id: i64) -> CheckToRecord {
+        CheckToRecord {
+            credential: credential.to_string(),
+            version_id,
+            check: CheckRecord {
+                status: CheckStatus::Valid,
+                detail: "ok".into(),
+                at: 2_000,
+                credits: Vec::new(),
+                expires_at: None,
+            },
+        }
+    }
+
+    async fn last_check_at(store: &Arc<dyn Store>, credential: &str) -> Option<i64> {
+        let snapshot = store.snapshot().await.unwrap();
+        snapshot
+            .credentials
+            .iter()
+            .find(|s| s.credential.name == credential)
+            .and_then(|s| s.credential.last_check_at)
+    }
+
+    #[tokio::test]
+    async fn a_sweep_s_results_within_the_window_share_one_write_and_the_last_goes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, versions) = store_with_two_keys(dir.path()).await;
+        let generation = store.generation().await.unwrap();
+        let (results, received) = tokio::sync::mpsc::unbounded_channel();
+        // A window far longer than the test may take: only the sender's end writes.
+        let recorder = tokio::spawn(record_sweep(
+            store.clone(),
+            received,
+            Duration::from_secs(60),
+        ));
+        results.send((0, result_of("c0", versions[0]))).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        results.send((1, result_of("c1", versions[1]))).unwrap();
+        drop(results);
+        let unrecorded = tokio::time::timeout(Duration::from_secs(20), recorder)
+            .await
+            .expect("the end of the sweep writes at once, not after the window")
+            .unwrap();
+        assert!(unrecorded.is_empty(), "{unrecorded:?}");
+        assert_eq!(
+            store.generation().await.unwrap(),
+            generation + 1,
+            "one write"
+        );
+        assert_eq!(last_check_at(&store, "c0").await, Some(2_000));
+        assert_eq!(last_check_at(&store, "c1").await, Some(2_000));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_s_result_waits_no_longer_than_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, versions) = store_with_two_keys(dir.path()).await;
+        let (results, received) = tokio::sync::mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_sweep(
+            store.clone(),
+            received,
+            Duration::from_millis(50),
+        ));
+        results.send((0, result_of("c0", versions[0]))).unwrap();
+        // The sweep goes on (the sender stays open), and the result is written anyway.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while last_check_at(&store, "c0").await.is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the result waited for the end of the sweep"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A result that cannot be written is answered by its index.
+        results
+            .send((7, result_of("no-such-credential", versions[1])))
+            .unwrap();
+        drop(results);
+        let unrecorded = recorder.await.unwrap();
+        assert_eq!(
+            unrecorded
+                .iter()
+                .map(|(index, _)| *index)
+                .collect::<Vec<_>>(),
+            [7]
+        );
+    }
 
     fn rng() -> rand::rngs::StdRng {
         rand::rngs::StdRng::seed_from_u64(3)

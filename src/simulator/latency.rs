@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{oneshot, watch, Notify};
+
 /// How long answers were held since the latency was last set.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct HeldAnswers {

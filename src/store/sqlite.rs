@@ -432,6 +432,11 @@ async fn commit_checks(writer: SqlitePool, path: PathBuf, batch: Vec<PendingChec
     }
 }
 
+/// A check result whose batch ended without answering it (its writer was cancelled).
+fn check_not_written() -> StoreError {
+    StoreError::Conflict("the check result was not written".into())
+}
+
 /// Check results written by one statement of [`apply_checks`]: bounds the JSON text a
 /// statement binds (~200 bytes a record).
 const CHECKS_PER_STATEMENT: usize = 500;
@@ -1083,11 +1088,7 @@ impl Store for SqliteStore {
                 let _ = commit.await;
             }
         }
-        result.await.unwrap_or_else(|_| {
-            Err(StoreError::Conflict(
-                "the check result was not written".into(),
-            ))
-        })
+        result.await.unwrap_or_else(|_| Err(check_not_written()))
     }
 
     async fn record_checks(&self, checks: Vec<CheckToRecord>) -> Vec<StoreResult<()>> {
@@ -1113,11 +1114,9 @@ impl Store for SqliteStore {
         answers
             .iter_mut()
             .map(|answer| {
-                answer.try_recv().unwrap_or_else(|_| {
-                    Err(StoreError::Conflict(
-                        "the check result was not written".into(),
-                    ))
-                })
+                answer
+                    .try_recv()
+                    .unwrap_or_else(|_| Err(check_not_written()))
             })
             .collect()
     }
