@@ -353,7 +353,7 @@ impl Simulator {
     }
 
     /// Every request waits `latency` before it is answered, like a provider across the
-    /// internet (benchmarks of the check sweep use 50 ms). Zero by default. Starts the
+    /// internet (the benchmarks' check sweep sets one). Zero by default. Starts the
     /// counts of [`Simulator::held_answers`] over.
     pub fn set_latency(&self, latency: Duration) {
         self.shared.latency.set(latency);

@@ -2,12 +2,11 @@
 //!
 //! Held answers wait in one queue, ordered by deadline, released by one timerfd armed for
 //! the earliest (nanosecond deadlines, woken through the runtime's own epoll). tokio's timer
-//! was used before: it has millisecond ticks and rounds a sleep up to the next one, so under
-//! the 10,000-key benchmark sweep a 50 ms latency held answers 51.1–52.3 ms on average,
-//! 2–4.5 % of a bound that assumes exactly 50 ms. (A thread of its own sleeping to each
-//! deadline held them closer, but released them one by one across threads, and at 100,000
-//! keys the sweep measured slower with it: BENCHMARKS.md, round 6.) The simulator still
-//! counts what it really added, and the harness reports it beside the ratio.
+//! has millisecond ticks and rounds every sleep up to the next one, which would count the
+//! simulator's own lateness against the sweep being measured; a thread sleeping to each
+//! deadline releases answers one by one across threads, which costs more than it saves at
+//! large scale (BENCHMARKS.md has the comparison). The simulator still counts what it really
+//! added, and the harness reports it beside the ratio.
 
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
