@@ -1,11 +1,16 @@
 //! `keyrotd demo`: starts with no config, reports its real port, shows both demo credentials
 //! in `/metrics`, delivers their keys to 0600 files, rotates on `--schedule`, shows the flaky
-//! provider's failures, and stops cleanly on SIGTERM.
+//! provider's failures, stops cleanly on SIGTERM, and prints commands that run as printed.
 
 mod common;
 
 use common::{assert_success, bare_command, run_command, series, stdout, wait_for, Daemon};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const CREDENTIALS: [&str; 2] = ["demo-app", "demo-batch"];
@@ -154,4 +159,116 @@ fn demo_rejects_a_bad_schedule() {
     assert!(!out.status.success(), "a bad --schedule was accepted");
     let err = common::stderr(&out);
     assert!(err.contains("cron expression \"every tuesday\""), "{err}");
+}
+
+/// A PATH with the usual system directories and without the binary under test.
+const PATH_WITHOUT_KEYROTD: &str = "/usr/bin:/bin";
+
+/// A running demo, stopped (SIGTERM, then SIGKILL) when dropped, so a failing test leaves
+/// no process behind.
+struct RunningDemo(Child);
+
+impl Drop for RunningDemo {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.0.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let stopped = wait_for(common::STOP_TIMEOUT, || self.0.try_wait().ok().flatten());
+        if stopped.is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `keyrotd demo --dir DIR` with `path` as its PATH and returns it with the banner
+/// it printed on stdout.
+fn start_demo(dir: &Path, path: &str) -> (RunningDemo, String) {
+    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+    let mut child = bare_command()
+        .args(["demo", "--listen-address", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn keyrotd demo");
+    let stdout = child.stdout.take().unwrap();
+    let demo = RunningDemo(child);
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner = String::new();
+    while !banner.contains("Press Ctrl-C to stop.") {
+        match lines.recv_timeout(common::START_TIMEOUT) {
+            Ok(line) => {
+                banner.push_str(&line);
+                banner.push('\n');
+            }
+            Err(_) => panic!(
+                "no complete banner from the demo:\n{banner}\nlog:\n{}",
+                std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+            ),
+        }
+    }
+    (demo, banner)
+}
+
+/// The banner's `key list` command, as a user would copy it.
+fn key_list_command(banner: &str) -> &str {
+    banner
+        .lines()
+        .map(str::trim)
+        .find(|line| line.ends_with(" key list"))
+        .unwrap_or_else(|| panic!("no `key list` command in the banner:\n{banner}"))
+}
+
+#[test]
+fn demo_prints_commands_that_run_without_keyrotd_on_the_path() {
+    let parent = tempfile::tempdir().unwrap();
+    // A space in the state directory: the printed paths must be quoted to survive a shell.
+    let dir = parent.path().join("demo state");
+    let (_demo, banner) = start_demo(&dir, PATH_WITHOUT_KEYROTD);
+    let command = key_list_command(&banner);
+
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env_clear()
+        .env("PATH", PATH_WITHOUT_KEYROTD)
+        .current_dir(parent.path())
+        .output()
+        .expect("run /bin/sh");
+    assert_success(&out, &format!("the demo's {command:?}"));
+    let listing = stdout(&out);
+    for credential in CREDENTIALS {
+        assert!(
+            listing.contains(credential) && listing.contains("sha256:"),
+            "no key of {credential} in the listing:\n{listing}"
+        );
+    }
+}
+
+#[test]
+fn demo_prints_the_bare_name_when_keyrotd_on_the_path_is_this_binary() {
+    let parent = tempfile::tempdir().unwrap();
+    // Installed under another path: the comparison follows the link to the same file.
+    let installed = parent.path().join("bin");
+    std::fs::create_dir(&installed).unwrap();
+    std::os::unix::fs::symlink(common::bin(), installed.join("keyrotd")).unwrap();
+    let path = format!("{}:{PATH_WITHOUT_KEYROTD}", installed.display());
+    let dir = parent.path().join("state");
+    let (_demo, banner) = start_demo(&dir, &path);
+    let command = key_list_command(&banner);
+    assert_eq!(
+        command,
+        format!("keyrotd --config {}/keyrotd.toml key list", dir.display()),
+        "{banner}"
+    );
 }
