@@ -41,6 +41,26 @@ fn demo_runs_rotates_on_its_schedule_and_stops_on_sigterm() {
     let daemon = Daemon::spawn(command);
     assert_ne!(daemon.port, 0);
 
+    assert_expiry_gauges_of_both_credentials(&daemon);
+    let app_key = dir.path().join("demo-app.key");
+    let batch_key = dir.path().join("demo-batch.key");
+    assert_keys_delivered_to_private_files(&daemon, &app_key, &batch_key);
+    assert_the_schedule_rotates_again(&daemon, &app_key);
+    assert_a_flaky_failure_keeps_the_key(&daemon, &batch_key);
+
+    let log = daemon.stop();
+    assert!(
+        log.contains("rotation failed; the current key stays"),
+        "the flaky provider's failure is not in the log"
+    );
+    // The delivered keys never reach the log.
+    for file in [&app_key, &batch_key] {
+        let key = std::fs::read_to_string(file).unwrap();
+        assert!(!log.contains(key.trim()), "the log carries a demo key");
+    }
+}
+
+fn assert_expiry_gauges_of_both_credentials(daemon: &Daemon) {
     let metrics = wait_for(Duration::from_secs(10), || {
         let m = daemon.metrics();
         CREDENTIALS
@@ -75,25 +95,27 @@ fn demo_runs_rotates_on_its_schedule_and_stops_on_sigterm() {
             "{expires_in}"
         );
     }
+}
 
-    // Keys are delivered at the first rotation, to 0600 files.
-    let app_key = dir.path().join("demo-app.key");
-    let batch_key = dir.path().join("demo-batch.key");
+/// Keys are delivered at the first rotation, to 0600 files.
+fn assert_keys_delivered_to_private_files(daemon: &Daemon, app_key: &Path, batch_key: &Path) {
     wait_for(Duration::from_secs(30), || {
         (app_key.exists() && batch_key.exists()).then_some(())
     })
     .unwrap_or_else(|| panic!("delivered key files never appeared:\n{}", daemon.log()));
-    for file in [&app_key, &batch_key] {
+    for file in [app_key, batch_key] {
         let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", file.display());
         let text = std::fs::read_to_string(file).unwrap();
         assert!(text.trim().starts_with("sim-"), "not a demo key");
     }
+}
 
-    // The schedule fires again: a counted success and a new key in the file.
-    let first = common::file_hash(&app_key);
+/// The schedule fires again: a counted success and a new key in the file.
+fn assert_the_schedule_rotates_again(daemon: &Daemon, app_key: &Path) {
+    let first = common::file_hash(app_key);
     wait_for(Duration::from_secs(20), || {
-        (common::file_hash(&app_key) != first).then_some(())
+        (common::file_hash(app_key) != first).then_some(())
     })
     .unwrap_or_else(|| panic!("demo-app.key never changed:\n{}", daemon.log()));
     let m = daemon.wait_for_metrics("a successful rotation", |m| {
@@ -113,9 +135,11 @@ fn demo_runs_rotates_on_its_schedule_and_stops_on_sigterm() {
         .is_some(),
         "{m}"
     );
+}
 
-    // The flaky provider fails its fourth key issue: the failure is counted and the key
-    // delivered before it stays in place.
+/// The flaky provider fails its fourth key issue: the failure is counted and the key
+/// delivered before it stays in place.
+fn assert_a_flaky_failure_keeps_the_key(daemon: &Daemon, batch_key: &Path) {
     let batch_key_text = wait_for(Duration::from_secs(30), || {
         let m = daemon.metrics();
         series(
@@ -124,21 +148,10 @@ fn demo_runs_rotates_on_its_schedule_and_stops_on_sigterm() {
             &[("credential", "demo-batch"), ("result", "failure")],
         )
         .is_some_and(|v| v >= 1.0)
-        .then(|| std::fs::read_to_string(&batch_key).unwrap())
+        .then(|| std::fs::read_to_string(batch_key).unwrap())
     })
     .unwrap_or_else(|| panic!("demo-batch never failed a rotation:\n{}", daemon.log()));
     assert!(batch_key_text.trim().starts_with("sim-"), "not a demo key");
-
-    let log = daemon.stop();
-    assert!(
-        log.contains("rotation failed; the current key stays"),
-        "the flaky provider's failure is not in the log"
-    );
-    // The delivered keys never reach the log.
-    for file in [&app_key, &batch_key] {
-        let key = std::fs::read_to_string(file).unwrap();
-        assert!(!log.contains(key.trim()), "the log carries a demo key");
-    }
 }
 
 #[test]
