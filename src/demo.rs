@@ -6,7 +6,8 @@
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::crypto::MasterKey;
-use crate::daemon::{self, DaemonSettings, MasterKeyNeed};
+use crate::daemon::{self, DaemonSettings};
+use crate::daemon::{credential_specs, open_store, MasterKeyNeed};
 use crate::simulator::{Op, Simulator};
 use crate::store::{NewKey, Store};
 use anyhow::Context;
@@ -46,7 +47,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         (Some(dir), _) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            dir.clone()
+            // Absolute, so the config's paths and the printed commands hold from any
+            // working directory ("in another terminal").
+            std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?
         }
         (None, Some(temp)) => temp.path().to_path_buf(),
         (None, None) => unreachable!("a temporary directory exists when no --dir is given"),
@@ -138,10 +141,10 @@ async fn seed_keys(
     master_key: &Path,
     simulators: &[Simulator],
 ) -> anyhow::Result<()> {
-    let store = daemon::open_store(database, Some(master_key), MasterKeyNeed::Always).await?;
+    let store = open_store(database, Some(master_key), MasterKeyNeed::Always).await?;
     let now = SystemClock.now();
     store
-        .sync_credentials(&daemon::credential_specs(config), now)
+        .sync_credentials(&credential_specs(config), now)
         .await?;
     for ((credential, _, _), simulator) in CREDENTIALS.iter().zip(simulators) {
         let has_current = store
@@ -190,6 +193,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn print_banner(dir: &Path, listen: SocketAddr, temporary: bool, schedule: &str) {
+    let keyrotd = command_name();
+    let file = |name: &str| shell_quote(&dir.join(name).to_string_lossy());
     println!(
         r#"keyrotd demo: two simulated providers on loopback, no network needed.
 
@@ -200,9 +205,9 @@ fn print_banner(dir: &Path, listen: SocketAddr, temporary: bool, schedule: &str)
 Try, in another terminal:
   curl -s http://{listen}/metrics | grep '^keyrotd_key'
   curl -s http://{listen}/metrics | grep -E 'rotations_total|consecutive_failures'
-  keyrotd --config {dir}/keyrotd.toml key list
-  keyrotd --config {dir}/keyrotd.toml --master-key {dir}/master.key key history demo-batch
-  cat {dir}/demo-app.key | wc -c     # the delivered key file (0600), replaced atomically
+  {keyrotd} --config {config} key list
+  {keyrotd} --config {config} --master-key {master_key} key history demo-batch
+  cat {delivered} | wc -c     # the delivered key file (0600), replaced atomically
 
 Press Ctrl-C to stop.
 "#,
@@ -212,5 +217,65 @@ Press Ctrl-C to stop.
         } else {
             ""
         },
+        config = file("keyrotd.toml"),
+        master_key = file("master.key"),
+        delivered = file("demo-app.key"),
     );
+}
+
+/// How the printed commands call keyrotd: by its bare name when that finds this very
+/// binary on PATH, else by the running executable's path — after `cargo run -- demo`,
+/// `keyrotd` is not installed, or is an older one.
+fn command_name() -> String {
+    match std::env::current_exe() {
+        Ok(exe) if !bare_name_finds(&exe) => shell_quote(&exe.to_string_lossy()),
+        _ => "keyrotd".into(),
+    }
+}
+
+/// Whether a shell would run `exe` for `keyrotd`: the first executable file of that name
+/// on PATH is `exe`, links and relative directories resolved.
+fn bare_name_finds(exe: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join("keyrotd"))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        });
+    match (found.map(std::fs::canonicalize), exe.canonicalize()) {
+        (Some(Ok(found)), Ok(exe)) => found == exe,
+        _ => false,
+    }
+}
+
+/// `text` as one shell word: unchanged when no character is special to a POSIX shell,
+/// else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:@%+,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(
+            shell_quote("/tmp/keyrotd-demo-x1/keyrotd.toml"),
+            "/tmp/keyrotd-demo-x1/keyrotd.toml"
+        );
+        assert_eq!(shell_quote("/tmp/demo state/x"), "'/tmp/demo state/x'");
+        assert_eq!(shell_quote("/tmp/it's"), r"'/tmp/it'\''s'");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+        assert_eq!(shell_quote(""), "''");
+    }
 }

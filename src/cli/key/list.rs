@@ -1,0 +1,48 @@
+//! `keyrotd key list`: every credential with its live keys (pending, current, previous),
+//! for a glance at the whole fleet.
+
+use crate::cli::render;
+use crate::model::{Stage, UnixTime};
+use crate::store::{CredentialRecord, KeyVersion, SqliteStore, Store};
+
+/// One line of the listing: a live key of a credential, or the credential alone when it
+/// has none.
+pub(crate) struct ListedKey {
+    pub(crate) credential: CredentialRecord,
+    pub(crate) version: Option<KeyVersion>,
+}
+
+pub(super) async fn run(store: &SqliteStore, json: bool, now: UnixTime) -> anyhow::Result<()> {
+    let rows = live_keys(store).await?;
+    if json {
+        render::print_json(&render::json::key_list(&rows, now))
+    } else {
+        print!("{}", render::table::key_list(&rows, now));
+        Ok(())
+    }
+}
+
+async fn live_keys(store: &SqliteStore) -> anyhow::Result<Vec<ListedKey>> {
+    let snapshot = store.snapshot().await?;
+    let mut rows = Vec::new();
+    for state in &snapshot.credentials {
+        let versions = store.versions(&state.credential.name).await?;
+        let live: Vec<&KeyVersion> = versions
+            .iter()
+            .filter(|v| matches!(v.stage, Stage::Pending | Stage::Current | Stage::Previous))
+            .collect();
+        if live.is_empty() {
+            rows.push(ListedKey {
+                credential: state.credential.clone(),
+                version: None,
+            });
+        }
+        for version in live {
+            rows.push(ListedKey {
+                credential: state.credential.clone(),
+                version: Some(version.clone()),
+            });
+        }
+    }
+    Ok(rows)
+}

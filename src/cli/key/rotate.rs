@@ -1,0 +1,17 @@
+//! `keyrotd key rotate NAME`: a rotation now, outside the schedule — after a suspected
+//! leak, say — through the same engine and steps as a scheduled one.
+
+use super::rotation_context;
+use crate::cli::actor;
+use crate::config::Config;
+use crate::store::SqliteStore;
+
+pub(super) async fn run(config: &Config, store: SqliteStore, name: &str) -> anyhow::Result<()> {
+    let (engine, runtime) = rotation_context(config, store, name)?;
+    let rotated = engine.rotate(&runtime, &actor()).await?;
+    println!(
+        "rotated {name}: {} is current (rotation {})",
+        rotated.fingerprint, rotated.rotation_id
+    );
+    Ok(())
+}
