@@ -235,7 +235,7 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     }
     check_tasks.abort();
     rotation_tasks.abort();
-    let _ = check_tasks.await;
+    check_tasks.stopped().await;
     let _ = rotation_tasks.await;
     let _ = stop_http.send(());
     let _ = server.await;
