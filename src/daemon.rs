@@ -286,7 +286,7 @@ async fn reload(
 
 type Runtimes = std::collections::HashMap<String, Arc<CredentialRuntime>>;
 
-/// The rotation schedule of every credential (one task; see `rotation::schedule`).
+/// The rotation schedule of every credential (one task; see `rotation::pass_queue`).
 fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> tokio::task::JoinHandle<()> {
-    rotation::schedule::spawn(engine.clone(), runtimes.into_values().collect())
+    rotation::pass_queue::spawn(engine.clone(), runtimes.into_values().collect())
 }

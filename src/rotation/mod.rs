@@ -2,7 +2,7 @@
 //! revocation of the previous key once its grace period is over.
 //!
 //! Every step is committed to the store before the next external effect, so a crash at any
-//! point resumes from the last committed step (the daemon's [`schedule`] resumes it at
+//! point resumes from the last committed step (the daemon's [`pass_queue`] resumes it at
 //! start-up). Issued keys carry the rotation id in their provider-side name; a key issued
 //! just before a crash (and so never stored) is found by that name and deleted before a new
 //! one is issued. The old key is never revoked before the new one is verified and delivered,
@@ -16,11 +16,11 @@
 mod deliver;
 mod failure;
 mod issue;
+pub mod pass_queue;
 pub mod policy;
 mod promote;
 mod revoke;
 mod rollback;
-pub mod schedule;
 mod tick;
 mod verify;
 
