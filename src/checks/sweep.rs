@@ -47,6 +47,46 @@ impl Answers {
     }
 }
 
+impl Answers {
+    /// Waits for the recorder to write what it was handed, and answers the sweep: every
+    /// target's result, a write that failed in place of its check's outcome.
+    async fn written(
+        self,
+        mut recorder: AbortOnDrop<Vec<(usize, StoreError)>>,
+        read_failed: Option<StoreError>,
+        targets: &[CheckTarget],
+    ) -> Result<Vec<CheckResult>, CheckError> {
+        let Answers {
+            mut results,
+            to_record,
+        } = self;
+        // The recorder writes what it still holds and ends once its sender is gone.
+        drop(to_record);
+        let unrecorded = match (&mut recorder.0).await {
+            Ok(unrecorded) => unrecorded,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => {
+                let detail = format!("the check results were not written: {error}");
+                return Err(unwritten(detail).into());
+            }
+        };
+        for (index, error) in unrecorded {
+            results[index] = Some(Err(error.into()));
+        }
+        if let Some(error) = read_failed {
+            return Err(error.into());
+        }
+        Ok(results
+            .into_iter()
+            .zip(targets)
+            .map(|(result, target)| {
+                result
+                    .unwrap_or_else(|| Err(CheckError::NoCurrentKey(target.credential.to_string())))
+            })
+            .collect())
+    }
+}
+
 impl Checker {
     /// Checks every target once, at most `max_concurrent` at a time (`keyrotd check`).
     ///
@@ -70,7 +110,7 @@ impl Checker {
     ) -> Result<Vec<CheckResult>, CheckError> {
         let (reader, mut keys) = self.read_keys();
         let (to_record, recording) = mpsc::unbounded_channel();
-        let mut recorder = AbortOnDrop(tokio::spawn(record_sweep(
+        let recorder = AbortOnDrop(tokio::spawn(record_sweep(
             self.store.clone(),
             recording,
             Batching::CHECKS,
@@ -115,34 +155,7 @@ impl Checker {
         while let Some(done) = running.join_next().await {
             answers.finished(done);
         }
-        let Answers {
-            mut results,
-            to_record,
-        } = answers;
-        // The recorder writes what it still holds and ends once its sender is gone.
-        drop(to_record);
-        let unrecorded = match (&mut recorder.0).await {
-            Ok(unrecorded) => unrecorded,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(error) => {
-                let detail = format!("the check results were not written: {error}");
-                return Err(unwritten(detail).into());
-            }
-        };
-        for (index, error) in unrecorded {
-            results[index] = Some(Err(error.into()));
-        }
-        if let Some(error) = read_failed {
-            return Err(error.into());
-        }
-        Ok(results
-            .into_iter()
-            .zip(targets)
-            .map(|(result, target)| {
-                result
-                    .unwrap_or_else(|| Err(CheckError::NoCurrentKey(target.credential.to_string())))
-            })
-            .collect())
+        answers.written(recorder, read_failed, targets).await
     }
 
     /// Reads every current key, still sealed, on a task of its own; stops at the first

@@ -6,6 +6,7 @@ use super::{issued_key_name, CredentialRuntime, Engine, StepError};
 use crate::model::Stage;
 use crate::providers::{self, CurrentKey, Issuer};
 use crate::store::{KeyVersion, NewKey, Rotation};
+use secrecy::SecretString;
 
 impl Engine {
     pub(super) async fn issue(
@@ -31,20 +32,7 @@ impl Engine {
             .ok_or_else(|| StepError::transient("issue", "no issuing API and no imported key"))?;
         let name = issued_key_name(&rt.name, &rotation.id);
         self.delete_orphans(rt, issuer.as_ref()).await?;
-        // The key in use, for providers whose new key depends on it (Azure's other slot).
-        let current = self
-            .store
-            .versions(&rt.name)
-            .await
-            .map_err(|e| StepError::transient("issue", e.to_string()))?
-            .into_iter()
-            .find(|v| v.stage == Stage::Current);
-        let current_secret = match &current {
-            Some(v) if v.provider_key_id.is_none() && v.has_secret => {
-                self.store.secret(v.id).await.ok()
-            }
-            _ => None,
-        };
+        let (current, current_secret) = self.key_in_use(rt).await?;
         let current = current.as_ref().map(|v| CurrentKey {
             remote_id: v.provider_key_id.as_deref(),
             secret: current_secret.as_ref(),
@@ -87,6 +75,28 @@ impl Engine {
                 ))
             }
         }
+    }
+
+    /// The key in use, for providers whose new key depends on it (Azure's other slot), with
+    /// its secret when the provider knows it only by value.
+    async fn key_in_use(
+        &self,
+        rt: &CredentialRuntime,
+    ) -> Result<(Option<KeyVersion>, Option<SecretString>), StepError> {
+        let current = self
+            .store
+            .versions(&rt.name)
+            .await
+            .map_err(|e| StepError::transient("issue", e.to_string()))?
+            .into_iter()
+            .find(|v| v.stage == Stage::Current);
+        let secret = match &current {
+            Some(v) if v.provider_key_id.is_none() && v.has_secret => {
+                self.store.secret(v.id).await.ok()
+            }
+            _ => None,
+        };
+        Ok((current, secret))
     }
 
     /// Keys issued under this credential's rotation names that the store does not hold
