@@ -18,14 +18,14 @@ impl Backoff {
     }
 
     /// The ceiling for the `attempt`-th retry (0-based): base · 2^attempt, at most `cap`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
+    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.cap)
     }
 
     /// A delay drawn uniformly from [ceiling/2, ceiling] ("equal jitter"): never shorter
     /// than half the ceiling, so backoff still grows, but never in lock-step.
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
         let ceiling = self.ceiling(attempt);
         let half = ceiling / 2;
         let spread = (ceiling - half).as_millis() as u64;
@@ -38,7 +38,7 @@ impl Backoff {
 }
 
 /// `interval` stretched by a random fraction in [0, jitter].
-pub fn with_jitter(interval: Duration, jitter: f64, rng: &mut impl Rng) -> Duration {
+pub(crate) fn with_jitter(interval: Duration, jitter: f64, rng: &mut impl Rng) -> Duration {
     if jitter <= 0.0 {
         return interval;
     }

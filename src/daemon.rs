@@ -235,7 +235,7 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     }
     check_tasks.abort();
     rotation_tasks.abort();
-    let _ = check_tasks.await;
+    check_tasks.stopped().await;
     let _ = rotation_tasks.await;
     let _ = stop_http.send(());
     let _ = server.await;
@@ -286,7 +286,7 @@ async fn reload(
 
 type Runtimes = std::collections::HashMap<String, Arc<CredentialRuntime>>;
 
-/// The rotation schedule of every credential (one task; see `rotation::schedule`).
+/// The rotation schedule of every credential (one task; see `rotation::pass_queue`).
 fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> tokio::task::JoinHandle<()> {
-    rotation::schedule::spawn(engine.clone(), runtimes.into_values().collect())
+    rotation::pass_queue::spawn(engine.clone(), runtimes.into_values().collect())
 }

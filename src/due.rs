@@ -1,10 +1,9 @@
 //! One timer for many items: the work queue behind scheduled checks and rotations.
 //!
-//! Each credential used to have its own sleeping task (one for checks, one for rotations).
-//! That is cheap per task, but at 10,000 credentials it meant 20,000 tasks spawned at
-//! start-up, each reading the store on its first pass at the same moment: READY waited for
-//! the spawning, the read pool was swamped (at 100,000 its acquire timeout fired), and the
-//! allocator kept the storm's heap. Here the due times sit in one ordered set and one task
+//! A sleeping task per credential (one for checks, one for rotations) would be cheap each,
+//! but many thousands would be spawned at start-up, each reading the store on its first
+//! pass at the same moment: READY would wait for the spawning, the read pool would be
+//! swamped, and the allocator would keep the storm's heap. Here the due times sit in one ordered set and one task
 //! sleeps until the earliest; work for an item runs only when it is due, at most `parallel`
 //! at once, and answers when the item is due next. An idle daemon holds a `BTreeSet` entry
 //! per item and one timer.
@@ -18,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// How long an item waits after its work panicked (a bug, logged), before it is tried again.
@@ -26,22 +25,22 @@ const AFTER_PANIC: Duration = Duration::from_secs(60);
 
 /// Moves items of a running queue. Cloneable; dropping every handle does not stop the queue.
 #[derive(Clone)]
-pub struct DueHandle {
+pub(crate) struct DueHandle {
     moves: mpsc::UnboundedSender<(usize, Option<Instant>)>,
 }
 
 impl DueHandle {
     /// Makes a waiting item due at `at` instead, or takes it out of the queue (`None`);
     /// ignored while the item's work runs (its work answers when it is due next).
-    pub fn reschedule(&self, item: usize, at: Option<Instant>) {
+    pub(crate) fn reschedule(&self, item: usize, at: Option<Instant>) {
         let _ = self.moves.send((item, at));
     }
 }
 
 /// The receiving end of a [`DueHandle`], given to [`run`].
-pub struct Moves(mpsc::UnboundedReceiver<(usize, Option<Instant>)>);
+pub(crate) struct Moves(mpsc::UnboundedReceiver<(usize, Option<Instant>)>);
 
-pub fn channel() -> (DueHandle, Moves) {
+pub(crate) fn channel() -> (DueHandle, Moves) {
     let (moves, moved) = mpsc::unbounded_channel();
     (DueHandle { moves }, Moves(moved))
 }
@@ -50,7 +49,7 @@ pub fn channel() -> (DueHandle, Moves) {
 /// `first` gives each item's first due time (an item left out waits for a
 /// [`DueHandle::reschedule`]); `work(item)` runs when the item is due and answers when it is
 /// due next (`None`: not until rescheduled).
-pub async fn run<W, F>(
+pub(crate) async fn run<W, F>(
     name: &'static str,
     first: Vec<(usize, Instant)>,
     parallel: usize,
@@ -66,12 +65,13 @@ pub async fn run<W, F>(
 }
 
 /// [`run`] on its own task; aborting the task stops the queue and its work.
-pub fn spawn<W, F>(
+#[cfg(test)]
+fn spawn<W, F>(
     name: &'static str,
     first: Vec<(usize, Instant)>,
     parallel: usize,
     work: W,
-) -> (JoinHandle<()>, DueHandle)
+) -> (tokio::task::JoinHandle<()>, DueHandle)
 where
     W: Fn(usize) -> F + Send + Sync + 'static,
     F: Future<Output = Option<Instant>> + Send + 'static,
@@ -85,8 +85,8 @@ where
 struct Queue {
     waiting: BTreeSet<(Instant, usize)>,
     /// Each waiting item's due time, indexed by item. Items are the callers' dense indices
-    /// (0..n), so a vector is 16 bytes an item where a hash map was ~40 with its spare
-    /// capacity: two queues of 10,000 items each held ~400 KB in maps.
+    /// (0..n), so a vector holds them in less than a hash map would with its spare
+    /// capacity.
     due_at: Vec<Option<Instant>>,
 }
 

@@ -10,7 +10,7 @@ use keyrotd::config::Config;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::Stage;
 use keyrotd::providers::ProviderTelemetry;
-use keyrotd::rotation::{self, schedule, CredentialRuntime, Engine, RotationError};
+use keyrotd::rotation::{self, pass_queue, CredentialRuntime, Engine, RotationError};
 use keyrotd::simulator::{Fault, Op, Simulator};
 use keyrotd::store::{KeyVersion, NewKey, RotationOutlook, SqliteStore, Store};
 use secrecy::{ExposeSecret, SecretString};
@@ -946,7 +946,8 @@ async fn the_start_up_survey_agrees_with_what_a_pass_reads_through_a_key_s_life(
     .await;
     let day = 86_400;
     let can_issue = f.rt.issuer.is_some();
-    let next = |o: &RotationOutlook, now| schedule::plan(&f.rt.policy, can_issue, o, now).pass;
+    let next =
+        |o: &RotationOutlook, now| pass_queue::plan_pass(&f.rt.policy, can_issue, o, now).pass;
 
     let fresh = survey_of(&f).await;
     assert_eq!(fresh, outlook_by_hand(&f).await);

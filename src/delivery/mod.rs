@@ -116,7 +116,7 @@ pub fn build(config: &DeliveryConfig) -> Result<Box<dyn Target>, DeliveryError> 
 /// Makes text from a consumer safe to put in an error: every occurrence of a secret is
 /// replaced by `[REDACTED]`, control characters become spaces, and the result is cut to
 /// `max_chars` characters.
-pub fn sanitize(text: &str, secrets: &[&str], max_chars: usize) -> String {
+pub(crate) fn sanitize(text: &str, secrets: &[&str], max_chars: usize) -> String {
     let mut text = text.to_string();
     for secret in secrets {
         // Very short "secrets" would mangle ordinary text; real keys and tokens are long.

@@ -337,7 +337,7 @@ pub trait Store: Send + Sync {
     fn open_sealed(&self, key: &SealedKey) -> StoreResult<SecretString>;
 
     /// What the rotation schedule of every active credential depends on, in one read (the
-    /// daemon's start-up and its hourly re-read; see `rotation::schedule`).
+    /// daemon's start-up and its hourly re-read; see `rotation::pass_queue`).
     async fn rotation_outlooks(&self) -> StoreResult<Vec<RotationOutlook>>;
 
     /// Records a check of `version_id`; a change of status is also an event.

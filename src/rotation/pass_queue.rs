@@ -1,4 +1,5 @@
-//! The daemon's rotation schedule: which credential needs a pass ([`Engine::tick`]) when.
+//! The daemon's queue of rotation passes: which credential needs a pass ([`Engine::tick`])
+//! when.
 //!
 //! Start-up reads the bookkeeping of every credential in one query
 //! ([`Store::rotation_outlooks`]), records every due time in one transaction, resumes the
@@ -21,14 +22,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// How often every credential's bookkeeping is re-read for changes made by other processes.
-pub const SURVEY_EVERY: Duration = MAX_SLEEP;
+pub(crate) const SURVEY_EVERY: Duration = MAX_SLEEP;
 /// Passes at once: rotations talk to providers and targets, and each commits several times
 /// through the one writer; more in parallel would only queue on it.
 const PARALLEL_PASSES: usize = 16;
 
-/// A credential's schedule judged from its bookkeeping.
+/// When a credential's rotation is due and when it needs a pass, judged from its
+/// bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub struct PassPlan {
     /// When its next rotation is due (what the store's `next_rotation_at` should say);
     /// `None` while a rotation is in flight (that rotation decides).
     pub due: Option<UnixTime>,
@@ -38,7 +40,12 @@ pub struct Plan {
 }
 
 /// When a credential's next rotation is due and when it needs its next pass, at `now`.
-pub fn plan(policy: &Policy, can_issue: bool, outlook: &RotationOutlook, now: UnixTime) -> Plan {
+pub fn plan_pass(
+    policy: &Policy,
+    can_issue: bool,
+    outlook: &RotationOutlook,
+    now: UnixTime,
+) -> PassPlan {
     let grace = policy.grace.as_secs() as i64;
     let revocation = [
         outlook.oldest_previous.map(|at| at + grace),
@@ -50,7 +57,7 @@ pub fn plan(policy: &Policy, can_issue: bool, outlook: &RotationOutlook, now: Un
     if let Some(since) = outlook.in_flight_since {
         // Another process is rotating: look again when it would count as abandoned.
         let takeover = since + STALE_ROTATION.as_secs() as i64;
-        return Plan {
+        return PassPlan {
             due: None,
             pass: Some(revocation.map_or(takeover, |at| at.min(takeover)).max(now)),
         };
@@ -64,7 +71,7 @@ pub fn plan(policy: &Policy, can_issue: bool, outlook: &RotationOutlook, now: Un
     if outlook.imported_pending
         && (outlook.consecutive_failures == 0 || due.is_some_and(|at| at <= now))
     {
-        return Plan {
+        return PassPlan {
             due,
             pass: Some(now),
         };
@@ -80,19 +87,19 @@ pub fn plan(policy: &Policy, can_issue: bool, outlook: &RotationOutlook, now: Un
         .flatten()
         .min()
         .map(|at| at.max(now));
-    Plan { due, pass }
+    PassPlan { due, pass }
 }
 
-/// Runs the schedule of `runtimes` until aborted (a reload aborts it and starts another;
+/// Runs the passes of `runtimes` until aborted (a reload aborts it and starts another;
 /// a rotation cut short resumes from its last committed step).
-pub fn spawn(engine: Arc<Engine>, runtimes: Vec<Arc<CredentialRuntime>>) -> JoinHandle<()> {
+pub(crate) fn spawn(engine: Arc<Engine>, runtimes: Vec<Arc<CredentialRuntime>>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let runtimes = ByName::new(runtimes);
         let mut first = Vec::new();
         let resume_first = Arc::new(Mutex::new(HashSet::new()));
         match survey(&engine, &runtimes).await {
             Ok(passes) => {
-                for Pass {
+                for SurveyedPass {
                     item,
                     in_flight,
                     at,
@@ -169,8 +176,8 @@ async fn pass(engine: &Engine, rt: &CredentialRuntime, resume: bool) -> Option<I
 }
 
 /// The runtimes in name order: an item is an index into them, and a credential's item is
-/// found by binary search. A name-to-index hash map beside them held ~400 KB for good at
-/// 10,000 credentials.
+/// found by binary search. A name-to-index hash map beside them would hold memory for the
+/// daemon's whole life.
 #[derive(Clone)]
 struct ByName(Arc<[Arc<CredentialRuntime>]>);
 
@@ -195,7 +202,7 @@ impl ByName {
 }
 
 /// One credential's answer from a survey.
-struct Pass {
+struct SurveyedPass {
     /// Index into the runtimes.
     item: usize,
     /// A rotation of it is in flight.
@@ -206,24 +213,24 @@ struct Pass {
 
 /// Reads every credential's bookkeeping, records due times that changed (one transaction),
 /// and answers each credential's next pass.
-async fn survey(engine: &Engine, runtimes: &ByName) -> Result<Vec<Pass>, StoreError> {
+async fn survey(engine: &Engine, runtimes: &ByName) -> Result<Vec<SurveyedPass>, StoreError> {
     let now = engine.clock.now();
     let outlooks = engine.store.rotation_outlooks().await?;
     let mut changed = Vec::new();
-    // Each outlook is read once and only its answer kept: at 10,000 credentials the
-    // outlooks themselves were the largest allocation of the daemon's start-up.
+    // Each outlook is read once and only its answer kept: every credential's outlook held
+    // at once would be the largest allocation of the daemon's start-up.
     let mut passes = Vec::with_capacity(outlooks.len());
     for outlook in outlooks {
         let Some(item) = runtimes.item(&outlook.credential) else {
             continue;
         };
         let rt = &runtimes[item];
-        let plan = plan(&rt.policy, rt.issuer.is_some(), &outlook, now);
+        let plan = plan_pass(&rt.policy, rt.issuer.is_some(), &outlook, now);
         let in_flight = outlook.in_flight_since.is_some();
         if !in_flight && plan.due != outlook.next_rotation_at {
             changed.push((outlook.credential, plan.due));
         }
-        passes.push(Pass {
+        passes.push(SurveyedPass {
             item,
             in_flight,
             at: plan.pass,
@@ -238,7 +245,7 @@ async fn survey_forever(engine: &Engine, runtimes: &ByName, moves: DueHandle) {
         tokio::time::sleep(SURVEY_EVERY).await;
         match survey(engine, runtimes).await {
             Ok(passes) => {
-                for Pass { item, at, .. } in passes {
+                for SurveyedPass { item, at, .. } in passes {
                     moves.reschedule(item, at.map(|at| instant_at(engine, at)));
                 }
             }
@@ -308,9 +315,12 @@ mod tests {
 
     #[test]
     fn nothing_due_means_no_pass() {
-        assert_eq!(plan(&policy(None), true, &outlook(), 5_000).pass, None);
+        assert_eq!(plan_pass(&policy(None), true, &outlook(), 5_000).pass, None);
         // A policy without an issuer cannot rotate by itself.
-        assert_eq!(plan(&policy(Some(1)), false, &outlook(), 5_000).pass, None);
+        assert_eq!(
+            plan_pass(&policy(Some(1)), false, &outlook(), 5_000).pass,
+            None
+        );
     }
 
     #[test]
@@ -318,11 +328,11 @@ mod tests {
         let now = 5_000;
         let due = 1_000 + 86_400;
         assert_eq!(
-            plan(&policy(Some(1)), true, &outlook(), now).pass,
+            plan_pass(&policy(Some(1)), true, &outlook(), now).pass,
             Some(due)
         );
         assert_eq!(
-            plan(&policy(Some(1)), false, &outlook(), now).due,
+            plan_pass(&policy(Some(1)), false, &outlook(), now).due,
             Some(due),
             "due without an issuer too"
         );
@@ -331,7 +341,7 @@ mod tests {
             ..outlook()
         };
         assert_eq!(
-            plan(&policy(Some(1)), true, &revoking, now).pass,
+            plan_pass(&policy(Some(1)), true, &revoking, now).pass,
             Some(4_000 + 3_600)
         );
         let discarded = RotationOutlook {
@@ -339,7 +349,7 @@ mod tests {
             ..outlook()
         };
         assert_eq!(
-            plan(&policy(Some(1)), true, &discarded, now).pass,
+            plan_pass(&policy(Some(1)), true, &discarded, now).pass,
             Some(now),
             "overdue work is due now, not in the past"
         );
@@ -354,20 +364,23 @@ mod tests {
             ..outlook()
         };
         assert_eq!(
-            plan(&policy(Some(1)), true, &failing, now).pass,
+            plan_pass(&policy(Some(1)), true, &failing, now).pass,
             Some(now + 600)
         );
         let imported = RotationOutlook {
             imported_pending: true,
             ..outlook()
         };
-        assert_eq!(plan(&policy(None), false, &imported, now).pass, Some(now));
+        assert_eq!(
+            plan_pass(&policy(None), false, &imported, now).pass,
+            Some(now)
+        );
         let imported_after_failure = RotationOutlook {
             imported_pending: true,
             ..failing
         };
         assert_eq!(
-            plan(&policy(None), false, &imported_after_failure, now).pass,
+            plan_pass(&policy(None), false, &imported_after_failure, now).pass,
             Some(now + 600),
             "an imported key retried after a failure waits for the backoff"
         );
@@ -380,11 +393,11 @@ mod tests {
             ..outlook()
         };
         assert_eq!(
-            plan(&policy(Some(1)), true, &in_flight, 10_100).pass,
+            plan_pass(&policy(Some(1)), true, &in_flight, 10_100).pass,
             Some(10_000 + STALE_ROTATION.as_secs() as i64)
         );
         assert_eq!(
-            plan(&policy(Some(1)), true, &in_flight, 10_100).due,
+            plan_pass(&policy(Some(1)), true, &in_flight, 10_100).due,
             None,
             "the rotation in flight decides"
         );

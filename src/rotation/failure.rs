@@ -1,0 +1,128 @@
+//! A failed step winds the rotation up: the old key stays current and is delivered again
+//! wherever the new one may have gone, the new key is discarded (and revoked) unless it is
+//! an operator's that may be retried, and the retry waits for the backoff.
+
+use super::{CredentialRuntime, Engine, RotationError, StepError};
+use crate::delivery::Delivery;
+use crate::model::Stage;
+use crate::store::{Rotation, RotationFailure, RotationStep};
+
+impl Engine {
+    /// After a failed delivery some targets may hold the new key, which is about to be
+    /// discarded: put the current key back everywhere so every consumer holds a working key.
+    pub(super) async fn restore_current(&self, rt: &CredentialRuntime) {
+        let current = match self.store.versions(&rt.name).await {
+            Ok(versions) => versions.into_iter().find(|v| v.stage == Stage::Current),
+            Err(error) => {
+                tracing::error!(credential = %rt.name, %error, "cannot read the current key to restore it");
+                return;
+            }
+        };
+        let Some(current) = current else { return };
+        let Ok(secret) = self.store.secret(current.id).await else {
+            return;
+        };
+        let delivery = Delivery {
+            credential: &rt.name,
+            key: &secret,
+            fingerprint: &current.fingerprint,
+            version_id: current.id,
+        };
+        for target in &rt.targets {
+            if let Err(error) = target.deliver(&delivery).await {
+                tracing::error!(credential = %rt.name, target = %target.describe(), %error, "could not restore the current key");
+            }
+        }
+    }
+
+    pub(super) async fn fail(
+        &self,
+        rt: &CredentialRuntime,
+        rotation: &Rotation,
+        error: StepError,
+    ) -> RotationError {
+        let now = self.clock.now();
+        let failures = self
+            .store
+            .credential(&rt.name)
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.consecutive_failures)
+            .unwrap_or(0);
+        // Rounded up and at least a second: truncating a sub-second jittered delay (a
+        // `retry_backoff` of 1s draws 0.5..1s) would give `retry_at == now`, an immediate
+        // retry.
+        let delay = rt
+            .retry
+            .delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng());
+        let retry_at = now + (delay.as_secs_f64().ceil() as i64).max(1);
+        // A key we issued is discarded on any failure (the retry issues a fresh one); an
+        // operator's key is kept for a retry unless the provider refused it.
+        let ours = rt.issuer.is_some() && rotation.step == RotationStep::Planned
+            || self.version_is_ours(rotation).await;
+        let discard = error.rejected || ours;
+        let failure = RotationFailure {
+            error: format!("{}: {}", error.step, error.reason),
+            discard_pending: discard,
+            retry_at: Some(retry_at),
+        };
+        // An issue that failed after the provider created the key (a timeout, a lost
+        // answer) leaves a key under this rotation's name that nothing else will look for
+        // until the next rotation: sweep now, best effort (the next issue sweeps again),
+        // while the rotation is still in flight so no other rotation of it can be issuing.
+        if rotation.step == RotationStep::Planned && error.step == "issue" {
+            if let Some(issuer) = &rt.issuer {
+                if let Err(sweep) = self.delete_orphans(rt, issuer.as_ref()).await {
+                    tracing::warn!(credential = %rt.name, reason = %sweep.reason, "could not sweep orphaned keys yet; the next rotation retries");
+                }
+            }
+        }
+        if let Err(store_error) = self.store.fail_rotation(&rotation.id, &failure, now).await {
+            tracing::error!(credential = %rt.name, error = %store_error, "could not record the failed rotation");
+        }
+        tracing::warn!(credential = %rt.name, step = error.step, reason = %error.reason, retry_in_seconds = retry_at - now, "rotation failed; the current key stays");
+        if discard {
+            if let Some(version) = rotation.new_version_id {
+                self.revoke_discarded(rt, version).await;
+            }
+        }
+        RotationError::Failed {
+            credential: rt.name.to_string(),
+            step: error.step,
+            reason: error.reason,
+        }
+    }
+
+    async fn version_is_ours(&self, rotation: &Rotation) -> bool {
+        let Some(version) = rotation.new_version_id else {
+            return false;
+        };
+        self.store
+            .versions(&rotation.credential)
+            .await
+            .map(|versions| {
+                versions
+                    .iter()
+                    .any(|v| v.id == version && v.provider_key_id.is_some())
+            })
+            .unwrap_or(false)
+    }
+
+    async fn revoke_discarded(&self, rt: &CredentialRuntime, version: i64) {
+        let Ok(versions) = self.store.versions(&rt.name).await else {
+            return;
+        };
+        if let Some(v) = versions
+            .into_iter()
+            .find(|v| v.id == version && v.stage == Stage::Failed)
+        {
+            if let Err(error) = self
+                .revoke_version(rt, &v, "rotation", "discarded by a failed rotation")
+                .await
+            {
+                tracing::warn!(credential = %rt.name, %error, "could not revoke a discarded key yet; will retry");
+            }
+        }
+    }
+}
