@@ -231,7 +231,7 @@ fn the_clocked_families_are_rendered_once_per_second() {
 }
 
 #[test]
-fn the_gzip_stream_decompresses_to_the_text_exposition() {
+fn a_scrape_is_one_gzip_member_of_the_text_exposition() {
     // Enough credentials that every chunk spans several render buffers.
     let credentials: Vec<CredentialState> = (0..3_000)
         .map(|i| state(&format!("cred-{i:05}"), i % 3 != 0, i % 7 == 0))
@@ -244,43 +244,43 @@ fn the_gzip_stream_decompresses_to_the_text_exposition() {
     let metrics = metrics(&clock);
     *metrics.keys() = KeyState::render(&snapshot);
     let exposition = metrics.exposition();
+    assert_eq!(exposition.chunks().len(), 3, "registry, clocked, fixed");
     assert!(exposition.chunks().iter().all(|c| !c.is_empty()));
     assert!(
         exposition.chunks()[2].text_len() > 4 * RENDER_BUFFER as u64,
         "the fixed chunk spans several buffers"
     );
-    // The chunks concatenated: what a gzip response carries.
     let gzip = gzip_body(&exposition);
     assert_eq!(gzip.len() as u64, exposition.gzip_len());
-    let mut multi = String::new();
-    flate2::read::MultiGzDecoder::new(&gzip[..])
-        .read_to_string(&mut multi)
-        .unwrap();
-    // Each chunk on its own, decoded separately and joined: the same text.
-    let mut separately = String::new();
-    for chunk in exposition.chunks() {
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(&chunk.deflate()[..])
-            .read_to_string(&mut text)
-            .unwrap();
-        assert_eq!(text.len() as u64, chunk.text_len());
-        separately.push_str(&text);
-    }
-    assert_eq!(multi, separately);
-    assert_eq!(multi.len() as u64, exposition.text_len());
-    // What the identity path streams.
-    assert_eq!(exposition.to_text(), multi);
-    // It is a real multi-member stream: a single-member reader stops after the first.
-    let mut first_only = String::new();
+
+    // A single-member reader (as curl and Go's gzip reader are) reads all of it.
+    let mut single = String::new();
     flate2::read::GzDecoder::new(&gzip[..])
-        .read_to_string(&mut first_only)
+        .read_to_string(&mut single)
         .unwrap();
-    assert_eq!(first_only.len() as u64, exposition.chunks()[0].text_len());
+    assert_eq!(single.len() as u64, exposition.text_len());
+    // It is one member: nothing follows it.
+    let mut decoder = flate2::bufread::GzDecoder::new(&gzip[..]);
+    std::io::copy(&mut decoder, &mut std::io::sink()).unwrap();
+    assert!(
+        decoder.into_inner().is_empty(),
+        "bytes after the first member"
+    );
+    // Each chunk's text, in order, is the whole text.
+    let mut offset = 0;
+    for chunk in exposition.chunks() {
+        let part = Exposition::new(vec![chunk.clone()]).to_text();
+        assert_eq!(part.len() as u64, chunk.text_len());
+        assert_eq!(&single[offset..offset + part.len()], part);
+        offset += part.len();
+    }
+    // What the identity path streams.
+    assert_eq!(exposition.to_text(), single);
     // And it is compressed: far smaller than the text.
     assert!(exposition.gzip_len() * 8 < exposition.text_len());
 
     // Every sample line against the prometheus crate's encoder.
-    let mut ours: Vec<String> = multi
+    let mut ours: Vec<String> = single
         .lines()
         .filter(|l| l.starts_with("keyrotd_key_") || l.starts_with("keyrotd_rotation"))
         .map(str::to_string)
@@ -319,9 +319,14 @@ fn an_empty_store_still_serves_the_registry() {
     assert!(!text.contains("keyrotd_key_"), "{text}");
     assert_eq!(
         exposition.gzip_parts().len(),
-        1,
-        "empty chunks are not sent"
+        3,
+        "header, the registry, trailer: empty chunks are not sent"
     );
+    let mut single = String::new();
+    flate2::read::GzDecoder::new(&gzip_body(&exposition)[..])
+        .read_to_string(&mut single)
+        .unwrap();
+    assert_eq!(single, text);
 }
 
 /// The text, order included, is byte for byte the reference exposition in
