@@ -145,25 +145,15 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
 
     while let DaemonSignal::Reload = signals.next().await {
         notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
-        match reload(
+        reload_or_keep(
             &config_path,
-            &running,
+            &mut running,
+            &mut work,
             store.as_ref(),
             clock.as_ref(),
             &telemetry,
         )
-        .await
-        {
-            Ok((reloaded, targets, runtimes)) => {
-                running = reloaded;
-                work.replace(targets, runtimes);
-                tracing::info!(credentials = running.credentials, "configuration reloaded");
-            }
-            Err(error) => tracing::error!(
-                error = %format!("{error:#}"),
-                "reload failed; keeping the running configuration"
-            ),
-        }
+        .await;
         notify(&[NotifyState::Ready]);
     }
 
@@ -366,6 +356,29 @@ impl From<Config> for Running {
             credentials: config.credentials.len(),
             daemon: config.daemon,
         }
+    }
+}
+
+/// SIGHUP: swaps in the checks and rotations of the re-read config, or logs why it cannot
+/// and keeps the running ones.
+async fn reload_or_keep(
+    path: &Path,
+    running: &mut Running,
+    work: &mut Work,
+    store: &dyn Store,
+    clock: &dyn Clock,
+    telemetry: &ProviderTelemetry,
+) {
+    match reload(path, running, store, clock, telemetry).await {
+        Ok((reloaded, targets, runtimes)) => {
+            *running = reloaded;
+            work.replace(targets, runtimes);
+            tracing::info!(credentials = running.credentials, "configuration reloaded");
+        }
+        Err(error) => tracing::error!(
+            error = %format!("{error:#}"),
+            "reload failed; keeping the running configuration"
+        ),
     }
 }
 
