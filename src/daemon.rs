@@ -1,24 +1,26 @@
-//! The daemon's wiring: open the store, bind the port, start the scheduler, tell systemd,
-//! then wait for signals. SIGHUP re-reads the config (a broken one is logged and the running
-//! one stays); SIGTERM/SIGINT stop gracefully.
+//! The daemon's wiring: open the store, bind the port, start the checks, the rotations and
+//! the heartbeat, tell systemd, then wait for signals. SIGHUP re-reads the config (a broken
+//! one is logged and the running one stays); SIGTERM/SIGINT stop gracefully.
 
-use crate::checks::{self, CheckTarget, Checker};
+use crate::checks::{self, CheckTarget, Checker, ScheduledChecks};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DaemonConfig};
 use crate::crypto::{MasterKey, Sealer};
-use crate::http::{self, Heartbeat, HttpState, HEARTBEAT_MAX_AGE};
+use crate::heartbeat::{self, Heartbeat, Ticker};
+use crate::metrics::server::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::providers::{self, ProviderTelemetry};
 use crate::rotation::{self, CredentialRuntime, Engine};
-use crate::scheduler::{Scheduler, HEARTBEAT_INTERVAL};
 use crate::store::{CredentialSpec, SqliteStore, Store};
 use crate::web_config::WebConfig;
 use anyhow::Context;
 use sd_notify::NotifyState;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::task::JoinHandle;
 
 /// Everything `keyrotd run` needs, resolved from the command line and the config.
 pub struct DaemonSettings {
@@ -101,131 +103,58 @@ fn notify(states: &[NotifyState]) {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
+    let DaemonSettings {
+        config_path,
+        config,
+        database,
+        master_key,
+        web_config,
+    } = settings;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let config = settings.config;
-    let store = Arc::new(
-        open_store(
-            &settings.database,
-            settings.master_key.as_deref(),
-            MasterKeyNeed::IfSecretsStored,
-        )
-        .await?,
-    );
-    store
-        .sync_credentials(&credential_specs(&config), clock.now())
-        .await?;
-    let address = config.daemon.listen_address();
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
-    let bound = listener.local_addr()?;
-
-    let metrics = Arc::new(Metrics::new(clock.clone()));
+    let store =
+        open_synced_store(&database, master_key.as_deref(), &config, clock.as_ref()).await?;
+    let listener = bind(&config.daemon).await?;
+    let heartbeat = Arc::new(Heartbeat::new(clock.clone()));
+    let metrics = Arc::new(Metrics::new(clock.clone(), heartbeat.clone()));
     let telemetry = ProviderTelemetry::register(metrics.registry())?;
-    let checker = Arc::new(Checker::new(
-        store.clone() as Arc<dyn Store>,
-        clock.clone(),
-        config.checks.max_concurrent,
-        config.checks.jitter,
-    ));
-    // One set of adapters (and HTTP clients) per provider, for checks and rotations alike.
-    let adapters = providers::build_all(&config, &telemetry)?;
-    let mut check_tasks = checker.schedule(checks::targets_from(&config, &adapters));
-    let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>, clock.clone()));
-    let mut rotation_tasks = spawn_rotations(&engine, rotation::runtimes_from(&config, &adapters)?);
-    // The targets and runtimes hold the adapters now; the map is not needed for the
-    // daemon's life.
-    drop(adapters);
+    let mut work = Work::start(&config, store.clone(), clock.clone(), &telemetry)?;
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the
-    // whole parsed file would double the daemon's per-credential memory.
+    // whole parsed file would hold every credential's configuration a second time.
     let mut running = Running::from(config);
-    let heartbeat = Arc::new(Heartbeat::default());
-    let scheduler = Scheduler::start(clock.clone(), heartbeat.clone(), metrics.clone());
-
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_state = Arc::new(HttpState {
-        metrics: metrics.clone(),
-        store: store.clone() as Arc<dyn Store>,
+    let ticker = Ticker::start(heartbeat.clone());
+    let state = HttpState {
+        metrics,
+        store: store.clone(),
         heartbeat: heartbeat.clone(),
-        clock: clock.clone(),
-    });
-    let tls = settings
-        .web_config
-        .as_ref()
-        .is_some_and(|w| w.tls_acceptor().is_some());
-    let basic_auth = settings
-        .web_config
-        .as_ref()
-        .is_some_and(|w| w.requires_auth());
-    let server = tokio::spawn(http::serve_with(
-        listener,
-        http_state,
-        settings.web_config.clone(),
-        async {
-            let _ = http_stopped.await;
-        },
-    ));
-
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-
-    tracing::info!(
-        listen_address = %bound,
-        tls,
-        basic_auth,
-        database = %settings.database.display(),
-        credentials = running.credentials,
-        "keyrotd ready"
+    };
+    let endpoint = Endpoint::spawn(listener, state, web_config.clone())?;
+    // Installed before READY, so a signal sent as soon as systemd sees READY is handled.
+    let mut signals = Signals::install()?;
+    announce_ready(
+        endpoint.address,
+        web_config.as_deref(),
+        &database,
+        running.credentials,
     );
-    let status = format!(
-        "serving metrics on {bound}; {} credentials",
-        running.credentials
-    );
-    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     let watchdog = sd_notify::watchdog_enabled().map(|interval| {
-        let heartbeat = heartbeat.clone();
-        let clock = clock.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval / 2);
-            loop {
-                ticker.tick().await;
-                // Feed the watchdog only while the scheduler proves it is alive: a stuck
-                // scheduler should get the service restarted.
-                // The scheduler beats every HEARTBEAT_INTERVAL: a shorter freshness window
-                // would starve a short watchdog between two healthy beats.
-                let max_age = HEARTBEAT_MAX_AGE.min(interval).max(2 * HEARTBEAT_INTERVAL);
-                if heartbeat.is_fresh(clock.now(), max_age) {
-                    notify(&[NotifyState::Watchdog]);
-                } else {
-                    tracing::error!("scheduler heartbeat is stale; not feeding the watchdog");
-                }
-            }
+        heartbeat::spawn_watchdog(heartbeat.clone(), interval, || {
+            notify(&[NotifyState::Watchdog])
         })
     });
 
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => {
-                notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
-                match reload(&settings.config_path, &running, store.as_ref(), clock.as_ref(), &telemetry).await {
-                    Ok((reloaded, targets, runtimes)) => {
-                        running = reloaded;
-                        check_tasks.abort();
-                        check_tasks = checker.schedule(targets);
-                        // A rotation cut short here resumes from its last committed step.
-                        rotation_tasks.abort();
-                        rotation_tasks = spawn_rotations(&engine, runtimes);
-                        tracing::info!(credentials = running.credentials, "configuration reloaded");
-                    }
-                    Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration"),
-                }
-                notify(&[NotifyState::Ready]);
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
+    while let DaemonSignal::Reload = signals.next().await {
+        notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
+        reload_or_keep(
+            &config_path,
+            &mut running,
+            &mut work,
+            store.as_ref(),
+            clock.as_ref(),
+            &telemetry,
+        )
+        .await;
+        notify(&[NotifyState::Ready]);
     }
 
     tracing::info!("stopping");
@@ -233,16 +162,186 @@ pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     if let Some(task) = watchdog {
         task.abort();
     }
-    check_tasks.abort();
-    rotation_tasks.abort();
-    check_tasks.stopped().await;
-    let _ = rotation_tasks.await;
-    let _ = stop_http.send(());
-    let _ = server.await;
-    scheduler.shutdown().await;
+    work.stop().await;
+    endpoint.stop().await;
+    ticker.stop().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store, opened for the daemon and brought in line with the config's credentials.
+async fn open_synced_store(
+    database: &Path,
+    master_key: Option<&Path>,
+    config: &Config,
+    clock: &dyn Clock,
+) -> anyhow::Result<Arc<SqliteStore>> {
+    let store = open_store(database, master_key, MasterKeyNeed::IfSecretsStored).await?;
+    store
+        .sync_credentials(&credential_specs(config), clock.now())
+        .await?;
+    Ok(Arc::new(store))
+}
+
+async fn bind(daemon: &DaemonConfig) -> anyhow::Result<TcpListener> {
+    let address = daemon.listen_address();
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
+}
+
+/// Logs that the daemon is ready and tells systemd.
+fn announce_ready(
+    address: SocketAddr,
+    web_config: Option<&WebConfig>,
+    database: &Path,
+    credentials: usize,
+) {
+    let tls = web_config.is_some_and(|w| w.tls_acceptor().is_some());
+    let basic_auth = web_config.is_some_and(|w| w.requires_auth());
+    tracing::info!(
+        listen_address = %address,
+        tls,
+        basic_auth,
+        database = %database.display(),
+        credentials,
+        "keyrotd ready"
+    );
+    let status = format!("serving metrics on {address}; {credentials} credentials");
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
+/// The metrics endpoint, running on its own task.
+struct Endpoint {
+    address: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Endpoint {
+    fn spawn(
+        listener: TcpListener,
+        state: HttpState,
+        web_config: Option<Arc<WebConfig>>,
+    ) -> anyhow::Result<Endpoint> {
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            listener,
+            Arc::new(state),
+            web_config,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Endpoint {
+            address,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting and waits for open scrapes (bounded).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// The signals the daemon acts on.
+enum DaemonSignal {
+    /// SIGHUP: re-read the config.
+    Reload,
+    /// SIGTERM or SIGINT: stop gracefully.
+    Stop,
+}
+
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> DaemonSignal {
+        tokio::select! {
+            _ = self.hangup.recv() => DaemonSignal::Reload,
+            _ = self.terminate.recv() => DaemonSignal::Stop,
+            _ = self.interrupt.recv() => DaemonSignal::Stop,
+        }
+    }
+}
+
+/// The checks and rotations of the running configuration, as tasks.
+struct Work {
+    checker: Arc<Checker>,
+    engine: Arc<Engine>,
+    checks: ScheduledChecks,
+    rotations: JoinHandle<()>,
+}
+
+impl Work {
+    fn start(
+        config: &Config,
+        store: Arc<SqliteStore>,
+        clock: Arc<dyn Clock>,
+        telemetry: &ProviderTelemetry,
+    ) -> anyhow::Result<Work> {
+        let store = store as Arc<dyn Store>;
+        let checker = Arc::new(Checker::new(
+            store.clone(),
+            clock.clone(),
+            config.checks.max_concurrent,
+            config.checks.jitter,
+        ));
+        let engine = Arc::new(Engine::new(store, clock));
+        let (targets, runtimes) = build_work(config, telemetry)?;
+        let checks = checker.schedule(targets);
+        let rotations = spawn_rotations(&engine, runtimes);
+        Ok(Work {
+            checker,
+            engine,
+            checks,
+            rotations,
+        })
+    }
+
+    /// Swaps in the checks and rotations of a reloaded config.
+    fn replace(&mut self, targets: Vec<CheckTarget>, runtimes: Runtimes) {
+        self.checks.abort();
+        self.checks = self.checker.schedule(targets);
+        // A rotation cut short here resumes from its last committed step.
+        self.rotations.abort();
+        self.rotations = spawn_rotations(&self.engine, runtimes);
+    }
+
+    async fn stop(self) {
+        self.checks.abort();
+        self.rotations.abort();
+        self.checks.stopped().await;
+        let _ = self.rotations.await;
+    }
+}
+
+/// The check targets and rotation runtimes of `config`, sharing one set of adapters (and
+/// HTTP clients) per provider. Once built, they hold the adapters; the map is dropped.
+fn build_work(
+    config: &Config,
+    telemetry: &ProviderTelemetry,
+) -> anyhow::Result<(Vec<CheckTarget>, Runtimes)> {
+    let adapters = providers::build_all(config, telemetry)?;
+    let targets = checks::targets_from(config, &adapters);
+    let runtimes = rotation::runtimes_from(config, &adapters)?;
+    Ok((targets, runtimes))
 }
 
 /// What the daemon keeps of its config once the checks and rotations are built from it.
@@ -260,6 +359,30 @@ impl From<Config> for Running {
     }
 }
 
+/// SIGHUP: swaps in the checks and rotations of the re-read config, or logs why it cannot
+/// and keeps the running ones.
+async fn reload_or_keep(
+    path: &Path,
+    running: &mut Running,
+    work: &mut Work,
+    store: &dyn Store,
+    clock: &dyn Clock,
+    telemetry: &ProviderTelemetry,
+) {
+    match reload(path, running, store, clock, telemetry).await {
+        Ok((reloaded, targets, runtimes)) => {
+            *running = reloaded;
+            work.replace(targets, runtimes);
+            tracing::info!(credentials = running.credentials, "configuration reloaded");
+        }
+        Err(error) => tracing::error!(
+            error = %format!("{error:#}"),
+            "reload failed; keeping the running configuration"
+        ),
+    }
+}
+
+/// Reads the config again and builds its checks and rotations, changing nothing yet.
 async fn reload(
     path: &Path,
     running: &Running,
@@ -269,9 +392,7 @@ async fn reload(
 ) -> anyhow::Result<(Running, Vec<CheckTarget>, Runtimes)> {
     let config = Config::load(path)?;
     // Build everything before changing anything, so a bad provider section changes nothing.
-    let adapters = providers::build_all(&config, telemetry)?;
-    let targets = checks::targets_from(&config, &adapters);
-    let runtimes = rotation::runtimes_from(&config, &adapters)?;
+    let (targets, runtimes) = build_work(&config, telemetry)?;
     if config.daemon.listen_address() != running.daemon.listen_address() {
         tracing::warn!("listen_address changed; it takes effect at the next restart");
     }
@@ -287,6 +408,6 @@ async fn reload(
 type Runtimes = std::collections::HashMap<String, Arc<CredentialRuntime>>;
 
 /// The rotation schedule of every credential (one task; see `rotation::pass_queue`).
-fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> tokio::task::JoinHandle<()> {
+fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> JoinHandle<()> {
     rotation::pass_queue::spawn(engine.clone(), runtimes.into_values().collect())
 }

@@ -11,7 +11,11 @@
 //! - [`providers`]: one adapter per vendor behind the `Provider` trait.
 //! - [`delivery`]: targets that hand a key to its consumers, behind the `Target` trait.
 //! - [`simulator`]: a fake key-issuing provider on loopback, for `keyrotd demo` and tests.
-//! - [`http`] + [`web_config`]: the metrics endpoint, with optional TLS and basic auth.
+//! - [`metrics`] (with `metrics::server`) + [`web_config`]: the metrics endpoint, with
+//!   optional TLS and basic auth.
+//! - [`heartbeat`]: the daemon's proof of life, followed by `/readyz`, a gauge and the
+//!   systemd watchdog.
+//! - `listener`: the one accept loop behind every HTTP listener.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 #![forbid(unsafe_code)]
@@ -26,13 +30,13 @@ pub mod daemon;
 pub mod delivery;
 pub mod demo;
 pub mod due;
-pub mod http;
+pub mod heartbeat;
+pub(crate) mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod providers;
 pub mod rotation;
-pub mod scheduler;
 pub mod simulator;
 pub mod store;
 pub mod web_config;

@@ -25,14 +25,12 @@
 //! so the simulator keeps answering while the test waits.
 
 use crate::clock::{Clock, SystemClock};
+use crate::listener::{self, ServeOptions};
 use crate::model::{fingerprint, UnixTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rand::Rng;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -385,49 +383,18 @@ impl Simulator {
     }
 }
 
-/// The accept loop, in the style of `crate::http::serve`: one task per connection, accept
-/// errors logged and backed off, graceful drain on stop.
+/// Serves the API on the shared accept loop until the simulator stops.
 async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        tracing::warn!(%error, "simulator: accept failed; backing off");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let shared = shared.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&shared, request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%peer, %error, "simulator: connection ended with an error");
-                    }
-                });
-            }
-            _ = stopped(&mut stop) => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!("simulator: connections still open at shutdown; closing them");
-    }
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&shared, request).await) }
+    });
+    let options = ServeOptions {
+        name: "simulator",
+        drain: DRAIN,
+    };
+    let stop = async move { stopped(&mut stop).await };
+    listener::serve(listener, None, service, stop, options).await
 }
 
 /// A request the API understands.

@@ -95,7 +95,7 @@ impl WebConfig {
     }
 
     /// Parses web-config YAML; relative paths in it are relative to `file`'s directory.
-    pub fn parse(file: &Path, text: &str) -> Result<WebConfig, WebConfigError> {
+    pub(crate) fn parse(file: &Path, text: &str) -> Result<WebConfig, WebConfigError> {
         let fail = |message: String| WebConfigError {
             file: file.to_path_buf(),
             message,
@@ -138,23 +138,23 @@ impl WebConfig {
         })
     }
 
-    pub fn file(&self) -> &Path {
+    pub(crate) fn file(&self) -> &Path {
         &self.file
     }
 
     /// The acceptor when the endpoint serves TLS.
-    pub fn tls_acceptor(&self) -> Option<&TlsAcceptor> {
+    pub(crate) fn tls_acceptor(&self) -> Option<&TlsAcceptor> {
         self.tls.as_ref()
     }
 
     /// Whether requests need basic auth.
-    pub fn requires_auth(&self) -> bool {
+    pub(crate) fn requires_auth(&self) -> bool {
         !self.users.is_empty()
     }
 
     /// Checks an `Authorization` header value. Always true when no users are configured.
     /// bcrypt runs on a blocking thread; an unknown user costs the same as a wrong password.
-    pub async fn authorize(self: &Arc<Self>, header: Option<&[u8]>) -> bool {
+    pub(crate) async fn authorize(self: &Arc<Self>, header: Option<&[u8]>) -> bool {
         if self.users.is_empty() {
             return true;
         }

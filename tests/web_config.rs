@@ -1,8 +1,9 @@
 //! The metrics endpoint behind a node_exporter web config: real TLS (rcgen certificates),
-//! client certificates and basic auth, against `keyrotd::http::serve_with` on port 0.
+//! client certificates and basic auth, against `keyrotd::metrics::server::serve` on port 0.
 
 use keyrotd::clock::{Clock, SystemClock};
-use keyrotd::http::{serve_with, Heartbeat, HttpState};
+use keyrotd::heartbeat::Heartbeat;
+use keyrotd::metrics::server::{serve, HttpState};
 use keyrotd::metrics::Metrics;
 use keyrotd::store::{SqliteStore, Store};
 use keyrotd::web_config::WebConfig;
@@ -70,16 +71,16 @@ async fn start(dir: &TempDir, web_yaml: &str) -> (SocketAddr, tokio::sync::onesh
     let store = SqliteStore::open(&dir.path().join("keyrotd.db"), None)
         .await
         .unwrap();
+    let heartbeat = Arc::new(Heartbeat::new(clock.clone()));
     let state = Arc::new(HttpState {
-        metrics: Arc::new(Metrics::new(clock.clone())),
+        metrics: Arc::new(Metrics::new(clock, heartbeat.clone())),
         store: Arc::new(store) as Arc<dyn Store>,
-        heartbeat: Arc::new(Heartbeat::default()),
-        clock,
+        heartbeat,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_with(listener, state, Some(web), async {
+    tokio::spawn(serve(listener, state, Some(web), async {
         let _ = stopped.await;
     }));
     (address, stop)

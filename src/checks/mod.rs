@@ -16,6 +16,7 @@ mod scheduled;
 mod sweep;
 
 pub use pacer::Pacer;
+pub(crate) use scheduled::ScheduledChecks;
 
 use crate::clock::Clock;
 use crate::model::CheckStatus;

@@ -409,6 +409,25 @@ fn ready_port(log: &str) -> Option<u16> {
     address.rsplit(':').next()?.parse().ok()
 }
 
+/// Whether an external tool is on `PATH`. A missing tool skips the test that needs it (it
+/// says so), except under `KEYROTD_REQUIRE_TOOLS`, where it fails the test.
+pub fn tool_available(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("KEYROTD_REQUIRE_TOOLS").is_none(),
+            "{tool} is required (KEYROTD_REQUIRE_TOOLS is set) but not installed"
+        );
+        eprintln!("SKIPPED: {tool} is not installed");
+    }
+    found
+}
+
 /// A minimal HTTP/1.1 GET against 127.0.0.1 (no keep-alive): (status code, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to keyrotd");

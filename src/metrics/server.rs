@@ -1,157 +1,61 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (the process answers),
-//! `/readyz` (the store is open and the scheduler's heartbeat is fresh).
+//! The metrics endpoint: `/metrics` (Prometheus text format), `/healthz` (the process
+//! answers), `/readyz` (the store is open and the heartbeat is fresh).
 //!
-//! A dedicated listener, never shared with anything that takes input from consumers. The
-//! accept loop never dies on an accept error (EMFILE would otherwise take metrics down with
-//! it): it logs, backs off and goes on.
+//! A dedicated listener, never shared with anything that takes input from consumers, run by
+//! the shared accept loop ([`crate::listener`]). TLS and basic auth come from a
+//! node_exporter-style web config ([`crate::web_config`]).
 //!
-//! TLS and basic auth come from a node_exporter-style web config ([`crate::web_config`]).
-//!
-//! `/metrics` is cached as gzip members ([`crate::metrics`]). A client whose
-//! `Accept-Encoding` allows gzip ([`accepts_gzip`]; Prometheus sends `Accept-Encoding:
-//! gzip`) gets them as they are, concatenated (a valid multi-member gzip stream), with
-//! `Content-Encoding: gzip`. Any other client gets the text, decompressed while it is sent
-//! in frames of at most 64 KiB ([`Payload`]), never as one buffer. Both carry an exact
+//! `/metrics` is cached as compressed chunks ([`crate::metrics`]). A client whose
+//! `Accept-Encoding` allows gzip (Prometheus sends `Accept-Encoding: gzip`) gets them as one
+//! gzip member, with `Content-Encoding: gzip`. Any other client gets the text, decompressed
+//! while it is sent in bounded frames, never as one buffer. Both carry an exact
 //! `Content-Length` and `Vary: Accept-Encoding`.
 
-use crate::clock::Clock;
-use crate::metrics::{Exposition, Metrics, TextReader};
+use super::{Exposition, Metrics, TextReader};
+use crate::heartbeat::Heartbeat;
+use crate::listener::{self, ServeOptions};
 use crate::store::Store;
 use crate::web_config::WebConfig;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::io::Read;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Liveness of the scheduler, shared by the scheduler (writer) and `/readyz` and the
-/// watchdog (readers).
-#[derive(Debug, Default)]
-pub struct Heartbeat {
-    last: AtomicI64,
-}
-
-impl Heartbeat {
-    pub fn beat(&self, now: i64) {
-        self.last.store(now, Ordering::SeqCst);
-    }
-    pub fn last(&self) -> i64 {
-        self.last.load(Ordering::SeqCst)
-    }
-    pub fn is_fresh(&self, now: i64, max_age: Duration) -> bool {
-        let last = self.last();
-        last > 0 && now - last <= max_age.as_secs() as i64
-    }
-}
-
-/// How stale the heartbeat may be before the daemon reports itself not ready.
-pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(60);
-
+/// What the endpoint answers from.
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
     pub heartbeat: Arc<Heartbeat>,
-    pub clock: Arc<dyn Clock>,
 }
 
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for open scrapes to finish.
+const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves plain HTTP without auth until `shutdown` completes, then drains open connections
-/// (bounded wait).
+/// Serves the endpoint until `shutdown` completes, then drains open connections (bounded
+/// wait). With a web config, TLS and basic auth apply as it says; basic auth guards every
+/// path.
 pub async fn serve(
-    listener: TcpListener,
-    state: Arc<HttpState>,
-    shutdown: impl Future<Output = ()>,
-) {
-    serve_with(listener, state, None, shutdown).await
-}
-
-/// Like [`serve`], with TLS and basic auth from a web config when one is given. The TLS
-/// handshake runs in the connection's own task, so a slow client never stalls the accept
-/// loop; basic auth guards every path.
-pub async fn serve_with(
     listener: TcpListener,
     state: Arc<HttpState>,
     web: Option<Arc<WebConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed; backing off");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                let web = web.clone();
-                let builder = builder.clone();
-                // Taken before the handshake so a shutdown waits for (or ends) this connection.
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let acceptor = web.as_ref().and_then(|w| w.tls_acceptor().cloned());
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = state.clone();
-                        let web = web.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(handle(&state, web.as_ref(), request).await)
-                        }
-                    });
-                    let result = match acceptor {
-                        Some(acceptor) => {
-                            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => tls,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let connection = builder.serve_connection(TokioIo::new(tls), service).into_owned();
-                            watcher.watch(connection).await
-                        }
-                        None => {
-                            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                            watcher.watch(connection).await
-                        }
-                    };
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 5s; closing them");
-    }
+    let tls = web.as_ref().and_then(|w| w.tls_acceptor().cloned());
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        let web = web.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&state, web.as_ref(), request).await) }
+    });
+    let options = ServeOptions {
+        name: "metrics",
+        drain: DRAIN,
+    };
+    listener::serve(listener, tls, service, shutdown, options).await
 }
 
 /// Basic auth (when configured) in front of every route.
@@ -182,9 +86,9 @@ async fn handle(
 }
 
 /// A response body with an exact length, so hyper sends a `Content-Length`: either a few
-/// shared chunks (`/metrics` hands over the cached gzip members without copying them into
-/// one buffer), or text decompressed from such chunks while it is sent.
-pub struct Payload {
+/// shared chunks (`/metrics` hands over the cached compressed chunks without copying them
+/// into one buffer), or text decompressed from such chunks while it is sent.
+pub(crate) struct Payload {
     source: Source,
     remaining: u64,
 }
@@ -195,7 +99,7 @@ enum Source {
 }
 
 /// The largest frame of decompressed text.
-const INFLATE_FRAME: usize = 64 * 1024;
+pub(crate) const INFLATE_FRAME: usize = 64 * 1024;
 
 impl Payload {
     fn chunks(chunks: impl IntoIterator<Item = Bytes>) -> Payload {
@@ -279,7 +183,7 @@ fn next_frame(reader: &mut TextReader, remaining: u64) -> std::io::Result<Option
 /// (RFC 9110 §12.5.3): `gzip` (or `x-gzip`) or `*` with a non-zero q-value, where an
 /// explicit `gzip` entry overrides `*`. `gzip;q=0` means no; no header means identity.
 /// Entries with a malformed q-value are ignored.
-pub fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+pub(crate) fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
     let mut gzip: Option<u16> = None;
     let mut any: Option<u16> = None;
     for value in values {
@@ -353,7 +257,7 @@ fn exposition(body: Exposition, gzip: bool) -> Response<Payload> {
     if gzip {
         response
             .header(hyper::header::CONTENT_ENCODING, "gzip")
-            .body(Payload::chunks(body.gzip_chunks()))
+            .body(Payload::chunks(body.gzip_parts()))
     } else {
         response.body(Payload::inflate(body.text_reader(), body.text_len()))
     }
@@ -382,8 +286,7 @@ async fn route(state: &HttpState, request: Request<Incoming>) -> Response<Payloa
         },
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" => {
-            let now = state.clock.now();
-            if !state.heartbeat.is_fresh(now, HEARTBEAT_MAX_AGE) {
+            if !state.heartbeat.is_fresh() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "scheduler heartbeat stale\n");
             }
             match state.store.generation().await {
@@ -469,11 +372,11 @@ mod tests {
             .map(|i| format!("series_{i}{{label=\"value\"}} {i}\n"))
             .collect();
         let (a, b) = text.as_bytes().split_at(150_001);
-        let members = [
-            crate::metrics::Member::compress(a),
-            crate::metrics::Member::compress(b),
-        ];
-        let reader = TextReader::new(members.iter().map(|m| m.gzip.clone()));
+        let exposition = Exposition::new(vec![
+            super::super::gzip::Chunk::compress(a),
+            super::super::gzip::Chunk::compress(b),
+        ]);
+        let reader = exposition.text_reader();
         let mut body = Payload::inflate(reader, text.len() as u64);
         assert_eq!(body.size_hint().exact(), Some(text.len() as u64));
         let mut received = Vec::new();
@@ -485,7 +388,7 @@ mod tests {
         assert_eq!(received, text.as_bytes());
 
         // A length that does not match the text is an error, not a short or long body.
-        let reader = TextReader::new(members.iter().map(|m| m.gzip.clone()));
+        let reader = exposition.text_reader();
         let mut body = Payload::inflate(reader, text.len() as u64 + 1);
         let mut failed = false;
         while let Some(frame) = body.frame().await {
