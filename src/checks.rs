@@ -587,7 +587,7 @@ mod tests {
     /// A store with credentials `c0`, `c1`, each with a current key; their version ids.
     async fn store_with_two_keys(dir: &std::path::Path) -> (Arc<dyn Store>, Vec<i64>) {
         use crate::crypto::{MasterKey, Sealer};
-        use crate::store::{CredentialSpec, NewKey, SqliteStore};
+        use crate::store::{CredentialSpec, CredentialStore, KeyStore, NewKey, SqliteStore};
         let sealer = Arc::new(Sealer::new(&MasterKey::generate()));
         let store = SqliteStore::open(&dir.join("keyrotd.db"), Some(sealer))
             .await

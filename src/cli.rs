@@ -14,7 +14,7 @@ use crate::model::{Stage, UnixTime};
 use crate::providers::ProviderTelemetry;
 use crate::rotation::{self, CredentialRuntime, Engine};
 use crate::store::SqliteStore;
-use crate::store::{KeyVersion, NewKey, Store};
+use crate::store::{AuditStore, CredentialStore, KeyStore, KeyVersion, NewKey, StateStore};
 use crate::web_config::WebConfig;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::providers::{self, ProviderTelemetry};
 use crate::rotation::{self, CredentialRuntime, Engine};
 use crate::scheduler::{Scheduler, HEARTBEAT_INTERVAL};
-use crate::store::{CredentialSpec, SqliteStore, Store};
+use crate::store::{CredentialSpec, CredentialStore, SqliteStore, Store};
 use crate::web_config::WebConfig;
 use anyhow::Context;
 use sd_notify::NotifyState;

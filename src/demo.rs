@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::daemon::{self, DaemonSettings, MasterKeyNeed};
 use crate::simulator::{Op, Simulator};
-use crate::store::{NewKey, Store};
+use crate::store::{CredentialStore, KeyStore, NewKey};
 use anyhow::Context;
 use rand::RngCore;
 use secrecy::SecretString;

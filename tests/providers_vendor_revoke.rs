@@ -14,7 +14,7 @@ use keyrotd::providers::{
     build_issuer, build_revoker, CurrentKey, Issuer, ProviderError, ProviderTelemetry, Revoker,
 };
 use keyrotd::rotation::{self, Engine};
-use keyrotd::store::{NewKey, SqliteStore, Store};
+use keyrotd::store::{AuditStore, CredentialStore, KeyStore, NewKey, SqliteStore, Store};
 use providers_support::provider_config;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;

@@ -12,7 +12,10 @@ use keyrotd::model::Stage;
 use keyrotd::providers::ProviderTelemetry;
 use keyrotd::rotation::{self, schedule, CredentialRuntime, Engine, RotationError};
 use keyrotd::simulator::{Fault, Op, Simulator};
-use keyrotd::store::{KeyVersion, NewKey, RotationOutlook, SqliteStore, Store};
+use keyrotd::store::{
+    AuditStore, CredentialStore, KeyStore, KeyVersion, NewKey, RotationOutlook, RotationStore,
+    SqliteStore, StateStore, Store,
+};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

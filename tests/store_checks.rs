@@ -5,7 +5,10 @@
 use futures::TryStreamExt;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::CheckStatus;
-use keyrotd::store::{CheckRecord, CheckToRecord, CredentialSpec, NewKey, SqliteStore, Store};
+use keyrotd::store::{
+    AuditStore, CheckRecord, CheckStore, CheckToRecord, CredentialSpec, CredentialStore, KeyStore,
+    NewKey, SqliteStore, StateStore,
+};
 use secrecy::SecretString;
 use std::sync::Arc;
 
