@@ -2,7 +2,7 @@
 //! layer decides when results are written and gathers them into batches; a backend writes
 //! each batch it is given in one transaction.
 
-use super::StoreResult;
+use super::{StoreError, StoreResult};
 use crate::model::{CheckStatus, UnixTime};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -35,13 +35,28 @@ pub trait CheckStore: Send + Sync {
     /// meanwhile, say) fails alone and the others are written.
     async fn record_checks(&self, checks: Vec<CheckToRecord>) -> Vec<StoreResult<()>>;
 
-    /// Records a check of `version_id`; a change of status is also an event.
+    /// Records one check of `version_id`: a batch of one. Callers with many results gather
+    /// them into a batch of their own (see `checks`); the store does not batch for them.
     async fn record_check(
         &self,
         credential: &str,
         version_id: i64,
         check: &CheckRecord,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        let one = CheckToRecord {
+            credential: credential.to_string(),
+            version_id,
+            check: check.clone(),
+        };
+        self.record_checks(vec![one])
+            .await
+            .pop()
+            .unwrap_or_else(|| {
+                Err(StoreError::Conflict(
+                    "the check result was not written".into(),
+                ))
+            })
+    }
 
     /// When each active credential was last checked (credentials never checked are absent).
     /// Start-up reads this to resume every check schedule.

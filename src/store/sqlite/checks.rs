@@ -10,35 +10,15 @@ use sqlx::{Sqlite, Transaction};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Check results waiting to be written: concurrent [`Store::record_check`] calls share one
-/// transaction (group commit). With `synchronous=FULL` every commit is an fsync (4 ms on the
-/// benchmark host), so one transaction per check capped a sweep at ~250 checks/s whatever
-/// the concurrency; batched, a sweep of 10,000 keys commits a few dozen times.
-#[derive(Default)]
-pub(super) struct CheckQueue {
-    pending: std::sync::Mutex<Vec<PendingCheck>>,
-    /// Held by the caller that is writing a batch; the others queue behind it.
-    turn: tokio::sync::Mutex<()>,
-}
-
-struct PendingCheck {
-    credential: String,
-    version_id: i64,
-    check: CheckRecord,
-    done: tokio::sync::oneshot::Sender<StoreResult<()>>,
-}
-
-impl CheckQueue {
-    fn take(&self) -> Vec<PendingCheck> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// Writes a batch of check results in one transaction and answers every caller. If the
-/// batch fails (one record names a credential removed meanwhile, say), each record is
-/// written on its own so one bad record fails only its own caller.
-async fn commit_checks(writer: SqlitePool, path: PathBuf, batch: Vec<PendingCheck>) {
-    async fn write(writer: &SqlitePool, path: &Path, batch: &[PendingCheck]) -> StoreResult<()> {
+/// Writes a batch of check results in one transaction and answers each record in its
+/// place. If the batch fails (one record names a credential removed meanwhile, say), each
+/// record is written on its own so one bad record fails alone.
+async fn commit_checks(
+    writer: SqlitePool,
+    path: PathBuf,
+    batch: Vec<CheckToRecord>,
+) -> Vec<StoreResult<()>> {
+    async fn write(writer: &SqlitePool, path: &Path, batch: &[CheckToRecord]) -> StoreResult<()> {
         let mut tx = begin_write(writer, path).await?;
         for chunk in batch.chunks(CHECKS_PER_STATEMENT) {
             apply_checks(&mut tx, chunk).await?;
@@ -47,20 +27,14 @@ async fn commit_checks(writer: SqlitePool, path: PathBuf, batch: Vec<PendingChec
         Ok(())
     }
     match write(&writer, &path, &batch).await {
-        Ok(()) => {
-            for p in batch {
-                let _ = p.done.send(Ok(()));
-            }
-        }
-        Err(error) if batch.len() == 1 => {
-            let p = batch.into_iter().next().expect("one record");
-            let _ = p.done.send(Err(error));
-        }
+        Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+        Err(error) if batch.len() == 1 => vec![Err(error)],
         Err(_) => {
-            for p in batch {
-                let written = write(&writer, &path, std::slice::from_ref(&p)).await;
-                let _ = p.done.send(written);
+            let mut written = Vec::with_capacity(batch.len());
+            for record in &batch {
+                written.push(write(&writer, &path, std::slice::from_ref(record)).await);
             }
+            written
         }
     }
 }
@@ -97,7 +71,7 @@ macro_rules! checks_batch {
 /// twice (the caller then writes the records one by one, which names the culprit).
 async fn apply_checks(
     tx: &mut Transaction<'static, Sqlite>,
-    batch: &[PendingCheck],
+    batch: &[CheckToRecord],
 ) -> StoreResult<()> {
     // Events first: they compare with the status before this batch.
     const EVENTS: &str = concat!(
@@ -200,69 +174,22 @@ async fn replace_credits(
 
 #[async_trait]
 impl CheckStore for SqliteStore {
-    async fn record_check(
-        &self,
-        credential: &str,
-        version_id: i64,
-        check: &CheckRecord,
-    ) -> StoreResult<()> {
-        let (done, mut result) = tokio::sync::oneshot::channel();
-        self.checks
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(PendingCheck {
-                credential: credential.to_string(),
-                version_id,
-                check: check.clone(),
-                done,
-            });
-        {
-            let _turn = self.checks.turn.lock().await;
-            // Written by the batch of whoever held the turn before us?
-            if let Ok(written) = result.try_recv() {
-                return written;
-            }
-            let batch = self.checks.take();
-            if !batch.is_empty() {
-                // Spawned: a caller cancelled here (a check task aborted by a reload) must not
-                // take the other callers' records down with it.
-                let commit =
-                    tokio::spawn(commit_checks(self.writer.clone(), self.path.clone(), batch));
-                let _ = commit.await;
-            }
-        }
-        result.await.unwrap_or_else(|_| Err(check_not_written()))
-    }
-
     async fn record_checks(&self, checks: Vec<CheckToRecord>) -> Vec<StoreResult<()>> {
-        let (batch, mut answers): (Vec<_>, Vec<_>) = checks
-            .into_iter()
-            .map(|c| {
-                let (done, answer) = tokio::sync::oneshot::channel();
-                let pending = PendingCheck {
-                    credential: c.credential,
-                    version_id: c.version_id,
-                    check: c.check,
-                    done,
-                };
-                (pending, answer)
-            })
-            .unzip();
-        if !batch.is_empty() {
-            // Spawned, as in `record_check`: a caller cancelled mid-write leaves the
-            // transaction to finish or fail whole.
-            let _ =
-                tokio::spawn(commit_checks(self.writer.clone(), self.path.clone(), batch)).await;
+        if checks.is_empty() {
+            return Vec::new();
         }
-        answers
-            .iter_mut()
-            .map(|answer| {
-                answer
-                    .try_recv()
-                    .unwrap_or_else(|_| Err(check_not_written()))
-            })
-            .collect()
+        let count = checks.len();
+        // Spawned: a caller cancelled mid-write (a check task aborted by a reload) leaves
+        // the transaction to finish or fail whole.
+        let commit = tokio::spawn(commit_checks(
+            self.writer.clone(),
+            self.path.clone(),
+            checks,
+        ));
+        match commit.await {
+            Ok(written) => written,
+            Err(_) => (0..count).map(|_| Err(check_not_written())).collect(),
+        }
     }
 
     async fn last_checks(&self) -> StoreResult<HashMap<String, UnixTime>> {

@@ -28,7 +28,6 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     sealer: Option<Arc<Sealer>>,
-    checks: Arc<checks::CheckQueue>,
 }
 
 impl std::fmt::Debug for SqliteStore {

@@ -107,7 +107,6 @@ impl SqliteStore {
             writer,
             reader,
             sealer,
-            checks: Arc::default(),
         })
     }
 
