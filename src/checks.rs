@@ -359,8 +359,8 @@ impl Checker {
             Ok(unrecorded) => unrecorded,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(error) => {
-                let detail = format!("the check results were not written: {error}");
-                return Err(StoreError::Conflict(detail).into());
+                let reason = error.to_string();
+                return Err(StoreError::ChecksNotWritten { reason }.into());
             }
         };
         for (index, error) in unrecorded {

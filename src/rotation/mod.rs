@@ -195,7 +195,7 @@ impl Engine {
             .await
         {
             Ok(rotation) => rotation,
-            Err(StoreError::Conflict(_)) => {
+            Err(StoreError::RotationInFlight { .. }) => {
                 return Err(RotationError::InFlight(rt.name.to_string()))
             }
             Err(other) => return Err(other.into()),
@@ -262,8 +262,16 @@ impl Engine {
                     // without finishing the rotation: it stayed in flight and blocked
                     // every later rotation. Wind it up like any other failed step.
                     return match self.promote(rt, &rotation).await {
-                        Err(RotationError::Store(StoreError::Conflict(reason))) => Err(self
-                            .fail(rt, &rotation, StepError::transient("promote", reason))
+                        Err(RotationError::Store(
+                            refused @ (StoreError::RotationNotInStep { .. }
+                            | StoreError::RotationWithoutKey { .. }
+                            | StoreError::NoLongerPending { .. }),
+                        )) => Err(self
+                            .fail(
+                                rt,
+                                &rotation,
+                                StepError::transient("promote", refused.to_string()),
+                            )
                             .await),
                         other => other,
                     };

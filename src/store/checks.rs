@@ -52,9 +52,9 @@ pub trait CheckStore: Send + Sync {
             .await
             .pop()
             .unwrap_or_else(|| {
-                Err(StoreError::Conflict(
-                    "the check result was not written".into(),
-                ))
+                Err(StoreError::ChecksNotWritten {
+                    reason: "the store answered no result".into(),
+                })
             })
     }
 

@@ -51,8 +51,34 @@ pub enum StoreError {
     MasterKeyRequired,
     #[error("a key with fingerprint {0} already exists for this credential")]
     DuplicateKey(String),
-    #[error("{0}")]
-    Conflict(String),
+    #[error("rotation {rotation} of {credential} is already in flight")]
+    RotationInFlight {
+        credential: String,
+        rotation: String,
+    },
+    #[error("rotation {rotation} is not in flight")]
+    RotationNotInFlight { rotation: String },
+    #[error("rotation {rotation} is not in flight at step {expected}")]
+    RotationNotInStep {
+        rotation: String,
+        expected: RotationStep,
+    },
+    #[error("rotation {rotation} has no new key")]
+    RotationWithoutKey { rotation: String },
+    #[error("version {version} cannot be adopted by rotation {rotation} (not a pending key of its credential)")]
+    NotAdoptable { version: i64, rotation: String },
+    #[error("version {version} is no longer pending")]
+    NoLongerPending { version: i64 },
+    #[error("{credential} has no previous key to roll back to")]
+    NoPreviousKey { credential: String },
+    #[error(
+        "the previous key of {credential} is past its grace period; rolling back to it is refused"
+    )]
+    PastGracePeriod { credential: String },
+    #[error("{unmatched} of {records} checked credentials are unknown, removed or repeated")]
+    CheckBatchMismatch { unmatched: u64, records: usize },
+    #[error("the check results were not written: {reason}")]
+    ChecksNotWritten { reason: String },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("database error: {0}")]

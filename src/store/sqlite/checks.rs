@@ -41,7 +41,9 @@ async fn commit_checks(
 
 /// A check result whose batch ended without answering it (its writer was cancelled).
 fn check_not_written() -> StoreError {
-    StoreError::Conflict("the check result was not written".into())
+    StoreError::ChecksNotWritten {
+        reason: "the writer stopped before answering".into(),
+    }
 }
 
 /// Check results written by one statement of [`apply_checks`]: bounds the JSON text a
@@ -130,11 +132,10 @@ async fn apply_checks(
         return Err(StoreError::UnknownCredential(p.credential.clone()));
     }
     if updated != batch.len() as u64 {
-        return Err(StoreError::Conflict(format!(
-            "{} of {} checked credentials are unknown, removed or repeated",
-            batch.len() as u64 - updated.min(batch.len() as u64),
-            batch.len()
-        )));
+        return Err(StoreError::CheckBatchMismatch {
+            unmatched: batch.len() as u64 - updated.min(batch.len() as u64),
+            records: batch.len(),
+        });
     }
     sqlx::query(VERSIONS)
         .bind(records.as_str())

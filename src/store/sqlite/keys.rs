@@ -266,14 +266,14 @@ impl KeyStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((previous_id, changed_at)) = previous else {
-            return Err(StoreError::Conflict(format!(
-                "{credential} has no previous key to roll back to"
-            )));
+            return Err(StoreError::NoPreviousKey {
+                credential: credential.to_string(),
+            });
         };
         if changed_at < not_before {
-            return Err(StoreError::Conflict(format!(
-                "the previous key of {credential} is past its grace period; rolling back to it is refused"
-            )));
+            return Err(StoreError::PastGracePeriod {
+                credential: credential.to_string(),
+            });
         }
         sqlx::query("UPDATE key_versions SET stage = 'previous', stage_changed_at = ? WHERE credential_id = ? AND stage = 'current'")
             .bind(now)

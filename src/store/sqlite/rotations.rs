@@ -29,9 +29,10 @@ impl RotationStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(other) = in_flight {
-            return Err(StoreError::Conflict(format!(
-                "rotation {other} of {credential} is already in flight"
-            )));
+            return Err(StoreError::RotationInFlight {
+                credential: credential.to_string(),
+                rotation: other,
+            });
         }
         sqlx::query(
             "INSERT INTO rotations (id, credential_id, step, started_at, updated_at) VALUES (?, ?, 'planned', ?, ?)",
@@ -103,8 +104,9 @@ impl RotationStore for SqliteStore {
         .bind(rotation_id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| {
-            StoreError::Conflict(format!("rotation {rotation_id} is not waiting for a key"))
+        .ok_or_else(|| StoreError::RotationNotInStep {
+            rotation: rotation_id.to_string(),
+            expected: RotationStep::Planned,
         })?;
         let id = Self::insert_sealed_version(
             &mut tx,
@@ -160,7 +162,10 @@ impl RotationStore for SqliteStore {
         .bind(version_id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| StoreError::Conflict(format!("version {version_id} cannot be adopted by rotation {rotation_id}")))?;
+        .ok_or_else(|| StoreError::NotAdoptable {
+            version: version_id,
+            rotation: rotation_id.to_string(),
+        })?;
         sqlx::query(
             "UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?",
         )
@@ -203,7 +208,9 @@ impl RotationStore for SqliteStore {
         .bind(rotation_id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not in flight")))?;
+        .ok_or_else(|| StoreError::RotationNotInFlight {
+            rotation: rotation_id.to_string(),
+        })?;
         sqlx::query("UPDATE rotations SET step = ?, updated_at = ? WHERE id = ?")
             .bind(step.as_str())
             .bind(now)
@@ -238,9 +245,13 @@ impl RotationStore for SqliteStore {
         .bind(rotation_id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not ready to promote")))?;
-        let new_version =
-            new_version.ok_or_else(|| StoreError::Conflict("rotation has no new key".into()))?;
+        .ok_or_else(|| StoreError::RotationNotInStep {
+            rotation: rotation_id.to_string(),
+            expected: RotationStep::Delivered,
+        })?;
+        let new_version = new_version.ok_or_else(|| StoreError::RotationWithoutKey {
+            rotation: rotation_id.to_string(),
+        })?;
         sqlx::query(
             "UPDATE key_versions SET stage = 'previous', stage_changed_at = ? WHERE credential_id = ? AND stage = 'current'",
         )
@@ -256,9 +267,9 @@ impl RotationStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if promoted.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "version {new_version} is no longer pending"
-            )));
+            return Err(StoreError::NoLongerPending {
+                version: new_version,
+            });
         }
         sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ?")
             .bind(now)
@@ -308,7 +319,9 @@ impl RotationStore for SqliteStore {
         .bind(rotation_id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| StoreError::Conflict(format!("rotation {rotation_id} is not in flight")))?;
+        .ok_or_else(|| StoreError::RotationNotInFlight {
+            rotation: rotation_id.to_string(),
+        })?;
         sqlx::query("UPDATE rotations SET step = 'failed', updated_at = ?, finished_at = ?, error = ?, attempts = attempts + 1 WHERE id = ?")
             .bind(now)
             .bind(now)
