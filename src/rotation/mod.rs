@@ -21,7 +21,7 @@ use crate::providers::{
     self, CurrentKey, Issuer, Provider, ProviderAdapters, ProviderTelemetry, Revoker,
 };
 use crate::store::{
-    KeyVersion, NewKey, Rotation, RotationFailure, RotationStep, Store, StoreError,
+    EventKind, KeyVersion, NewKey, Rotation, RotationFailure, RotationStep, Store, StoreError,
 };
 use secrecy::SecretString;
 use std::collections::HashMap;
@@ -432,7 +432,7 @@ impl Engine {
                 .append_event(
                     Some(&rt.name),
                     None,
-                    "orphan_deleted",
+                    EventKind::OrphanDeleted,
                     "recovery",
                     &format!(
                         "provider key {} ({name}) was issued but never stored",
@@ -541,7 +541,7 @@ impl Engine {
             .append_event(
                 Some(&rt.name),
                 Some(current.id),
-                "delivered",
+                EventKind::Delivered,
                 "cli",
                 &format!(
                     "{} delivered to {} targets",

@@ -16,7 +16,7 @@ mod rotations;
 mod sqlite;
 mod state;
 
-pub use audit::{AuditStore, Event};
+pub use audit::{AuditStore, Event, EventKind};
 pub use checks::{CheckRecord, CheckStore, CheckToRecord};
 pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};

@@ -3,7 +3,7 @@
 
 use super::SqliteStore;
 use crate::model::UnixTime;
-use crate::store::{AuditStore, Event, StoreResult};
+use crate::store::{AuditStore, Event, EventKind, StoreResult};
 use async_trait::async_trait;
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -13,7 +13,7 @@ impl SqliteStore {
         tx: &mut Transaction<'static, Sqlite>,
         credential: Option<&str>,
         version_id: Option<i64>,
-        kind: &str,
+        kind: EventKind,
         actor: &str,
         detail: &str,
         now: UnixTime,
@@ -24,7 +24,7 @@ impl SqliteStore {
         .bind(now)
         .bind(credential)
         .bind(version_id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(actor)
         .bind(detail)
         .execute(&mut **tx)
@@ -60,7 +60,7 @@ impl AuditStore for SqliteStore {
         &self,
         credential: Option<&str>,
         version_id: Option<i64>,
-        kind: &str,
+        kind: EventKind,
         actor: &str,
         detail: &str,
         now: UnixTime,

@@ -2,7 +2,7 @@
 
 use super::{begin_write, SqliteStore};
 use crate::model::{CheckStatus, UnixTime};
-use crate::store::{CheckRecord, CheckStore, CheckToRecord, StoreError, StoreResult};
+use crate::store::{CheckRecord, CheckStore, CheckToRecord, EventKind, StoreError, StoreResult};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use sqlx::sqlite::SqlitePool;
@@ -75,11 +75,12 @@ async fn apply_checks(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &[CheckToRecord],
 ) -> StoreResult<()> {
-    // Events first: they compare with the status before this batch.
+    // Events first: they compare with the status before this batch. The kind is bound
+    // as `?2`.
     const EVENTS: &str = concat!(
         checks_batch!(),
         "INSERT INTO events (at, credential, version_id, kind, actor, detail)
-         SELECT b.at, b.name, b.version_id, 'check_status_changed', 'checker',
+         SELECT b.at, b.name, b.version_id, ?2, 'checker',
                 COALESCE(c.check_status, 'unchecked') || ' -> ' || b.status || ': ' || b.detail
          FROM b JOIN credentials c ON c.name = b.name AND c.removed_at IS NULL
          WHERE c.check_status IS NOT b.status"
@@ -121,6 +122,7 @@ async fn apply_checks(
         serde_json::to_string(&records).expect("strings and integers always encode as JSON");
     sqlx::query(EVENTS)
         .bind(records.as_str())
+        .bind(EventKind::CheckStatusChanged.as_str())
         .execute(&mut **tx)
         .await?;
     let updated = sqlx::query(CREDENTIALS)

@@ -3,7 +3,7 @@
 use super::rows::{credential_from_row, CREDENTIAL_COLUMNS};
 use super::SqliteStore;
 use crate::model::UnixTime;
-use crate::store::{CredentialRecord, CredentialSpec, CredentialStore, StoreResult};
+use crate::store::{CredentialRecord, CredentialSpec, CredentialStore, EventKind, StoreResult};
 use async_trait::async_trait;
 
 impl SqliteStore {
@@ -84,7 +84,7 @@ impl CredentialStore for SqliteStore {
                         &mut tx,
                         Some(&spec.name),
                         None,
-                        "credential_added",
+                        EventKind::CredentialAdded,
                         "config",
                         &format!("provider {}", spec.provider),
                         now,
@@ -109,7 +109,7 @@ impl CredentialStore for SqliteStore {
                             &mut tx,
                             Some(&spec.name),
                             None,
-                            "credential_updated",
+                            EventKind::CredentialUpdated,
                             "config",
                             &format!("provider {}", spec.provider),
                             now,
@@ -131,7 +131,7 @@ impl CredentialStore for SqliteStore {
                     &mut tx,
                     Some(name),
                     None,
-                    "credential_removed",
+                    EventKind::CredentialRemoved,
                     "config",
                     "no longer in the config; history kept",
                     now,

@@ -5,7 +5,7 @@ use super::rows::{version_columns, version_from_row, VERSION_COLUMNS, VERSION_CO
 use super::SqliteStore;
 use crate::crypto::Sealer;
 use crate::model::{fingerprint, UnixTime};
-use crate::store::{KeyStore, KeyVersion, NewKey, SealedKey, StoreError, StoreResult};
+use crate::store::{EventKind, KeyStore, KeyVersion, NewKey, SealedKey, StoreError, StoreResult};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -135,7 +135,7 @@ impl KeyStore for SqliteStore {
             &mut tx,
             Some(credential),
             Some(id),
-            "imported",
+            EventKind::Imported,
             actor,
             &detail,
             now,
@@ -239,7 +239,7 @@ impl KeyStore for SqliteStore {
             &mut tx,
             Some(&credential),
             Some(version_id),
-            "revoked",
+            EventKind::Revoked,
             actor,
             detail,
             now,
@@ -299,7 +299,7 @@ impl KeyStore for SqliteStore {
             &mut tx,
             Some(credential),
             Some(previous_id),
-            "rolled_back",
+            EventKind::RolledBack,
             actor,
             "previous key restored as current; automatic rotation held off for a grace period",
             now,
@@ -337,7 +337,7 @@ impl KeyStore for SqliteStore {
             &mut tx,
             None,
             None,
-            "master_key_rotated",
+            EventKind::MasterKeyRotated,
             actor,
             &format!("{} secrets re-sealed", resealed.len()),
             now,

@@ -4,8 +4,8 @@
 use super::SqliteStore;
 use crate::model::{fingerprint, UnixTime};
 use crate::store::{
-    KeyVersion, NewKey, Rotation, RotationFailure, RotationOutlook, RotationStep, RotationStore,
-    StoreError, StoreResult,
+    EventKind, KeyVersion, NewKey, Rotation, RotationFailure, RotationOutlook, RotationStep,
+    RotationStore, StoreError, StoreResult,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -47,7 +47,7 @@ impl RotationStore for SqliteStore {
             &mut tx,
             Some(credential),
             None,
-            "rotation_planned",
+            EventKind::RotationPlanned,
             actor,
             &format!("rotation {rotation_id}"),
             now,
@@ -135,7 +135,7 @@ impl RotationStore for SqliteStore {
             &mut tx,
             Some(&credential),
             Some(id),
-            "issued",
+            EventKind::Issued,
             "rotation",
             &detail,
             now,
@@ -183,7 +183,7 @@ impl RotationStore for SqliteStore {
             &mut tx,
             Some(&credential),
             Some(version_id),
-            "adopted",
+            EventKind::Adopted,
             "rotation",
             "operator-imported pending key taken into the rotation",
             now,
@@ -221,7 +221,7 @@ impl RotationStore for SqliteStore {
             &mut tx,
             Some(&credential),
             version,
-            step.as_str(),
+            EventKind::reached(step),
             "rotation",
             detail,
             now,
@@ -293,7 +293,7 @@ impl RotationStore for SqliteStore {
             &mut tx,
             Some(&credential),
             Some(new_version),
-            "promoted",
+            EventKind::Promoted,
             "rotation",
             &format!(
                 "rotation {rotation_id} done; the previous key stays valid for the grace period"
@@ -360,7 +360,7 @@ impl RotationStore for SqliteStore {
             &mut tx,
             Some(&credential),
             new_version,
-            "rotation_failed",
+            EventKind::RotationFailed,
             "rotation",
             &failure.error,
             now,
