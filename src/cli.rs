@@ -7,14 +7,17 @@ use crate::checks::{self, CheckTarget, Checker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config, ConfigError};
 use crate::crypto::MasterKey;
-use crate::daemon::{self, DaemonSettings, MasterKeyNeed};
+use crate::daemon::{self, DaemonSettings};
 use crate::logging::LogFormat;
 use crate::model::CheckStatus;
 use crate::model::{Stage, UnixTime};
 use crate::providers::ProviderTelemetry;
 use crate::rotation::{self, CredentialRuntime, Engine};
 use crate::store::SqliteStore;
-use crate::store::{AuditStore, CredentialStore, KeyStore, KeyVersion, NewKey, StateStore};
+use crate::store::{
+    credential_specs, open_store, AuditStore, CredentialStore, KeyStore, KeyVersion, MasterKeyNeed,
+    NewKey, StateStore,
+};
 use crate::web_config::WebConfig;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -310,8 +313,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::MasterKey(MasterKeyCommand::Rotate { new_key }) => {
             let new = crate::crypto::Sealer::new(&MasterKey::load(&new_key)?);
             let store =
-                daemon::open_store(&database, cli.master_key.as_deref(), MasterKeyNeed::Always)
-                    .await?;
+                open_store(&database, cli.master_key.as_deref(), MasterKeyNeed::Always).await?;
             let count = store
                 .reseal(&new, &actor(), chrono::Utc::now().timestamp())
                 .await?;
@@ -342,9 +344,9 @@ async fn key_command(
         | KeyCommand::Revoke { .. } => MasterKeyNeed::Always,
         _ => MasterKeyNeed::Never,
     };
-    let store = daemon::open_store(database, master_key, need).await?;
+    let store = open_store(database, master_key, need).await?;
     store
-        .sync_credentials(&daemon::credential_specs(config), now)
+        .sync_credentials(&credential_specs(config), now)
         .await?;
     match command {
         KeyCommand::Import {
@@ -624,9 +626,9 @@ async fn check_command(
     master_key: Option<&Path>,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = Arc::new(daemon::open_store(database, master_key, MasterKeyNeed::Always).await?);
+    let store = Arc::new(open_store(database, master_key, MasterKeyNeed::Always).await?);
     store
-        .sync_credentials(&daemon::credential_specs(config), clock.now())
+        .sync_credentials(&credential_specs(config), clock.now())
         .await?;
     let telemetry = ProviderTelemetry::new();
     let mut targets = checks::build_targets(config, &telemetry)?;

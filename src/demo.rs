@@ -6,9 +6,11 @@
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::crypto::MasterKey;
-use crate::daemon::{self, DaemonSettings, MasterKeyNeed};
+use crate::daemon::{self, DaemonSettings};
 use crate::simulator::{Op, Simulator};
-use crate::store::{CredentialStore, KeyStore, NewKey};
+use crate::store::{
+    credential_specs, open_store, CredentialStore, KeyStore, MasterKeyNeed, NewKey,
+};
 use anyhow::Context;
 use rand::RngCore;
 use secrecy::SecretString;
@@ -138,10 +140,10 @@ async fn seed_keys(
     master_key: &Path,
     simulators: &[Simulator],
 ) -> anyhow::Result<()> {
-    let store = daemon::open_store(database, Some(master_key), MasterKeyNeed::Always).await?;
+    let store = open_store(database, Some(master_key), MasterKeyNeed::Always).await?;
     let now = SystemClock.now();
     store
-        .sync_credentials(&daemon::credential_specs(config), now)
+        .sync_credentials(&credential_specs(config), now)
         .await?;
     for ((credential, _, _), simulator) in CREDENTIALS.iter().zip(simulators) {
         let has_current = store

@@ -524,7 +524,7 @@ mod engine {
                 .unwrap(),
         );
         store
-            .sync_credentials(&keyrotd::daemon::credential_specs(&config), START)
+            .sync_credentials(&keyrotd::store::credential_specs(&config), START)
             .await
             .unwrap();
         let clock = ManualClock::new(START);

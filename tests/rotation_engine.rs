@@ -121,7 +121,7 @@ async fn fixture(setup: Setup) -> Fixture {
     );
     let clock = ManualClock::new(START);
     store
-        .sync_credentials(&keyrotd::daemon::credential_specs(&config), START)
+        .sync_credentials(&keyrotd::store::credential_specs(&config), START)
         .await
         .unwrap();
     let rt = rotation::build_runtimes(&config, &ProviderTelemetry::new())

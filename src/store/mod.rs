@@ -12,6 +12,7 @@ mod audit;
 mod checks;
 mod credentials;
 mod keys;
+mod open;
 mod rotations;
 mod sqlite;
 mod state;
@@ -20,6 +21,7 @@ pub use audit::{AuditStore, Event, EventKind};
 pub use checks::{CheckRecord, CheckStore, CheckToRecord};
 pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
+pub use open::{credential_specs, open_store, MasterKeyNeed};
 pub use rotations::{Rotation, RotationFailure, RotationOutlook, RotationStep, RotationStore};
 pub use sqlite::SqliteStore;
 pub use state::{CredentialState, Snapshot, StateStore};
@@ -49,6 +51,14 @@ pub enum StoreError {
     NoSecret(i64),
     #[error("the store holds sealed keys but no master key was given")]
     MasterKeyRequired,
+    #[error("no master key at {path} (the store's secrets are sealed with it); create one with `keyrotd master-key generate {path}` or pass --master-key")]
+    NoMasterKey { path: PathBuf },
+    #[error("master key {path} does not open this store")]
+    WrongMasterKey {
+        path: PathBuf,
+        #[source]
+        source: Box<StoreError>,
+    },
     #[error("a key with fingerprint {0} already exists for this credential")]
     DuplicateKey(String),
     #[error("rotation {rotation} of {credential} is already in flight")]
