@@ -47,14 +47,13 @@ fn check_not_written() -> StoreError {
 }
 
 /// Check results written by one statement of [`apply_checks`]: bounds the JSON text a
-/// statement binds (~200 bytes a record).
+/// statement binds.
 const CHECKS_PER_STATEMENT: usize = 500;
 
 /// The batch of [`apply_checks`] as a table: one JSON array of
 /// `[name, version_id, status, at, detail, valid, expires_at]` records, bound as `?1`.
-/// The statements' text is fixed, so the writer compiles each once and keeps it; with one
-/// `VALUES` row per record the text changed with the batch's size, every batch was compiled
-/// afresh, and compiling was a tenth of a sweep's CPU.
+/// The statements' text is fixed whatever the batch's size, so the writer compiles each
+/// once and keeps it (one `VALUES` row per record would compile every batch afresh).
 macro_rules! checks_batch {
     () => {
         "WITH b(name, version_id, status, at, detail, valid, expires_at) AS (
@@ -66,8 +65,8 @@ macro_rules! checks_batch {
 /// Records checks inside `tx`: each updates its credential's status and last check (only a
 /// conclusive result changes validity), its key version's last check and reported expiry,
 /// and its balances; a change of status is also an event. Three statements for the whole
-/// batch: every statement of sqlx's SQLite driver is a round trip to the connection's thread
-/// (two context switches), and statements per record were most of a sweep's CPU.
+/// batch, not some per record: every statement of sqlx's SQLite driver is a round trip to
+/// the connection's thread.
 ///
 /// Fails when a record's credential is unknown or removed, or when one credential appears
 /// twice (the caller then writes the records one by one, which names the culprit).

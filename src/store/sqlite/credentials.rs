@@ -5,6 +5,8 @@ use super::SqliteStore;
 use crate::model::UnixTime;
 use crate::store::{CredentialRecord, CredentialSpec, CredentialStore, EventKind, StoreResult};
 use async_trait::async_trait;
+use sqlx::{Sqlite, Transaction};
+use std::collections::{HashMap, HashSet};
 
 impl SqliteStore {
     /// Whether the active credentials differ from `specs` (names, providers, kinds). The
@@ -46,99 +48,28 @@ impl CredentialStore for SqliteStore {
     async fn sync_credentials(&self, specs: &[CredentialSpec], now: UnixTime) -> StoreResult<()> {
         // Every restart with an unchanged config lands here: compare in one read-only query
         // (SQLite walks the specs as JSON against the unique name index) instead of moving
-        // every row through sqlx into a write transaction (~30 ms at 10,000 credentials).
+        // every row through sqlx into a write transaction.
         // A change seen here, or one made meanwhile, is handled by the write path below,
         // which reads the rows again inside its transaction.
         if !self.credentials_differ(specs).await? {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        let existing: Vec<(String, String, String, Option<i64>)> =
+        let existing: Vec<StoredSpec> =
             sqlx::query_as("SELECT name, provider, provider_kind, removed_at FROM credentials")
                 .fetch_all(&mut *tx)
                 .await?;
-        // Indexed by name: a linear search per spec made start-up quadratic (5·10⁹ string
-        // comparisons at 100,000 credentials).
-        let by_name: std::collections::HashMap<&str, &(String, String, String, Option<i64>)> =
+        // Indexed by name, so start-up stays linear in the number of credentials.
+        let by_name: HashMap<&str, &StoredSpec> =
             existing.iter().map(|row| (row.0.as_str(), row)).collect();
-        let wanted: std::collections::HashSet<&str> =
-            specs.iter().map(|s| s.name.as_str()).collect();
+        let mut changed = false;
+        for spec in specs {
+            changed |= sync_one(&mut tx, spec, by_name.get(spec.name.as_str()), now).await?;
+        }
+        changed |= mark_removed(&mut tx, &existing, specs, now).await?;
         // Nothing to change after all (a concurrent sync got there first): roll back instead
         // of committing, which saves an fsync and leaves the generation (and so the metrics
         // cache) alone.
-        let mut changed = false;
-        for spec in specs {
-            match by_name.get(spec.name.as_str()) {
-                None => {
-                    changed = true;
-                    sqlx::query(
-                        "INSERT INTO credentials (name, provider, provider_kind, created_at) VALUES (?, ?, ?, ?)",
-                    )
-                    .bind(&spec.name)
-                    .bind(&spec.provider)
-                    .bind(&spec.provider_kind)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    Self::insert_event(
-                        &mut tx,
-                        Some(&spec.name),
-                        None,
-                        EventKind::CredentialAdded,
-                        "config",
-                        &format!("provider {}", spec.provider),
-                        now,
-                    )
-                    .await?;
-                }
-                Some((_, provider, kind, removed)) => {
-                    if provider != &spec.provider
-                        || kind != &spec.provider_kind
-                        || removed.is_some()
-                    {
-                        changed = true;
-                        sqlx::query(
-                            "UPDATE credentials SET provider = ?, provider_kind = ?, removed_at = NULL WHERE name = ?",
-                        )
-                        .bind(&spec.provider)
-                        .bind(&spec.provider_kind)
-                        .bind(&spec.name)
-                        .execute(&mut *tx)
-                        .await?;
-                        Self::insert_event(
-                            &mut tx,
-                            Some(&spec.name),
-                            None,
-                            EventKind::CredentialUpdated,
-                            "config",
-                            &format!("provider {}", spec.provider),
-                            now,
-                        )
-                        .await?;
-                    }
-                }
-            }
-        }
-        for (name, _, _, removed) in &existing {
-            if removed.is_none() && !wanted.contains(name.as_str()) {
-                changed = true;
-                sqlx::query("UPDATE credentials SET removed_at = ? WHERE name = ?")
-                    .bind(now)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                Self::insert_event(
-                    &mut tx,
-                    Some(name),
-                    None,
-                    EventKind::CredentialRemoved,
-                    "config",
-                    "no longer in the config; history kept",
-                    now,
-                )
-                .await?;
-            }
-        }
         if changed {
             tx.commit().await?;
         } else {
@@ -156,6 +87,84 @@ impl CredentialStore for SqliteStore {
         .await?;
         Ok(row.as_ref().map(credential_from_row))
     }
+}
+
+/// A credential's row as the config sync compares it: name, provider, provider kind and
+/// when it was removed.
+type StoredSpec = (String, String, String, Option<i64>);
+
+/// Adds `spec`'s credential, or updates its row when the config changed it or names it
+/// again after its removal. Answers whether anything was written.
+async fn sync_one(
+    tx: &mut Transaction<'static, Sqlite>,
+    spec: &CredentialSpec,
+    stored: Option<&&StoredSpec>,
+    now: UnixTime,
+) -> StoreResult<bool> {
+    let kind = match stored {
+        None => {
+            sqlx::query(
+                "INSERT INTO credentials (name, provider, provider_kind, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&spec.name)
+            .bind(&spec.provider)
+            .bind(&spec.provider_kind)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            EventKind::CredentialAdded
+        }
+        Some((_, provider, kind, removed))
+            if provider != &spec.provider || kind != &spec.provider_kind || removed.is_some() =>
+        {
+            sqlx::query(
+                "UPDATE credentials SET provider = ?, provider_kind = ?, removed_at = NULL WHERE name = ?",
+            )
+            .bind(&spec.provider)
+            .bind(&spec.provider_kind)
+            .bind(&spec.name)
+            .execute(&mut **tx)
+            .await?;
+            EventKind::CredentialUpdated
+        }
+        Some(_) => return Ok(false),
+    };
+    let detail = format!("provider {}", spec.provider);
+    SqliteStore::insert_event(tx, Some(&spec.name), None, kind, "config", &detail, now).await?;
+    Ok(true)
+}
+
+/// Marks removed every active credential the config no longer names; their history stays.
+/// Answers whether anything was written.
+async fn mark_removed(
+    tx: &mut Transaction<'static, Sqlite>,
+    existing: &[StoredSpec],
+    specs: &[CredentialSpec],
+    now: UnixTime,
+) -> StoreResult<bool> {
+    let wanted: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let mut changed = false;
+    for (name, _, _, removed) in existing {
+        if removed.is_none() && !wanted.contains(name.as_str()) {
+            changed = true;
+            sqlx::query("UPDATE credentials SET removed_at = ? WHERE name = ?")
+                .bind(now)
+                .bind(name)
+                .execute(&mut **tx)
+                .await?;
+            SqliteStore::insert_event(
+                tx,
+                Some(name),
+                None,
+                EventKind::CredentialRemoved,
+                "config",
+                "no longer in the config; history kept",
+                now,
+            )
+            .await?;
+        }
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]

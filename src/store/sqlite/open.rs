@@ -5,7 +5,9 @@
 use super::SqliteStore;
 use crate::crypto::Sealer;
 use crate::store::{StoreError, StoreResult};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +19,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Page cache per reader connection (SQLite's default is 2,000 KiB). WAL readers drop their
 /// cache whenever the writer has committed since, which in a daemon recording checks is
-/// most of the time, so a big cache mostly holds memory rather than saving reads.
-/// 512 KiB (the B-tree's upper levels and then some) measured no slower than 2,000 KiB on
-/// a 10,000-credential store: its pages come from the OS page cache either way.
+/// most of the time, so a big cache mostly holds memory rather than saving reads: this one
+/// holds the B-tree's upper levels, and the rest comes from the OS page cache either way
+/// (BENCHMARKS.md has the comparison).
 const READER_CACHE_KIB: u32 = 512;
 /// The writer's page cache (SQLite's default is 2,000 KiB). It lives as long as the daemon;
 /// a write reads the few pages it changes, which the OS page cache holds anyway.
@@ -59,22 +61,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        // No ping before each use (sqlx's default): a SQLite connection is a thread in this
-        // process, not a socket that can drop, and the ping was a round trip to that thread
-        // on every transaction — one of six per batch of check results.
-        let writer = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(
-                options
-                    .clone()
-                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
-            )
-            .await
-            .map_err(|e| classify_open_error(path, e))?;
+        let writer = open_writer(path, options.clone()).await?;
         if !exists {
             hand_to_directory_owner(path, &dir);
         }
@@ -86,22 +73,7 @@ impl SqliteStore {
             },
             other => StoreError::Migrate(other),
         })?;
-        // Readers come and go: each connection is a worker thread plus its own page cache,
-        // so an idle daemon keeps none past READER_IDLE_TIMEOUT (the first one, opened
-        // here to prove the file opens read-only, included).
-        let reader = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(4)
-            .min_connections(0)
-            .idle_timeout(Some(READER_IDLE_TIMEOUT))
-            .max_lifetime(None)
-            .connect_with(
-                options
-                    .read_only(true)
-                    .pragma("cache_size", format!("-{READER_CACHE_KIB}")),
-            )
-            .await
-            .map_err(|e| classify_open_error(path, e))?;
+        let reader = open_readers(path, options).await?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer,
@@ -179,6 +151,41 @@ impl SqliteStore {
         let _ = sqlx::Connection::close(conn).await;
         Ok(())
     }
+}
+
+/// The pool of one writer connection, kept open as long as the store.
+async fn open_writer(path: &Path, options: SqliteConnectOptions) -> StoreResult<SqlitePool> {
+    // No ping before each use (sqlx's default): a SQLite connection is a thread in this
+    // process, not a socket that can drop, and a ping is a round trip to that thread on
+    // every transaction.
+    SqlitePoolOptions::new()
+        .test_before_acquire(false)
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options.pragma("cache_size", format!("-{WRITER_CACHE_KIB}")))
+        .await
+        .map_err(|e| classify_open_error(path, e))
+}
+
+/// The pool of read-only connections. Readers come and go: each connection is a worker
+/// thread plus its own page cache, so an idle daemon keeps none past READER_IDLE_TIMEOUT
+/// (the first one, opened here to prove the file opens read-only, included).
+async fn open_readers(path: &Path, options: SqliteConnectOptions) -> StoreResult<SqlitePool> {
+    SqlitePoolOptions::new()
+        .test_before_acquire(false)
+        .max_connections(4)
+        .min_connections(0)
+        .idle_timeout(Some(READER_IDLE_TIMEOUT))
+        .max_lifetime(None)
+        .connect_with(
+            options
+                .read_only(true)
+                .pragma("cache_size", format!("-{READER_CACHE_KIB}")),
+        )
+        .await
+        .map_err(|e| classify_open_error(path, e))
 }
 
 /// When root (an operator's CLI) creates the database in a directory owned by the service

@@ -340,8 +340,8 @@ impl RotationStore for SqliteStore {
             (false, Some(version)) => {
                 // A kept (operator-imported) key is released from the failed rotation, so
                 // the retry can adopt it again: a pending key bound to a finished rotation
-                // was neither "imported, waiting" nor in flight, and stayed stuck (and
-                // blocked re-importing it as a duplicate).
+                // is neither "imported, waiting" nor in flight, and would stay stuck (and
+                // block re-importing it as a duplicate).
                 sqlx::query(
                     "UPDATE key_versions SET rotation_id = NULL WHERE id = ? AND stage = 'pending'",
                 )

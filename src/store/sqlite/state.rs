@@ -49,8 +49,7 @@ impl StateStore for SqliteStore {
                 .push((unit, remaining));
         }
         // Each credential is handed over as its row arrives (at most one current key each,
-        // by the unique index): the whole table is never held at once, which at 10,000
-        // credentials was ~10 MB of records at every scrape after a change.
+        // by the unique index): the whole table of records is never held at once.
         {
             let sql = format!(
                 "SELECT {CREDENTIAL_COLUMNS}, {VERSION_COLUMNS} FROM credentials c
