@@ -89,7 +89,7 @@ impl EventKind {
     }
 
     /// The event that records a rotation reaching `step`.
-    pub fn reached(step: RotationStep) -> EventKind {
+    pub(crate) fn reached(step: RotationStep) -> EventKind {
         match step {
             RotationStep::Planned => EventKind::RotationPlanned,
             RotationStep::Issued => EventKind::Issued,

@@ -27,7 +27,7 @@ pub fn credential_specs(config: &Config) -> Vec<CredentialSpec> {
 
 /// When a command needs the master key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MasterKeyNeed {
+pub(crate) enum MasterKeyNeed {
     /// Read-only listings: fingerprints and history need no secrets.
     Never,
     /// The daemon: needed as soon as the store holds a sealed secret.
@@ -38,7 +38,7 @@ pub enum MasterKeyNeed {
 
 /// Opens the store with the master key if one is available, and refuses to go on without
 /// it when `need` says so. A wrong key is an error here, not a failed check hours later.
-pub async fn open_store(
+pub(crate) async fn open_store(
     database: &Path,
     master_key: Option<&Path>,
     need: MasterKeyNeed,

@@ -2,8 +2,6 @@
 //! next due time is computed from. Each step commits before the next external effect, so a
 //! rotation interrupted anywhere resumes from its last committed step.
 
-#[cfg(doc)]
-use super::StoreError;
 use super::{KeyVersion, NewKey, StoreResult};
 use crate::model::UnixTime;
 use async_trait::async_trait;
@@ -103,7 +101,7 @@ pub struct RotationOutlook {
 #[async_trait]
 pub trait RotationStore: Send + Sync {
     /// Records a new rotation before anything is asked of the provider. Fails with
-    /// [`StoreError::RotationInFlight`] while another rotation of the credential is in
+    /// [`StoreError::RotationInFlight`](super::StoreError::RotationInFlight) while another rotation of the credential is in
     /// flight.
     async fn plan_rotation(
         &self,

@@ -23,6 +23,7 @@ use sqlx::{Sqlite, Transaction};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The embedded backend: one implementation of every concern of [`Store`](super::Store).
 pub struct SqliteStore {
     path: PathBuf,
     writer: SqlitePool,
@@ -39,10 +40,6 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
