@@ -5,13 +5,14 @@
 use crate::checks::{self, CheckTarget, Checker, ScheduledChecks};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DaemonConfig};
-use crate::crypto::{MasterKey, Sealer};
 use crate::heartbeat::{self, Heartbeat, Ticker};
 use crate::metrics::server::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::providers::{self, ProviderTelemetry};
 use crate::rotation::{self, CredentialRuntime, Engine};
-use crate::store::{CredentialSpec, SqliteStore, Store};
+use crate::store::{
+    credential_specs, open_store, CredentialStore, MasterKeyNeed, SqliteStore, Store,
+};
 use crate::web_config::WebConfig;
 use anyhow::Context;
 use sd_notify::NotifyState;
@@ -30,69 +31,6 @@ pub struct DaemonSettings {
     pub master_key: Option<PathBuf>,
     /// TLS and basic auth for the HTTP endpoint (`--web.config.file`), loaded at start-up.
     pub web_config: Option<Arc<WebConfig>>,
-}
-
-/// The credentials section of a config, as the store records it.
-pub fn credential_specs(config: &Config) -> Vec<CredentialSpec> {
-    config
-        .credentials
-        .iter()
-        .map(|c| CredentialSpec {
-            name: c.name().to_string(),
-            provider: c.provider().to_string(),
-            provider_kind: config
-                .provider(c.provider())
-                .map(|p| p.kind.as_str().to_string())
-                .unwrap_or_default(),
-        })
-        .collect()
-}
-
-/// When a command needs the master key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MasterKeyNeed {
-    /// Read-only listings: fingerprints and history need no secrets.
-    Never,
-    /// The daemon: needed as soon as the store holds a sealed secret.
-    IfSecretsStored,
-    /// Commands that write a secret.
-    Always,
-}
-
-/// Opens the store with the master key if one is available, and refuses to go on without
-/// it when `need` says so. A wrong key is an error here, not a failed check hours later.
-pub async fn open_store(
-    database: &Path,
-    master_key: Option<&Path>,
-    need: MasterKeyNeed,
-) -> anyhow::Result<SqliteStore> {
-    let key_path = MasterKey::locate(master_key);
-    let explicit = master_key.is_some();
-    let sealer = if explicit || key_path.exists() {
-        Some(Arc::new(Sealer::new(&MasterKey::load(&key_path)?)))
-    } else {
-        None
-    };
-    let store = SqliteStore::open(database, sealer.clone()).await?;
-    let required = match need {
-        MasterKeyNeed::Never => false,
-        MasterKeyNeed::IfSecretsStored => store.holds_secrets().await?,
-        MasterKeyNeed::Always => true,
-    };
-    if sealer.is_none() && required {
-        anyhow::bail!(
-            "no master key at {} (the store's secrets are sealed with it); create one with `keyrotd master-key generate {}` or pass --master-key",
-            key_path.display(),
-            key_path.display()
-        );
-    }
-    // Listings need no secrets: they work without the master key (and with a wrong one).
-    if sealer.is_some() && need != MasterKeyNeed::Never {
-        store.verify_master_key().await.with_context(|| {
-            format!("master key {} does not open this store", key_path.display())
-        })?;
-    }
-    Ok(store)
 }
 
 fn notify(states: &[NotifyState]) {

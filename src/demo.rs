@@ -7,9 +7,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::daemon::{self, DaemonSettings};
-use crate::daemon::{credential_specs, open_store, MasterKeyNeed};
 use crate::simulator::{Op, Simulator};
-use crate::store::{NewKey, Store};
+use crate::store::{
+    credential_specs, open_store, CredentialStore, KeyStore, MasterKeyNeed, NewKey,
+};
 use anyhow::Context;
 use rand::RngCore;
 use secrecy::SecretString;

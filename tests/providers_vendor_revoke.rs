@@ -14,7 +14,7 @@ use keyrotd::providers::{
     build_issuer, build_revoker, CurrentKey, Issuer, ProviderError, ProviderTelemetry, Revoker,
 };
 use keyrotd::rotation::{self, Engine};
-use keyrotd::store::{NewKey, SqliteStore, Store};
+use keyrotd::store::{AuditStore, CredentialStore, KeyStore, NewKey, SqliteStore, Store};
 use providers_support::provider_config;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -524,7 +524,7 @@ mod engine {
                 .unwrap(),
         );
         store
-            .sync_credentials(&keyrotd::daemon::credential_specs(&config), START)
+            .sync_credentials(&keyrotd::store::credential_specs(&config), START)
             .await
             .unwrap();
         let clock = ManualClock::new(START);

@@ -12,7 +12,10 @@ use keyrotd::model::Stage;
 use keyrotd::providers::ProviderTelemetry;
 use keyrotd::rotation::{self, pass_queue, CredentialRuntime, Engine, RotationError};
 use keyrotd::simulator::{Fault, Op, Simulator};
-use keyrotd::store::{KeyVersion, NewKey, RotationOutlook, SqliteStore, Store};
+use keyrotd::store::{
+    AuditStore, CredentialStore, KeyStore, KeyVersion, NewKey, RotationOutlook, RotationStore,
+    SqliteStore, StateStore, Store,
+};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -118,7 +121,7 @@ async fn fixture(setup: Setup) -> Fixture {
     );
     let clock = ManualClock::new(START);
     store
-        .sync_credentials(&keyrotd::daemon::credential_specs(&config), START)
+        .sync_credentials(&keyrotd::store::credential_specs(&config), START)
         .await
         .unwrap();
     let rt = rotation::build_runtimes(&config, &ProviderTelemetry::new())

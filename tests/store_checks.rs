@@ -1,11 +1,14 @@
-//! Check results written together (the group commit of a sweep) must leave the store exactly
+//! Check results written together (one batch, one transaction) must leave the store exactly
 //! as the same results written one at a time: statuses, validity (only conclusive results
 //! change it), expiry, balances, and one `check_status_changed` event per change.
 
 use futures::TryStreamExt;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::CheckStatus;
-use keyrotd::store::{CheckRecord, CheckToRecord, CredentialSpec, NewKey, SqliteStore, Store};
+use keyrotd::store::{
+    AuditStore, CheckRecord, CheckStore, CheckToRecord, CredentialSpec, CredentialStore, KeyStore,
+    NewKey, SqliteStore, StateStore,
+};
 use secrecy::SecretString;
 use std::sync::Arc;
 
@@ -112,23 +115,22 @@ async fn results_written_together_equal_results_written_one_by_one() {
                 .unwrap();
         }
         let before = together.generation().await.unwrap();
-        let results =
-            futures::future::join_all(together_versions.iter().enumerate().map(|(i, version)| {
-                let together = together.clone();
-                async move {
-                    together
-                        .record_check(&format!("tenant-{i:03}"), *version, &record(round, i))
-                        .await
-                }
-            }))
-            .await;
-        for result in results {
+        let batch = together_versions
+            .iter()
+            .enumerate()
+            .map(|(i, version)| CheckToRecord {
+                credential: format!("tenant-{i:03}"),
+                version_id: *version,
+                check: record(round, i),
+            })
+            .collect();
+        for result in together.record_checks(batch).await {
             result.unwrap();
         }
         let commits = together.generation().await.unwrap() - before;
-        assert!(
-            commits < CREDENTIALS as i64 / 2,
-            "round {round}: {commits} commits for {CREDENTIALS} concurrent results: not batched"
+        assert_eq!(
+            commits, 1,
+            "round {round}: {commits} commits for a batch of {CREDENTIALS} results: not one write"
         );
         assert_eq!(state(&one).await, state(&together).await, "round {round}");
     }

@@ -37,7 +37,10 @@ use keyrotd::providers::{
 };
 use keyrotd::rotation::{self, CredentialRuntime, Engine};
 use keyrotd::simulator::{Op, Simulator};
-use keyrotd::store::{CheckRecord, CredentialSpec, NewKey, SqliteStore, Store};
+use keyrotd::store::{
+    CheckRecord, CheckStore, CredentialSpec, CredentialStore, KeyStore, NewKey, SqliteStore,
+    StateStore, Store,
+};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -53,7 +53,7 @@ impl WriteChecks for Arc<dyn Store> {
 
 /// The error of a result whose write never answered (the recorder was stopped first).
 pub(crate) fn unwritten(detail: String) -> StoreError {
-    StoreError::Conflict(detail)
+    StoreError::ChecksNotWritten { reason: detail }
 }
 
 /// Writes the results received, in batches, until every sender is gone (and then what is

@@ -66,7 +66,7 @@ impl Answers {
             Ok(unrecorded) => unrecorded,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(error) => {
-                let detail = format!("the check results were not written: {error}");
+                let detail = error.to_string();
                 return Err(unwritten(detail).into());
             }
         };
@@ -186,6 +186,7 @@ mod tests {
     use super::super::recorder::RECORD_WINDOW;
     use super::*;
     use crate::model::CheckStatus;
+    use crate::store::prelude::*;
     use crate::store::{CheckRecord, Store};
     use std::time::Duration;
 

@@ -5,9 +5,9 @@
 use super::{render, ExitError, JsonFlag, Setup, EXIT_INVALID_KEY};
 use crate::checks::{self, CheckOutcome, CheckTarget, Checker};
 use crate::clock::{Clock, SystemClock};
-use crate::daemon::MasterKeyNeed;
 use crate::model::CheckStatus;
 use crate::providers::ProviderTelemetry;
+use crate::store::MasterKeyNeed;
 use crate::store::SqliteStore;
 use anyhow::bail;
 use clap::Args;

@@ -3,8 +3,8 @@
 
 use super::{actor, Setup};
 use crate::crypto::{MasterKey, Sealer};
-use crate::daemon::MasterKeyNeed;
-use crate::store::Store;
+use crate::store::prelude::*;
+use crate::store::MasterKeyNeed;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 

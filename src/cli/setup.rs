@@ -4,9 +4,10 @@
 
 use super::{ExitError, EXIT_CONFIG};
 use crate::config::{self, Config, ConfigError};
-use crate::daemon::{credential_specs, open_store, MasterKeyNeed};
 use crate::model::UnixTime;
-use crate::store::{SqliteStore, Store};
+use crate::store::prelude::*;
+use crate::store::SqliteStore;
+use crate::store::{credential_specs, open_store, MasterKeyNeed};
 use crate::web_config::WebConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,7 +70,7 @@ impl Setup {
     }
 
     pub(crate) async fn open_store(&self, need: MasterKeyNeed) -> anyhow::Result<SqliteStore> {
-        open_store(&self.database, self.master_key.as_deref(), need).await
+        Ok(open_store(&self.database, self.master_key.as_deref(), need).await?)
     }
 
     /// Opens the store and brings its credentials in line with the config, as the daemon

@@ -4,7 +4,7 @@
 use super::{CredentialRuntime, Engine, RotationError, StepError};
 use crate::delivery::{self, Delivery};
 use crate::model::{fingerprint, Stage};
-use crate::store::{Rotation, RotationStep};
+use crate::store::{EventKind, Rotation, RotationStep};
 use secrecy::SecretString;
 
 impl Engine {
@@ -64,7 +64,7 @@ impl Engine {
             .append_event(
                 Some(&rt.name),
                 Some(current.id),
-                "delivered",
+                EventKind::Delivered,
                 "cli",
                 &format!(
                     "{} delivered to {} targets",

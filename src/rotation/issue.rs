@@ -5,7 +5,7 @@
 use super::{issued_key_name, CredentialRuntime, Engine, StepError};
 use crate::model::Stage;
 use crate::providers::{self, CurrentKey, Issuer};
-use crate::store::{KeyVersion, NewKey, Rotation};
+use crate::store::{EventKind, KeyVersion, NewKey, Rotation};
 use secrecy::SecretString;
 
 impl Engine {
@@ -164,7 +164,7 @@ impl Engine {
                 .append_event(
                     Some(&rt.name),
                     None,
-                    "orphan_deleted",
+                    EventKind::OrphanDeleted,
                     "recovery",
                     &format!(
                         "provider key {} ({name}) was issued but never stored",

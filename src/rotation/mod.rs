@@ -200,7 +200,7 @@ impl Engine {
             .await
         {
             Ok(rotation) => rotation,
-            Err(StoreError::Conflict(_)) => {
+            Err(StoreError::RotationInFlight { .. }) => {
                 return Err(RotationError::InFlight(rt.name.to_string()))
             }
             Err(other) => return Err(other.into()),
@@ -267,8 +267,16 @@ impl Engine {
                     // any other failed step: left in flight, the rotation would block
                     // every later one.
                     return match self.promote(rt, &rotation).await {
-                        Err(RotationError::Store(StoreError::Conflict(reason))) => Err(self
-                            .fail(rt, &rotation, StepError::transient("promote", reason))
+                        Err(RotationError::Store(
+                            refused @ (StoreError::RotationNotInStep { .. }
+                            | StoreError::RotationWithoutKey { .. }
+                            | StoreError::NoLongerPending { .. }),
+                        )) => Err(self
+                            .fail(
+                                rt,
+                                &rotation,
+                                StepError::transient("promote", refused.to_string()),
+                            )
                             .await),
                         other => other,
                     };

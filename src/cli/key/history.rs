@@ -2,7 +2,8 @@
 //! rolled back or revoked what, and when.
 
 use crate::cli::render;
-use crate::store::{SqliteStore, Store};
+use crate::store::prelude::*;
+use crate::store::SqliteStore;
 use anyhow::bail;
 
 pub(super) async fn run(store: &SqliteStore, name: &str, json: bool) -> anyhow::Result<()> {

@@ -3,7 +3,8 @@
 
 use crate::cli::render;
 use crate::model::{Stage, UnixTime};
-use crate::store::{CredentialRecord, KeyVersion, SqliteStore, Store};
+use crate::store::prelude::*;
+use crate::store::{CredentialRecord, KeyVersion, SqliteStore};
 
 /// One line of the listing: a live key of a credential, or the credential alone when it
 /// has none.

@@ -4,7 +4,8 @@
 use super::rotation_context;
 use crate::cli::actor;
 use crate::config::Config;
-use crate::store::{SqliteStore, Store};
+use crate::store::prelude::*;
+use crate::store::SqliteStore;
 use anyhow::Context;
 
 pub(super) async fn run(

@@ -3,7 +3,8 @@
 
 use crate::cli::render;
 use crate::model::UnixTime;
-use crate::store::{SqliteStore, Store};
+use crate::store::prelude::*;
+use crate::store::SqliteStore;
 use anyhow::Context;
 
 pub(super) async fn run(

@@ -1,0 +1,164 @@
+//! The audit trail: an append-only record of everything that happened to a credential and
+//! its keys. Never holds key material: keys are named by fingerprint.
+
+use super::{RotationStep, StoreResult};
+use crate::model::UnixTime;
+use async_trait::async_trait;
+
+/// What an audit event records. Stored as its [`EventKind::as_str`] text, which existing
+/// databases, the `key history` output and alerting read: the texts never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The config named a new credential.
+    CredentialAdded,
+    /// The config changed a credential's provider, or named a removed one again.
+    CredentialUpdated,
+    /// The config no longer names the credential; its history stays.
+    CredentialRemoved,
+    /// An operator stored a key.
+    Imported,
+    /// A rotation was recorded, before anything was asked of the provider.
+    RotationPlanned,
+    /// The provider issued a key; it is stored as pending.
+    Issued,
+    /// A rotation took an operator-imported pending key.
+    Adopted,
+    /// The new key answered a check as valid.
+    Verified,
+    /// A key reached every delivery target.
+    Delivered,
+    /// The new key became current.
+    Promoted,
+    /// A rotation was abandoned; the current key stayed.
+    RotationFailed,
+    /// A key was revoked and its secret dropped.
+    Revoked,
+    /// An operator restored the previous key as current.
+    RolledBack,
+    /// Every stored secret was re-sealed under a new master key.
+    MasterKeyRotated,
+    /// A check changed the credential's status.
+    CheckStatusChanged,
+    /// A key issued by an interrupted rotation, never stored, was deleted at the provider.
+    OrphanDeleted,
+}
+
+impl EventKind {
+    const ALL: [EventKind; 16] = [
+        EventKind::CredentialAdded,
+        EventKind::CredentialUpdated,
+        EventKind::CredentialRemoved,
+        EventKind::Imported,
+        EventKind::RotationPlanned,
+        EventKind::Issued,
+        EventKind::Adopted,
+        EventKind::Verified,
+        EventKind::Delivered,
+        EventKind::Promoted,
+        EventKind::RotationFailed,
+        EventKind::Revoked,
+        EventKind::RolledBack,
+        EventKind::MasterKeyRotated,
+        EventKind::CheckStatusChanged,
+        EventKind::OrphanDeleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::CredentialAdded => "credential_added",
+            EventKind::CredentialUpdated => "credential_updated",
+            EventKind::CredentialRemoved => "credential_removed",
+            EventKind::Imported => "imported",
+            EventKind::RotationPlanned => "rotation_planned",
+            EventKind::Issued => "issued",
+            EventKind::Adopted => "adopted",
+            EventKind::Verified => "verified",
+            EventKind::Delivered => "delivered",
+            EventKind::Promoted => "promoted",
+            EventKind::RotationFailed => "rotation_failed",
+            EventKind::Revoked => "revoked",
+            EventKind::RolledBack => "rolled_back",
+            EventKind::MasterKeyRotated => "master_key_rotated",
+            EventKind::CheckStatusChanged => "check_status_changed",
+            EventKind::OrphanDeleted => "orphan_deleted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// The event that records a rotation reaching `step`.
+    pub(crate) fn reached(step: RotationStep) -> EventKind {
+        match step {
+            RotationStep::Planned => EventKind::RotationPlanned,
+            RotationStep::Issued => EventKind::Issued,
+            RotationStep::Verified => EventKind::Verified,
+            RotationStep::Delivered => EventKind::Delivered,
+            RotationStep::Done => EventKind::Promoted,
+            RotationStep::Failed => EventKind::RotationFailed,
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An audit record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub at: UnixTime,
+    pub credential: Option<String>,
+    pub version_id: Option<i64>,
+    /// The stored text of an [`EventKind`]; kept as text so a trail written by another
+    /// keyrotd version reads whatever kinds it holds.
+    pub kind: String,
+    pub actor: String,
+    pub detail: String,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// The audit trail of a credential, oldest first.
+    async fn events(&self, credential: &str) -> StoreResult<Vec<Event>>;
+
+    /// Appends an audit event.
+    async fn append_event(
+        &self,
+        credential: Option<&str>,
+        version_id: Option<i64>,
+        kind: EventKind,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_text() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventKind::parse("no_such_kind"), None);
+    }
+
+    #[test]
+    fn a_rotation_step_s_event_keeps_the_text_it_always_had() {
+        assert_eq!(
+            EventKind::reached(RotationStep::Verified).as_str(),
+            "verified"
+        );
+        assert_eq!(
+            EventKind::reached(RotationStep::Delivered).as_str(),
+            "delivered"
+        );
+    }
+}

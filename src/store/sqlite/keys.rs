@@ -1,0 +1,349 @@
+//! Key versions: importing, reading and opening sealed secrets, revoking, rolling back, and
+//! re-sealing every secret under a new master key.
+
+use super::rows::{version_columns, version_from_row, VERSION_COLUMNS, VERSION_COLUMN_COUNT};
+use super::SqliteStore;
+use crate::crypto::Sealer;
+use crate::model::{fingerprint, UnixTime};
+use crate::store::{EventKind, KeyStore, KeyVersion, NewKey, SealedKey, StoreError, StoreResult};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use secrecy::SecretString;
+use sqlx::{Row, Sqlite, Transaction};
+
+impl SqliteStore {
+    /// Whether any key version still holds sealed secret material.
+    pub(crate) async fn holds_secrets(&self) -> StoreResult<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_versions WHERE sealed_secret IS NOT NULL)",
+        )
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    /// Fails unless the master key opens a stored secret (when there is one). Run at
+    /// start-up so a wrong key is a clear error, not a failed check hours later.
+    pub(crate) async fn verify_master_key(&self) -> StoreResult<()> {
+        let row = sqlx::query(
+            "SELECT v.id, c.name, v.sealed_secret FROM key_versions v
+             JOIN credentials c ON c.id = v.credential_id
+             WHERE v.sealed_secret IS NOT NULL ORDER BY v.id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(()) };
+        let sealer = self.sealer.as_ref().ok_or(StoreError::MasterKeyRequired)?;
+        sealer.open(row.get(1), row.get(0), row.get::<Vec<u8>, _>(2).as_slice())?;
+        Ok(())
+    }
+
+    /// Inserts a key version and seals its secret in the same transaction. The version id is
+    /// part of the associated data, so the secret is sealed after the insert.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn insert_sealed_version(
+        tx: &mut Transaction<'static, Sqlite>,
+        sealer: &Sealer,
+        (credential_id, credential): (i64, &str),
+        stage: &str,
+        fingerprint: &str,
+        key: &NewKey,
+        rotation_id: Option<&str>,
+        now: UnixTime,
+    ) -> StoreResult<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO key_versions (credential_id, stage, fingerprint, provider_key_id, rotation_id, created_at, expires_at, stage_changed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(credential_id)
+        .bind(stage)
+        .bind(fingerprint)
+        .bind(&key.provider_key_id)
+        .bind(rotation_id)
+        .bind(now)
+        .bind(key.expires_at)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        let sealed = sealer.seal(credential, id, &key.secret)?;
+        sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(id)
+    }
+
+    /// One version, read inside a write transaction.
+    pub(super) async fn version_in(
+        tx: &mut Transaction<'static, Sqlite>,
+        id: i64,
+    ) -> StoreResult<KeyVersion> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(version_from_row(&row))
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn import_key(
+        &self,
+        credential: &str,
+        key: NewKey,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion> {
+        let sealer = self.sealer()?;
+        let fp = fingerprint(&key.secret);
+        let mut tx = self.begin_write().await?;
+        let credential_id = Self::credential_id(&mut tx, credential).await?;
+        let duplicate: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_versions WHERE credential_id = ? AND fingerprint = ? AND stage IN ('pending','current','previous'))",
+        )
+        .bind(credential_id)
+        .bind(&fp)
+        .fetch_one(&mut *tx)
+        .await?;
+        if duplicate {
+            return Err(StoreError::DuplicateKey(fp));
+        }
+        let has_current: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_versions WHERE credential_id = ? AND stage = 'current')",
+        )
+        .bind(credential_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let stage = if has_current { "pending" } else { "current" };
+        let id = Self::insert_sealed_version(
+            &mut tx,
+            sealer,
+            (credential_id, credential),
+            stage,
+            &fp,
+            &key,
+            key.rotation_id.as_deref(),
+            now,
+        )
+        .await?;
+        let detail = format!("{fp} imported as {stage}");
+        Self::insert_event(
+            &mut tx,
+            Some(credential),
+            Some(id),
+            EventKind::Imported,
+            actor,
+            &detail,
+            now,
+        )
+        .await?;
+        let version = Self::version_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn versions(&self, credential: &str) -> StoreResult<Vec<KeyVersion>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions v JOIN credentials c ON c.id = v.credential_id
+             WHERE c.name = ? ORDER BY v.id DESC"
+        ))
+        .bind(credential)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.iter().map(version_from_row).collect())
+    }
+
+    async fn secret(&self, version_id: i64) -> StoreResult<SecretString> {
+        let row = sqlx::query(
+            "SELECT c.name, v.sealed_secret FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?",
+        )
+        .bind(version_id)
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or(StoreError::UnknownVersion(version_id))?;
+        let sealed: Option<Vec<u8>> = row.get(1);
+        let sealed = sealed.ok_or(StoreError::NoSecret(version_id))?;
+        Ok(self.sealer()?.open(row.get(0), version_id, &sealed)?)
+    }
+
+    async fn current_key(
+        &self,
+        credential: &str,
+    ) -> StoreResult<Option<(KeyVersion, SecretString)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS}, v.sealed_secret FROM key_versions v
+             JOIN credentials c ON c.id = v.credential_id
+             WHERE c.name = ? AND v.stage = 'current'"
+        ))
+        .bind(credential)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let version = version_from_row(&row);
+        let sealed: Option<Vec<u8>> = row.get(VERSION_COLUMN_COUNT);
+        let sealed = sealed.ok_or(StoreError::NoSecret(version.id))?;
+        let secret = self.sealer()?.open(credential, version.id, &sealed)?;
+        Ok(Some((version, secret)))
+    }
+
+    fn current_keys_sealed(&self) -> BoxStream<'_, StoreResult<SealedKey>> {
+        // A literal: the stream borrows its statement for as long as it runs.
+        const CURRENT_KEYS_SEALED: &str = concat!(
+            "SELECT ",
+            version_columns!(),
+            ", v.sealed_secret FROM key_versions v
+             JOIN credentials c ON c.id = v.credential_id
+             WHERE c.removed_at IS NULL AND v.stage = 'current' AND v.sealed_secret IS NOT NULL"
+        );
+        sqlx::query(CURRENT_KEYS_SEALED)
+            .fetch(&self.reader)
+            .map_ok(|row| SealedKey::new(version_from_row(&row), row.get(VERSION_COLUMN_COUNT)))
+            .map_err(StoreError::from)
+            .boxed()
+    }
+
+    fn open_sealed(&self, key: &SealedKey) -> StoreResult<SecretString> {
+        Ok(self
+            .sealer()?
+            .open(&key.version.credential, key.version.id, key.sealed())?)
+    }
+
+    async fn mark_revoked(
+        &self,
+        version_id: i64,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let credential: String = sqlx::query_scalar(
+            "SELECT c.name FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?",
+        )
+        .bind(version_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::UnknownVersion(version_id))?;
+        // Secret material is dropped with the stage change: a revoked key has no use.
+        sqlx::query(
+            "UPDATE key_versions SET stage = 'revoked', stage_changed_at = ?, sealed_secret = NULL WHERE id = ? AND stage <> 'current'",
+        )
+        .bind(now)
+        .bind(version_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            Some(version_id),
+            EventKind::Revoked,
+            actor,
+            detail,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback(
+        &self,
+        credential: &str,
+        not_before: UnixTime,
+        actor: &str,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion> {
+        let mut tx = self.begin_write().await?;
+        let credential_id = Self::credential_id(&mut tx, credential).await?;
+        let previous: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, stage_changed_at FROM key_versions WHERE credential_id = ? AND stage = 'previous' AND sealed_secret IS NOT NULL
+             ORDER BY stage_changed_at DESC, id DESC LIMIT 1",
+        )
+        .bind(credential_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((previous_id, changed_at)) = previous else {
+            return Err(StoreError::NoPreviousKey {
+                credential: credential.to_string(),
+            });
+        };
+        if changed_at < not_before {
+            return Err(StoreError::PastGracePeriod {
+                credential: credential.to_string(),
+            });
+        }
+        sqlx::query("UPDATE key_versions SET stage = 'previous', stage_changed_at = ? WHERE credential_id = ? AND stage = 'current'")
+            .bind(now)
+            .bind(credential_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE key_versions SET stage = 'current', stage_changed_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(previous_id)
+            .execute(&mut *tx)
+            .await?;
+        // A rollback means the last rotation failed in use: count it as a failure and hold
+        // automatic rotation off for a grace period, or a max_age policy would undo the
+        // operator's rollback at the next scheduling pass.
+        sqlx::query(
+            "UPDATE credentials SET consecutive_failures = consecutive_failures + 1, next_rotation_at = ? WHERE id = ?",
+        )
+        .bind(now + (now - not_before).max(60))
+        .bind(credential_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_event(
+            &mut tx,
+            Some(credential),
+            Some(previous_id),
+            EventKind::RolledBack,
+            actor,
+            "previous key restored as current; automatic rotation held off for a grace period",
+            now,
+        )
+        .await?;
+        let version = Self::version_in(&mut tx, previous_id).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn reseal(&self, new: &Sealer, actor: &str, now: UnixTime) -> StoreResult<usize> {
+        let old = self.sealer()?;
+        let mut tx = self.begin_write().await?;
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT v.id, c.name, v.sealed_secret FROM key_versions v JOIN credentials c ON c.id = v.credential_id
+             WHERE v.sealed_secret IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        // Open everything before writing anything: one secret the old key cannot open
+        // aborts the whole rotation with nothing changed.
+        let mut resealed = Vec::with_capacity(rows.len());
+        for (id, credential, sealed) in &rows {
+            let secret = old.open(credential, *id, sealed)?;
+            resealed.push((*id, new.seal(credential, *id, &secret)?));
+        }
+        for (id, sealed) in &resealed {
+            sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
+                .bind(sealed)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::insert_event(
+            &mut tx,
+            None,
+            None,
+            EventKind::MasterKeyRotated,
+            actor,
+            &format!("{} secrets re-sealed", resealed.len()),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(resealed.len())
+    }
+}
