@@ -19,7 +19,8 @@ pub enum ProviderKind {
     Deepseek,
     Gemini,
     AzureOpenai,
-    /// The seed article's relay (`/auth/verify`, `/keys/rotate`, ...).
+    /// A HolySheep-style relay API (`/auth/verify`, `/auth/refresh`, `/keys/rotate`), as that
+    /// vendor's integration guide describes it.
     Relay,
     /// Generic HTTP adapter configured entirely in `[provider.http]`.
     Http,

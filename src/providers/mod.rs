@@ -10,7 +10,7 @@
 //! - [`sanitize()`]: scrubbing of every piece of outside text before it is shown.
 //! - `classify`: the common check flow and vendor error parsing.
 //! - one module per kind: `openai` (also OpenAI-compatible APIs), `anthropic`, `openrouter`,
-//!   `deepseek`, `gemini`, `azure`, `relay` (the seed article's relay, a preset of `http`),
+//!   `deepseek`, `gemini`, `azure`, `relay` (a HolySheep-style relay API, a preset of `http`),
 //!   `http` (generic, all from config), `exec` (a command), `simulated` (demo and tests).
 //!
 //! Keys travel only in the vendor's documented header, never in a URL, a body or argv.
