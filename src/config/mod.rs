@@ -11,7 +11,7 @@ mod duration;
 mod provider;
 mod secret_ref;
 
-pub use cron::Schedule;
+pub use cron::CronSchedule;
 pub use delivery::{DeliveryConfig, DeliveryKind};
 pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
 pub use provider::{
@@ -161,9 +161,9 @@ impl CredentialConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RotationPolicyConfig {
-    /// Cron expression (5 or 6 fields, UTC).
-    #[serde(default)]
-    pub schedule: Option<Spanned<String>>,
+    /// `schedule` in the file: when to rotate, as a cron expression (5 or 6 fields, UTC).
+    #[serde(default, rename = "schedule")]
+    pub cron: Option<Spanned<String>>,
     /// Rotate when the current key is older than this.
     #[serde(default)]
     pub max_age: Option<Spanned<HumanDuration>>,
@@ -204,10 +204,11 @@ impl RotationPolicyConfig {
         crate::backoff::Backoff::new(base, cap)
     }
 
-    pub fn schedule(&self) -> Option<Schedule> {
-        self.schedule
+    /// The parsed `schedule`, if any (validated at load time).
+    pub fn cron_schedule(&self) -> Option<CronSchedule> {
+        self.cron
             .as_ref()
-            .and_then(|s| Schedule::parse(s.get_ref()).ok())
+            .and_then(|s| CronSchedule::parse(s.get_ref()).ok())
     }
 }
 
@@ -475,9 +476,9 @@ impl Config {
 
 impl RotationPolicyConfig {
     fn validate(&self, issues: &mut Issues) {
-        if let Some(schedule) = &self.schedule {
-            if let Err(message) = Schedule::parse(schedule.get_ref()) {
-                issues.push(Some(schedule.span()), message);
+        if let Some(cron) = &self.cron {
+            if let Err(message) = CronSchedule::parse(cron.get_ref()) {
+                issues.push(Some(cron.span()), message);
             }
         }
         if let Some(max_age) = &self.max_age {
