@@ -12,7 +12,10 @@ mod provider;
 mod secret_ref;
 
 pub use cron::CronSchedule;
-pub use delivery::{DeliveryConfig, DeliveryKind};
+pub use delivery::{
+    DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia, DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_FILE_MODE, DEFAULT_KEY_ENV_VAR,
+};
 pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
 pub use provider::{
     ExecAdapterConfig, HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig, HttpListConfig,

@@ -290,7 +290,7 @@ fn default_credit_unit() -> String {
     "usd".into()
 }
 fn default_key_env() -> String {
-    "KEYROTD_KEY".into()
+    super::DEFAULT_KEY_ENV_VAR.into()
 }
 
 fn default_requests_per_second() -> f64 {
