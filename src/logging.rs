@@ -53,7 +53,7 @@ where
 
 /// A `MakeWriter` that masks key-shaped tokens in everything written through it.
 #[derive(Debug, Clone)]
-pub struct Redacting<M>(pub M);
+pub(crate) struct Redacting<M>(pub M);
 
 impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
     type Writer = RedactingWriter<M::Writer>;
@@ -69,7 +69,7 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
 
 /// Buffers what it is given and passes it on, masked, one complete line at a time (a token
 /// never straddles two writes), and the rest when flushed or dropped.
-pub struct RedactingWriter<W: Write> {
+pub(crate) struct RedactingWriter<W: Write> {
     inner: W,
     buffer: Vec<u8>,
 }

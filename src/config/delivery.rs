@@ -16,12 +16,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// Default permission bits of a delivered file.
-pub const DEFAULT_FILE_MODE: u32 = 0o600;
+pub(crate) const DEFAULT_FILE_MODE: u32 = 0o600;
 /// Default variable that carries the key to a command (`key_via = "env"`), for exec hooks
 /// and exec providers alike.
-pub const DEFAULT_KEY_ENV_VAR: &str = "KEYROTD_KEY";
+pub(crate) const DEFAULT_KEY_ENV_VAR: &str = "KEYROTD_KEY";
 /// Default time an exec hook (or a Kubernetes API request) may take.
-pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a `file` target writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -191,7 +191,7 @@ impl DeliveryConfig {
         let files: &[DeliveryKind] = &[File, EnvFile];
         let kube: &[DeliveryKind] = &[Kubernetes];
         // (field, `Some(its position)` when it is set, the kinds it applies to)
-        let fields: [(&str, Option<Option<Range<usize>>>, &[DeliveryKind]); 16] = [
+        let fields: [(&str, Option<FieldPosition>, &[DeliveryKind]); 16] = [
             ("path", self.path.as_ref().map(|_| None), files),
             ("mode", set_at(&self.mode), files),
             ("owner", set_at(&self.owner), files),
@@ -354,14 +354,17 @@ impl DeliveryConfig {
     }
 }
 
+/// Where a field is in the file; `None` for a type that keeps no span (paths).
+type FieldPosition = Option<Range<usize>>;
+
 /// `Some(position)` when the field is set.
-fn set_at<T>(value: &Option<Spanned<T>>) -> Option<Option<Range<usize>>> {
+fn set_at<T>(value: &Option<Spanned<T>>) -> Option<FieldPosition> {
     value.as_ref().map(|v| Some(v.span()))
 }
 
 /// Parses an octal mode such as `"0600"` or `"640"`. Only read/write bits for owner and group
 /// (and read for others) make sense for a key file; anything executable or setuid is refused.
-pub fn parse_mode(text: &str) -> Result<u32, String> {
+pub(crate) fn parse_mode(text: &str) -> Result<u32, String> {
     let fail = |why: &str| {
         format!("`mode` {text:?} {why} (expected an octal mode like \"0600\" or \"0640\")")
     };

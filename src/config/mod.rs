@@ -22,10 +22,8 @@ mod provider;
 mod secret_ref;
 
 pub use cron::CronSchedule;
-pub use delivery::{
-    DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia, DEFAULT_DELIVERY_TIMEOUT,
-    DEFAULT_FILE_MODE, DEFAULT_KEY_ENV_VAR,
-};
+pub use delivery::{DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia};
+pub(crate) use delivery::{DEFAULT_FILE_MODE, DEFAULT_KEY_ENV_VAR};
 pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
 pub(crate) use issues::{span_of, Issues, LazyPositions, Position, ProviderPositions};
 pub use issues::{ConfigError, ConfigIssue};
@@ -43,12 +41,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// Default path of the config file (systemd `ConfigurationDirectory=keyrotd`).
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyrotd/keyrotd.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/keyrotd/keyrotd.toml";
 /// Default listen address. 9090 is Prometheus's own; this port is ours.
-pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9877";
+pub(crate) const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9877";
 /// Default state directory (systemd `StateDirectory=keyrotd`).
-pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/keyrotd";
-pub const DATABASE_FILE_NAME: &str = "keyrotd.db";
+pub(crate) const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/keyrotd";
+pub(crate) const DATABASE_FILE_NAME: &str = "keyrotd.db";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +100,7 @@ impl DaemonConfig {
 }
 
 /// Where the database lives when neither config nor command line says.
-pub fn default_database_path() -> PathBuf {
+pub(crate) fn default_database_path() -> PathBuf {
     let dir = std::env::var_os("STATE_DIRECTORY")
         // systemd may pass several colon-separated directories; the first is ours.
         .and_then(|v| {

@@ -237,7 +237,8 @@ fn last_line(tail: &[u8], truncated: bool, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DEFAULT_DELIVERY_TIMEOUT;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
 
     #[test]
     fn last_line_masks_the_key_and_skips_blank_lines() {
@@ -263,10 +264,10 @@ mod tests {
             vec!["systemctl".into(), "reload".into(), "my app".into()],
             HookKeyVia::None,
             DEFAULT_KEY_ENV_VAR,
-            DEFAULT_DELIVERY_TIMEOUT,
+            TIMEOUT,
         )
         .unwrap();
         assert_eq!(t.describe(), "exec systemctl reload \"my app\"");
-        assert!(ExecTarget::new(vec![], HookKeyVia::None, "K", DEFAULT_DELIVERY_TIMEOUT).is_err());
+        assert!(ExecTarget::new(vec![], HookKeyVia::None, "K", TIMEOUT).is_err());
     }
 }

@@ -19,7 +19,7 @@
 mod anthropic;
 mod azure;
 mod classify;
-pub mod client;
+pub(crate) mod client;
 mod deepseek;
 mod exec;
 mod gemini;
@@ -30,7 +30,7 @@ mod relay;
 pub mod sanitize;
 mod simulated;
 
-pub use client::{parse_retry_after, ProviderTelemetry, MAX_BODY_BYTES};
+pub use client::{parse_retry_after, ProviderTelemetry};
 pub use sanitize::sanitize;
 
 use crate::config::{format_duration, ProviderConfig, ProviderKind};
@@ -424,7 +424,7 @@ pub fn build_all(
 }
 
 /// Every provider section's checking adapter only, by provider name (`keyrotd check`).
-pub fn build_checkers(
+pub(crate) fn build_checkers(
     config: &crate::config::Config,
     telemetry: &ProviderTelemetry,
 ) -> Result<std::collections::HashMap<String, ProviderAdapters>, ProviderError> {
