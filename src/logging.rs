@@ -4,9 +4,11 @@
 //! Every formatted line passes through [`Redacting`], which masks anything shaped like a
 //! provider key ([`mask_key_shaped`]) before it reaches the terminal or the journal. It is the
 //! second line of defence: code never logs a key on purpose, but a vendor message, an error
-//! chain or a debug field might carry one. UUIDs (rotation ids), plain absolute paths and
-//! short fingerprints (`sha256:abcdef012345`) are left alone; any other run of 32 or more
-//! `A-Za-z0-9-_+/=` characters is masked.
+//! chain or a debug field might carry one. Vendor-prefixed tokens (`sk-…`, `AIza…`) are
+//! always masked, and so is any other run of 32 or more `A-Za-z0-9-_+/=` characters except
+//! UUIDs, plain paths (the database path) and hex ids in fields that name an id
+//! (`remote_id=<OpenRouter key hash>`); short values such as rotation ids and fingerprints
+//! are left alone. The rules are stated in [`crate::providers::sanitize`].
 
 use crate::providers::sanitize::mask_key_shaped;
 use std::io::{self, Write};
@@ -51,7 +53,7 @@ where
 
 /// A `MakeWriter` that masks key-shaped tokens in everything written through it.
 #[derive(Debug, Clone)]
-pub struct Redacting<M>(pub M);
+pub(crate) struct Redacting<M>(pub M);
 
 impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
     type Writer = RedactingWriter<M::Writer>;
@@ -67,7 +69,7 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
 
 /// Buffers what it is given and passes it on, masked, one complete line at a time (a token
 /// never straddles two writes), and the rest when flushed or dropped.
-pub struct RedactingWriter<W: Write> {
+pub(crate) struct RedactingWriter<W: Write> {
     inner: W,
     buffer: Vec<u8>,
 }

@@ -2,7 +2,7 @@
 //! durations, cron expressions, provider answers) never panic, report positions, and never
 //! let a key through; huge inputs finish. Case counts are modest so the file runs in seconds.
 
-use keyrotd::config::{format_duration, parse_duration, Config, ProviderKind, Schedule};
+use keyrotd::config::{format_duration, parse_duration, Config, CronSchedule, ProviderKind};
 use keyrotd::providers::parsers::{classify_check, error_detail};
 use keyrotd::providers::sanitize::{mask_key_shaped, MAX_LEN, REDACTED};
 use keyrotd::providers::{parse_retry_after, sanitize};
@@ -190,8 +190,8 @@ proptest! {
         text in any::<String>(),
         fields in prop::collection::vec(r"\*|\?|[0-9]{1,3}|[0-9]{1,2}-[0-9]{1,2}|\*/[0-9]{1,3}|[0-9,]{1,8}|[A-Za-z]{3}|L|[0-9]W|[0-9]#[0-9]|[0-9]L", 4..8),
     ) {
-        let _ = Schedule::parse(&text);
-        if let Ok(schedule) = Schedule::parse(&fields.join(" ")) {
+        let _ = CronSchedule::parse(&text);
+        if let Ok(schedule) = CronSchedule::parse(&fields.join(" ")) {
             let now = chrono::Utc::now();
             if let Some(next) = schedule.next_after(now) {
                 prop_assert!(next > now);

@@ -472,6 +472,7 @@ mod azure {
     }
 }
 
+/// A HolySheep-style relay API: `GET /auth/verify` with Bearer.
 mod relay {
     use super::*;
 

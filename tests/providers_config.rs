@@ -1,7 +1,7 @@
 //! Validation of the kind-specific provider fields: every mistake is reported with its
 //! position, and secrets can only be placed in headers.
 
-use keyrotd::config::{Config, KeyVia};
+use keyrotd::config::{Config, ExecKeyVia};
 use std::path::Path;
 
 fn errors(text: &str) -> String {
@@ -86,7 +86,7 @@ issuer = true
             .as_ref()
             .unwrap()
             .key_via,
-        KeyVia::Env
+        ExecKeyVia::Env
     );
 }
 

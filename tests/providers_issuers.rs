@@ -267,6 +267,7 @@ fn kinds_without_a_key_api_have_no_issuer() {
         .is_none());
 }
 
+/// A HolySheep-style relay API: `POST /keys/rotate`, then `GET /keys/{name}/metadata`.
 mod relay {
     use super::*;
     const TOML: &str = "kind = \"relay\"\nbase_url = \"{base}/v1\"\nrotation_policy = \"7d\"";

@@ -7,14 +7,15 @@ use chrono::{DateTime, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
-/// A parsed, validated schedule.
+/// A parsed, validated cron expression: when a credential rotates (its policy's
+/// `schedule`).
 #[derive(Debug, Clone)]
-pub struct Schedule {
+pub struct CronSchedule {
     cron: Cron,
     expression: String,
 }
 
-impl Schedule {
+impl CronSchedule {
     pub fn parse(expression: &str) -> Result<Self, String> {
         let fields = expression.split_whitespace().count();
         if !(fields == 5 || fields == 6) {
@@ -41,7 +42,7 @@ impl Schedule {
         if cron.find_next_occurrence(&probe, false).is_err() {
             return Err(format!("cron expression {expression:?} never fires"));
         }
-        Ok(Schedule {
+        Ok(CronSchedule {
             cron,
             expression: expression.to_string(),
         })
@@ -69,13 +70,13 @@ mod tests {
 
     #[test]
     fn five_and_six_fields_are_accepted() {
-        let five = Schedule::parse("0 3 * * *").unwrap();
+        let five = CronSchedule::parse("0 3 * * *").unwrap();
         let at = Utc.with_ymd_and_hms(2026, 1, 1, 4, 0, 0).unwrap();
         assert_eq!(
             five.next_after(at).unwrap(),
             Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap()
         );
-        let six = Schedule::parse("30 0 3 * * *").unwrap();
+        let six = CronSchedule::parse("30 0 3 * * *").unwrap();
         assert_eq!(
             six.next_after(at).unwrap(),
             Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 30).unwrap()
@@ -85,7 +86,7 @@ mod tests {
     #[test]
     fn day_of_month_and_weekday_are_ored_like_vixie_cron() {
         // 1st of the month OR Monday. 2026-01-05 is a Monday.
-        let s = Schedule::parse("0 0 1 * 1").unwrap();
+        let s = CronSchedule::parse("0 0 1 * 1").unwrap();
         let at = Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap();
         assert_eq!(
             s.next_after(at).unwrap(),
@@ -104,7 +105,7 @@ mod tests {
             "* * * * * * *",
             "0 0 1 * +MON",
         ] {
-            assert!(Schedule::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(CronSchedule::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -3,16 +3,49 @@
 //! One flat table per target with a `kind` and the fields that kind understands. A field that
 //! does not apply to the kind is an error (like an unknown field): a `mode` on an exec hook
 //! would otherwise be silently ignored.
+//!
+//! The words of these tables (file formats, how a hook gets the key, the defaults) are
+//! defined here, and `delivery/` builds its targets from them: the configuration does not
+//! depend on the code it configures.
 
 use super::{HumanDuration, Issues};
-use crate::delivery::exec::{
-    KeyVia, DEFAULT_KEY_ENV_VAR, DEFAULT_TIMEOUT as DEFAULT_DELIVERY_TIMEOUT,
-};
-use crate::delivery::file::{FileFormat, DEFAULT_FILE_MODE};
 use serde::Deserialize;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
+
+/// Default permission bits of a delivered file.
+pub(crate) const DEFAULT_FILE_MODE: u32 = 0o600;
+/// Default variable that carries the key to a command (`key_via = "env"`), for exec hooks
+/// and exec providers alike.
+pub(crate) const DEFAULT_KEY_ENV_VAR: &str = "KEYROTD_KEY";
+/// Default time an exec hook (or a Kubernetes API request) may take.
+const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a `file` target writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// The key followed by a newline (default).
+    #[default]
+    Line,
+    /// The key's bytes exactly, no trailing newline.
+    Raw,
+}
+
+/// How an `exec` delivery hook receives the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKeyVia {
+    /// Not at all: the hook only reloads a consumer that reads the key elsewhere (default).
+    #[default]
+    None,
+    /// On standard input, followed by a newline; stdin is then closed.
+    Stdin,
+    /// In an environment variable (`env_var`, default `KEYROTD_KEY`).
+    Env,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,7 +94,7 @@ pub struct DeliveryConfig {
     pub command: Option<Spanned<Vec<String>>>,
     /// `exec`: `"none"` (default), `"stdin"` or `"env"`.
     #[serde(default)]
-    pub key_via: Option<Spanned<KeyVia>>,
+    pub key_via: Option<Spanned<HookKeyVia>>,
     /// `exec` with `key_via = "env"`: the variable that holds the key (default `KEYROTD_KEY`).
     #[serde(default)]
     pub env_var: Option<Spanned<String>>,
@@ -109,7 +142,7 @@ impl DeliveryConfig {
             .unwrap_or_default()
     }
 
-    pub fn key_via(&self) -> KeyVia {
+    pub fn key_via(&self) -> HookKeyVia {
         self.key_via
             .as_ref()
             .map(|k| *k.get_ref())
@@ -131,213 +164,16 @@ impl DeliveryConfig {
     }
 
     pub(super) fn validate(&self, issues: &mut Issues) {
-        let kind = self.kind();
-        let kind_span = self.kind.span();
-        let name = kind.as_str();
-
-        // Fields that belong to other kinds.
-        let mut foreign = |present: bool, field: &str, span: Option<std::ops::Range<usize>>| {
-            if present {
-                issues.push(
-                    Some(span.unwrap_or_else(|| kind_span.clone())),
-                    format!("`{field}` does not apply to a delivery target of kind \"{name}\""),
-                );
+        self.validate_fields_of_other_kinds(issues);
+        match self.kind() {
+            DeliveryKind::File => self.validate_file(issues),
+            DeliveryKind::EnvFile => {
+                self.validate_file(issues);
+                self.validate_env_file(issues);
             }
-        };
-        let files = matches!(kind, DeliveryKind::File | DeliveryKind::EnvFile);
-        foreign(!files && self.path.is_some(), "path", None);
-        foreign(!files && self.mode.is_some(), "mode", span_of(&self.mode));
-        foreign(
-            !files && self.owner.is_some(),
-            "owner",
-            span_of(&self.owner),
-        );
-        foreign(
-            !files && self.group.is_some(),
-            "group",
-            span_of(&self.group),
-        );
-        foreign(
-            kind != DeliveryKind::File && self.format.is_some(),
-            "format",
-            span_of(&self.format),
-        );
-        foreign(
-            kind != DeliveryKind::EnvFile && self.variable.is_some(),
-            "variable",
-            span_of(&self.variable),
-        );
-        let exec = kind == DeliveryKind::Exec;
-        foreign(
-            !exec && self.command.is_some(),
-            "command",
-            span_of(&self.command),
-        );
-        foreign(
-            !exec && self.key_via.is_some(),
-            "key_via",
-            span_of(&self.key_via),
-        );
-        foreign(
-            !exec && self.env_var.is_some(),
-            "env_var",
-            span_of(&self.env_var),
-        );
-        foreign(
-            !matches!(kind, DeliveryKind::Exec | DeliveryKind::Kubernetes)
-                && self.timeout.is_some(),
-            "timeout",
-            span_of(&self.timeout),
-        );
-        let kube = kind == DeliveryKind::Kubernetes;
-        foreign(
-            !kube && self.namespace.is_some(),
-            "namespace",
-            span_of(&self.namespace),
-        );
-        foreign(
-            !kube && self.secret_name.is_some(),
-            "secret_name",
-            span_of(&self.secret_name),
-        );
-        foreign(
-            !kube && self.secret_key.is_some(),
-            "secret_key",
-            span_of(&self.secret_key),
-        );
-        foreign(
-            !kube && self.api_server.is_some(),
-            "api_server",
-            span_of(&self.api_server),
-        );
-        foreign(!kube && self.token_file.is_some(), "token_file", None);
-        foreign(!kube && self.ca_file.is_some(), "ca_file", None);
-
-        match kind {
-            DeliveryKind::File | DeliveryKind::EnvFile => {
-                match &self.path {
-                    None => issues.push(
-                        Some(kind_span.clone()),
-                        format!("a delivery target of kind \"{name}\" needs `path`"),
-                    ),
-                    Some(path) if !path.is_absolute() => issues.push(
-                        Some(kind_span.clone()),
-                        format!("`path` {:?} must be absolute", path.display().to_string()),
-                    ),
-                    Some(_) => {}
-                }
-                if let Some(mode) = &self.mode {
-                    if let Err(message) = parse_mode(mode.get_ref()) {
-                        issues.push(Some(mode.span()), message);
-                    }
-                }
-                for (field, value) in [("owner", &self.owner), ("group", &self.group)] {
-                    if let Some(value) = value {
-                        if !valid_account(value.get_ref()) {
-                            issues.push(
-                                Some(value.span()),
-                                format!(
-                                    "`{field}` {:?} is not a {} name or a numeric id",
-                                    value.get_ref(),
-                                    if field == "owner" { "user" } else { "group" }
-                                ),
-                            );
-                        }
-                    }
-                }
-                if kind == DeliveryKind::EnvFile {
-                    match &self.variable {
-                        None => issues.push(
-                            Some(kind_span.clone()),
-                            "a delivery target of kind \"env_file\" needs `variable` (e.g. \"OPENAI_API_KEY\")".into(),
-                        ),
-                        Some(variable) if !valid_env_name(variable.get_ref()) => issues.push(
-                            Some(variable.span()),
-                            format!(
-                                "`variable` {:?} is not an environment variable name (A-Z a-z 0-9 _, not starting with a digit)",
-                                variable.get_ref()
-                            ),
-                        ),
-                        Some(_) => {}
-                    }
-                }
-            }
-            DeliveryKind::Exec => {
-                match &self.command {
-                    None => issues.push(
-                        Some(kind_span.clone()),
-                        "a delivery target of kind \"exec\" needs `command`, e.g. [\"systemctl\", \"try-reload-or-restart\", \"app.service\"]".into(),
-                    ),
-                    Some(command)
-                        if command.get_ref().is_empty() || command.get_ref()[0].trim().is_empty() =>
-                    {
-                        issues.push(
-                            Some(command.span()),
-                            "`command` must name a program to run".into(),
-                        )
-                    }
-                    Some(_) => {}
-                }
-                if let Some(env_var) = &self.env_var {
-                    if self.key_via() != KeyVia::Env {
-                        issues.push(
-                            Some(env_var.span()),
-                            "`env_var` is only used with `key_via = \"env\"`".into(),
-                        );
-                    } else if !valid_env_name(env_var.get_ref()) {
-                        issues.push(
-                            Some(env_var.span()),
-                            format!(
-                                "`env_var` {:?} is not an environment variable name",
-                                env_var.get_ref()
-                            ),
-                        );
-                    } else if matches!(
-                        env_var.get_ref().as_str(),
-                        "KEYROTD_CREDENTIAL" | "KEYROTD_FINGERPRINT" | "KEYROTD_VERSION_ID"
-                    ) {
-                        issues.push(
-                            Some(env_var.span()),
-                            format!("`env_var` {:?} is reserved by keyrotd", env_var.get_ref()),
-                        );
-                    }
-                }
-            }
-            DeliveryKind::Kubernetes => {
-                for (field, value, rule) in [
-                    ("namespace", &self.namespace, NameRule::Label),
-                    ("secret_name", &self.secret_name, NameRule::Subdomain),
-                    ("secret_key", &self.secret_key, NameRule::SecretKey),
-                ] {
-                    match value {
-                        None => issues.push(
-                            Some(kind_span.clone()),
-                            format!("a delivery target of kind \"kubernetes\" needs `{field}`"),
-                        ),
-                        Some(value) if !rule.accepts(value.get_ref()) => issues.push(
-                            Some(value.span()),
-                            format!("`{field}` {:?} {}", value.get_ref(), rule.describe()),
-                        ),
-                        Some(_) => {}
-                    }
-                }
-                if let Some(server) = &self.api_server {
-                    let text = server.get_ref();
-                    let rest = text
-                        .strip_prefix("https://")
-                        .or_else(|| text.strip_prefix("http://"));
-                    if rest.is_none_or(|r| r.is_empty()) || reqwest::Url::parse(text).is_err() {
-                        issues.push(
-                            Some(server.span()),
-                            format!(
-                                "`api_server` {text:?} is not an http(s) URL like \"https://kubernetes.default.svc\""
-                            ),
-                        );
-                    }
-                }
-            }
+            DeliveryKind::Exec => self.validate_exec(issues),
+            DeliveryKind::Kubernetes => self.validate_kubernetes(issues),
         }
-
         if let Some(timeout) = &self.timeout {
             if timeout.get_ref().0 < Duration::from_millis(100) {
                 issues.push(
@@ -347,15 +183,188 @@ impl DeliveryConfig {
             }
         }
     }
+
+    /// Reports every field set that belongs to other kinds, at the field (or at `kind` when
+    /// the field carries no position).
+    fn validate_fields_of_other_kinds(&self, issues: &mut Issues) {
+        use DeliveryKind::{EnvFile, Exec, File, Kubernetes};
+        let files: &[DeliveryKind] = &[File, EnvFile];
+        let kube: &[DeliveryKind] = &[Kubernetes];
+        // (field, `Some(its position)` when it is set, the kinds it applies to)
+        let fields: [(&str, Option<FieldPosition>, &[DeliveryKind]); 16] = [
+            ("path", self.path.as_ref().map(|_| None), files),
+            ("mode", set_at(&self.mode), files),
+            ("owner", set_at(&self.owner), files),
+            ("group", set_at(&self.group), files),
+            ("format", set_at(&self.format), &[File]),
+            ("variable", set_at(&self.variable), &[EnvFile]),
+            ("command", set_at(&self.command), &[Exec]),
+            ("key_via", set_at(&self.key_via), &[Exec]),
+            ("env_var", set_at(&self.env_var), &[Exec]),
+            ("timeout", set_at(&self.timeout), &[Exec, Kubernetes]),
+            ("namespace", set_at(&self.namespace), kube),
+            ("secret_name", set_at(&self.secret_name), kube),
+            ("secret_key", set_at(&self.secret_key), kube),
+            ("api_server", set_at(&self.api_server), kube),
+            ("token_file", self.token_file.as_ref().map(|_| None), kube),
+            ("ca_file", self.ca_file.as_ref().map(|_| None), kube),
+        ];
+        let kind = self.kind();
+        for (field, set, kinds) in fields {
+            let Some(span) = set else { continue };
+            if !kinds.contains(&kind) {
+                issues.push(
+                    Some(span.unwrap_or_else(|| self.kind.span())),
+                    format!(
+                        "`{field}` does not apply to a delivery target of kind \"{}\"",
+                        kind.as_str()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `file` and `env_file`: an absolute path, a safe mode, plausible owner and group.
+    fn validate_file(&self, issues: &mut Issues) {
+        match &self.path {
+            None => issues.push(
+                Some(self.kind.span()),
+                format!(
+                    "a delivery target of kind \"{}\" needs `path`",
+                    self.kind().as_str()
+                ),
+            ),
+            Some(path) if !path.is_absolute() => issues.push(
+                Some(self.kind.span()),
+                format!("`path` {:?} must be absolute", path.display().to_string()),
+            ),
+            Some(_) => {}
+        }
+        if let Some(mode) = &self.mode {
+            if let Err(message) = parse_mode(mode.get_ref()) {
+                issues.push(Some(mode.span()), message);
+            }
+        }
+        for (field, value, what) in [
+            ("owner", &self.owner, "user"),
+            ("group", &self.group, "group"),
+        ] {
+            if let Some(value) = value {
+                if !valid_account(value.get_ref()) {
+                    issues.push(
+                        Some(value.span()),
+                        format!(
+                            "`{field}` {:?} is not a {what} name or a numeric id",
+                            value.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `env_file`: the variable to set.
+    fn validate_env_file(&self, issues: &mut Issues) {
+        match &self.variable {
+            None => issues.push(
+                Some(self.kind.span()),
+                "a delivery target of kind \"env_file\" needs `variable` (e.g. \"OPENAI_API_KEY\")".into(),
+            ),
+            Some(variable) if !valid_env_name(variable.get_ref()) => issues.push(
+                Some(variable.span()),
+                format!(
+                    "`variable` {:?} is not an environment variable name (A-Z a-z 0-9 _, not starting with a digit)",
+                    variable.get_ref()
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+
+    /// `exec`: a program to run, and a usable `env_var` when the key goes in one.
+    fn validate_exec(&self, issues: &mut Issues) {
+        match &self.command {
+            None => issues.push(
+                Some(self.kind.span()),
+                "a delivery target of kind \"exec\" needs `command`, e.g. [\"systemctl\", \"try-reload-or-restart\", \"app.service\"]".into(),
+            ),
+            Some(command)
+                if command.get_ref().is_empty() || command.get_ref()[0].trim().is_empty() =>
+            {
+                issues.push(
+                    Some(command.span()),
+                    "`command` must name a program to run".into(),
+                )
+            }
+            Some(_) => {}
+        }
+        let Some(env_var) = &self.env_var else {
+            return;
+        };
+        let name = env_var.get_ref();
+        let problem = if self.key_via() != HookKeyVia::Env {
+            "`env_var` is only used with `key_via = \"env\"`".to_string()
+        } else if !valid_env_name(name) {
+            format!("`env_var` {name:?} is not an environment variable name")
+        } else if matches!(
+            name.as_str(),
+            "KEYROTD_CREDENTIAL" | "KEYROTD_FINGERPRINT" | "KEYROTD_VERSION_ID"
+        ) {
+            format!("`env_var` {name:?} is reserved by keyrotd")
+        } else {
+            return;
+        };
+        issues.push(Some(env_var.span()), problem);
+    }
+
+    /// `kubernetes`: the Secret's coordinates as the API server accepts them, and an http(s)
+    /// API server URL when one is given.
+    fn validate_kubernetes(&self, issues: &mut Issues) {
+        for (field, value, rule) in [
+            ("namespace", &self.namespace, NameRule::Label),
+            ("secret_name", &self.secret_name, NameRule::Subdomain),
+            ("secret_key", &self.secret_key, NameRule::SecretKey),
+        ] {
+            match value {
+                None => issues.push(
+                    Some(self.kind.span()),
+                    format!("a delivery target of kind \"kubernetes\" needs `{field}`"),
+                ),
+                Some(value) if !rule.accepts(value.get_ref()) => issues.push(
+                    Some(value.span()),
+                    format!("`{field}` {:?} {}", value.get_ref(), rule.describe()),
+                ),
+                Some(_) => {}
+            }
+        }
+        if let Some(server) = &self.api_server {
+            let text = server.get_ref();
+            let rest = text
+                .strip_prefix("https://")
+                .or_else(|| text.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty()) || reqwest::Url::parse(text).is_err() {
+                issues.push(
+                    Some(server.span()),
+                    format!(
+                        "`api_server` {text:?} is not an http(s) URL like \"https://kubernetes.default.svc\""
+                    ),
+                );
+            }
+        }
+    }
 }
 
-fn span_of<T>(value: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
-    value.as_ref().map(|v| v.span())
+/// Where a field is in the file; `None` for a type that keeps no span (paths).
+type FieldPosition = Option<Range<usize>>;
+
+/// `Some(position)` when the field is set.
+fn set_at<T>(value: &Option<Spanned<T>>) -> Option<FieldPosition> {
+    value.as_ref().map(|v| Some(v.span()))
 }
 
 /// Parses an octal mode such as `"0600"` or `"640"`. Only read/write bits for owner and group
 /// (and read for others) make sense for a key file; anything executable or setuid is refused.
-pub fn parse_mode(text: &str) -> Result<u32, String> {
+pub(crate) fn parse_mode(text: &str) -> Result<u32, String> {
     let fail = |why: &str| {
         format!("`mode` {text:?} {why} (expected an octal mode like \"0600\" or \"0640\")")
     };
@@ -539,7 +548,7 @@ mod tests {
         let config = Config::parse(Path::new("t.toml"), text).unwrap();
         let target = &config.credentials[0].deliver[0];
         assert_eq!(target.env_var(), "KEYROTD_KEY");
-        assert_eq!(target.key_via(), crate::delivery::KeyVia::Env);
+        assert_eq!(target.key_via(), super::HookKeyVia::Env);
         assert_eq!(target.timeout(), std::time::Duration::from_secs(30));
         assert_eq!(target.mode(), Some(0o600));
     }

@@ -4,38 +4,49 @@
 //! each as `file:line:column: message`, so an operator fixes a config in one pass.
 //! Unknown fields are rejected everywhere (`deny_unknown_fields`): a typo must not silently
 //! turn a policy off.
+//!
+//! ## Layout
+//!
+//! - this file: the file as a whole, `[daemon]`, `[checks]`, `[[credential]]` and its
+//!   rotation policy, and the validation that ties them together;
+//! - `provider/`: `[[provider]]`, with `[provider.http]` and `[provider.exec]` apart;
+//! - `delivery`: `[[credential.deliver]]` and the words delivery targets are built from;
+//! - `issues`: problems by position, rendered as `file:line:column: message`;
+//! - `cron`, `duration`, `secret_ref`: the value types a section is made of.
 
 mod cron;
 mod delivery;
 mod duration;
+mod issues;
 mod provider;
 mod secret_ref;
 
-pub use cron::Schedule;
-pub use delivery::{DeliveryConfig, DeliveryKind};
+pub use cron::CronSchedule;
+pub use delivery::{DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia};
+pub(crate) use delivery::{DEFAULT_FILE_MODE, DEFAULT_KEY_ENV_VAR};
 pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
+pub(crate) use issues::{span_of, Issues, LazyPositions, Position, ProviderPositions};
+pub use issues::{ConfigError, ConfigIssue};
 pub use provider::{
-    ExecAdapterConfig, HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig, HttpListConfig,
-    HttpRevokeConfig, KeyVia, ProviderConfig, ProviderKind,
+    ExecAdapterConfig, ExecKeyVia, HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig,
+    HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
 };
 pub use secret_ref::{SecretRef, SecretRefError};
 
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
 /// Default path of the config file (systemd `ConfigurationDirectory=keyrotd`).
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyrotd/keyrotd.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/keyrotd/keyrotd.toml";
 /// Default listen address. 9090 is Prometheus's own; this port is ours.
-pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9877";
+pub(crate) const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9877";
 /// Default state directory (systemd `StateDirectory=keyrotd`).
-pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/keyrotd";
-pub const DATABASE_FILE_NAME: &str = "keyrotd.db";
+pub(crate) const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/keyrotd";
+pub(crate) const DATABASE_FILE_NAME: &str = "keyrotd.db";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,7 +100,7 @@ impl DaemonConfig {
 }
 
 /// Where the database lives when neither config nor command line says.
-pub fn default_database_path() -> PathBuf {
+pub(crate) fn default_database_path() -> PathBuf {
     let dir = std::env::var_os("STATE_DIRECTORY")
         // systemd may pass several colon-separated directories; the first is ours.
         .and_then(|v| {
@@ -161,9 +172,9 @@ impl CredentialConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RotationPolicyConfig {
-    /// Cron expression (5 or 6 fields, UTC).
-    #[serde(default)]
-    pub schedule: Option<Spanned<String>>,
+    /// `schedule` in the file: when to rotate, as a cron expression (5 or 6 fields, UTC).
+    #[serde(default, rename = "schedule")]
+    pub cron: Option<Spanned<String>>,
     /// Rotate when the current key is older than this.
     #[serde(default)]
     pub max_age: Option<Spanned<HumanDuration>>,
@@ -204,120 +215,12 @@ impl RotationPolicyConfig {
         crate::backoff::Backoff::new(base, cap)
     }
 
-    pub fn schedule(&self) -> Option<Schedule> {
-        self.schedule
+    /// The parsed `schedule`, if any (validated at load time).
+    pub fn cron_schedule(&self) -> Option<CronSchedule> {
+        self.cron
             .as_ref()
-            .and_then(|s| Schedule::parse(s.get_ref()).ok())
+            .and_then(|s| CronSchedule::parse(s.get_ref()).ok())
     }
-}
-
-/// One problem in a config file, at a position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    /// 1-based; 0 when the problem has no position (e.g. the file is missing).
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-/// Every problem found in one config file.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub issues: Vec<ConfigIssue>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, issue) in self.issues.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            if issue.line == 0 {
-                write!(f, "{}: {}", self.file.display(), issue.message)?;
-            } else {
-                write!(
-                    f,
-                    "{}:{}:{}: {}",
-                    self.file.display(),
-                    issue.line,
-                    issue.column,
-                    issue.message
-                )?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Issues collected during validation, positioned by byte span until rendered.
-#[derive(Debug, Default)]
-pub(crate) struct Issues(Vec<(Option<Range<usize>>, String)>);
-
-impl Issues {
-    pub(crate) fn push(&mut self, span: Option<Range<usize>>, message: String) {
-        self.0.push((span, message));
-    }
-
-    fn into_error(self, file: &Path, source: &str) -> Option<ConfigError> {
-        if self.0.is_empty() {
-            return None;
-        }
-        // Line starts are found once: a big file with many issues stays linear.
-        let line_starts: Vec<usize> = std::iter::once(0)
-            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        let issues = self
-            .0
-            .into_iter()
-            .map(|(span, message)| {
-                let (line, column) = match span {
-                    // A default value has an empty span at 0: no position in the file.
-                    Some(range) if range != (0..0) => {
-                        line_column_indexed(source, &line_starts, range.start)
-                    }
-                    _ => (0, 0),
-                };
-                ConfigIssue {
-                    line,
-                    column,
-                    message,
-                }
-            })
-            .collect();
-        Some(ConfigError {
-            file: file.to_path_buf(),
-            issues,
-        })
-    }
-}
-
-/// [`line_column`] with the byte offsets of line starts precomputed.
-fn line_column_indexed(source: &str, line_starts: &[usize], offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(source.len());
-    while !source.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    // The last line start at or before `offset`.
-    let line = line_starts.partition_point(|&start| start <= offset);
-    let line_start = line_starts[line - 1];
-    let column = source[line_start..offset].chars().count() + 1;
-    (line, column)
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-#[cfg(test)]
-fn line_column(source: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(source.len());
-    // `str::floor_char_boundary` is newer than our MSRV.
-    while !source.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &source[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
 }
 
 impl Config {
@@ -359,6 +262,13 @@ impl Config {
     }
 
     fn validate(&self, issues: &mut Issues, positions: &LazyPositions) {
+        self.validate_daemon_and_checks(issues, positions);
+        let providers = self.validate_providers(issues, positions);
+        self.validate_credentials(issues, &providers);
+    }
+
+    /// `[daemon]` and `[checks]`.
+    fn validate_daemon_and_checks(&self, issues: &mut Issues, positions: &LazyPositions) {
         if self
             .daemon
             .listen_address
@@ -392,7 +302,14 @@ impl Config {
                 "`checks.interval` must be at least 1s".into(),
             );
         }
+    }
 
+    /// Every `[[provider]]`, with unique plain names; returns them by name.
+    fn validate_providers(
+        &self,
+        issues: &mut Issues,
+        positions: &LazyPositions,
+    ) -> HashMap<&str, &ProviderConfig> {
         let mut providers: HashMap<&str, &ProviderConfig> = HashMap::new();
         for (index, provider) in self.providers.iter().enumerate() {
             if !valid_name(provider.name()) {
@@ -409,7 +326,16 @@ impl Config {
             }
             provider.validate(issues, || positions.get().providers.get(index));
         }
+        providers
+    }
 
+    /// Every `[[credential]]`: unique plain names, a defined provider, its rotation policy
+    /// and delivery targets.
+    fn validate_credentials(
+        &self,
+        issues: &mut Issues,
+        providers: &HashMap<&str, &ProviderConfig>,
+    ) {
         let mut credentials: HashMap<&str, &CredentialConfig> = HashMap::new();
         for credential in &self.credentials {
             if !valid_name(credential.name()) {
@@ -425,19 +351,9 @@ impl Config {
                 );
             }
             if !providers.contains_key(credential.provider()) {
-                let known: Vec<&str> = self.providers.iter().map(|p| p.name()).collect();
                 issues.push(
                     Some(credential.provider.span()),
-                    format!(
-                        "credential {:?} refers to undefined provider {:?} (defined: {})",
-                        credential.name(),
-                        credential.provider(),
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
+                    self.undefined_provider(credential),
                 );
             }
             if let Some(interval) = &credential.check_interval {
@@ -453,6 +369,20 @@ impl Config {
                 target.validate(issues);
             }
         }
+    }
+
+    fn undefined_provider(&self, credential: &CredentialConfig) -> String {
+        let known: Vec<&str> = self.providers.iter().map(|p| p.name()).collect();
+        format!(
+            "credential {:?} refers to undefined provider {:?} (defined: {})",
+            credential.name(),
+            credential.provider(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
@@ -475,9 +405,9 @@ impl Config {
 
 impl RotationPolicyConfig {
     fn validate(&self, issues: &mut Issues) {
-        if let Some(schedule) = &self.schedule {
-            if let Err(message) = Schedule::parse(schedule.get_ref()) {
-                issues.push(Some(schedule.span()), message);
+        if let Some(cron) = &self.cron {
+            if let Err(message) = CronSchedule::parse(cron.get_ref()) {
+                issues.push(Some(cron.span()), message);
             }
         }
         if let Some(max_age) = &self.max_age {
@@ -516,56 +446,6 @@ impl RotationPolicyConfig {
     }
 }
 
-/// Where values whose types carry no span (numbers, secret references) sit in the file:
-/// read in a second, lenient pass so their errors can name a line and column too.
-#[derive(Debug, Default, Deserialize)]
-struct Positions {
-    #[serde(default)]
-    checks: ChecksPositions,
-    #[serde(default, rename = "provider")]
-    providers: Vec<ProviderPositions>,
-}
-
-/// [`Positions`], parsed on first use: the second pass costs as much as the first (a full
-/// TOML parse, ~30 ms at 10,000 credentials), and a valid config never needs it.
-pub(crate) struct LazyPositions<'a> {
-    source: &'a str,
-    parsed: std::cell::OnceCell<Positions>,
-}
-
-impl<'a> LazyPositions<'a> {
-    fn new(source: &'a str) -> Self {
-        LazyPositions {
-            source,
-            parsed: std::cell::OnceCell::new(),
-        }
-    }
-
-    fn get(&self) -> &Positions {
-        self.parsed
-            .get_or_init(|| toml::from_str(self.source).unwrap_or_default())
-    }
-}
-
-pub(crate) type Position = Option<Spanned<toml::Value>>;
-
-#[derive(Debug, Default, Deserialize)]
-struct ChecksPositions {
-    jitter: Position,
-    max_concurrent: Position,
-    interval: Position,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ProviderPositions {
-    pub(crate) management_key: Position,
-    pub(crate) requests_per_second: Position,
-}
-
-pub(crate) fn span_of(position: &Position) -> Option<Range<usize>> {
-    position.as_ref().map(Spanned::span)
-}
-
 /// Names appear in metric labels, file names and provider-side key names: keep them plain.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -585,21 +465,6 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("test.toml"), text)
-    }
-
-    #[test]
-    fn line_column_counts_from_one() {
-        assert_eq!(line_column("ab\ncd", 0), (1, 1));
-        assert_eq!(line_column("ab\ncd", 4), (2, 2));
-        let source = "ab\ncé\n\nx";
-        let starts = [0, 3, 7, 8];
-        for offset in 0..=source.len() + 2 {
-            assert_eq!(
-                line_column_indexed(source, &starts, offset),
-                line_column(source, offset),
-                "offset {offset}"
-            );
-        }
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //! another control character, or one that would need both quoting and a single quote, is
 //! refused rather than written in a form the consumer might read differently.
 
-use super::file::{AtomicWriter, DEFAULT_FILE_MODE};
+use super::file::AtomicWriter;
 use super::{Delivery, DeliveryError, Target};
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, DEFAULT_FILE_MODE};
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use std::collections::HashMap;

@@ -9,43 +9,25 @@
 //! timeout is killed together with everything it started.
 
 use super::{sanitize, Delivery, DeliveryError, Target};
-use crate::config::{format_duration, DeliveryConfig};
+use crate::config::{format_duration, DeliveryConfig, HookKeyVia, DEFAULT_KEY_ENV_VAR};
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
-use serde::Deserialize;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
-/// Default variable of `key_via = "env"`.
-pub const DEFAULT_KEY_ENV_VAR: &str = "KEYROTD_KEY";
-/// Default time an exec hook (or a Kubernetes API request) may take.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of the end of stderr is kept.
 const STDERR_TAIL: usize = 8 * 1024;
 /// How long stderr may stay open after the hook exited (a background child may hold it).
 const STDERR_GRACE: Duration = Duration::from_secs(1);
 
-/// How an `exec` hook receives the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyVia {
-    /// Not at all: the hook only reloads a consumer that reads the key elsewhere (default).
-    #[default]
-    None,
-    /// On standard input, followed by a newline; stdin is then closed.
-    Stdin,
-    /// In an environment variable (`env_var`, default `KEYROTD_KEY`).
-    Env,
-}
-
 /// `kind = "exec"`.
 #[derive(Debug, Clone)]
 pub struct ExecTarget {
     command: Vec<String>,
-    key_via: KeyVia,
+    key_via: HookKeyVia,
     env_var: String,
     timeout: Duration,
 }
@@ -67,7 +49,7 @@ impl ExecTarget {
 
     pub fn new(
         command: Vec<String>,
-        key_via: KeyVia,
+        key_via: HookKeyVia,
         env_var: &str,
         timeout: Duration,
     ) -> Result<Self, DeliveryError> {
@@ -118,7 +100,7 @@ impl Target for ExecTarget {
             // Never pass on a key variable keyrotd itself might have inherited.
             .env_remove(DEFAULT_KEY_ENV_VAR)
             .env_remove(&self.env_var)
-            .stdin(if self.key_via == KeyVia::Stdin {
+            .stdin(if self.key_via == HookKeyVia::Stdin {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -127,7 +109,7 @@ impl Target for ExecTarget {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        if self.key_via == KeyVia::Env {
+        if self.key_via == HookKeyVia::Env {
             command.env(&self.env_var, key);
         }
         let mut child = command.spawn().map_err(|source| DeliveryError::Io {
@@ -256,6 +238,8 @@ fn last_line(tail: &[u8], truncated: bool, key: &str) -> String {
 mod tests {
     use super::*;
 
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
     #[test]
     fn last_line_masks_the_key_and_skips_blank_lines() {
         assert_eq!(
@@ -278,12 +262,12 @@ mod tests {
     fn describe_quotes_only_words_that_need_it() {
         let t = ExecTarget::new(
             vec!["systemctl".into(), "reload".into(), "my app".into()],
-            KeyVia::None,
+            HookKeyVia::None,
             DEFAULT_KEY_ENV_VAR,
-            DEFAULT_TIMEOUT,
+            TIMEOUT,
         )
         .unwrap();
         assert_eq!(t.describe(), "exec systemctl reload \"my app\"");
-        assert!(ExecTarget::new(vec![], KeyVia::None, "K", DEFAULT_TIMEOUT).is_err());
+        assert!(ExecTarget::new(vec![], HookKeyVia::None, "K", TIMEOUT).is_err());
     }
 }

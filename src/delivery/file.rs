@@ -10,29 +10,14 @@
 //! regular file rather than its target being written through.
 
 use super::{Delivery, DeliveryError, Target};
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, FileFormat};
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
-use serde::Deserialize;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
-
-/// Default permission bits of a delivered file.
-pub const DEFAULT_FILE_MODE: u32 = 0o600;
-
-/// What a `file` target writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileFormat {
-    /// The key followed by a newline (default).
-    #[default]
-    Line,
-    /// The key's bytes exactly, no trailing newline.
-    Raw,
-}
 
 /// Replaces one file atomically with given contents, mode, owner and group.
 #[derive(Debug, Clone)]

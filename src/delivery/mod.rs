@@ -15,9 +15,6 @@ pub mod exec;
 pub mod file;
 pub mod kubernetes;
 
-pub use exec::KeyVia;
-pub use file::FileFormat;
-
 use crate::config::{DeliveryConfig, DeliveryKind};
 use async_trait::async_trait;
 use secrecy::SecretString;

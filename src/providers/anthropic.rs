@@ -8,10 +8,8 @@
 //! in `GET /organizations/api_keys` and sends `POST /organizations/api_keys/{id}`
 //! `{"status":"inactive"}`.
 
-use super::classify::{
-    call, check_flow, error_report, list_page, string_at, unexpected_body, unsendable_key,
-};
-use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
+use super::classify::{call, error_report, list_page, string_at, unexpected_body, HeaderKeyCheck};
+use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::{base_url, CheckReport, Provider, ProviderError, ProviderTelemetry, Revoker};
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
@@ -20,9 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 pub(crate) struct Anthropic {
-    client: HttpClient,
-    models_url: reqwest::Url,
-    version: String,
+    check: HeaderKeyCheck,
 }
 
 impl Anthropic {
@@ -30,11 +26,10 @@ impl Anthropic {
         config: &ProviderConfig,
         telemetry: &ProviderTelemetry,
     ) -> Result<Self, ProviderError> {
-        Ok(Anthropic {
-            client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            models_url: parse_url(config.name(), join_url(&base_url(config)?, "models"))?,
-            version: config.anthropic_version().to_string(),
-        })
+        let models_url = join_url(&base_url(config)?, "models");
+        let check = HeaderKeyCheck::new(config, telemetry, models_url, "x-api-key")?
+            .with_header("anthropic-version", config.anthropic_version());
+        Ok(Anthropic { check })
     }
 }
 
@@ -63,15 +58,7 @@ pub(super) fn classify(response: &Response) -> CheckReport {
 #[async_trait]
 impl Provider for Anthropic {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        let Some(secret) = secret_header("", key) else {
-            return unsendable_key();
-        };
-        let request = self
-            .client
-            .request(reqwest::Method::GET, self.models_url.clone())
-            .header("x-api-key", secret)
-            .header("anthropic-version", &self.version);
-        check_flow(&self.client, request, key, classify).await
+        self.check.run(key, classify).await
     }
 }
 

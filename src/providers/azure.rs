@@ -6,8 +6,8 @@
 //! With the management plane configured, [`AzureIssuer`] rotates the two slots through ARM.
 
 use super::classify::take_secret_json;
-use super::classify::{call, check_flow, error_report, string_at, unexpected_body, unsendable_key};
-use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
+use super::classify::{call, error_report, string_at, unexpected_body, HeaderKeyCheck};
+use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::sanitize::sanitize;
 use super::{
     base_url, CheckReport, CurrentKey, IssuedKey, Issuer, Provider, ProviderError,
@@ -20,8 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 pub(crate) struct Azure {
-    client: HttpClient,
-    models_url: reqwest::Url,
+    check: HeaderKeyCheck,
 }
 
 impl Azure {
@@ -29,16 +28,13 @@ impl Azure {
         config: &ProviderConfig,
         telemetry: &ProviderTelemetry,
     ) -> Result<Self, ProviderError> {
-        let url = join_url(&base_url(config)?, "openai/models");
+        let models_url = format!(
+            "{}?api-version={}",
+            join_url(&base_url(config)?, "openai/models"),
+            encode_component(config.api_version())
+        );
         Ok(Azure {
-            client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            models_url: parse_url(
-                config.name(),
-                format!(
-                    "{url}?api-version={}",
-                    encode_component(config.api_version())
-                ),
-            )?,
+            check: HeaderKeyCheck::new(config, telemetry, models_url, "api-key")?,
         })
     }
 }
@@ -58,14 +54,7 @@ pub(super) fn classify(response: &Response) -> CheckReport {
 #[async_trait]
 impl Provider for Azure {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        let Some(secret) = secret_header("", key) else {
-            return unsendable_key();
-        };
-        let request = self
-            .client
-            .request(reqwest::Method::GET, self.models_url.clone())
-            .header("api-key", secret);
-        check_flow(&self.client, request, key, classify).await
+        self.check.run(key, classify).await
     }
 }
 

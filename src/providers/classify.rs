@@ -5,9 +5,10 @@
 //! Every `detail` leaves through [`check_flow`], which sanitises it against the key: an
 //! adapter cannot forget to.
 
-use super::client::{HttpClient, Response};
+use super::client::{parse_url, secret_header, HttpClient, Response};
 use super::sanitize::sanitize;
-use super::{CheckReport, ProviderError};
+use super::{CheckReport, ProviderError, ProviderTelemetry};
+use crate::config::ProviderConfig;
 use crate::model::{CheckStatus, UnixTime};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -45,13 +46,66 @@ pub(crate) async fn bearer_get_check(
     key: &SecretString,
     classify: impl FnOnce(&Response) -> CheckReport,
 ) -> CheckReport {
-    let Some(auth) = crate::providers::client::secret_header("Bearer ", key) else {
+    let Some(auth) = secret_header("Bearer ", key) else {
         return unsendable_key();
     };
     let request = client
         .request(reqwest::Method::GET, url.clone())
         .header(reqwest::header::AUTHORIZATION, auth);
     check_flow(client, request, key, classify).await
+}
+
+/// The check of a vendor that takes the key in a header of its own rather than as Bearer
+/// (Anthropic `x-api-key`, Gemini `x-goog-api-key`, Azure `api-key`): `GET url` with
+/// `header_name: <key>` and any fixed headers the vendor wants beside it. Built once per
+/// provider; the vendor's `classify` judges each answer.
+pub(crate) struct HeaderKeyCheck {
+    client: HttpClient,
+    url: reqwest::Url,
+    header_name: &'static str,
+    fixed_headers: Vec<(&'static str, String)>,
+}
+
+impl HeaderKeyCheck {
+    /// A check of `url` (parsed now) sending the key in `header_name`.
+    pub fn new(
+        config: &ProviderConfig,
+        telemetry: &ProviderTelemetry,
+        url: String,
+        header_name: &'static str,
+    ) -> Result<Self, ProviderError> {
+        Ok(HeaderKeyCheck {
+            client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
+            url: parse_url(config.name(), url)?,
+            header_name,
+            fixed_headers: Vec::new(),
+        })
+    }
+
+    /// Adds a header sent with every check (Anthropic's `anthropic-version`).
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.fixed_headers.push((name, value.to_string()));
+        self
+    }
+
+    /// Probes `key` once; see [`check_flow`].
+    pub async fn run(
+        &self,
+        key: &SecretString,
+        classify: impl FnOnce(&Response) -> CheckReport,
+    ) -> CheckReport {
+        let Some(secret) = secret_header("", key) else {
+            return unsendable_key();
+        };
+        let mut request = self
+            .client
+            .request(reqwest::Method::GET, self.url.clone())
+            .header(self.header_name, secret);
+        for (name, value) in &self.fixed_headers {
+            request = request.header(*name, value);
+        }
+        check_flow(&self.client, request, key, classify).await
+    }
 }
 
 /// A key that cannot even be put in a header (newline, control characters) cannot work.

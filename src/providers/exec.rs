@@ -16,7 +16,7 @@ use super::classify::amount;
 use super::client::MAX_BODY_BYTES;
 use super::sanitize::sanitize;
 use super::{CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
-use crate::config::{format_duration, KeyVia, ProviderConfig};
+use crate::config::{format_duration, ExecKeyVia, ProviderConfig};
 use crate::model::CheckStatus;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
@@ -67,7 +67,7 @@ pub(crate) struct Command {
     program: String,
     args: Vec<String>,
     timeout: Duration,
-    key_via: KeyVia,
+    key_via: ExecKeyVia,
     key_env: String,
     telemetry: ProviderTelemetry,
 }
@@ -142,12 +142,14 @@ impl Command {
         for (name, value) in vars {
             command.env(format!("KEYROTD_{}", name.to_ascii_uppercase()), value);
         }
-        if let (KeyVia::Env, Some(secret)) = (self.key_via, secret) {
+        if let (ExecKeyVia::Env, Some(secret)) = (self.key_via, secret) {
             command.env(&self.key_env, secret.expose_secret());
         }
         let mut child = command.spawn().map_err(|_| RunError::Spawn)?;
         let mut stdin = child.stdin.take();
-        if let (KeyVia::Stdin, Some(secret), Some(pipe)) = (self.key_via, secret, stdin.as_mut()) {
+        if let (ExecKeyVia::Stdin, Some(secret), Some(pipe)) =
+            (self.key_via, secret, stdin.as_mut())
+        {
             // A command that does not read stdin closes it: a broken pipe is not our failure.
             let _ = pipe.write_all(secret.expose_secret().as_bytes()).await;
             let _ = pipe.write_all(b"\n").await;

@@ -4,8 +4,8 @@
 //! An invalid key is a **400** `INVALID_ARGUMENT` whose `details[].reason` is
 //! `API_KEY_INVALID`; any other 400 says nothing about the key.
 
-use super::classify::{check_flow, error_report, unexpected_body, unsendable_key, vendor_error};
-use super::client::{join_url, parse_url, secret_header, HttpClient, Response};
+use super::classify::{error_report, unexpected_body, vendor_error, HeaderKeyCheck};
+use super::client::{join_url, Response};
 use super::{base_url, CheckReport, Provider, ProviderError, ProviderTelemetry};
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
@@ -14,8 +14,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 pub(crate) struct Gemini {
-    client: HttpClient,
-    models_url: reqwest::Url,
+    check: HeaderKeyCheck,
 }
 
 impl Gemini {
@@ -23,9 +22,9 @@ impl Gemini {
         config: &ProviderConfig,
         telemetry: &ProviderTelemetry,
     ) -> Result<Self, ProviderError> {
+        let models_url = join_url(&base_url(config)?, "models");
         Ok(Gemini {
-            client: HttpClient::new(config.name(), config.timeout(), telemetry)?,
-            models_url: parse_url(config.name(), join_url(&base_url(config)?, "models"))?,
+            check: HeaderKeyCheck::new(config, telemetry, models_url, "x-goog-api-key")?,
         })
     }
 }
@@ -56,13 +55,6 @@ pub(super) fn classify(response: &Response) -> CheckReport {
 #[async_trait]
 impl Provider for Gemini {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        let Some(secret) = secret_header("", key) else {
-            return unsendable_key();
-        };
-        let request = self
-            .client
-            .request(reqwest::Method::GET, self.models_url.clone())
-            .header("x-goog-api-key", secret);
-        check_flow(&self.client, request, key, classify).await
+        self.check.run(key, classify).await
     }
 }

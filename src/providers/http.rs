@@ -1,6 +1,6 @@
 //! The generic HTTP adapter: every request and every rule comes from `[provider.http]`.
 //!
-//! It serves in-house key services, LiteLLM, and the seed article's relay (whose preset
+//! It serves in-house key services, LiteLLM, and HolySheep-style relay APIs (whose preset
 //! lives in `relay.rs`). Placeholders are filled per request: `{key}` / `{management_key}`
 //! only ever into header values (config validation refuses them elsewhere), `{name}`, `{id}`
 //! and `{prefix}` percent-encoded into paths and JSON-escaped into bodies.

@@ -10,7 +10,7 @@
 //! - [`sanitize()`]: scrubbing of every piece of outside text before it is shown.
 //! - `classify`: the common check flow and vendor error parsing.
 //! - one module per kind: `openai` (also OpenAI-compatible APIs), `anthropic`, `openrouter`,
-//!   `deepseek`, `gemini`, `azure`, `relay` (the seed article's relay, a preset of `http`),
+//!   `deepseek`, `gemini`, `azure`, `relay` (a HolySheep-style relay API, a preset of `http`),
 //!   `http` (generic, all from config), `exec` (a command), `simulated` (demo and tests).
 //!
 //! Keys travel only in the vendor's documented header, never in a URL, a body or argv.
@@ -19,7 +19,7 @@
 mod anthropic;
 mod azure;
 mod classify;
-pub mod client;
+pub(crate) mod client;
 mod deepseek;
 mod exec;
 mod gemini;
@@ -30,7 +30,7 @@ mod relay;
 pub mod sanitize;
 mod simulated;
 
-pub use client::{parse_retry_after, ProviderTelemetry, MAX_BODY_BYTES};
+pub use client::{parse_retry_after, ProviderTelemetry};
 pub use sanitize::sanitize;
 
 use crate::config::{format_duration, ProviderConfig, ProviderKind};
@@ -424,7 +424,7 @@ pub fn build_all(
 }
 
 /// Every provider section's checking adapter only, by provider name (`keyrotd check`).
-pub fn build_checkers(
+pub(crate) fn build_checkers(
     config: &crate::config::Config,
     telemetry: &ProviderTelemetry,
 ) -> Result<std::collections::HashMap<String, ProviderAdapters>, ProviderError> {

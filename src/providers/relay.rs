@@ -1,8 +1,12 @@
-//! The seed article's relay (HolySheep-style OpenAI-compatible relay at `…/v1`):
-//! `GET /auth/verify` with Bearer (401 when expired) for checks — a preset of the generic
-//! HTTP adapter — and `POST /keys/rotate` / `GET /keys/{name}/metadata` for issuing.
+//! `kind = "relay"`: a HolySheep-style relay API, an OpenAI-compatible relay at `…/v1` that
+//! has key endpoints of its own: `GET /auth/verify` with Bearer (401 when expired) for
+//! checks — a preset of the generic HTTP adapter — and `POST /keys/rotate` /
+//! `GET /keys/{name}/metadata` for issuing.
 //!
-//! These endpoints are the article's words, not a confirmed public API.
+//! The API shape is as HolySheep's integration guide describes it, not a confirmed public
+//! API: a relay that differs is served by the generic `http` kind. The guide's
+//! `POST /auth/refresh` (a short-lived access token) is not used: keyrotd checks and rotates
+//! the key itself.
 
 use super::classify::take_secret_json;
 use super::classify::{call, expiry, json_body, string_at};
@@ -47,7 +51,7 @@ pub(crate) fn checker(
 /// `{"rotation_policy": …, "name": …}` → `{"key": …}`, then `GET {base}/keys/{name}/metadata`
 /// → `{created_at, expires_at}` (epoch seconds). The key's name is its id.
 ///
-/// The article documents neither listing nor revoking, so `list` and `revoke` report
+/// The integration guide describes neither listing nor revoking, so `list` and `revoke` report
 /// `Unsupported`; use the generic `http` kind for a relay that has them.
 pub(crate) struct RelayIssuer {
     client: HttpClient,

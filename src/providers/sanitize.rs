@@ -2,8 +2,33 @@
 //! it reaches a `detail`, an error message, a log line or a metric.
 //!
 //! Two layers: the exact key we sent is masked wherever it appears, and so is anything that
-//! merely *looks* like a key (vendor prefixes, long base64/hex runs), because a vendor may
-//! echo a different key, a truncated one, or the management key.
+//! merely *looks* like a key, because a vendor may echo a different key, a truncated one, or
+//! the management key.
+//!
+//! ## What looks like a key
+//!
+//! Text is cut into tokens, runs of `A-Z a-z 0-9 - _ + / =`. A tracing field written as
+//! `name=value` is two parts: the name stays, the value is judged on its own. A token is
+//! masked when:
+//!
+//! 1. any `/`-, `=`- or `+`-separated part of it starts with a vendor prefix (`sk-` with
+//!    OpenAI's `sk-proj-`/`sk-admin-`, OpenRouter's `sk-or-v1-`, Anthropic's `sk-ant-`;
+//!    `AIza`, `gsk_`, `xai-`, ...), whatever its length and wherever it stands; otherwise
+//! 2. it is at least 32 characters long (Azure's 32-hex keys, relay and in-house keys,
+//!    base64 secrets), unless it is one of the long things ordinary text is full of:
+//!    - a UUID in its canonical `8-4-4-4-12` form (rotation ids);
+//!    - a plain path: absolute or relative, no `+` or `=`, segments shorter than 32 characters
+//!      and none random-looking (see [`is_plain_path`]); an absolute path is read across its
+//!      dots (`/var/lib/keyrotd/keyrotd.db`) to be judged whole;
+//!    - a hex id in a field that names an id: a value made only of hex digits, of the field
+//!      `id`, `…_id`, `hash`, `…_hash`, `rotation`, `fingerprint` or a `sha256:` digest,
+//!      written `name=value`, `name="value"` or `"name":"value"` (JSON). That keeps the
+//!      provider's key ids (OpenRouter's 64-hex key hash) and uuids without dashes readable
+//!      where they are named as ids, while the same 32 hex digits anywhere else are masked:
+//!      they are exactly an Azure key's shape, and nothing but the field tells them apart.
+//!
+//! Shorter tokens without a vendor prefix are kept: masking them would eat ordinary words,
+//! and the exact-key layer covers the key a check sent.
 
 use secrecy::{ExposeSecret, SecretString};
 use std::borrow::Cow;
@@ -18,6 +43,10 @@ pub const MAX_LEN: usize = 200;
 const KEY_PREFIXES: [&str; 7] = ["sk-", "sk_", "rk_", "gsk_", "AIza", "xai-", "pk-"];
 /// A run of token characters at least this long is treated as a secret (base64, hex).
 const LONG_RUN: usize = 32;
+/// Fields whose hex values are ids or digests, not secrets (see the module doc).
+const ID_FIELDS: [&str; 4] = ["id", "hash", "rotation", "fingerprint"];
+/// Longest ANSI colour sequence looked through when reading a field name backwards.
+const MAX_ANSI_LEN: usize = 16;
 
 /// Makes `text` safe to show: masks `key` and key-shaped tokens, drops control characters,
 /// collapses whitespace and truncates to [`MAX_LEN`] characters.
@@ -66,20 +95,39 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'=')
 }
 
-/// A token is key-shaped when any `/`-, `=`- or `+`-separated part of it starts with a vendor
-/// prefix (so `key=sk-…` and `…/keys/sk-…` count), or when it is a long run of token
-/// characters, except the two long runs that ordinary text is full of: canonical UUIDs
-/// (rotation ids) and paths made of plain segments.
-fn looks_like_key(token: &str) -> bool {
-    let prefixed = token.split(['/', '=', '+']).any(|part| {
+/// Whether `token` is key-shaped (module doc, rules 1 and 2). `field` names the field the
+/// token is the value of; it is only asked for a long hex token.
+fn looks_like_key<'a>(token: &str, field: impl FnOnce() -> Option<&'a str>) -> bool {
+    if has_vendor_prefix(token) {
+        return true;
+    }
+    if token.len() < LONG_RUN || is_uuid(token) || is_plain_path(token) {
+        return false;
+    }
+    !(is_hex(token) && field().is_some_and(names_an_id))
+}
+
+/// Any `/`-, `=`- or `+`-separated part starts with a vendor prefix (so `key=sk-…` and
+/// `…/keys/sk-…` count).
+fn has_vendor_prefix(token: &str) -> bool {
+    token.split(['/', '=', '+']).any(|part| {
         KEY_PREFIXES
             .iter()
             .any(|p| part.len() > p.len() + 2 && part.starts_with(p))
-    });
-    if prefixed {
-        return true;
-    }
-    token.len() >= LONG_RUN && !is_uuid(token) && !is_plain_path(token)
+    })
+}
+
+fn is_hex(token: &str) -> bool {
+    token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `id`, `hash`, `rotation`, `fingerprint`, `…_id`, `…_hash`, and `sha256` (the label of a
+/// `sha256:<hex>` digest).
+fn names_an_id(field: &str) -> bool {
+    ID_FIELDS.contains(&field)
+        || field == "sha256"
+        || field.ends_with("_id")
+        || field.ends_with("_hash")
 }
 
 /// `8-4-4-4-12` hex digits.
@@ -92,11 +140,13 @@ fn is_uuid(token: &str) -> bool {
         })
 }
 
-/// A path, not a secret: it has a `/`, no base64 padding or `+`, and every segment is short
-/// and plain or a UUID. Plain means no upper case in a relative path
-/// (`keyrotd/openrouter-prod/<uuid>`, a provider-side key name); in an absolute path
-/// (`/home/Operator/keyrotd.db`) upper case is allowed, but not upper case, lower case and
-/// digits mixed over 8+ characters, which a random base64 segment nearly always has.
+/// A path, not a secret: it has a `/`, no base64 padding or `+`, and every segment is
+/// shorter than 32 characters and plain, or a UUID. Plain means no upper case in a relative
+/// path (`keyrotd/openrouter-prod/<uuid>`, a provider-side key name). In an absolute path
+/// (`/home/Operator/keyrotd.db`) upper case is allowed, but not a random-looking segment:
+/// 8+ letters and digits mixing upper case, lower case and digits with no `-`, `_` or `.`
+/// in it, which a random base64 segment nearly always is and a directory name rarely
+/// (`keyrotd-state-Ab12Cd`, `.tmpAb12Cd` have their separators).
 fn is_plain_path(token: &str) -> bool {
     if !token.contains('/') || token.contains(['+', '=']) {
         return false;
@@ -108,54 +158,191 @@ fn is_plain_path(token: &str) -> bool {
         }
         let upper = segment.bytes().any(|b| b.is_ascii_uppercase());
         let random = upper
+            && segment.len() >= 8
+            && segment.bytes().all(|b| b.is_ascii_alphanumeric())
             && segment.bytes().any(|b| b.is_ascii_lowercase())
-            && segment.bytes().any(|b| b.is_ascii_digit())
-            && segment.len() >= 8;
+            && segment.bytes().any(|b| b.is_ascii_digit());
         segment.len() < LONG_RUN && if absolute { !random } else { !upper }
     })
 }
 
-/// Masks every key-shaped token in `text` with [`REDACTED`], changing nothing else (no
-/// truncation, no whitespace changes); borrows when there is nothing to mask. A token is a
-/// run of `A-Z a-z 0-9 - _ + / =` (and `*` after its first character, so a vendor's
-/// `sk-proj-****abcd` hint stays whole). Used by [`sanitize`] and by the log writer.
+/// The length of the `name=` that opens a human-format field token (`rotation=…`), when the
+/// token is one: a lower-case name, `=`, then a value that is not more padding (`abc==` is
+/// base64, not a field).
+fn field_name_len(token: &str) -> Option<usize> {
+    let eq = token.find('=')?;
+    let name = &token[..eq];
+    let value = &token[eq + 1..];
+    let is_name = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    (is_name && !value.is_empty() && !value.starts_with('=')).then_some(eq)
+}
+
+/// The name of the field whose value starts at `start`, when the text right before it reads
+/// `name=`, `name="`, `"name":"` (JSON) or `name:` (a `sha256:` digest), colour codes
+/// between the parts allowed.
+fn field_before(text: &str, start: usize) -> Option<&str> {
+    let before = strip_ansi_suffix(&text[..start]);
+    let before = before.strip_suffix('"').unwrap_or(before);
+    let before = before.strip_suffix(['=', ':'])?;
+    let before = strip_ansi_suffix(before);
+    let before = before.strip_suffix('"').unwrap_or(before);
+    let name_start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |at| at + 1);
+    let mut name = &before[name_start..];
+    if before[..name_start].ends_with("\u{1b}[") {
+        // The run began inside a colour sequence (`ESC [ 3 m name`): skip its parameters and
+        // final letter.
+        let params = name
+            .bytes()
+            .take_while(|b| (0x30..=0x3f).contains(b))
+            .count();
+        name = name.get(params + 1..).unwrap_or("");
+    }
+    (!name.is_empty()).then_some(name)
+}
+
+/// `text` without the ANSI colour sequences (`ESC [ params letter`) it ends with.
+fn strip_ansi_suffix(text: &str) -> &str {
+    let bytes = text.as_bytes();
+    let mut end = bytes.len();
+    while end > 0 && (0x40..=0x7e).contains(&bytes[end - 1]) {
+        let mut params = end - 1;
+        while params > 0
+            && end - params < MAX_ANSI_LEN
+            && (0x20..=0x3f).contains(&bytes[params - 1])
+        {
+            params -= 1;
+        }
+        if params >= 2 && bytes[params - 1] == b'[' && bytes[params - 2] == 0x1b {
+            end = params - 2;
+        } else {
+            break;
+        }
+    }
+    &text[..end]
+}
+
+/// Where the ANSI sequence starting at `i` ends, if one does.
+fn ansi_sequence_end(bytes: &[u8], i: usize) -> Option<usize> {
+    if bytes[i] != 0x1b || bytes.get(i + 1) != Some(&b'[') {
+        return None;
+    }
+    let mut end = i + 2;
+    while end < bytes.len() && !(0x40..=0x7e).contains(&bytes[end]) {
+        end += 1;
+    }
+    Some(end + 1)
+}
+
+/// The end of the token starting at `start`: token bytes, and `*` after the first (so a
+/// vendor's `sk-proj-****abcd` hint stays whole); `.` too when `dots` (a path's extension).
+fn token_end(bytes: &[u8], start: usize, dots: bool) -> usize {
+    let mut end = start;
+    while end < bytes.len()
+        && (is_token_byte(bytes[end])
+            || (end > start && bytes[end] == b'*')
+            || (dots && bytes[end] == b'.'))
+    {
+        end += 1;
+    }
+    end
+}
+
+/// Masks every key-shaped token in `text` with [`REDACTED`] (see the module doc), changing
+/// nothing else (no truncation, no whitespace changes); borrows when there is nothing to
+/// mask. Only runs of token characters are ever replaced. Used by [`sanitize`] and by the
+/// log writer.
 pub fn mask_key_shaped(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
-    let mut out: Option<String> = None;
-    let mut copied = 0;
+    let mut out = Masker::new(text);
     let mut i = 0;
     while i < bytes.len() {
         // An ANSI colour sequence (`ESC [ 0 m`) ends in a letter that would otherwise glue
         // itself to the next token: skip it whole.
-        if bytes[i] == 0x1b && bytes.get(i + 1) == Some(&b'[') {
-            i += 2;
-            while i < bytes.len() && !(0x40..=0x7e).contains(&bytes[i]) {
-                i += 1;
-            }
-            i += 1;
+        if let Some(end) = ansi_sequence_end(bytes, i) {
+            i = end;
             continue;
         }
         if !is_token_byte(bytes[i]) {
             i += 1;
             continue;
         }
+        // Token bytes are ASCII, so every index below is a character boundary.
         let start = i;
-        while i < bytes.len() && (is_token_byte(bytes[i]) || bytes[i] == b'*') {
-            i += 1;
+        let end = token_end(bytes, start, false);
+        let value = match field_name_len(&text[start..end]) {
+            Some(name_len) => {
+                out.mask_if(
+                    start,
+                    start + name_len,
+                    looks_like_key(&text[start..start + name_len], || None),
+                );
+                start + name_len + 1
+            }
+            None => start,
+        };
+        if bytes[value] == b'/' {
+            let path_end = token_end(bytes, value, true);
+            let path = &text[value..path_end];
+            if path_end > end && is_plain_path(path) && !path.split('.').any(has_vendor_prefix) {
+                i = path_end;
+                continue;
+            }
         }
-        // Token bytes are ASCII, so `start` and `i` are character boundaries.
-        if looks_like_key(&text[start..i]) {
-            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
-            out.push_str(&text[copied..start]);
-            out.push_str(REDACTED);
-            copied = i;
+        let field = || {
+            if value > start {
+                Some(&text[start..value - 1])
+            } else {
+                field_before(text, start)
+            }
+        };
+        out.mask_if(value, end, looks_like_key(&text[value..end], field));
+        i = end;
+    }
+    out.finish()
+}
+
+/// `text` with some ranges replaced by [`REDACTED`], copied only once the first one is.
+struct Masker<'a> {
+    text: &'a str,
+    out: Option<String>,
+    copied: usize,
+}
+
+impl<'a> Masker<'a> {
+    fn new(text: &'a str) -> Self {
+        Masker {
+            text,
+            out: None,
+            copied: 0,
         }
     }
-    match out {
-        None => Cow::Borrowed(text),
-        Some(mut out) => {
-            out.push_str(&text[copied..]);
-            Cow::Owned(out)
+
+    /// Replaces `start..end` (after everything replaced so far) when `mask`.
+    fn mask_if(&mut self, start: usize, end: usize, mask: bool) {
+        if !mask {
+            return;
+        }
+        let text = self.text;
+        let out = self
+            .out
+            .get_or_insert_with(|| String::with_capacity(text.len()));
+        out.push_str(&text[self.copied..start]);
+        out.push_str(REDACTED);
+        self.copied = end;
+    }
+
+    fn finish(self) -> Cow<'a, str> {
+        match self.out {
+            None => Cow::Borrowed(self.text),
+            Some(mut out) => {
+                out.push_str(&self.text[self.copied..]);
+                Cow::Owned(out)
+            }
         }
     }
 }
@@ -201,6 +388,7 @@ mod tests {
             "GET /v1/keys/sk-or-v1-abc/info",
             "a+gsk_abcdef",
             "\u{1b}[0msk-admin-Zz9Yy8",
+            "/srv/app/config.sk-abc123/x.db",
             "QWxhZGRpbjpv/cGVuIHNl/c2FtZSBhbmQ/gbW9yZSBzZWNy/ZXQ",
         ] {
             let out = mask_key_shaped(text);
@@ -224,6 +412,130 @@ mod tests {
                 "{text} was changed"
             );
         }
+    }
+
+    const HASH64: &str = "5f1c0a3e9b7d2468ace013579bdf2468ace013579bdf2468ace013579bdf2468";
+    const DASHLESS_UUID: &str = "550e8400e29b41d4a716446655440000";
+
+    /// One planted key of every shape the masking knows.
+    fn key_shapes() -> Vec<String> {
+        vec![
+            format!("sk-proj-{}", "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z".repeat(2)),
+            format!("sk-or-v1-{HASH64}"),
+            format!("sk-ant-api03-{}-AA", "x7Y_q2W-e4R".repeat(8)),
+            "sk-ant-admin01-Zz9Yy8Xx7Ww6".to_string(),
+            "AIzaSyD-abcdefghijklmnopqrstuvwxyz01234".to_string(),
+            // Azure: 32 hex digits, and the newer 84-character keys.
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f0".to_string(),
+            "7Fq2".repeat(21),
+            // A relay's or an in-house service's key: no prefix, long and random.
+            "Hs9kQ2mV7xL4pR8tW1zN6bC3dF5gJ0yE".to_string(),
+            format!("sim-{}", "0123456789abcdef".repeat(2)),
+        ]
+    }
+
+    #[test]
+    fn masks_every_key_shape_wherever_it_stands() {
+        for key in key_shapes() {
+            for text in [
+                format!("Incorrect API key provided: {key}."),
+                format!("detail={key}"),
+                format!("detail=\"{key}\""),
+                format!("{{\"detail\":\"{key}\"}}"),
+                format!("{{\"detail\":\"HTTP 401 {key}\"}}"),
+                format!("\u{1b}[3mdetail\u{1b}[0m\u{1b}[2m=\u{1b}[0m{key}"),
+            ] {
+                let out = mask_key_shaped(&text);
+                assert!(!out.contains(&key), "{key} kept in {out}");
+                assert!(out.contains(REDACTED), "{out}");
+            }
+        }
+    }
+
+    #[test]
+    fn vendor_prefixes_are_masked_even_in_id_fields() {
+        for key in [
+            "sk-or-v1-0123456789abcdef",
+            "sk-ant-api03-xyz789",
+            "AIzaSyD-abc123",
+        ] {
+            for text in [
+                format!("remote_id={key}"),
+                format!("{{\"key_id\":\"{key}\"}}"),
+            ] {
+                let out = mask_key_shaped(&text);
+                assert!(!out.contains(key), "{key} kept in {out}");
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_hex_ids_in_fields_that_name_an_id() {
+        for text in [
+            format!("new key issued remote_id={HASH64}"),
+            format!("{{\"remote_id\":\"{HASH64}\",\"message\":\"new key issued\"}}"),
+            format!("\u{1b}[3mremote_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m{HASH64}"),
+            format!("\u{1b}[3mrotation\u{1b}[0m\u{1b}[2m=\u{1b}[0m{DASHLESS_UUID}"),
+            format!("hash=\"{HASH64}\""),
+            format!("key_hash={HASH64}"),
+            format!("rotation={DASHLESS_UUID}"),
+            format!("{{\"rotation\":\"{DASHLESS_UUID}\"}}"),
+            format!("id={DASHLESS_UUID}"),
+            format!("fingerprint=sha256:{HASH64}"),
+            "rotation=20260101T030000-abcdef12".to_string(),
+            "rotation=550e8400-e29b-41d4-a716-446655440000".to_string(),
+        ] {
+            assert!(
+                matches!(mask_key_shaped(&text), Cow::Borrowed(_)),
+                "{text} was changed to {}",
+                mask_key_shaped(&text)
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_hex_outside_an_id_field_is_masked() {
+        for hex in [HASH64, DASHLESS_UUID] {
+            for text in [
+                format!("deleted {hex}"),
+                format!("detail={hex}"),
+                format!("{{\"detail\":\"{hex}\"}}"),
+                format!("{{\"message\":\"remote_id {hex}\"}}"),
+                format!("api_key={hex}"),
+            ] {
+                let out = mask_key_shaped(&text);
+                assert!(!out.contains(hex), "{hex} kept in {out}");
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_paths_in_fields() {
+        for text in [
+            "keyrotd ready database=/tmp/keyrotd-state-Ab12Cd/keyrotd.db credentials=1",
+            "database=/var/lib/keyrotd/some-long-directory-name/keyrotd.db",
+            "{\"database\":\"/home/Operator/work/keyrotd/target/tmp/.tmpAb12Cd/keyrotd.db\"}",
+            "path=/home/Operator/projects/keyrotd-Config2/keyrotd.toml",
+            "listen_address=127.0.0.1:9877",
+        ] {
+            assert!(
+                matches!(mask_key_shaped(text), Cow::Borrowed(_)),
+                "{text} was changed to {}",
+                mask_key_shaped(text)
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_name_stays_when_its_value_is_masked() {
+        let key = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        assert_eq!(
+            mask_key_shaped(&format!("detail={key}")),
+            "detail=[REDACTED]"
+        );
+        // Base64 padding is not a field.
+        let padded = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0MTIzNA==";
+        assert_eq!(mask_key_shaped(padded), REDACTED);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! age, and its expiry minus a margin. Pure functions of the inputs and the time, so the
 //! catch-up rules can be tested with any clock.
 
-use crate::config::{CredentialConfig, Schedule};
+use crate::config::{CredentialConfig, CronSchedule};
 use crate::model::UnixTime;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Boxed: a parsed cron expression is a few hundred bytes, and most credentials have none.
-    pub schedule: Option<Box<Schedule>>,
+    pub schedule: Option<Box<CronSchedule>>,
     pub max_age: Option<Duration>,
     pub rotate_before_expiry: Option<Duration>,
     pub grace: Duration,
@@ -21,7 +21,7 @@ impl Policy {
     pub fn from_config(credential: &CredentialConfig) -> Policy {
         let rotation = &credential.rotation;
         Policy {
-            schedule: rotation.schedule().map(Box::new),
+            schedule: rotation.cron_schedule().map(Box::new),
             max_age: rotation.max_age.as_ref().map(|d| d.get_ref().0),
             rotate_before_expiry: rotation
                 .rotate_before_expiry
@@ -98,7 +98,7 @@ mod tests {
 
     fn policy(schedule: Option<&str>, max_age: Option<u64>, before: Option<u64>) -> Policy {
         Policy {
-            schedule: schedule.map(|s| Box::new(Schedule::parse(s).unwrap())),
+            schedule: schedule.map(|s| Box::new(CronSchedule::parse(s).unwrap())),
             max_age: max_age.map(Duration::from_secs),
             rotate_before_expiry: before.map(Duration::from_secs),
             grace: Duration::from_secs(86_400),
