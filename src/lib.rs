@@ -6,16 +6,33 @@
 //!
 //! ## Layout
 //!
-//! - [`config`]: the TOML file, parsed with positions and validated as a whole.
-//! - [`model`]: the shared words: stages, check statuses, fingerprints.
-//! - [`providers`]: one adapter per vendor behind the `Provider` trait.
+//! Entry points:
+//! - [`cli`]: the command line, one module per subcommand family; `main.rs` only calls it.
+//! - [`daemon`]: `keyrotd run`'s wiring: store, listener, checks, rotations, signals.
+//! - [`demo`]: `keyrotd demo`, the whole product on loopback with simulated providers.
+//!
+//! What the daemon does:
+//! - [`checks`]: validity checks, scheduled per credential or swept at once, results batched.
+//! - [`rotation`]: the rotation state machine, its due-time policy and the daemon's queue.
 //! - [`delivery`]: targets that hand a key to its consumers, behind the `Target` trait.
-//! - [`simulator`]: a fake key-issuing provider on loopback, for `keyrotd demo` and tests.
-//! - [`metrics`] (with `metrics::server`) + [`web_config`]: the metrics endpoint, with
-//!   optional TLS and basic auth.
+//! - [`providers`]: one adapter per vendor behind the `Provider`/`Issuer`/`Revoker` traits,
+//!   and the sanitiser that keeps keys out of anything that leaves.
 //! - [`heartbeat`]: the daemon's proof of life, followed by `/readyz`, a gauge and the
 //!   systemd watchdog.
-//! - `listener`: the one accept loop behind every HTTP listener.
+//! - [`metrics`]: the Prometheus exposition and its HTTP endpoint (`metrics::server`);
+//!   [`web_config`]: its TLS and basic auth; `listener`: the one accept loop behind every
+//!   HTTP listener.
+//!
+//! What they stand on:
+//! - [`config`]: the TOML file, parsed with positions and validated as a whole.
+//! - [`store`]: the source of truth, one trait per concern; SQLite is the embedded backend.
+//! - [`crypto`]: the master key and the sealing of secrets at rest.
+//! - [`model`]: the shared words: stages, check statuses, fingerprints.
+//! - [`clock`]: injectable time; [`due`]: one timer for many items; [`backoff`]: capped
+//!   exponential backoff with jitter.
+//! - [`logging`]: tracing set-up, with a writer that masks key-shaped text.
+//! - [`simulator`]: a fake key-issuing provider on loopback, for `keyrotd demo`, the tests
+//!   and the benchmarks.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 #![forbid(unsafe_code)]
