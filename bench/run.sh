@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Reproduces BENCHMARKS.md: builds keyrotd and keyrotd-bench in release mode and runs the
-# harness at 1,000 / 10,000 / 100,000 credentials, side by side with a Python
-# prometheus_client exporter serving the same series.
+# Reproduces BENCHMARKS.md: builds keyrotd and the harness (the workspace crate
+# keyrotd-bench, bench/src/) in release mode and runs the harness at 1,000 / 10,000 / 100,000
+# credentials, side by side with a Python prometheus_client exporter serving the same series.
 #
 #   bench/run.sh --install            # once: apt-get install linux-perf valgrind; pip install prometheus_client
 #   bench/run.sh                      # all scales (100k takes several minutes)
 #   SCALES="1000 10000" bench/run.sh  # some scales
+#   SCALES=1000 IDLE_SECS=5 bench/run.sh          # the smallest run
 #   KEYROTD=/path/to/other/keyrotd bench/run.sh   # benchmark another build (e.g. before a change)
 #
 # Results: bench/results/<UTC date>/<n>.json plus machine.txt; the summary goes to stdout.
@@ -22,7 +23,7 @@ fi
 
 : "${CARGO_TARGET_DIR:=target}"
 export CARGO_TARGET_DIR
-cargo build --release --bins
+cargo build --release -p keyrotd -p keyrotd-bench
 BENCH="$CARGO_TARGET_DIR/release/keyrotd-bench"
 KEYROTD="${KEYROTD:-$CARGO_TARGET_DIR/release/keyrotd}"
 SCALES="${SCALES:-1000 10000 100000}"

@@ -146,7 +146,9 @@ impl Faults {
             return None;
         }
         self.seen[i] += 1;
-        (self.seen[i] % self.every[i] == 0).then_some(Fault::ServerError)
+        self.seen[i]
+            .is_multiple_of(self.every[i])
+            .then_some(Fault::ServerError)
     }
 }
 

@@ -62,12 +62,12 @@ fn record(round: i64, i: usize) -> CheckRecord {
         status,
         detail: format!("round {round} says {status}"),
         at: START + 100 * round,
-        credits: if i % 7 == 0 {
+        credits: if i.is_multiple_of(7) {
             vec![("usd".into(), (round * 10 + i as i64) as f64)]
         } else {
             Vec::new()
         },
-        expires_at: (i % 4 == 0).then_some(START + 86_400 * (round + 1)),
+        expires_at: i.is_multiple_of(4).then_some(START + 86_400 * (round + 1)),
     }
 }
 

@@ -1,12 +1,50 @@
-//! The benchmark harness (`src/bin/keyrotd-bench.rs`, `bench/run.sh`) at a tiny scale, so it
-//! cannot rot: 50 credentials, a few scrapes, one sweep, two rotations, and every figure
-//! BENCHMARKS.md reports comes out as a number.
+//! The benchmark harness (`bench/src`, `bench/run.sh`) at a tiny scale, so it cannot rot:
+//! 50 credentials, a few scrapes, one sweep, two rotations, and every figure BENCHMARKS.md
+//! reports comes out as a number.
+//!
+//! The daemon under test is the `keyrotd` binary of this workspace. Cargo gives a test the
+//! path of its own package's binaries only (`CARGO_BIN_EXE_keyrotd-bench`), so the daemon is
+//! found in the target directory this test was built in: a plain `cargo test` at the root
+//! builds it in the same run. When it is not there yet (`cargo test -p keyrotd-bench` in a
+//! fresh target directory), the test builds it with `cargo build -p keyrotd`. After changing
+//! the daemon, `cargo test -p keyrotd-bench` alone measures the `keyrotd` last built: build
+//! it first, or run the root `cargo test`. `KEYROTD_BIN=PATH` overrides the choice.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// `KEYROTD_BIN`, or the `keyrotd` in this test's target directory, built if missing.
+fn keyrotd_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KEYROTD_BIN") {
+        return PathBuf::from(path);
+    }
+    // This test runs as <target>/<profile>/deps/smoke-<hash>; the binaries are in <profile>.
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable under <target>/<profile>/deps");
+    let keyrotd = profile_dir.join(format!("keyrotd{}", std::env::consts::EXE_SUFFIX));
+    if !keyrotd.exists() {
+        let target_dir = profile_dir.parent().expect("a target directory");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--package", "keyrotd", "--bin", "keyrotd"])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build -p keyrotd failed");
+    }
+    assert!(keyrotd.exists(), "no keyrotd at {}", keyrotd.display());
+    keyrotd
+}
+
 #[test]
 fn the_benchmark_harness_produces_numbers() {
+    let keyrotd = keyrotd_binary();
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("bench.json");
     let started = Instant::now();
@@ -22,7 +60,7 @@ fn the_benchmark_harness_produces_numbers() {
         ])
         .args(["--idle-secs", "1", "--fresh-checks"])
         .arg("--keyrotd")
-        .arg(env!("CARGO_BIN_EXE_keyrotd"))
+        .arg(&keyrotd)
         .arg("--dir")
         .arg(dir.path().join("work"))
         .arg("--json")
