@@ -13,7 +13,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub const fn new(base: Duration, cap: Duration) -> Self {
+    pub(crate) const fn new(base: Duration, cap: Duration) -> Self {
         Backoff { base, cap }
     }
 

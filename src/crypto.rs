@@ -17,9 +17,9 @@ const NONCE_LEN: usize = 24;
 /// Version tag in the associated data; bump when the sealing scheme changes.
 const AAD_SCHEME: &str = "keyrotd-seal-v1";
 /// Name of the systemd credential (`LoadCredential=master-key:...`).
-pub const MASTER_KEY_CREDENTIAL: &str = "master-key";
+pub(crate) const MASTER_KEY_CREDENTIAL: &str = "master-key";
 /// Conventional location of the master key outside systemd.
-pub const DEFAULT_MASTER_KEY_PATH: &str = "/etc/keyrotd/master.key";
+pub(crate) const DEFAULT_MASTER_KEY_PATH: &str = "/etc/keyrotd/master.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -114,7 +114,7 @@ impl MasterKey {
 
     /// Finds the master key: an explicit path, else the systemd credential, else the
     /// conventional file. Returns the path it used so errors can name it.
-    pub fn locate(explicit: Option<&Path>) -> PathBuf {
+    pub(crate) fn locate(explicit: Option<&Path>) -> PathBuf {
         if let Some(path) = explicit {
             return path.to_path_buf();
         }
@@ -157,7 +157,7 @@ impl Sealer {
     }
 
     /// nonce || ciphertext+tag, bound to (credential, version).
-    pub fn seal(
+    pub(crate) fn seal(
         &self,
         credential: &str,
         version_id: i64,

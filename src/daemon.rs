@@ -24,7 +24,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 
 /// Everything `keyrotd run` needs, resolved from the command line and the config.
-pub struct DaemonSettings {
+pub(crate) struct DaemonSettings {
     pub config_path: PathBuf,
     pub config: Config,
     pub database: PathBuf,
@@ -40,7 +40,7 @@ fn notify(states: &[NotifyState]) {
 }
 
 /// Runs until SIGTERM or SIGINT.
-pub async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let DaemonSettings {
         config_path,
         config,

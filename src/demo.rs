@@ -28,9 +28,9 @@ const CREDENTIALS: [(&str, &str, u64); 2] = [
 ];
 
 /// How often the demo rotates by default: every minute.
-pub const DEFAULT_SCHEDULE: &str = "* * * * *";
+pub(crate) const DEFAULT_SCHEDULE: &str = "* * * * *";
 
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// Keep state here (created if absent) instead of a temporary directory.
     pub dir: Option<PathBuf>,
     pub listen_address: SocketAddr,
@@ -39,7 +39,7 @@ pub struct DemoOptions {
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+pub(crate) async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let temporary = match &options.dir {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("keyrotd-demo-").tempdir()?),

@@ -23,10 +23,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 /// How often the ticker proves the daemon is alive.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How stale the heartbeat may be before the daemon reports itself not ready.
-pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(60);
+pub(crate) const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// The time of the last beat, shared by the ticker (writer) and its readers.
 pub struct Heartbeat {
@@ -53,22 +53,22 @@ impl Heartbeat {
     }
 
     /// Records a beat now.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.last.store(self.clock.now(), Ordering::SeqCst);
     }
 
     /// Unix time of the last beat; 0 if there was none.
-    pub fn last(&self) -> UnixTime {
+    pub(crate) fn last(&self) -> UnixTime {
         self.last.load(Ordering::SeqCst)
     }
 
     /// Whether the daemon counts as alive: it beat within [`HEARTBEAT_MAX_AGE`].
-    pub fn is_fresh(&self) -> bool {
+    pub(crate) fn is_fresh(&self) -> bool {
         self.is_fresh_within(HEARTBEAT_MAX_AGE)
     }
 
     /// Whether there was a beat and it is at most `max_age` old.
-    pub fn is_fresh_within(&self, max_age: Duration) -> bool {
+    pub(crate) fn is_fresh_within(&self, max_age: Duration) -> bool {
         let last = self.last();
         last > 0 && self.clock.now() - last <= max_age.as_secs() as i64
     }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Unix time in whole seconds. The store, metrics and CLI all use this unit.
-pub type UnixTime = i64;
+pub(crate) type UnixTime = i64;
 
 /// Where a key version is in its life. One `Current` per credential at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,7 +28,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [
+    pub(crate) const ALL: [Stage; 5] = [
         Stage::Pending,
         Stage::Current,
         Stage::Previous,
@@ -36,7 +36,7 @@ impl Stage {
         Stage::Failed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stage::Pending => "pending",
             Stage::Current => "current",
@@ -77,7 +77,7 @@ pub enum CheckStatus {
 }
 
 impl CheckStatus {
-    pub const ALL: [CheckStatus; 5] = [
+    pub(crate) const ALL: [CheckStatus; 5] = [
         CheckStatus::Valid,
         CheckStatus::Invalid,
         CheckStatus::Exhausted,
@@ -96,7 +96,7 @@ impl CheckStatus {
     }
 
     /// Whether this outcome says something about the key itself (as opposed to the path to it).
-    pub fn is_conclusive(self) -> bool {
+    pub(crate) fn is_conclusive(self) -> bool {
         matches!(
             self,
             CheckStatus::Valid | CheckStatus::Invalid | CheckStatus::Exhausted

@@ -46,7 +46,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod latency;
-pub use latency::HeldAnswers;
+pub(crate) use latency::HeldAnswers;
 use latency::Latency;
 
 /// How long a [`Fault::Timeout`] hangs: longer than any client timeout the daemon uses.

@@ -15,7 +15,7 @@ mod retry;
 mod scheduled;
 mod sweep;
 
-pub use pacer::Pacer;
+pub(crate) use pacer::Pacer;
 pub(crate) use scheduled::ScheduledChecks;
 
 use crate::clock::Clock;
@@ -119,7 +119,7 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
-    pub(crate) fn new(
+    pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         max_concurrent: usize,

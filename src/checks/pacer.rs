@@ -24,7 +24,7 @@ pub struct Pacer {
 const TIMER_TICK: Duration = Duration::from_millis(1);
 
 impl Pacer {
-    pub(crate) fn new(requests_per_second: f64) -> Pacer {
+    pub fn new(requests_per_second: f64) -> Pacer {
         let spacing = Duration::from_secs_f64(1.0 / requests_per_second.max(0.001));
         Pacer {
             spacing,

@@ -12,7 +12,6 @@ use croner::Cron;
 #[derive(Debug, Clone)]
 pub struct CronSchedule {
     cron: Cron,
-    expression: String,
 }
 
 impl CronSchedule {
@@ -42,10 +41,7 @@ impl CronSchedule {
         if cron.find_next_occurrence(&probe, false).is_err() {
             return Err(format!("cron expression {expression:?} never fires"));
         }
-        Ok(CronSchedule {
-            cron,
-            expression: expression.to_string(),
-        })
+        Ok(CronSchedule { cron })
     }
 
     /// The first firing strictly after `after`.
@@ -56,10 +52,6 @@ impl CronSchedule {
     /// The last firing at or before `at`.
     pub fn previous_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron.find_previous_occurrence(&at, true).ok()
-    }
-
-    pub fn expression(&self) -> &str {
-        &self.expression
     }
 }
 

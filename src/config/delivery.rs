@@ -57,7 +57,7 @@ pub enum DeliveryKind {
 }
 
 impl DeliveryKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeliveryKind::File => "file",
             DeliveryKind::EnvFile => "env_file",
@@ -123,40 +123,40 @@ pub struct DeliveryConfig {
 }
 
 impl DeliveryConfig {
-    pub fn kind(&self) -> DeliveryKind {
+    pub(crate) fn kind(&self) -> DeliveryKind {
         *self.kind.get_ref()
     }
 
     /// Permission bits; `None` when `mode` is malformed (rejected at load time).
-    pub fn mode(&self) -> Option<u32> {
+    pub(crate) fn mode(&self) -> Option<u32> {
         match &self.mode {
             None => Some(DEFAULT_FILE_MODE),
             Some(mode) => parse_mode(mode.get_ref()).ok(),
         }
     }
 
-    pub fn format(&self) -> FileFormat {
+    pub(crate) fn format(&self) -> FileFormat {
         self.format
             .as_ref()
             .map(|f| *f.get_ref())
             .unwrap_or_default()
     }
 
-    pub fn key_via(&self) -> HookKeyVia {
+    pub(crate) fn key_via(&self) -> HookKeyVia {
         self.key_via
             .as_ref()
             .map(|k| *k.get_ref())
             .unwrap_or_default()
     }
 
-    pub fn env_var(&self) -> &str {
+    pub(crate) fn env_var(&self) -> &str {
         self.env_var
             .as_ref()
             .map(|v| v.get_ref().as_str())
             .unwrap_or(DEFAULT_KEY_ENV_VAR)
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
             .as_ref()
             .map(|t| t.get_ref().0)

@@ -11,12 +11,6 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HumanDuration(pub Duration);
 
-impl HumanDuration {
-    pub fn as_secs(self) -> u64 {
-        self.0.as_secs()
-    }
-}
-
 impl From<HumanDuration> for Duration {
     fn from(value: HumanDuration) -> Self {
         value.0

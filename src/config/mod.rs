@@ -22,8 +22,8 @@ mod provider;
 mod secret_ref;
 
 pub use cron::CronSchedule;
-pub use delivery::{DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia};
-pub(crate) use delivery::{DEFAULT_FILE_MODE, DEFAULT_KEY_ENV_VAR};
+pub(crate) use delivery::DEFAULT_KEY_ENV_VAR;
+pub(crate) use delivery::{DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia};
 pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
 pub(crate) use issues::{span_of, Issues, LazyPositions, Position, ProviderPositions};
 pub use issues::{ConfigError, ConfigIssue};
@@ -31,7 +31,7 @@ pub use provider::{
     ExecAdapterConfig, ExecKeyVia, HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig,
     HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
 };
-pub use secret_ref::{SecretRef, SecretRefError};
+pub(crate) use secret_ref::SecretRef;
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -91,7 +91,7 @@ impl Default for DaemonConfig {
 }
 
 impl DaemonConfig {
-    pub fn listen_address(&self) -> SocketAddr {
+    pub(crate) fn listen_address(&self) -> SocketAddr {
         self.listen_address
             .get_ref()
             .parse()
@@ -161,10 +161,10 @@ pub struct CredentialConfig {
 }
 
 impl CredentialConfig {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.name.get_ref()
     }
-    pub fn provider(&self) -> &str {
+    pub(crate) fn provider(&self) -> &str {
         self.provider.get_ref()
     }
 }
@@ -193,20 +193,20 @@ pub struct RotationPolicyConfig {
 }
 
 impl RotationPolicyConfig {
-    pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+    pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-    pub fn grace(&self) -> Duration {
+    pub(crate) fn grace(&self) -> Duration {
         self.grace
             .as_ref()
             .map(|g| g.get_ref().0)
             .unwrap_or(Self::DEFAULT_GRACE)
     }
 
-    pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(300);
-    pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
+    pub(crate) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+    pub(crate) const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
 
     /// Capped exponential backoff between failed rotation attempts.
-    pub fn retry_backoff(&self) -> crate::backoff::Backoff {
+    pub(crate) fn retry_backoff(&self) -> crate::backoff::Backoff {
         let pick = |value: &Option<Spanned<HumanDuration>>, default| {
             value.as_ref().map(|d| d.get_ref().0).unwrap_or(default)
         };
@@ -216,7 +216,7 @@ impl RotationPolicyConfig {
     }
 
     /// The parsed `schedule`, if any (validated at load time).
-    pub fn cron_schedule(&self) -> Option<CronSchedule> {
+    pub(crate) fn cron_schedule(&self) -> Option<CronSchedule> {
         self.cron
             .as_ref()
             .and_then(|s| CronSchedule::parse(s.get_ref()).ok())
@@ -389,12 +389,12 @@ impl Config {
         self.providers.iter().find(|p| p.name() == name)
     }
 
-    pub fn credential(&self, name: &str) -> Option<&CredentialConfig> {
+    pub(crate) fn credential(&self, name: &str) -> Option<&CredentialConfig> {
         self.credentials.iter().find(|c| c.name() == name)
     }
 
     /// Check interval of a credential (its own or the global default).
-    pub fn check_interval(&self, credential: &CredentialConfig) -> Duration {
+    pub(crate) fn check_interval(&self, credential: &CredentialConfig) -> Duration {
         credential
             .check_interval
             .as_ref()

@@ -21,7 +21,7 @@ pub struct SecretRef {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SecretRefError {
+pub(crate) enum SecretRefError {
     #[error("secret reference must set exactly one of `file`, `env`, `credential`")]
     Ambiguous,
     #[error("cannot read secret file {path}: {source}")]
@@ -39,7 +39,7 @@ pub enum SecretRefError {
 
 impl SecretRef {
     /// Checks the shape without touching the outside world (used by `check-config`).
-    pub fn validate(&self) -> Result<(), SecretRefError> {
+    pub(crate) fn validate(&self) -> Result<(), SecretRefError> {
         let set = [
             self.file.is_some(),
             self.env.is_some(),
@@ -52,7 +52,7 @@ impl SecretRef {
     }
 
     /// Human description that names where the secret lives, never what it is.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match (&self.file, &self.env, &self.credential) {
             (Some(path), _, _) => format!("file {}", path.display()),
             (_, Some(var), _) => format!("env {var}"),
@@ -62,7 +62,7 @@ impl SecretRef {
     }
 
     /// Reads the secret. Surrounding whitespace (a trailing newline in a file) is trimmed.
-    pub fn resolve(&self) -> Result<SecretString, SecretRefError> {
+    pub(crate) fn resolve(&self) -> Result<SecretString, SecretRefError> {
         self.validate()?;
         let raw = if let Some(path) = &self.file {
             read_file(path)?

@@ -13,7 +13,7 @@
 
 use super::file::AtomicWriter;
 use super::{Delivery, DeliveryError, Target};
-use crate::config::{DeliveryConfig, DEFAULT_FILE_MODE};
+use crate::config::DeliveryConfig;
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
@@ -23,13 +23,13 @@ use zeroize::Zeroizing;
 
 /// `kind = "env_file"`.
 #[derive(Debug, Clone)]
-pub struct EnvFileTarget {
+pub(crate) struct EnvFileTarget {
     writer: AtomicWriter,
     variable: String,
 }
 
 impl EnvFileTarget {
-    pub fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
+    pub(crate) fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
         let described = match &config.path {
             Some(path) => format!("env file {}", path.display()),
             None => "env file".to_string(),
@@ -46,19 +46,6 @@ impl EnvFileTarget {
             writer: AtomicWriter::from_config(config, &described)?,
             variable,
         })
-    }
-
-    /// A target writing `variable` into `path` with the default mode (for tests and tools).
-    pub fn new(path: PathBuf, variable: &str) -> Self {
-        EnvFileTarget {
-            writer: AtomicWriter {
-                path,
-                mode: DEFAULT_FILE_MODE,
-                owner: None,
-                group: None,
-            },
-            variable: variable.to_string(),
-        }
     }
 }
 

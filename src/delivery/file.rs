@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 /// Replaces one file atomically with given contents, mode, owner and group.
 #[derive(Debug, Clone)]
-pub struct AtomicWriter {
+pub(crate) struct AtomicWriter {
     pub path: PathBuf,
     pub mode: u32,
     /// User name or numeric uid; resolved at each write (the account may appear later).
@@ -60,7 +60,7 @@ impl AtomicWriter {
 
     /// Replaces the file with `contents`. Blocking: call from `spawn_blocking`.
     /// `target` names the target in errors.
-    pub fn write(&self, target: &str, contents: &[u8]) -> Result<(), DeliveryError> {
+    pub(crate) fn write(&self, target: &str, contents: &[u8]) -> Result<(), DeliveryError> {
         let io = |action: String| {
             let target = target.to_string();
             move |source| DeliveryError::Io {
@@ -214,13 +214,13 @@ pub(crate) async fn write_blocking(
 
 /// `kind = "file"`.
 #[derive(Debug, Clone)]
-pub struct FileTarget {
+pub(crate) struct FileTarget {
     writer: AtomicWriter,
     format: FileFormat,
 }
 
 impl FileTarget {
-    pub fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
+    pub(crate) fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
         let described = match &config.path {
             Some(path) => format!("file {}", path.display()),
             None => "file".to_string(),

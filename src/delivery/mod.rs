@@ -10,10 +10,10 @@
 //! log line. Text that comes back from a consumer (a hook's stderr, an API server's message)
 //! is passed through [`sanitize`] before it goes into an error.
 
-pub mod envfile;
-pub mod exec;
-pub mod file;
-pub mod kubernetes;
+pub(crate) mod envfile;
+pub(crate) mod exec;
+pub(crate) mod file;
+pub(crate) mod kubernetes;
 
 use crate::config::{DeliveryConfig, DeliveryKind};
 use async_trait::async_trait;

@@ -149,7 +149,7 @@ pub(crate) struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    pub(crate) fn new() -> ChunkWriter {
+    pub fn new() -> ChunkWriter {
         ChunkWriter {
             text: String::with_capacity(RENDER_BUFFER + 1024),
             deflater: Deflater::new(),
@@ -186,7 +186,7 @@ pub(crate) struct Exposition {
 }
 
 impl Exposition {
-    pub(crate) fn new(chunks: Vec<Chunk>) -> Exposition {
+    pub fn new(chunks: Vec<Chunk>) -> Exposition {
         Exposition { chunks }
     }
 

@@ -26,7 +26,7 @@ pub(crate) struct FamilyWriter<'a> {
 }
 
 impl<'a> FamilyWriter<'a> {
-    pub(crate) fn new(
+    pub fn new(
         out: &'a mut ChunkWriter,
         name: &'static str,
         help: &'static str,

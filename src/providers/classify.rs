@@ -83,13 +83,13 @@ impl HeaderKeyCheck {
     }
 
     /// Adds a header sent with every check (Anthropic's `anthropic-version`).
-    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+    pub(crate) fn with_header(mut self, name: &'static str, value: &str) -> Self {
         self.fixed_headers.push((name, value.to_string()));
         self
     }
 
     /// Probes `key` once; see [`check_flow`].
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         key: &SecretString,
         classify: impl FnOnce(&Response) -> CheckReport,
@@ -157,7 +157,7 @@ pub(crate) struct VendorError {
 }
 
 impl VendorError {
-    pub fn has_code(&self, code: &str) -> bool {
+    pub(crate) fn has_code(&self, code: &str) -> bool {
         self.codes.iter().any(|c| c == code)
     }
 }

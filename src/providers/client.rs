@@ -45,7 +45,7 @@ impl ProviderTelemetry {
     }
 
     /// Creates the metrics and registers them in `registry`.
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub(crate) fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let telemetry = Self::new();
         registry.register(Box::new(telemetry.requests.clone()))?;
         registry.register(Box::new(telemetry.duration.clone()))?;
@@ -53,7 +53,7 @@ impl ProviderTelemetry {
     }
 
     /// Records one finished request (or command run).
-    pub fn observe(&self, provider: &str, operation: &str, code: &str, elapsed: Duration) {
+    pub(crate) fn observe(&self, provider: &str, operation: &str, code: &str, elapsed: Duration) {
         self.requests
             .with_label_values(&[provider, operation, code])
             .inc();
@@ -85,19 +85,19 @@ pub(crate) struct Response {
 
 impl Response {
     /// The body as JSON, or `None` when it is not JSON (an HTML error page, garbage).
-    pub fn json(&self) -> Option<serde_json::Value> {
+    pub(crate) fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
 
     /// `Retry-After`, when present and parseable.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         self.headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
     }
 
-    pub fn has_header(&self, name: &str) -> bool {
+    pub(crate) fn has_header(&self, name: &str) -> bool {
         self.headers.contains_key(name)
     }
 }
@@ -154,7 +154,7 @@ impl HttpClient {
         })
     }
 
-    pub fn request(
+    pub(crate) fn request(
         &self,
         method: reqwest::Method,
         url: impl reqwest::IntoUrl,
@@ -164,7 +164,7 @@ impl HttpClient {
 
     /// Sends `request`, reads at most [`MAX_BODY_BYTES`] of its body, and records telemetry.
     /// The whole exchange, body included, is bounded by the configured timeout.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         operation: &str,
         request: reqwest::RequestBuilder,

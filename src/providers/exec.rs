@@ -40,7 +40,7 @@ pub(crate) enum RunError {
 }
 
 impl RunError {
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             RunError::Timeout(after) => {
                 format!("command timed out after {}", format_duration(*after))
@@ -100,7 +100,7 @@ impl Command {
 
     /// Runs the command for `operation` with `secret` handed over as configured and `vars`
     /// as `KEYROTD_*` environment variables.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         operation: &str,
         secret: Option<&SecretString>,

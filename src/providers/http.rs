@@ -31,7 +31,7 @@ pub(crate) struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    pub fn from_config(
+    pub(crate) fn from_config(
         method: &str,
         path: &str,
         headers: &std::collections::BTreeMap<String, String>,
@@ -58,7 +58,7 @@ impl RequestTemplate {
     /// Builds the request. `secret` fills `{secret_placeholder}` in header values only;
     /// `vars` fill `{name}`-style placeholders in path (encoded) and body (JSON-escaped).
     /// `None` when the secret cannot be carried in a header.
-    pub fn build(
+    pub(crate) fn build(
         &self,
         client: &HttpClient,
         base: &str,
@@ -208,7 +208,7 @@ impl Http {
         Self::with_rules(config, telemetry, CheckRules::from_config(&http.check)?)
     }
 
-    pub fn with_rules(
+    pub(crate) fn with_rules(
         config: &ProviderConfig,
         telemetry: &ProviderTelemetry,
         rules: CheckRules,

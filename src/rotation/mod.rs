@@ -17,14 +17,14 @@ mod deliver;
 mod failure;
 mod issue;
 pub mod pass_queue;
-pub mod policy;
+pub(crate) mod policy;
 mod promote;
 mod revoke;
 mod rollback;
 mod tick;
 mod verify;
 
-pub use policy::Policy;
+pub(crate) use policy::Policy;
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;

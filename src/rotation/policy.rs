@@ -18,7 +18,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(credential: &CredentialConfig) -> Policy {
+    pub(crate) fn from_config(credential: &CredentialConfig) -> Policy {
         let rotation = &credential.rotation;
         Policy {
             schedule: rotation.cron_schedule().map(Box::new),
@@ -31,15 +31,10 @@ impl Policy {
         }
     }
 
-    /// Whether anything makes rotation due automatically.
-    pub fn is_scheduled(&self) -> bool {
-        self.schedule.is_some() || self.max_age.is_some() || self.rotate_before_expiry.is_some()
-    }
-
     /// When the next rotation is due, from the store's bookkeeping: after failures the store
     /// holds the retry time the backoff chose; otherwise the policy decides from the current
     /// key (`created_at`, `expires_at`).
-    pub fn due(
+    pub(crate) fn due(
         &self,
         current: Option<(UnixTime, Option<UnixTime>)>,
         last_rotated_at: Option<UnixTime>,
@@ -61,7 +56,7 @@ impl Policy {
     /// The cron part counts from the later of the key's creation and the last rotation: a
     /// schedule whose firing passed while the daemon was down yields a due time in the past,
     /// which means "rotate once now" — never once per missed firing.
-    pub fn next_due(
+    pub(crate) fn next_due(
         &self,
         key_created_at: UnixTime,
         key_expires_at: Option<UnixTime>,
@@ -150,12 +145,17 @@ mod tests {
     #[test]
     fn no_rule_means_no_automatic_rotation() {
         let p = policy(None, None, Some(86_400));
-        assert!(p.is_scheduled());
+        assert!(
+            p.next_due(0, Some(10 * 86_400), None).is_some(),
+            "expiry rule with a known expiry"
+        );
         assert_eq!(
             p.next_due(0, None, None),
             None,
             "expiry rule without a known expiry"
         );
-        assert!(!policy(None, None, None).is_scheduled());
+        let none = policy(None, None, None);
+        assert_eq!(none.next_due(0, None, None), None);
+        assert_eq!(none.next_due(0, Some(10 * 86_400), Some(5)), None);
     }
 }

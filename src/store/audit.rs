@@ -44,7 +44,8 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const ALL: [EventKind; 16] = [
+    /// Every kind, in the order of the enum.
+    pub const ALL: [EventKind; 16] = [
         EventKind::CredentialAdded,
         EventKind::CredentialUpdated,
         EventKind::CredentialRemoved,
@@ -63,6 +64,7 @@ impl EventKind {
         EventKind::OrphanDeleted,
     ];
 
+    /// The kind as the audit trail stores it.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::CredentialAdded => "credential_added",
@@ -84,6 +86,7 @@ impl EventKind {
         }
     }
 
+    /// The kind a stored text names, if this build knows it.
     pub fn parse(text: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|k| k.as_str() == text)
     }

@@ -41,7 +41,7 @@ pub struct SealedKey {
 }
 
 impl SealedKey {
-    pub(crate) fn new(version: KeyVersion, sealed: Vec<u8>) -> SealedKey {
+    pub fn new(version: KeyVersion, sealed: Vec<u8>) -> SealedKey {
         SealedKey { version, sealed }
     }
 

@@ -104,7 +104,7 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-pub type StoreResult<T> = Result<T, StoreError>;
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything a backend answers: the sum of the per-concern traits. Callers hold a
 /// `dyn Store` (or `Arc<dyn Store>`); any type that implements every concern is a `Store`.

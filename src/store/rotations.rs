@@ -24,7 +24,7 @@ pub enum RotationStep {
 }
 
 impl RotationStep {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RotationStep::Planned => "planned",
             RotationStep::Issued => "issued",
@@ -35,7 +35,7 @@ impl RotationStep {
         }
     }
 
-    pub fn parse(text: &str) -> Option<RotationStep> {
+    pub(crate) fn parse(text: &str) -> Option<RotationStep> {
         [
             RotationStep::Planned,
             RotationStep::Issued,

@@ -40,7 +40,7 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Openai => "openai",
             ProviderKind::OpenaiCompatible => "openai_compatible",
@@ -57,7 +57,7 @@ impl ProviderKind {
     }
 
     /// The vendor's public endpoint, used when `base_url` is not set.
-    pub fn default_base_url(self) -> Option<&'static str> {
+    pub(crate) fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::Openai => Some("https://api.openai.com/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
@@ -132,11 +132,11 @@ fn default_timeout() -> HumanDuration {
 }
 
 impl ProviderConfig {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.name.get_ref()
     }
 
-    pub fn base_url(&self) -> Option<&str> {
+    pub(crate) fn base_url(&self) -> Option<&str> {
         self.base_url
             .as_ref()
             .map(|u| u.get_ref().as_str())
@@ -144,7 +144,7 @@ impl ProviderConfig {
     }
 
     /// Per-request timeout.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout.0
     }
 
@@ -157,7 +157,7 @@ impl ProviderConfig {
     }
 
     /// Azure management plane base URL (default `https://management.azure.com`).
-    pub fn management_url(&self) -> &str {
+    pub(crate) fn management_url(&self) -> &str {
         self.management_url
             .as_ref()
             .map(|v| v.get_ref().as_str())
@@ -165,7 +165,7 @@ impl ProviderConfig {
     }
 
     /// Azure management plane `api-version` (default `2024-10-01`).
-    pub fn management_api_version(&self) -> &str {
+    pub(crate) fn management_api_version(&self) -> &str {
         self.management_api_version
             .as_ref()
             .map(|v| v.get_ref().as_str())
@@ -174,7 +174,7 @@ impl ProviderConfig {
 
     /// Azure: `(subscription_id, resource_group, account_name)` when the management plane is
     /// configured.
-    pub fn azure_account(&self) -> Option<(&str, &str, &str)> {
+    pub(crate) fn azure_account(&self) -> Option<(&str, &str, &str)> {
         match (
             &self.subscription_id,
             &self.resource_group,
@@ -186,7 +186,7 @@ impl ProviderConfig {
     }
 
     /// Anthropic `anthropic-version` header (default `2023-06-01`).
-    pub fn anthropic_version(&self) -> &str {
+    pub(crate) fn anthropic_version(&self) -> &str {
         self.anthropic_version
             .as_ref()
             .map(|v| v.get_ref().as_str())
