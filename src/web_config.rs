@@ -259,7 +259,47 @@ fn build_tls(base: &Path, tls: RawTls) -> Result<rustls::ServerConfig, String> {
         (None, _) => return Err("tls_server_config: `cert_file` is required".into()),
         (_, None) => return Err("tls_server_config: `key_file` is required".into()),
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_file)
+    let (certs, key) = load_server_identity(&cert_file, &key_file)?;
+    let versions = protocol_versions(&tls)?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|err| format!("tls_server_config: {err}"))?;
+
+    let auth_type = tls.client_auth_type.as_deref().unwrap_or("NoClientCert");
+    let verify = client_cert_requirement(auth_type)?;
+    let builder =
+        match (verify, &tls.client_ca_file) {
+            (None, None) => builder.with_no_client_auth(),
+            (None, Some(_)) => {
+                return Err(
+                    "tls_server_config: client_ca_file is set but client_auth_type is NoClientCert"
+                        .into(),
+                )
+            }
+            (Some(_), None) => {
+                return Err(format!(
+                    "tls_server_config: client_auth_type {auth_type} needs client_ca_file"
+                ))
+            }
+            (Some(required), Some(ca_file)) => builder.with_client_cert_verifier(
+                client_cert_verifier(&resolve(ca_file), required, provider)?,
+            ),
+        };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|err| format!("cert_file/key_file: {err}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The server's certificate chain and private key, read from their PEM files.
+fn load_server_identity(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|iter| iter.collect::<Result<_, _>>())
         .map_err(|err| format!("cert_file {}: {err}", cert_file.display()))?;
     if certs.is_empty() {
@@ -269,9 +309,15 @@ fn build_tls(base: &Path, tls: RawTls) -> Result<rustls::ServerConfig, String> {
         ));
     }
     // The key error never shows the key file's content.
-    let key = PrivateKeyDer::from_pem_file(&key_file)
+    let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|err| format!("key_file {}: {err}", key_file.display()))?;
+    Ok((certs, key))
+}
 
+/// The TLS versions between `min_version` and `max_version`, both inclusive.
+fn protocol_versions(
+    tls: &RawTls,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
     let min = tls_version(tls.min_version.as_deref().unwrap_or("TLS12"), "min_version")?;
     let max = tls_version(tls.max_version.as_deref().unwrap_or("TLS13"), "max_version")?;
     let versions: Vec<&'static rustls::SupportedProtocolVersion> =
@@ -285,71 +331,53 @@ fn build_tls(base: &Path, tls: RawTls) -> Result<rustls::ServerConfig, String> {
     if versions.is_empty() {
         return Err("tls_server_config: min_version is above max_version".into());
     }
+    Ok(versions)
+}
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|err| format!("tls_server_config: {err}"))?;
+/// Whether `client_auth_type` verifies client certificates: `None` for no client
+/// authentication, `Some(required)` otherwise. Types that accept unverified certificates
+/// are refused.
+fn client_cert_requirement(auth_type: &str) -> Result<Option<bool>, String> {
+    match auth_type {
+        "" | "NoClientCert" => Ok(None),
+        "VerifyClientCertIfGiven" => Ok(Some(false)),
+        "RequireAndVerifyClientCert" => Ok(Some(true)),
+        "RequestClientCert" | "RequireAnyClientCert" => Err(format!(
+            "tls_server_config.client_auth_type: {auth_type} accepts unverified client certificates and is not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+        )),
+        other => Err(format!(
+            "tls_server_config.client_auth_type: unknown value {other:?}; use NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+        )),
+    }
+}
 
-    let auth_type = tls.client_auth_type.as_deref().unwrap_or("NoClientCert");
-    let verify = match auth_type {
-        "" | "NoClientCert" => None,
-        "VerifyClientCertIfGiven" => Some(false),
-        "RequireAndVerifyClientCert" => Some(true),
-        "RequestClientCert" | "RequireAnyClientCert" => {
-            return Err(format!(
-                "tls_server_config.client_auth_type: {auth_type} accepts unverified client certificates and is not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
-            ))
-        }
-        other => {
-            return Err(format!(
-                "tls_server_config.client_auth_type: unknown value {other:?}; use NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"
-            ))
-        }
+/// A verifier of client certificates against the CAs in `ca_file`; a client without a
+/// certificate is let through unless `required`.
+fn client_cert_verifier(
+    ca_file: &Path,
+    required: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| format!("client_ca_file {}: {err}", ca_file.display()))?;
+    let (added, _) = roots.add_parsable_certificates(cas);
+    if added == 0 {
+        return Err(format!(
+            "client_ca_file {}: no usable CA certificate in it",
+            ca_file.display()
+        ));
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let verifier = if required {
+        verifier
+    } else {
+        verifier.allow_unauthenticated()
     };
-    let builder = match (verify, &tls.client_ca_file) {
-        (None, None) => builder.with_no_client_auth(),
-        (None, Some(_)) => {
-            return Err(
-                "tls_server_config: client_ca_file is set but client_auth_type is NoClientCert"
-                    .into(),
-            )
-        }
-        (Some(_), None) => {
-            return Err(format!(
-                "tls_server_config: client_auth_type {auth_type} needs client_ca_file"
-            ))
-        }
-        (Some(required), Some(ca_file)) => {
-            let ca_file = resolve(ca_file);
-            let mut roots = rustls::RootCertStore::empty();
-            let cas = CertificateDer::pem_file_iter(&ca_file)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|err| format!("client_ca_file {}: {err}", ca_file.display()))?;
-            let (added, _) = roots.add_parsable_certificates(cas);
-            if added == 0 {
-                return Err(format!(
-                    "client_ca_file {}: no usable CA certificate in it",
-                    ca_file.display()
-                ));
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if required {
-                verifier
-            } else {
-                verifier.allow_unauthenticated()
-            };
-            let verifier = verifier
-                .build()
-                .map_err(|err| format!("client_ca_file {}: {err}", ca_file.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|err| format!("cert_file/key_file: {err}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    verifier
+        .build()
+        .map_err(|err| format!("client_ca_file {}: {err}", ca_file.display()))
 }
 
 #[cfg(test)]

@@ -184,6 +184,40 @@ fn ids_and_paths_stay_readable_and_every_key_shape_is_masked_in_every_format() {
     }
 }
 
+/// A rotation's failure reason that names a provider key id as `remote_id=<id>` keeps the id
+/// readable in every format, as a field of its own would; the same hex inline is masked.
+#[test]
+fn a_key_id_named_inside_a_failure_reason_stays_readable() {
+    for (format, ansi) in [
+        (LogFormat::Human, false),
+        (LogFormat::Human, true),
+        (LogFormat::Json, false),
+    ] {
+        let sink = Capture::default();
+        let subscriber = subscriber(format, EnvFilter::new("info"), ansi, sink.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(step = "issue", reason = %format!("deleting orphan remote_id={KEY_HASH}: HTTP 500"), "rotation failed; the current key stays");
+            tracing::warn!(reason = %format!("deleting orphan {KEY_HASH}: HTTP 500"), "unnamed id");
+        });
+        let output = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let line = |marker: &str| {
+            output
+                .lines()
+                .find(|l| l.contains(marker))
+                .unwrap_or_else(|| panic!("no {marker:?} line:\n{output}"))
+                .to_string()
+        };
+        assert!(
+            line("rotation failed").contains(&format!("remote_id={KEY_HASH}")),
+            "the named id was masked ({format:?}, ansi {ansi}):\n{output}"
+        );
+        assert!(
+            !line("unnamed id").contains(KEY_HASH),
+            "an unnamed 64-hex token stayed ({format:?}, ansi {ansi}):\n{output}"
+        );
+    }
+}
+
 /// The daemon's ready line names the database, in a directory whose name mixes cases and
 /// digits as temporary directories do; it is shown as it is, in both formats.
 #[test]

@@ -384,6 +384,37 @@ async fn an_issue_that_hangs_after_creating_the_key_leaves_no_orphan_behind() {
     f.assert_retry_succeeds().await;
 }
 
+/// An orphan that cannot be deleted fails the issue, and the reason names the orphan as
+/// `remote_id=<id>`: the log masking keeps a long hex key id readable only as a named field.
+#[tokio::test]
+async fn an_orphan_that_cannot_be_deleted_is_named_by_its_key_id() {
+    let f = fixture(Setup::default()).await;
+    f.sim.fail_next(Op::Issue, Fault::HangAfterCreate, 1);
+    // One for the sweep right after the failed issue, one for the next rotation's sweep.
+    f.sim.fail_next(Op::Revoke, Fault::ServerError, 2);
+    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    // The sweep after the next failure deletes it, so the live keys are read now.
+    let live_before = f.sim.live_keys();
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    let RotationError::Failed {
+        step: "issue",
+        reason,
+        ..
+    } = &error
+    else {
+        panic!("expected an issue failure, got {error}");
+    };
+    let (orphan, _) = live_before
+        .iter()
+        .find(|(id, _)| reason.contains(id.as_str()))
+        .unwrap_or_else(|| panic!("no live key named in {reason:?}: {live_before:?}"));
+    assert!(
+        reason.contains(&format!("deleting orphan remote_id={orphan}: ")),
+        "{reason}"
+    );
+    f.assert_retry_succeeds().await;
+}
+
 #[tokio::test]
 async fn a_new_key_the_provider_refuses_is_discarded_and_revoked() {
     let f = fixture(Setup::default()).await;

@@ -91,55 +91,16 @@ impl Target for ExecTarget {
     async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliveryError> {
         let target = self.describe();
         let key = delivery.key.expose_secret();
-        let mut command = tokio::process::Command::new(&self.command[0]);
-        command
-            .args(&self.command[1..])
-            .env("KEYROTD_CREDENTIAL", delivery.credential)
-            .env("KEYROTD_FINGERPRINT", delivery.fingerprint)
-            .env("KEYROTD_VERSION_ID", delivery.version_id.to_string())
-            // Never pass on a key variable keyrotd itself might have inherited.
-            .env_remove(DEFAULT_KEY_ENV_VAR)
-            .env_remove(&self.env_var)
-            .stdin(if self.key_via == HookKeyVia::Stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if self.key_via == HookKeyVia::Env {
-            command.env(&self.env_var, key);
-        }
-        let mut child = command.spawn().map_err(|source| DeliveryError::Io {
-            target: target.clone(),
-            action: format!("starting {:?}", self.command[0]),
-            source,
-        })?;
+        let mut child =
+            self.hook_command(delivery, key)
+                .spawn()
+                .map_err(|source| DeliveryError::Io {
+                    target: target.clone(),
+                    action: format!("starting {:?}", self.command[0]),
+                    source,
+                })?;
         let group = child.id();
-
-        let stderr = child.stderr.take().map(|mut pipe| {
-            tokio::spawn(async move {
-                let mut tail = Zeroizing::new(Vec::new());
-                let mut truncated = false;
-                let mut chunk = Zeroizing::new([0u8; 4096]);
-                loop {
-                    match pipe.read(&mut chunk[..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            tail.extend_from_slice(&chunk[..n]);
-                            if tail.len() > STDERR_TAIL {
-                                let cut = tail.len() - STDERR_TAIL;
-                                tail.drain(..cut);
-                                truncated = true;
-                            }
-                        }
-                    }
-                }
-                (tail, truncated)
-            })
-        });
+        let stderr = child.stderr.take().map(keep_stderr_tail);
 
         let mut stdin = child.stdin.take();
         let run = async {
@@ -181,18 +142,81 @@ impl Target for ExecTarget {
             }
             return Ok(());
         }
-        let stderr = match stderr {
-            Some(task) => match tokio::time::timeout(STDERR_GRACE, task).await {
-                Ok(Ok((tail, truncated))) => last_line(&tail, truncated, key),
-                _ => String::new(),
-            },
-            None => String::new(),
-        };
         Err(DeliveryError::HookFailed {
             target,
             status: describe_status(status),
-            stderr,
+            stderr: stderr_last_line(stderr, key).await,
         })
+    }
+}
+
+impl ExecTarget {
+    /// The hook's command: its environment, the key on stdin or in `env_var` (never in
+    /// argv), stdout discarded, stderr piped, in a process group of its own.
+    fn hook_command(&self, delivery: &Delivery<'_>, key: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.command[0]);
+        command
+            .args(&self.command[1..])
+            .env("KEYROTD_CREDENTIAL", delivery.credential)
+            .env("KEYROTD_FINGERPRINT", delivery.fingerprint)
+            .env("KEYROTD_VERSION_ID", delivery.version_id.to_string())
+            // Never pass on a key variable keyrotd itself might have inherited.
+            .env_remove(DEFAULT_KEY_ENV_VAR)
+            .env_remove(&self.env_var)
+            .stdin(if self.key_via == HookKeyVia::Stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if self.key_via == HookKeyVia::Env {
+            command.env(&self.env_var, key);
+        }
+        command
+    }
+}
+
+/// The end of stderr kept by [`keep_stderr_tail`], and whether anything before it was cut.
+type StderrTail = (Zeroizing<Vec<u8>>, bool);
+
+/// Reads the hook's stderr to its end in a task, keeping only the last `STDERR_TAIL` bytes.
+fn keep_stderr_tail(mut pipe: tokio::process::ChildStderr) -> tokio::task::JoinHandle<StderrTail> {
+    tokio::spawn(async move {
+        let mut tail = Zeroizing::new(Vec::new());
+        let mut truncated = false;
+        let mut chunk = Zeroizing::new([0u8; 4096]);
+        loop {
+            match pipe.read(&mut chunk[..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    tail.extend_from_slice(&chunk[..n]);
+                    if tail.len() > STDERR_TAIL {
+                        let cut = tail.len() - STDERR_TAIL;
+                        tail.drain(..cut);
+                        truncated = true;
+                    }
+                }
+            }
+        }
+        (tail, truncated)
+    })
+}
+
+/// The last line of a failed hook's stderr, key masked; empty when stderr stays open
+/// past `STDERR_GRACE` (a background child may hold it).
+async fn stderr_last_line(
+    stderr: Option<tokio::task::JoinHandle<StderrTail>>,
+    key: &str,
+) -> String {
+    match stderr {
+        Some(task) => match tokio::time::timeout(STDERR_GRACE, task).await {
+            Ok(Ok((tail, truncated))) => last_line(&tail, truncated, key),
+            _ => String::new(),
+        },
+        None => String::new(),
     }
 }
 

@@ -184,23 +184,8 @@ impl Target for KubernetesTarget {
             encoded: &encoded,
             token: &token,
         };
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
-            .map_err(|_| DeliveryError::Config {
-                target: self.describe(),
-                reason: format!(
-                    "token file {} holds characters not allowed in an HTTP header",
-                    self.token_file.display()
-                ),
-            })?;
-        authorization.set_sensitive(true);
-
-        // secret_key is validated to [-._a-zA-Z0-9] and base64 needs no escaping, so the JSON
-        // is built by hand into a buffer that is wiped afterwards.
-        let patch = Zeroizing::new(format!(
-            r#"{{"data":{{"{}":"{}"}}}}"#,
-            self.secret_key,
-            encoded.as_str()
-        ));
+        let authorization = self.authorization(&token)?;
+        let patch = self.patch_body(&encoded);
         let secret_url = format!(
             "{}/api/v1/namespaces/{}/secrets/{}",
             self.api_server, self.namespace, self.secret_name
@@ -233,15 +218,7 @@ impl Target for KubernetesTarget {
             return Err(self.api_error("patch", response, &masks).await);
         }
 
-        let create = Zeroizing::new(format!(
-            r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"{}","namespace":"{}","labels":{{"{}":"{}"}}}},"type":"Opaque","data":{{"{}":"{}"}}}}"#,
-            self.secret_name,
-            self.namespace,
-            MANAGED_BY_LABEL.0,
-            MANAGED_BY_LABEL.1,
-            self.secret_key,
-            encoded.as_str()
-        ));
+        let create = self.create_body(&encoded);
         let collection_url = format!(
             "{}/api/v1/namespaces/{}/secrets",
             self.api_server, self.namespace
@@ -266,6 +243,46 @@ impl Target for KubernetesTarget {
 }
 
 impl KubernetesTarget {
+    /// `Bearer <token>`, marked sensitive so it never shows in a debug print.
+    fn authorization(&self, token: &str) -> Result<HeaderValue, DeliveryError> {
+        let mut authorization =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                DeliveryError::Config {
+                    target: self.describe(),
+                    reason: format!(
+                        "token file {} holds characters not allowed in an HTTP header",
+                        self.token_file.display()
+                    ),
+                }
+            })?;
+        authorization.set_sensitive(true);
+        Ok(authorization)
+    }
+
+    // secret_key is validated to [-._a-zA-Z0-9] and base64 needs no escaping, so the JSON
+    // bodies are built by hand into buffers that are wiped afterwards.
+
+    /// The merge patch that sets only `data[secret_key]`.
+    fn patch_body(&self, encoded: &str) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            r#"{{"data":{{"{}":"{}"}}}}"#,
+            self.secret_key, encoded
+        ))
+    }
+
+    /// A new `Opaque` Secret holding only `data[secret_key]`, labelled as keyrotd's.
+    fn create_body(&self, encoded: &str) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"{}","namespace":"{}","labels":{{"{}":"{}"}}}},"type":"Opaque","data":{{"{}":"{}"}}}}"#,
+            self.secret_name,
+            self.namespace,
+            MANAGED_BY_LABEL.0,
+            MANAGED_BY_LABEL.1,
+            self.secret_key,
+            encoded
+        ))
+    }
+
     async fn api_error(
         &self,
         operation: &'static str,

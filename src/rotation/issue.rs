@@ -152,10 +152,12 @@ impl Engine {
                 && !known(&k.remote_id, &k.name)
         }) {
             let name = &orphan.name;
+            // The id is written as a `remote_id=` field: the reason is logged, and the log
+            // masking keeps a long hex id (OpenRouter's key hash) readable only there.
             issuer.revoke(&orphan.remote_id).await.map_err(|e| {
                 StepError::transient(
                     "issue",
-                    format!("deleting orphan {}: {e}", orphan.remote_id),
+                    format!("deleting orphan remote_id={}: {e}", orphan.remote_id),
                 )
             })?;
             tracing::warn!(credential = %rt.name, remote_id = %orphan.remote_id, "deleted an orphaned key from an interrupted rotation");
