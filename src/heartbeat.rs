@@ -81,7 +81,7 @@ pub(crate) struct Ticker {
 
 impl Ticker {
     /// Beats once now, then every [`HEARTBEAT_INTERVAL`].
-    pub(crate) fn start(heartbeat: Arc<Heartbeat>) -> Ticker {
+    pub fn start(heartbeat: Arc<Heartbeat>) -> Ticker {
         heartbeat.beat();
         let beating = tokio::spawn(async move {
             let mut ticker =

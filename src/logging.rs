@@ -8,7 +8,7 @@
 //! always masked, and so is any other run of 32 or more `A-Za-z0-9-_+/=` characters except
 //! UUIDs, plain paths (the database path) and hex ids in fields that name an id
 //! (`remote_id=<OpenRouter key hash>`); short values such as rotation ids and fingerprints
-//! are left alone. The rules are stated in [`crate::providers::sanitize`].
+//! are left alone. The rules are stated in [`crate::providers::sanitize`](mod@crate::providers::sanitize).
 
 use crate::providers::sanitize::mask_key_shaped;
 use std::io::{self, Write};

@@ -1,7 +1,7 @@
 //! Check results are written to the store in batches, and this is the one place that
 //! gathers them: the daemon's scheduled checks and the `keyrotd check` sweep both hand their
 //! results here, and a store backend only writes the batch it is given, in one transaction
-//! ([`Store::record_checks`]).
+//! ([`CheckStore::record_checks`](crate::store::CheckStore::record_checks)).
 //!
 //! A transaction costs about the same whatever its size (a commit is an fsync), so results
 //! are gathered for a short window before they are written; the window bounds how long a

@@ -22,14 +22,14 @@ pub(crate) enum MasterKeyCommand {
 }
 
 /// `master-key generate PATH`: needs no config, so it runs before one is loaded.
-pub(crate) fn generate(path: &Path) -> anyhow::Result<()> {
+pub fn generate(path: &Path) -> anyhow::Result<()> {
     MasterKey::generate().write_new(path)?;
     println!("wrote a new master key to {}", path.display());
     Ok(())
 }
 
 /// `master-key rotate --new-key PATH`.
-pub(crate) async fn rotate(new_key: &Path, setup: &Setup) -> anyhow::Result<()> {
+pub async fn rotate(new_key: &Path, setup: &Setup) -> anyhow::Result<()> {
     let new = Sealer::new(&MasterKey::load(new_key)?);
     let store = setup.open_store(MasterKeyNeed::Always).await?;
     let count = store

@@ -30,7 +30,7 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    pub(crate) fn load(paths: GlobalPaths) -> Result<Setup, ExitError> {
+    pub fn load(paths: GlobalPaths) -> Result<Setup, ExitError> {
         let (config_path, config) = load_config(paths.config).map_err(|error| ExitError {
             code: EXIT_CONFIG,
             message: error.to_string(),

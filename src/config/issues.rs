@@ -91,7 +91,7 @@ impl Issues {
     }
 }
 
-/// [`line_column`] with the byte offsets of line starts precomputed.
+/// The 1-based line and column of a byte offset, with the byte offsets of line starts precomputed.
 fn line_column_indexed(source: &str, line_starts: &[usize], offset: usize) -> (usize, usize) {
     let mut offset = offset.min(source.len());
     while !source.is_char_boundary(offset) {

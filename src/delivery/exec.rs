@@ -25,7 +25,7 @@ const STDERR_GRACE: Duration = Duration::from_secs(1);
 
 /// `kind = "exec"`.
 #[derive(Debug, Clone)]
-pub struct ExecTarget {
+pub(crate) struct ExecTarget {
     command: Vec<String>,
     key_via: HookKeyVia,
     env_var: String,
@@ -33,7 +33,7 @@ pub struct ExecTarget {
 }
 
 impl ExecTarget {
-    pub fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
+    pub(crate) fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
         let command = config
             .command
             .as_ref()

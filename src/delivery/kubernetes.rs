@@ -21,15 +21,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-pub const DEFAULT_API_SERVER: &str = "https://kubernetes.default.svc";
-pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+pub(crate) const DEFAULT_API_SERVER: &str = "https://kubernetes.default.svc";
+pub(crate) const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub(crate) const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// The label put on Secrets keyrotd creates.
-pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "keyrotd");
+pub(crate) const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "keyrotd");
 
 /// `kind = "kubernetes"`.
 #[derive(Debug, Clone)]
-pub struct KubernetesTarget {
+pub(crate) struct KubernetesTarget {
     /// Base URL without a trailing slash.
     api_server: String,
     namespace: String,
@@ -41,7 +41,7 @@ pub struct KubernetesTarget {
 }
 
 /// The API server of the pod we run in, from the variables kubelet sets, else the default.
-pub fn in_cluster_api_server() -> String {
+pub(crate) fn in_cluster_api_server() -> String {
     let host = std::env::var("KUBERNETES_SERVICE_HOST").unwrap_or_default();
     let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_default();
     if host.is_empty() || port.is_empty() {
@@ -55,7 +55,7 @@ pub fn in_cluster_api_server() -> String {
 }
 
 impl KubernetesTarget {
-    pub fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
+    pub(crate) fn from_config(config: &DeliveryConfig) -> Result<Self, DeliveryError> {
         let field = |value: &Option<toml::Spanned<String>>, name: &str| {
             value
                 .as_ref()

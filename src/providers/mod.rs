@@ -164,7 +164,7 @@ pub struct CurrentKey<'a> {
 /// A provider account that can create, list and revoke keys (with a management key).
 #[async_trait]
 pub trait Issuer: Send + Sync {
-    /// Creates a key named `name` (e.g. "keyrotd/<credential>/<rotation id>").
+    /// Creates a key named `name` (e.g. `keyrotd/<credential>/<rotation id>`).
     async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError>;
     /// Creates a key that replaces `current` (the credential's current key, if any). The
     /// engine always calls this; only providers whose new key depends on the one in use
@@ -199,7 +199,7 @@ pub trait Revoker: Send + Sync {
 }
 
 /// The base URL of a provider, or a configuration error naming what is missing.
-pub(crate) fn base_url(config: &ProviderConfig) -> Result<String, ProviderError> {
+pub fn base_url(config: &ProviderConfig) -> Result<String, ProviderError> {
     config.base_url().map(str::to_string).ok_or_else(|| {
         ProviderError::Config(format!(
             "provider {:?} of kind {} needs `base_url`",
@@ -210,9 +210,7 @@ pub(crate) fn base_url(config: &ProviderConfig) -> Result<String, ProviderError>
 }
 
 /// Reads the management key of a provider section, if it has one.
-pub(crate) fn management_key(
-    config: &ProviderConfig,
-) -> Result<Option<SecretString>, ProviderError> {
+pub fn management_key(config: &ProviderConfig) -> Result<Option<SecretString>, ProviderError> {
     config
         .management_key
         .as_ref()
@@ -376,7 +374,7 @@ pub struct ProviderAdapters {
 
 impl ProviderAdapters {
     /// Only the checking adapter (`keyrotd check` needs no more).
-    pub fn checker_only(
+    pub(crate) fn checker_only(
         config: &ProviderConfig,
         telemetry: &ProviderTelemetry,
     ) -> Result<Self, ProviderError> {
@@ -389,7 +387,7 @@ impl ProviderAdapters {
     }
 
     /// Every adapter the section configures.
-    pub fn all(
+    pub(crate) fn all(
         config: &ProviderConfig,
         telemetry: &ProviderTelemetry,
     ) -> Result<Self, ProviderError> {

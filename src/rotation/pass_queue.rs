@@ -2,7 +2,7 @@
 //! when.
 //!
 //! Start-up reads the bookkeeping of every credential in one query
-//! ([`Store::rotation_outlooks`]), records every due time in one transaction, resumes the
+//! ([`RotationStore::rotation_outlooks`](crate::store::RotationStore::rotation_outlooks)), records every due time in one transaction, resumes the
 //! rotations a previous run left in flight, and puts each credential in one [`due`] queue at
 //! the time its next pass is needed. A credential with nothing due (no schedule, no key in
 //! its grace period) has no entry at all, so an idle daemon does not wake for it.

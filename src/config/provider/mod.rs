@@ -136,7 +136,7 @@ impl ProviderConfig {
         self.name.get_ref()
     }
 
-    pub(crate) fn base_url(&self) -> Option<&str> {
+    pub fn base_url(&self) -> Option<&str> {
         self.base_url
             .as_ref()
             .map(|u| u.get_ref().as_str())
