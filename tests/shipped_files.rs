@@ -8,25 +8,11 @@
 //! them the tests say so and pass; CI sets `KEYROTD_REQUIRE_TOOLS=1` (and installs the
 //! packages) so there they cannot be skipped.
 
+mod common;
+
+use common::tool_available;
 use std::path::Path;
 use std::process::Command;
-
-fn tool_available(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var_os("KEYROTD_REQUIRE_TOOLS").is_none(),
-            "{tool} is required (KEYROTD_REQUIRE_TOOLS is set) but not installed"
-        );
-        eprintln!("SKIPPED: {tool} is not installed");
-    }
-    found
-}
 
 fn run_script(script: &str, args: &[&str], envs: &[(&str, &str)]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
