@@ -4,7 +4,9 @@
 #   tests/alert_rules.sh
 #
 # Needs promtool (Debian: apt-get install prometheus); amtool (apt-get install
-# prometheus-alertmanager) is used when present, and required with REQUIRE_AMTOOL=1.
+# prometheus-alertmanager) is used when present: without it, step 4 prints a
+# `SKIPPED:` line, or fails when KEYROTD_REQUIRE_TOOLS is set to anything but
+# empty or 0 (.ci/run sets it).
 # Fails on any error:
 #   1. promtool check rules  (syntax, templates, lint: duplicate rules)
 #   2. promtool test rules   (alerts/keyrotd.rules.test.yml)
@@ -20,6 +22,14 @@ AM_CONFIG="$ROOT_DIR/alerts/alertmanager.example.yml"
 RUNBOOK="$ROOT_DIR/docs/runbook.md"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# The same rule as require_tools() in tests/common/mod.rs.
+require_tools() { [[ -n ${KEYROTD_REQUIRE_TOOLS:-} && $KEYROTD_REQUIRE_TOOLS != 0 ]]; }
+skip() {
+    if require_tools; then
+        fail "$* (KEYROTD_REQUIRE_TOOLS is set, so this is a failure, not a skip)"
+    fi
+    echo "SKIPPED: $*" >&2
+}
 
 command -v promtool >/dev/null || fail "promtool not found (apt-get install prometheus)"
 
@@ -76,9 +86,7 @@ if command -v amtool >/dev/null; then
     got=$(route alertname=KeycloakDown severity=critical)
     [[ $got == default ]] || fail "a foreign alert KeycloakDown was routed to '$got', want 'default'"
     echo "ok: Alertmanager routes every keyrotd alert by severity"
-elif [[ ${REQUIRE_AMTOOL:-0} == 1 ]]; then
-    fail "amtool not found (apt-get install prometheus-alertmanager)"
 else
-    echo "SKIP: amtool not found; alerts/alertmanager.example.yml not checked" >&2
+    skip "amtool not found (apt-get install prometheus-alertmanager); $AM_CONFIG not checked"
 fi
 echo "ok: alert rules"

@@ -326,7 +326,7 @@ fn a_key_on_the_command_line_is_refused_without_being_echoed() {
 fn a_database_created_by_root_belongs_to_the_owner_of_its_directory() {
     use std::os::unix::fs::MetadataExt;
     if !is_root() {
-        eprintln!("SKIPPED: needs root to create a file for another user");
+        skip_or_fail("needs root to create a file for another user");
         return;
     }
     let env = Env::new();

@@ -604,56 +604,36 @@ async fn kubernetes_over_https_needs_its_ca_file() {
 
 // ---------------------------------------------------------------- kubernetes over https
 
-/// A CA and a server certificate for 127.0.0.1 made with the openssl CLI, or None without it.
-fn make_pki(dir: &Path, name: &str) -> Option<()> {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+/// Writes `right-ca.crt`, `wrong-ca.crt`, and `server.crt` + `server.key` for 127.0.0.1
+/// signed by the right CA, made in process with rcgen (no external tool, so nothing to skip).
+/// Both CAs have the same name, so only the signature tells them apart.
+fn make_pki(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca = || {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test-ca");
+        let cert = params.self_signed(&key).unwrap();
+        (cert, key)
     };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca_key = format!("{name}-ca.key");
-    let ca_crt = format!("{name}-ca.crt");
-    let mut args = vec!["req", "-x509", "-days", "1", "-subj", "/CN=test-ca"];
-    args.extend(ec);
-    args.extend(["-keyout", &ca_key, "-out", &ca_crt]);
-    if !run(&args) {
-        return None;
-    }
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    let mut args = vec!["req", "-subj", "/CN=127.0.0.1"];
-    args.extend(ec);
-    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
-    let ok = run(&args)
-        && run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ]);
-    ok.then_some(())
+    let (right_ca, right_key) = ca();
+    let (wrong_ca, _) = ca();
+    let server_key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(Vec::<String>::new()).unwrap();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    server.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let server_cert = server
+        .signed_by(&server_key, &right_ca, &right_key)
+        .unwrap();
+    std::fs::write(dir.join("right-ca.crt"), right_ca.pem()).unwrap();
+    std::fs::write(dir.join("wrong-ca.crt"), wrong_ca.pem()).unwrap();
+    std::fs::write(dir.join("server.crt"), server_cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
 }
 
 /// Serves HTTPS on 127.0.0.1 with `server.crt`; answers 200 and records request heads.
@@ -729,12 +709,7 @@ async fn tls_server(dir: &Path) -> (String, Arc<std::sync::Mutex<Vec<String>>>) 
 #[tokio::test]
 async fn kubernetes_over_https_trusts_exactly_its_ca_file() {
     let dir = tempfile::tempdir().unwrap();
-    if make_pki(dir.path(), "right").is_none() || make_pki(dir.path(), "wrong").is_none() {
-        eprintln!("openssl CLI unavailable: skipping the https test");
-        return;
-    }
-    // make_pki("wrong") re-issued server.crt under the wrong CA; issue it again under the right one.
-    make_pki(dir.path(), "right").unwrap();
+    make_pki(dir.path());
     std::fs::write(dir.path().join("token"), "tok").unwrap();
     let (url, seen) = tls_server(dir.path()).await;
     let key = canary();

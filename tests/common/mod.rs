@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: a scratch directory with a config, a master key
 //! and a database; a way to run `keyrotd` commands; and [`Daemon`], a running `keyrotd run`
-//! with its log captured, its port parsed from the `keyrotd ready` line, and a clean stop.
+//! with its log captured, its port parsed from the `keyrotd ready` line, and a clean stop;
+//! and the one way a test skips, [`skip_or_fail`] (a failure under `KEYROTD_REQUIRE_TOOLS`).
 //!
 //! Every test file includes this module (`mod common;`) and uses only part of it.
 #![allow(dead_code)]
@@ -409,8 +410,30 @@ fn ready_port(log: &str) -> Option<u16> {
     address.rsplit(':').next()?.parse().ok()
 }
 
-/// Whether an external tool is on `PATH`. A missing tool skips the test that needs it (it
-/// says so), except under `KEYROTD_REQUIRE_TOOLS`, where it fails the test.
+/// Whether a skip fails the test instead: `KEYROTD_REQUIRE_TOOLS` is set to anything but the
+/// empty string or `0` (`.ci/run` sets it to `1`). The scripts under `tests/` apply the same
+/// rule in bash, and [`run_script`] hands them this decision.
+pub fn require_tools() -> bool {
+    std::env::var_os("KEYROTD_REQUIRE_TOOLS").is_some_and(|value| !value.is_empty() && value != "0")
+}
+
+/// Every skip in the suite goes through here, so each one says the same thing: it prints
+/// `SKIPPED (TEST): REASON`, or, under [`require_tools`], fails the test with the reason.
+/// The caller returns from the test after it.
+///
+/// The line goes straight to the process's stderr, past the test harness's output capture,
+/// so a plain `cargo test` shows it too (not only `--nocapture`).
+pub fn skip_or_fail(reason: &str) {
+    if require_tools() {
+        panic!("{reason} (KEYROTD_REQUIRE_TOOLS is set, so this is a failure, not a skip)");
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let _ = writeln!(std::io::stderr(), "SKIPPED ({test}): {reason}");
+}
+
+/// Whether an external tool is on `PATH`; when it is not, [`skip_or_fail`] says so (the
+/// caller then returns).
 pub fn tool_available(tool: &str) -> bool {
     let found = Command::new("sh")
         .arg("-c")
@@ -419,13 +442,43 @@ pub fn tool_available(tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !found {
-        assert!(
-            std::env::var_os("KEYROTD_REQUIRE_TOOLS").is_none(),
-            "{tool} is required (KEYROTD_REQUIRE_TOOLS is set) but not installed"
-        );
-        eprintln!("SKIPPED: {tool} is not installed");
+        skip_or_fail(&format!("{tool} is not installed"));
     }
     found
+}
+
+/// Runs `bash SCRIPT ARGS` from the repository root with `envs`, and asserts that it
+/// succeeded. The script is told the [`require_tools`] decision (`KEYROTD_REQUIRE_TOOLS=1` or
+/// `0`), and every line it prints that starts with `SKIP` goes through [`skip_or_fail`]: it
+/// shows in the test output, and fails the test under `KEYROTD_REQUIRE_TOOLS` even if the
+/// script itself exited 0. Returns the script's stdout.
+pub fn run_script(script: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("bash")
+        .arg(root.join(script))
+        .args(args)
+        .env(
+            "KEYROTD_REQUIRE_TOOLS",
+            if require_tools() { "1" } else { "0" },
+        )
+        .envs(envs.iter().copied())
+        .current_dir(root)
+        .output()
+        .expect("bash runs");
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    let err = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "{script} failed ({})\n--- stdout\n{out}\n--- stderr\n{err}",
+        output.status
+    );
+    println!("{out}");
+    for line in out.lines().chain(err.lines()) {
+        if line.trim_start().starts_with("SKIP") {
+            skip_or_fail(&format!("{script}: {}", line.trim()));
+        }
+    }
+    out
 }
 
 /// A minimal HTTP/1.1 GET against 127.0.0.1 (no keep-alive): (status code, body).
