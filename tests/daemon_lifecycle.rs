@@ -218,23 +218,30 @@ fn state_survives_restart_and_a_broken_reload_keeps_the_running_config() {
     assert!(!log.contains(&secret));
 }
 
-/// Reads datagrams until one contains `needle`; returns the time it arrived.
-fn wait_for_datagram(socket: &UnixDatagram, needle: &str, timeout: Duration) -> Instant {
-    let deadline = Instant::now() + timeout;
+/// How long a notification may take to arrive: bounds a hang only.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads datagrams until one contains the line `needle`.
+fn wait_for_datagram(socket: &UnixDatagram, needle: &str) {
+    let deadline = Instant::now() + NOTIFY_TIMEOUT;
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];
     while Instant::now() < deadline {
         if let Ok(len) = socket.recv(&mut buffer) {
             let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
             if message.lines().any(|l| l == needle) {
-                return Instant::now();
+                return;
             }
             seen.push(message);
         }
     }
-    panic!("no {needle:?} within {timeout:?}; got {seen:?}");
+    panic!("no {needle:?} within {NOTIFY_TIMEOUT:?}; got {seen:?}");
 }
 
+/// The real binary talks to systemd: READY, then WATCHDOG pings (they keep coming), then
+/// STOPPING. That pings stop while the heartbeat is stale, and resume with it, is shown in
+/// process with a paused clock (`daemon::tests` in the library), where a stall takes no
+/// real time.
 #[test]
 fn systemd_notifications_ready_watchdog_stopping() {
     let env = Env::new();
@@ -248,15 +255,12 @@ fn systemd_notifications_ready_watchdog_stopping() {
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "2000000");
     let daemon = Daemon::start(command);
-    let ready = wait_for_datagram(&socket, "READY=1", Duration::from_secs(5));
-    // Pings every second, and they keep coming (not only in the first seconds after start:
-    // the scheduler beats every 10 s, a 2 s watchdog must not starve in between).
-    wait_for_datagram(&socket, "WATCHDOG=1", Duration::from_secs(3));
-    while ready.elapsed() < Duration::from_millis(3500) {
-        wait_for_datagram(&socket, "WATCHDOG=1", Duration::from_secs(3));
+    wait_for_datagram(&socket, "READY=1");
+    // A ping every second: several in a row arrive, each awaited as an event.
+    for _ in 0..4 {
+        wait_for_datagram(&socket, "WATCHDOG=1");
     }
-    wait_for_datagram(&socket, "WATCHDOG=1", Duration::from_secs(3));
     daemon.signal(Signal::SIGTERM);
-    wait_for_datagram(&socket, "STOPPING=1", Duration::from_secs(5));
+    wait_for_datagram(&socket, "STOPPING=1");
     daemon.stop_after_signal();
 }
