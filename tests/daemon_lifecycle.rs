@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use keyrotd::simulator::{Op, Simulator};
 use nix::sys::signal::Signal;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
@@ -216,6 +217,146 @@ fn state_survives_restart_and_a_broken_reload_keeps_the_running_config() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(log.contains("stopped"), "{log}");
     assert!(!log.contains(&secret));
+}
+
+/// How long a reload may take to show its effect: bounds a hang only.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A config for the credential on the simulator `sim`: checked every second and rotated
+/// every second, so both keep happening while the test watches. `extra` goes into the
+/// provider section.
+fn simulated(sim: &Simulator, management_key: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"[checks]
+interval = "1s"
+jitter = 0.0
+
+[[provider]]
+name = "sim"
+kind = "simulated"
+base_url = "{base}"
+management_key = {{ file = {mgmt:?} }}
+timeout = "10s"
+{extra}
+[[credential]]
+name = "{CREDENTIAL}"
+provider = "sim"
+[credential.rotation]
+schedule = "* * * * * *"
+retry_backoff = "1s"
+"#,
+        base = sim.base_url(),
+        mgmt = management_key.display().to_string(),
+    )
+}
+
+/// Waits until `count()` reaches `at_least`.
+fn wait_for_count(what: &str, at_least: u64, count: impl Fn() -> u64, daemon: &Daemon) {
+    wait_for(RELOAD_TIMEOUT, || (count() >= at_least).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "{what}: {} < {at_least} within {RELOAD_TIMEOUT:?}:\n{}",
+            count(),
+            daemon.log()
+        )
+    });
+}
+
+/// A config that parses and validates (`check-config` accepts it) but whose provider cannot
+/// be built (its management key file is missing) is refused at SIGHUP: the checks and the
+/// rotations go on under the running config, at the provider it names, and nothing reaches
+/// the provider the refused config names. A later good config is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_providers_cannot_be_built_keeps_checking_and_rotating() {
+    let localhost = "127.0.0.1:0".parse().unwrap();
+    let (old, _) = Simulator::start(localhost).await.unwrap();
+    let (new, _) = Simulator::start(localhost).await.unwrap();
+    let env = Env::new();
+    let old_key = env.path().join("old-mgmt");
+    std::fs::write(&old_key, old.management_key()).unwrap();
+    let new_key = env.path().join("new-mgmt");
+    std::fs::write(&new_key, new.management_key()).unwrap();
+    env.write_config(&simulated(&old, &old_key, ""));
+    let secret = canary();
+    old.add_key(&secret);
+    env.import(CREDENTIAL, &secret, &[]);
+    let daemon = env.start();
+    wait_for_count(
+        "checks at the old provider",
+        1,
+        || old.request_count(Op::Check),
+        &daemon,
+    );
+    wait_for_count(
+        "rotations at the old provider",
+        1,
+        || old.request_count(Op::Issue),
+        &daemon,
+    );
+
+    // Parses and validates, but the provider cannot be built.
+    let missing = env.path().join("no-such-management-key");
+    let refused = simulated(&new, &missing, "");
+    env.write_config(&refused);
+    let check_config = env.run(&["check-config"]);
+    assert_success(&check_config, "check-config of the refused config");
+    daemon.signal(Signal::SIGHUP);
+    let log = daemon.wait_for_log("reload failed", RELOAD_TIMEOUT);
+    let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(line.contains("keeping the running configuration"), "{line}");
+    assert!(
+        line.contains("provider \"sim\""),
+        "the provider is not named: {line}"
+    );
+    assert!(
+        line.contains(&missing.display().to_string()),
+        "the missing file is not named: {line}"
+    );
+
+    // Counted from the refusal on: checks and rotations go on at the old provider.
+    let checks = old.request_count(Op::Check);
+    let issued = old.request_count(Op::Issue);
+    wait_for_count(
+        "checks after the refusal",
+        checks + 3,
+        || old.request_count(Op::Check),
+        &daemon,
+    );
+    wait_for_count(
+        "rotations after the refusal",
+        issued + 3,
+        || old.request_count(Op::Issue),
+        &daemon,
+    );
+    for op in [Op::Check, Op::Issue, Op::List, Op::Revoke] {
+        assert_eq!(
+            new.request_count(op),
+            0,
+            "{op:?} reached the refused config's provider"
+        );
+    }
+    assert_eq!(daemon.get("/readyz").0, 200);
+
+    // A good config: checks and rotations move to the provider it names.
+    env.write_config(&simulated(&new, &new_key, ""));
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("configuration reloaded", RELOAD_TIMEOUT);
+    wait_for_count(
+        "checks at the new provider",
+        1,
+        || new.request_count(Op::Check),
+        &daemon,
+    );
+    wait_for_count(
+        "rotations at the new provider",
+        1,
+        || new.request_count(Op::Issue),
+        &daemon,
+    );
+
+    let log = daemon.stop();
+    assert!(!log.contains(&secret), "the key leaked into the log");
+    old.shutdown().await;
+    new.shutdown().await;
 }
 
 /// How long a notification may take to arrive: bounds a hang only.
