@@ -349,3 +349,6 @@ type Runtimes = std::collections::HashMap<String, Arc<CredentialRuntime>>;
 fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> JoinHandle<()> {
     rotation::pass_queue::spawn(engine.clone(), runtimes.into_values().collect())
 }
+
+#[cfg(test)]
+mod tests;

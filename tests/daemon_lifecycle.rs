@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use keyrotd::simulator::{Op, Simulator};
 use nix::sys::signal::Signal;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
@@ -218,23 +219,170 @@ fn state_survives_restart_and_a_broken_reload_keeps_the_running_config() {
     assert!(!log.contains(&secret));
 }
 
-/// Reads datagrams until one contains `needle`; returns the time it arrived.
-fn wait_for_datagram(socket: &UnixDatagram, needle: &str, timeout: Duration) -> Instant {
-    let deadline = Instant::now() + timeout;
+/// How long a reload may take to show its effect: bounds a hang only.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A config for the credential on the simulator `sim`: checked every second and rotated
+/// every second, so both keep happening while the test watches. `extra` goes into the
+/// provider section.
+fn simulated(sim: &Simulator, management_key: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"[checks]
+interval = "1s"
+jitter = 0.0
+
+[[provider]]
+name = "sim"
+kind = "simulated"
+base_url = "{base}"
+management_key = {{ file = {mgmt:?} }}
+timeout = "10s"
+{extra}
+[[credential]]
+name = "{CREDENTIAL}"
+provider = "sim"
+[credential.rotation]
+schedule = "* * * * * *"
+retry_backoff = "1s"
+"#,
+        base = sim.base_url(),
+        mgmt = management_key.display().to_string(),
+    )
+}
+
+/// Waits until `count()` reaches `at_least`.
+fn wait_for_count(what: &str, at_least: u64, count: impl Fn() -> u64, daemon: &Daemon) {
+    wait_for(RELOAD_TIMEOUT, || (count() >= at_least).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "{what}: {} < {at_least} within {RELOAD_TIMEOUT:?}:\n{}",
+            count(),
+            daemon.log()
+        )
+    });
+}
+
+/// A config that parses and validates (`check-config` accepts it) but whose provider cannot
+/// be built (its management key file is missing) is refused at SIGHUP: the checks and the
+/// rotations go on under the running config, at the provider it names, and nothing reaches
+/// the provider the refused config names. A later good config is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_providers_cannot_be_built_keeps_checking_and_rotating() {
+    let localhost = "127.0.0.1:0".parse().unwrap();
+    let (old, _) = Simulator::start(localhost).await.unwrap();
+    let (new, _) = Simulator::start(localhost).await.unwrap();
+    let env = Env::new();
+    let old_key = env.path().join("old-mgmt");
+    std::fs::write(&old_key, old.management_key()).unwrap();
+    let new_key = env.path().join("new-mgmt");
+    std::fs::write(&new_key, new.management_key()).unwrap();
+    env.write_config(&simulated(&old, &old_key, ""));
+    let secret = canary();
+    old.add_key(&secret);
+    env.import(CREDENTIAL, &secret, &[]);
+    let daemon = env.start();
+    wait_for_count(
+        "checks at the old provider",
+        1,
+        || old.request_count(Op::Check),
+        &daemon,
+    );
+    wait_for_count(
+        "rotations at the old provider",
+        1,
+        || old.request_count(Op::Issue),
+        &daemon,
+    );
+
+    // Parses and validates, but the provider cannot be built.
+    let missing = env.path().join("no-such-management-key");
+    let refused = simulated(&new, &missing, "");
+    env.write_config(&refused);
+    let check_config = env.run(&["check-config"]);
+    assert_success(&check_config, "check-config of the refused config");
+    daemon.signal(Signal::SIGHUP);
+    let log = daemon.wait_for_log("reload failed", RELOAD_TIMEOUT);
+    let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(line.contains("keeping the running configuration"), "{line}");
+    assert!(
+        line.contains("provider \"sim\""),
+        "the provider is not named: {line}"
+    );
+    assert!(
+        line.contains(&missing.display().to_string()),
+        "the missing file is not named: {line}"
+    );
+
+    // Counted from the refusal on: checks and rotations go on at the old provider.
+    let checks = old.request_count(Op::Check);
+    let issued = old.request_count(Op::Issue);
+    wait_for_count(
+        "checks after the refusal",
+        checks + 3,
+        || old.request_count(Op::Check),
+        &daemon,
+    );
+    wait_for_count(
+        "rotations after the refusal",
+        issued + 3,
+        || old.request_count(Op::Issue),
+        &daemon,
+    );
+    for op in [Op::Check, Op::Issue, Op::List, Op::Revoke] {
+        assert_eq!(
+            new.request_count(op),
+            0,
+            "{op:?} reached the refused config's provider"
+        );
+    }
+    assert_eq!(daemon.get("/readyz").0, 200);
+
+    // A good config: checks and rotations move to the provider it names.
+    env.write_config(&simulated(&new, &new_key, ""));
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("configuration reloaded", RELOAD_TIMEOUT);
+    wait_for_count(
+        "checks at the new provider",
+        1,
+        || new.request_count(Op::Check),
+        &daemon,
+    );
+    wait_for_count(
+        "rotations at the new provider",
+        1,
+        || new.request_count(Op::Issue),
+        &daemon,
+    );
+
+    let log = daemon.stop();
+    assert!(!log.contains(&secret), "the key leaked into the log");
+    old.shutdown().await;
+    new.shutdown().await;
+}
+
+/// How long a notification may take to arrive: bounds a hang only.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads datagrams until one contains the line `needle`.
+fn wait_for_datagram(socket: &UnixDatagram, needle: &str) {
+    let deadline = Instant::now() + NOTIFY_TIMEOUT;
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];
     while Instant::now() < deadline {
         if let Ok(len) = socket.recv(&mut buffer) {
             let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
             if message.lines().any(|l| l == needle) {
-                return Instant::now();
+                return;
             }
             seen.push(message);
         }
     }
-    panic!("no {needle:?} within {timeout:?}; got {seen:?}");
+    panic!("no {needle:?} within {NOTIFY_TIMEOUT:?}; got {seen:?}");
 }
 
+/// The real binary talks to systemd: READY, then WATCHDOG pings (they keep coming), then
+/// STOPPING. That pings stop while the heartbeat is stale, and resume with it, is shown in
+/// process with a paused clock (`daemon::tests` in the library), where a stall takes no
+/// real time.
 #[test]
 fn systemd_notifications_ready_watchdog_stopping() {
     let env = Env::new();
@@ -248,15 +396,12 @@ fn systemd_notifications_ready_watchdog_stopping() {
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "2000000");
     let daemon = Daemon::start(command);
-    let ready = wait_for_datagram(&socket, "READY=1", Duration::from_secs(5));
-    // Pings every second, and they keep coming (not only in the first seconds after start:
-    // the scheduler beats every 10 s, a 2 s watchdog must not starve in between).
-    wait_for_datagram(&socket, "WATCHDOG=1", Duration::from_secs(3));
-    while ready.elapsed() < Duration::from_millis(3500) {
-        wait_for_datagram(&socket, "WATCHDOG=1", Duration::from_secs(3));
+    wait_for_datagram(&socket, "READY=1");
+    // A ping every second: several in a row arrive, each awaited as an event.
+    for _ in 0..4 {
+        wait_for_datagram(&socket, "WATCHDOG=1");
     }
-    wait_for_datagram(&socket, "WATCHDOG=1", Duration::from_secs(3));
     daemon.signal(Signal::SIGTERM);
-    wait_for_datagram(&socket, "STOPPING=1", Duration::from_secs(5));
+    wait_for_datagram(&socket, "STOPPING=1");
     daemon.stop_after_signal();
 }

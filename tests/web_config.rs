@@ -1,5 +1,8 @@
 //! The metrics endpoint behind a node_exporter web config: real TLS (rcgen certificates),
-//! client certificates and basic auth, against `keyrotd::metrics::server::serve` on port 0.
+//! client certificates and basic auth, against `keyrotd::metrics::server::serve` on port 0,
+//! and client certificates against the real daemon started with `--web.config.file`.
+
+mod common;
 
 use keyrotd::clock::{Clock, SystemClock};
 use keyrotd::heartbeat::Heartbeat;
@@ -289,4 +292,57 @@ fn check_config_exits_78_on_a_bad_web_config() {
     std::fs::write(&web, "").unwrap();
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// The real daemon with `--web.config.file` requiring client certificates: a certificate from
+/// another CA is refused, no certificate is refused, one from the configured CA gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_enforces_required_client_certificates() {
+    let env = common::Env::new();
+    let pki = make_pki(env.path());
+    let stranger = TempDir::new().unwrap();
+    let other_ca = make_pki(stranger.path());
+    let web = env.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "{TLS_ONLY}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+        ),
+    )
+    .unwrap();
+    let mut command = env.command();
+    command.arg("--web.config.file").arg(&web);
+    let daemon = common::Daemon::start(command);
+    let log = daemon.log();
+    let ready = log.lines().find(|l| l.contains("keyrotd ready")).unwrap();
+    assert!(ready.contains("tls=true"), "{ready}");
+    let url = format!("https://localhost:{}/metrics", daemon.port);
+
+    // Trusts the server, presents a certificate the server's CA never signed.
+    let foreign = Pki {
+        ca_pem: pki.ca_pem.clone(),
+        client_pem: other_ca.client_pem.clone(),
+    };
+    let refused = client(&foreign, true).get(&url).send().await;
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA got in: {refused:?}"
+    );
+
+    let refused = client(&pki, false).get(&url).send().await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got in: {refused:?}"
+    );
+
+    let accepted = client(&pki, true)
+        .get(&url)
+        .send()
+        .await
+        .expect("mutual TLS with the configured CA");
+    assert_eq!(accepted.status(), 200);
+    let body = accepted.text().await.unwrap();
+    assert!(body.contains("keyrotd_build_info"), "{body}");
+
+    daemon.stop();
 }
