@@ -1,7 +1,8 @@
 //! Credit in two currencies, end to end: a DeepSeek-shaped fake reports a CNY and a USD
 //! balance; the real daemon's check stores both, `/metrics` exports one
 //! `keyrotd_key_credit_remaining` series per unit (from the store: they survive a restart
-//! with the fake gone), and the one-shot `keyrotd check --json` reports both.
+//! with the fake gone), and the one-shot `keyrotd check --json` and `keyrotd key show` report
+//! both.
 
 mod common;
 
@@ -76,4 +77,23 @@ async fn two_currencies_reach_the_store_metrics_and_check_output() {
     assert_eq!(credit(&metrics, "usd"), Some(5.25), "{metrics}");
     let log = daemon.stop();
     assert!(!log.contains(&key), "the key leaked into the log");
+
+    // `key show` reads the stored balances too, as JSON and as a line for people.
+    let out = env.run(&["key", "show", "ds", "--json"]);
+    assert_success(&out, "key show --json");
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("key show --json is JSON");
+    assert_eq!(
+        shown["credit"],
+        json!([{"unit": "cny", "remaining": 110.0}, {"unit": "usd", "remaining": 5.25}])
+    );
+    let out = env.run(&["key", "show", "ds"]);
+    assert_success(&out, "key show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l == "credit:       110 cny, 5.25 usd"),
+        "{text}"
+    );
+    for output in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(output).contains(&key));
+    }
 }

@@ -61,4 +61,8 @@ pub trait CheckStore: Send + Sync {
     /// When each active credential was last checked (credentials never checked are absent).
     /// Start-up reads this to resume every check schedule.
     async fn last_checks(&self) -> StoreResult<HashMap<String, UnixTime>>;
+
+    /// The balances a credential's provider last reported, by unit (currency or `credits`),
+    /// in unit order; empty when it never reported one.
+    async fn credits(&self, credential: &str) -> StoreResult<Vec<(String, f64)>>;
 }

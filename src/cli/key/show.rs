@@ -18,10 +18,14 @@ pub(super) async fn run(
         .await?
         .with_context(|| format!("unknown credential {name:?}"))?;
     let versions = store.versions(name).await?;
+    let credits = store.credits(name).await?;
     if json {
-        render::print_json(&render::json::key_show(&credential, &versions))
+        render::print_json(&render::json::key_show(&credential, &versions, &credits))
     } else {
-        print!("{}", render::table::key_show(&credential, &versions, now));
+        print!(
+            "{}",
+            render::table::key_show(&credential, &versions, &credits, now)
+        );
         Ok(())
     }
 }

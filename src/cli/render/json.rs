@@ -28,8 +28,16 @@ pub(crate) fn key_list(rows: &[ListedKey], now: UnixTime) -> Value {
 }
 
 /// `keyrotd key show --json`.
-pub(crate) fn key_show(credential: &CredentialRecord, versions: &[KeyVersion]) -> Value {
+pub(crate) fn key_show(
+    credential: &CredentialRecord,
+    versions: &[KeyVersion],
+    credits: &[(String, f64)],
+) -> Value {
     let items: Vec<_> = versions.iter().map(version).collect();
+    let credits: Vec<_> = credits
+        .iter()
+        .map(|(unit, remaining)| json!({ "unit": unit, "remaining": remaining }))
+        .collect();
     json!({
         "credential": credential.name,
         "provider": credential.provider,
@@ -40,6 +48,7 @@ pub(crate) fn key_show(credential: &CredentialRecord, versions: &[KeyVersion]) -
         "next_rotation_at": credential.next_rotation_at,
         "last_rotated_at": credential.last_rotated_at,
         "consecutive_failures": credential.consecutive_failures,
+        "credit": credits,
         "versions": items,
     })
 }

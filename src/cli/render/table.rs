@@ -54,6 +54,7 @@ pub(crate) fn key_list(rows: &[ListedKey], now: UnixTime) -> String {
 pub(crate) fn key_show(
     credential: &CredentialRecord,
     versions: &[KeyVersion],
+    credits: &[(String, f64)],
     now: UnixTime,
 ) -> String {
     let mut out = String::new();
@@ -72,6 +73,13 @@ pub(crate) fn key_show(
             .map(|t| relative(now, t))
             .unwrap_or_else(|| "not scheduled".into())
     );
+    if !credits.is_empty() {
+        let balances: Vec<String> = credits
+            .iter()
+            .map(|(unit, remaining)| format!("{remaining} {unit}"))
+            .collect();
+        let _ = writeln!(out, "credit:       {}", balances.join(", "));
+    }
     out.push('\n');
     let mut table = Table::new(&[
         "VERSION",

@@ -202,4 +202,14 @@ impl CheckStore for SqliteStore {
         .try_collect()
         .await?)
     }
+
+    async fn credits(&self, credential: &str) -> StoreResult<Vec<(String, f64)>> {
+        Ok(sqlx::query_as::<_, (String, f64)>(
+            "SELECT k.unit, k.remaining FROM credits k JOIN credentials c ON c.id = k.credential_id
+             WHERE c.name = ? ORDER BY k.unit",
+        )
+        .bind(credential)
+        .fetch_all(&self.reader)
+        .await?)
+    }
 }
