@@ -44,7 +44,7 @@ pub struct Spec {
     pub headers: &'static [(&'static str, &'static str)],
     pub valid: Value,
     pub invalid: (u16, Value),
-    pub exhausted: Option<(u16, Value)>,
+    pub exhausted: Exhausted,
     pub rate_limited: (u16, Value),
     /// What a 429 without Retry-After means (Anthropic: the spend cap, exhausted).
     pub rate_limited_without_retry_after: CheckStatus,
@@ -53,6 +53,31 @@ pub struct Spec {
     pub echo_status: CheckStatus,
     /// Whether the success body has a documented shape beyond "a JSON object".
     pub strict_shape: bool,
+}
+
+/// How a vendor says "out of credit". Every adapter names one: the answer that means it, or
+/// why there is none and how the answer nearest to it is classified. No adapter skips it.
+#[derive(Clone)]
+pub enum Exhausted {
+    /// This answer means the key (or its account) is out of credit.
+    Answer(u16, Value),
+    /// The vendor has no answer meaning "out of credit", for the reason `why`; `nearest`, the
+    /// answer a reader could take for one, is classified `as_status`, which is not exhausted.
+    NoSuchAnswer {
+        why: &'static str,
+        nearest: (u16, Value),
+        as_status: CheckStatus,
+    },
+}
+
+impl Exhausted {
+    /// The vendor's out-of-credit answer; panics when it documents none.
+    pub fn answer(&self) -> (u16, Value) {
+        match self {
+            Exhausted::Answer(status, body) => (*status, body.clone()),
+            Exhausted::NoSuchAnswer { why, .. } => panic!("no out-of-credit answer: {why}"),
+        }
+    }
 }
 
 pub struct Harness {
@@ -180,11 +205,23 @@ pub async fn invalid(spec: &Spec) {
 }
 
 pub async fn exhausted(spec: &Spec) {
-    let Some((status, body)) = &spec.exhausted else {
-        return;
-    };
-    let report = spec.run(json_response(*status, body)).await;
-    assert_eq!(report.status, CheckStatus::Exhausted, "{report:?}");
+    match &spec.exhausted {
+        Exhausted::Answer(status, body) => {
+            let report = spec.run(json_response(*status, body)).await;
+            assert_eq!(report.status, CheckStatus::Exhausted, "{report:?}");
+        }
+        Exhausted::NoSuchAnswer {
+            why,
+            nearest: (status, body),
+            as_status,
+        } => {
+            assert!(why.len() > 20, "say why there is no out-of-credit answer");
+            assert_ne!(*as_status, CheckStatus::Exhausted, "{why}");
+            let report = spec.run(json_response(*status, body)).await;
+            assert_eq!(report.status, *as_status, "{why}: {report:?}");
+            assert_eq!(report.http_status, Some(*status));
+        }
+    }
 }
 
 pub async fn rate_limited_retry_after_seconds(spec: &Spec) {
