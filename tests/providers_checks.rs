@@ -7,7 +7,7 @@ mod providers_support;
 
 use keyrotd::model::CheckStatus;
 use keyrotd::providers::Credit;
-use providers_support::{canary, json_response, Spec};
+use providers_support::{canary, json_response, Exhausted, Spec};
 use serde_json::json;
 
 mod openai {
@@ -26,10 +26,10 @@ mod openai {
                 401,
                 json!({"error":{"message":"Incorrect API key provided: sk-proj-****7f3a. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}),
             ),
-            exhausted: Some((
+            exhausted: Exhausted::Answer(
                 429,
                 json!({"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}),
-            )),
+            ),
             rate_limited: (
                 429,
                 json!({"error":{"message":"Rate limit reached for gpt-4o on requests per min (RPM): Limit 500, Used 500.","type":"requests","param":null,"code":"rate_limit_exceeded"}}),
@@ -62,7 +62,7 @@ mod openai {
     #[tokio::test]
     async fn insufficient_quota_with_retry_after_is_still_exhausted() {
         let s = spec();
-        let (status, body) = s.exhausted.clone().unwrap();
+        let (status, body) = s.exhausted.answer();
         let report = s
             .run(json_response(status, &body).insert_header("retry-after", "20"))
             .await;
@@ -176,10 +176,10 @@ mod anthropic {
                 401,
                 json!({"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}),
             ),
-            exhausted: Some((
+            exhausted: Exhausted::Answer(
                 402,
                 json!({"type":"error","error":{"type":"billing_error","message":"Your credit balance is too low to access the Anthropic API."}}),
-            )),
+            ),
             rate_limited: (
                 429,
                 json!({"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}),
@@ -239,10 +239,10 @@ mod openrouter {
                 401,
                 json!({"error":{"code":401,"message":"User not found."}}),
             ),
-            exhausted: Some((
+            exhausted: Exhausted::Answer(
                 402,
                 json!({"error":{"code":402,"message":"Insufficient credits. Add more using https://openrouter.ai/credits","metadata":{"limit_source":"openrouter_credits"}}}),
-            )),
+            ),
             rate_limited: (
                 429,
                 json!({"error":{"code":429,"message":"Rate limit exceeded"}}),
@@ -319,10 +319,10 @@ mod deepseek {
                 401,
                 json!({"error":{"message":"Authentication Fails, Your api key: ****7f3a is invalid","type":"authentication_error","param":null,"code":"invalid_request_error"}}),
             ),
-            exhausted: Some((
+            exhausted: Exhausted::Answer(
                 402,
                 json!({"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}),
-            )),
+            ),
             rate_limited: (
                 429,
                 json!({"error":{"message":"Rate Limit Reached","type":"rate_limit_error","param":null,"code":"rate_limit_reached"}}),
@@ -394,8 +394,22 @@ mod gemini {
                 400,
                 json!({"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com","metadata":{"service":"generativelanguage.googleapis.com"}}]}}),
             ),
-            // Gemini documents no "out of credit" answer: 429 RESOURCE_EXHAUSTED is a quota rate.
-            exhausted: None,
+            exhausted: Exhausted::NoSuchAnswer {
+                why: "Google documents no out-of-credit answer for the Gemini API: its quotas \
+                      are rates (requests per minute, per day) that reset by themselves, and \
+                      every one of them answers 429 RESOURCE_EXHAUSTED. The nearest answer, a \
+                      spent daily quota with a QuotaFailure detail and a message worded like \
+                      OpenAI's insufficient_quota, is a rate limit to wait out, not a key to \
+                      top up",
+                nearest: (
+                    429,
+                    json!({"error":{"code":429,"message":"You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.","status":"RESOURCE_EXHAUSTED","details":[
+                        {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier","quotaDimensions":{"location":"global","model":"gemini-2.0-flash"},"quotaValue":"200"}]},
+                        {"@type":"type.googleapis.com/google.rpc.Help","links":[{"description":"Learn more about Gemini API quotas","url":"https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+                        {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}),
+                ),
+                as_status: CheckStatus::RateLimited,
+            },
             rate_limited: (
                 429,
                 json!({"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}),
@@ -442,10 +456,10 @@ mod azure {
                 401,
                 json!({"error":{"code":"401","message":"Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}}),
             ),
-            exhausted: Some((
+            exhausted: Exhausted::Answer(
                 402,
                 json!({"error":{"code":"402","message":"Payment required"}}),
-            )),
+            ),
             rate_limited: (
                 429,
                 json!({"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded call rate limit."}}),
@@ -489,10 +503,10 @@ mod relay {
                 401,
                 json!({"error":{"code":"token_expired","message":"API key expired"}}),
             ),
-            exhausted: Some((
+            exhausted: Exhausted::Answer(
                 402,
                 json!({"error":{"code":"insufficient_balance","message":"balance exhausted"}}),
-            )),
+            ),
             rate_limited: (
                 429,
                 json!({"error":{"code":"rate_limited","message":"slow down"}}),
@@ -528,7 +542,7 @@ mod simulated {
             headers: &[],
             valid: json!({"id":"sim_1","name":"keyrotd/demo/1"}),
             invalid: (401, json!({"error":"invalid key"})),
-            exhausted: Some((402, json!({"error":"out of credit"}))),
+            exhausted: Exhausted::Answer(402, json!({"error":"out of credit"})),
             rate_limited: (429, json!({"error":"rate limited"})),
             rate_limited_without_retry_after: CheckStatus::RateLimited,
             echo: (401, json!({"error":"invalid key {key}"})),
@@ -563,7 +577,7 @@ invalid_status = [401, 403, 410]"#;
             headers: &[("accept", "application/json")],
             valid: json!({"active":true,"balance":{"amount":"12.50"},"expires":"2030-01-01T00:00:00Z"}),
             invalid: (410, json!({"message":"key revoked"})),
-            exhausted: Some((402, json!({"message":"no balance"}))),
+            exhausted: Exhausted::Answer(402, json!({"message":"no balance"})),
             rate_limited: (429, json!({"message":"too many requests"})),
             rate_limited_without_retry_after: CheckStatus::RateLimited,
             echo: (403, json!({"detail":"key {key} is not allowed"})),

@@ -53,7 +53,7 @@ fn assert_no_admin(err: &ProviderError) {
 
 mod openrouter {
     use super::*;
-    const TOML: &str = "kind = \"openrouter\"\nbase_url = \"{base}/api/v1\"";
+    pub(super) const TOML: &str = "kind = \"openrouter\"\nbase_url = \"{base}/api/v1\"";
 
     #[tokio::test]
     async fn issue_list_revoke() {
@@ -157,7 +157,8 @@ mod openrouter {
 
 mod openai {
     use super::*;
-    const TOML: &str = "kind = \"openai\"\nbase_url = \"{base}/v1\"\nproject = \"proj_abc\"";
+    pub(super) const TOML: &str =
+        "kind = \"openai\"\nbase_url = \"{base}/v1\"\nproject = \"proj_abc\"";
     const ACCOUNTS: &str = "/v1/organization/projects/proj_abc/service_accounts";
 
     #[tokio::test]
@@ -270,7 +271,8 @@ fn kinds_without_a_key_api_have_no_issuer() {
 /// A HolySheep-style relay API: `POST /keys/rotate`, then `GET /keys/{name}/metadata`.
 mod relay {
     use super::*;
-    const TOML: &str = "kind = \"relay\"\nbase_url = \"{base}/v1\"\nrotation_policy = \"7d\"";
+    pub(super) const TOML: &str =
+        "kind = \"relay\"\nbase_url = \"{base}/v1\"\nrotation_policy = \"7d\"";
 
     #[tokio::test]
     async fn rotate_then_metadata() {
@@ -329,7 +331,7 @@ mod relay {
 
 mod simulated {
     use super::*;
-    const TOML: &str = "kind = \"simulated\"\nbase_url = \"{base}\"";
+    pub(super) const TOML: &str = "kind = \"simulated\"\nbase_url = \"{base}\"";
 
     #[tokio::test]
     async fn issue_list_revoke() {
@@ -371,7 +373,7 @@ mod simulated {
 
 mod http_generic {
     use super::*;
-    const TOML: &str = r#"kind = "http"
+    pub(super) const TOML: &str = r#"kind = "http"
 base_url = "{base}/api"
 [provider.http.check]
 path = "/self"
@@ -533,6 +535,136 @@ async fn a_listing_without_a_data_array_is_malformed_not_empty() {
                 "{toml}: {body}: {error}"
             );
             assert_no_admin(&error);
+        }
+    }
+}
+
+/// Every HTTP issuer hands the provider's `Retry-After` to the caller, in either form RFC 9110
+/// allows: delta-seconds or an HTTP-date (IMF-fixdate, and the obsolete RFC 850 and asctime
+/// forms), on 429 and 503 alike. A date is read against the clock when the answer arrives:
+/// the wait is bounded exactly by the clock read before and after the request, so no
+/// tolerance is needed. A date in the past means "now"; a date years ahead is cut to
+/// `MAX_RETRY_AFTER`.
+mod retry_after {
+    use super::*;
+    use keyrotd::providers::MAX_RETRY_AFTER;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// (issuer config, path of its issue request)
+    const ISSUERS: [(&str, &str); 5] = [
+        (super::openrouter::TOML, "/api/v1/keys"),
+        (
+            super::openai::TOML,
+            "/v1/organization/projects/proj_abc/service_accounts",
+        ),
+        (super::relay::TOML, "/v1/keys/rotate"),
+        (super::simulated::TOML, "/v1/keys"),
+        (super::http_generic::TOML, "/api/keys"),
+    ];
+
+    fn unix_now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// `at` (Unix seconds) in the three HTTP-date forms.
+    fn http_dates(at: i64) -> [String; 3] {
+        let at = chrono::DateTime::from_timestamp(at, 0).unwrap();
+        [
+            at.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+            at.format("%A, %d-%b-%y %H:%M:%S GMT").to_string(),
+            at.format("%a %b %e %H:%M:%S %Y").to_string(),
+        ]
+    }
+
+    /// Issues against a server answering `status` with `Retry-After: value`; returns the
+    /// wait the issuer's error carries, and the Unix seconds read before and after.
+    async fn wait_for(
+        toml: &str,
+        issue_path: &str,
+        status: u16,
+        value: &str,
+    ) -> (Option<Duration>, i64, i64) {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(issue_path))
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .insert_header("retry-after", value)
+                    .set_body_json(json!({"error": {"message": format!("slow down {ADMIN}"), "code": "rate_limit_exceeded"}})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let issuer = issuer(toml, &server);
+        let before = unix_now();
+        let err = issuer
+            .issue("keyrotd/ra/r1")
+            .await
+            .err()
+            .expect("the issue failed");
+        let after = unix_now();
+        assert_no_admin(&err);
+        assert!(err.is_transient(), "{toml}: {err:?}");
+        match err {
+            ProviderError::Rejected {
+                status: got,
+                retry_after,
+                ..
+            } => {
+                assert_eq!(got, status, "{toml}");
+                (retry_after, before, after)
+            }
+            other => panic!("{toml}: {status} {value:?}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn seconds_and_every_date_form_on_429_and_503() {
+        for (toml, issue_path) in ISSUERS {
+            for status in [429, 503] {
+                let (wait, _, _) = wait_for(toml, issue_path, status, "12").await;
+                assert_eq!(
+                    wait,
+                    Some(Duration::from_secs(12)),
+                    "{toml}: {status} seconds"
+                );
+
+                // Two hours ahead, in whole seconds as a date carries them.
+                let due = unix_now() + 2 * 3600;
+                for date in http_dates(due) {
+                    let (wait, before, after) = wait_for(toml, issue_path, status, &date).await;
+                    let wait = wait
+                        .unwrap_or_else(|| {
+                            panic!("{toml}: {status} {date:?}: the date was dropped")
+                        })
+                        .as_secs() as i64;
+                    assert!(
+                        (due - after..=due - before).contains(&wait),
+                        "{toml}: {status} {date:?}: waits {wait} s, the date is {}..={} s away",
+                        due - after,
+                        due - before
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_date_in_the_past_is_now_and_one_years_ahead_is_capped() {
+        for (toml, issue_path) in ISSUERS {
+            let (wait, _, _) =
+                wait_for(toml, issue_path, 429, "Wed, 21 Oct 2015 07:28:00 GMT").await;
+            assert_eq!(wait, Some(Duration::ZERO), "{toml}: a past date");
+            for far in [
+                "Fri, 31 Dec 9999 23:59:59 GMT".to_string(),
+                http_dates(unix_now() + 3 * 365 * 86_400)[0].clone(),
+            ] {
+                let (wait, _, _) = wait_for(toml, issue_path, 429, &far).await;
+                assert_eq!(wait, Some(MAX_RETRY_AFTER), "{toml}: {far:?}");
+            }
         }
     }
 }

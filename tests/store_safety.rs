@@ -33,6 +33,37 @@ fn sql(path: &Path, statements: &[&str]) {
     });
 }
 
+/// Key versions in the main database file read on its own (a copy without its -wal and
+/// -shm, opened immutable): zero when the file has no schema yet.
+fn key_versions_in_main_file_alone(db: &Path) -> i64 {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("alone.db");
+    std::fs::copy(db, &copy).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let count = runtime.block_on(async {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&copy)
+            .read_only(true)
+            .immutable(true)
+            .connect()
+            .await
+            .unwrap();
+        let count = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM key_versions")
+            .fetch_one(&mut conn)
+            .await;
+        sqlx::Connection::close(conn).await.unwrap();
+        count
+    });
+    match count {
+        Ok(count) => count,
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => 0,
+        Err(e) => panic!("reading the main file alone: {e}"),
+    }
+}
+
 fn sidecars(db: &Path) -> Vec<PathBuf> {
     ["-wal", "-shm", "-journal"]
         .iter()
@@ -233,6 +264,19 @@ fn a_store_left_with_an_unmerged_wal_after_sigkill_opens_with_everything_in_it()
     daemon.wait_for_metrics("the imported key", |m| has_credential(m, CREDENTIAL));
     nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
     drop(daemon);
+    // The premise: the daemon died with the imported key in a WAL file that nobody merged.
+    // Were it checkpointed already (a close, an automatic checkpoint), the rest would
+    // prove nothing about reading a WAL.
+    let wal = PathBuf::from(format!("{}-wal", env.database.display()));
+    let wal_len = std::fs::metadata(&wal)
+        .unwrap_or_else(|e| panic!("no {wal:?} after SIGKILL: {e}"))
+        .len();
+    assert!(wal_len > 32, "{wal:?} holds no frame ({wal_len} bytes)");
+    assert_eq!(
+        key_versions_in_main_file_alone(&env.database),
+        0,
+        "the imported key was merged into the main file: nothing lives only in the WAL"
+    );
     let listing = env.run(&["key", "list", "--json"]);
     assert_success(&listing, "key list after SIGKILL");
     assert!(

@@ -227,13 +227,21 @@ fn transport_error(err: reqwest::Error) -> TransportError {
     }
 }
 
+/// The longest wait a provider's `Retry-After` can impose: a day, enough for a daily quota
+/// to reset. A longer value (a date years ahead, `18446744073709551615` seconds) is a broken
+/// or hostile peer; honoured as given it would silence the key's checks for good, and the
+/// largest values overflow the scheduler's clock arithmetic.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// Parses a `Retry-After` value: delta-seconds (`120`) or an HTTP-date
 /// (`Wed, 21 Oct 2015 07:28:00 GMT`, also the obsolete RFC 850 and asctime forms).
-/// A date in the past means "now" (zero).
+/// A date in the past means "now" (zero); a wait beyond [`MAX_RETRY_AFTER`] is cut to it.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value.parse::<u64>().ok().map(Duration::from_secs);
+        // Digits beyond u64 are still a number of seconds: a very long wait, not garbage.
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value)
         .map(|d| d.timestamp())
@@ -245,7 +253,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
                 .map(|naive| naive.and_utc().timestamp())
         })?;
     let now = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() as i64;
-    Some(Duration::from_secs(when.saturating_sub(now).max(0) as u64))
+    Some(Duration::from_secs(when.saturating_sub(now).max(0) as u64).min(MAX_RETRY_AFTER))
 }
 
 /// A header value carrying a secret (`prefix` + key), marked sensitive so it is never
@@ -322,6 +330,32 @@ mod tests {
                 "{value}"
             );
         }
+    }
+
+    #[test]
+    fn retry_after_beyond_a_day_is_capped() {
+        let now = at(1_445_412_480);
+        for value in [
+            "86401",
+            "18446744073709551615",
+            "99999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "Thu, 22 Oct 2015 07:28:01 GMT",
+        ] {
+            assert_eq!(
+                parse_retry_after(value, now),
+                Some(MAX_RETRY_AFTER),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            parse_retry_after("Thu, 22 Oct 2015 07:28:00 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 22 Oct 2015 07:27:59 GMT", now),
+            Some(MAX_RETRY_AFTER - Duration::from_secs(1))
+        );
     }
 
     #[test]

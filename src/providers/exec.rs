@@ -13,7 +13,7 @@
 //! broken checker is not a dead key. The command is killed at the timeout.
 
 use super::classify::amount;
-use super::client::MAX_BODY_BYTES;
+use super::client::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
 use super::sanitize::sanitize;
 use super::{CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
 use crate::config::{format_duration, ExecKeyVia, ProviderConfig};
@@ -208,7 +208,8 @@ pub(super) fn parse_check(stdout: &[u8]) -> Option<CheckReport> {
     report.expires_at = super::classify::expiry(body.get("expires_at")).ok()?;
     report.retry_after = match body.get("retry_after") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(Duration::from_secs(v.as_u64()?)),
+        // Capped like a `Retry-After` header (see `MAX_RETRY_AFTER`).
+        Some(v) => Some(Duration::from_secs(v.as_u64()?).min(MAX_RETRY_AFTER)),
     };
     Some(report)
 }
@@ -323,5 +324,20 @@ impl super::Issuer for ExecIssuer {
     async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError> {
         self.run("revoke", &[("remote_id", remote_id)]).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_after_beyond_a_day_is_capped() {
+        let wait = |seconds: u64| {
+            let out = format!(r#"{{"status":"rate_limited","retry_after":{seconds}}}"#);
+            parse_check(out.as_bytes()).expect("parses").retry_after
+        };
+        assert_eq!(wait(9), Some(Duration::from_secs(9)));
+        assert_eq!(wait(u64::MAX), Some(MAX_RETRY_AFTER));
     }
 }

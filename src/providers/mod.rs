@@ -30,7 +30,7 @@ mod relay;
 pub mod sanitize;
 mod simulated;
 
-pub use client::{parse_retry_after, ProviderTelemetry};
+pub use client::{parse_retry_after, ProviderTelemetry, MAX_RETRY_AFTER};
 pub use sanitize::sanitize;
 
 use crate::config::{format_duration, ProviderConfig, ProviderKind};

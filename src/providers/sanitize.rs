@@ -195,12 +195,14 @@ fn field_before(text: &str, start: usize) -> Option<&str> {
     let mut name = &before[name_start..];
     if before[..name_start].ends_with("\u{1b}[") {
         // The run began inside a colour sequence (`ESC [ 3 m name`): skip its parameters and
-        // final letter.
+        // final `m` (anything else after `ESC [` starts no colour, see `ansi_sequence_end`).
         let params = name
             .bytes()
-            .take_while(|b| (0x30..=0x3f).contains(b))
+            .take_while(|b| b.is_ascii_digit() || *b == b';')
             .count();
-        name = name.get(params + 1..).unwrap_or("");
+        if name.as_bytes().get(params) == Some(&b'm') {
+            name = &name[params + 1..];
+        }
     }
     (!name.is_empty()).then_some(name)
 }
@@ -226,16 +228,19 @@ fn strip_ansi_suffix(text: &str) -> &str {
     &text[..end]
 }
 
-/// Where the ANSI sequence starting at `i` ends, if one does.
+/// Where the ANSI colour sequence (`ESC [`, digits and `;`, `m`) starting at `i` ends, if
+/// one does. Nothing else is skipped: `ESC [` before a space or a key (`ESC[ sk-…`,
+/// `ESC[sk-…`) would otherwise hide the key's first letter from the rule, and `sanitize`,
+/// which drops only the escape byte, would then show the key whole.
 fn ansi_sequence_end(bytes: &[u8], i: usize) -> Option<usize> {
     if bytes[i] != 0x1b || bytes.get(i + 1) != Some(&b'[') {
         return None;
     }
     let mut end = i + 2;
-    while end < bytes.len() && !(0x40..=0x7e).contains(&bytes[end]) {
+    while end < bytes.len() && (bytes[end].is_ascii_digit() || bytes[end] == b';') {
         end += 1;
     }
-    Some(end + 1)
+    (bytes.get(end) == Some(&b'm')).then_some(end + 1)
 }
 
 /// The end of the token starting at `start`: token bytes, and `*` after the first (so a
@@ -394,6 +399,24 @@ mod tests {
             let out = mask_key_shaped(text);
             assert!(out.contains(REDACTED), "{text} gave {out}");
         }
+    }
+
+    #[test]
+    fn an_escape_that_starts_no_colour_hides_nothing() {
+        for text in [
+            "\u{1b}[ sk-proj-abcdefgh",
+            "\u{1b}[sk-proj-abcdefgh",
+            "x \u{1b}[1;2 sk-proj-abcdefgh, y",
+        ] {
+            let out = sanitize(text, None);
+            assert!(!out.contains("k-proj-abcdefgh"), "{text:?} gave {out:?}");
+        }
+        // An upper-case UUID after `ESC [` is a UUID, not a cursor move and a key.
+        let text = "\u{1b}[ 6AAAFAC4-1EA4-57A4-3073-6BA7BCE43696";
+        assert!(
+            matches!(mask_key_shaped(text), Cow::Borrowed(_)),
+            "{text:?}"
+        );
     }
 
     #[test]
