@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end alerting: keyrotd -> Prometheus (the shipped alert rules) -> Alertmanager
-# -> a webhook, all on loopback with free ports, nothing left running afterwards.
+# -> a webhook, all on loopback, nothing left running afterwards. Every server binds port 0
+# and says which port it got (a file or its log), so no port is ever picked, released and
+# then taken by someone else before the server binds it.
 #
 #   tests/alerting_e2e.sh [path/to/keyrotd]      (default: target/debug/keyrotd)
 #
@@ -24,10 +26,13 @@
 #   3. no KeyInvalid for `expiring`, no expiry alert for `rejected` (it has no expiry);
 #   4. every query of dashboards/keyrotd.json is accepted by Prometheus.
 #
-# The whole run is bounded (E2E_TIMEOUT seconds, default 100); it usually takes ~15s.
+# The whole run is bounded (E2E_TIMEOUT seconds, default 300) only against a hang; it
+# usually takes ~15s. Every wait inside ends at the event it waits for.
 set -euo pipefail
 
-E2E_TIMEOUT=${E2E_TIMEOUT:-100}
+E2E_TIMEOUT=${E2E_TIMEOUT:-300}
+# How long one wait may take before it is called a hang.
+WAIT_LIMIT=${WAIT_LIMIT:-120}
 if [[ -z ${KEYROTD_E2E_BOUNDED:-} ]]; then
     # Hard bound on the whole run. On expiry `timeout` sends TERM: the trap below still
     # cleans up; KILL 10s later if even that hangs.
@@ -87,13 +92,36 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "FAIL: interrupted or timed out after $((SECONDS - START))s" >&2; exit 124' INT TERM
 
-# Four free loopback ports (bound and released at once; the window for a clash is tiny).
-read -r PROVIDER_PORT WEBHOOK_PORT KEYROTD_PORT PROM_PORT AM_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-for s in socks: s.close()')
+# bound_port WHAT PID FILE SED_SCRIPT: waits until FILE (a port file or a log) names the
+# port the process PID bound (SED_SCRIPT prints it), and prints it. Fails if the process
+# exits first.
+bound_port() {
+    local what=$1 pid=$2 file=$3 script=$4 deadline=$((SECONDS + WAIT_LIMIT)) port
+    while :; do
+        port=$(sed -n "$script" "$file" 2>/dev/null | head -n 1)
+        if [[ $port =~ ^[0-9]+$ && $port -gt 0 ]]; then
+            echo "$port"
+            return
+        fi
+        kill -0 "$pid" 2>/dev/null || fail "$what exited before it listened"
+        [[ $SECONDS -lt $deadline ]] || fail "$what did not say its port within ${WAIT_LIMIT}s"
+        sleep 0.1
+    done
+}
+# The port in the "Listening on" line of Prometheus' and Alertmanager's logs.
+LISTENING_ON='s/.*msg="Listening on" address=127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p'
+
+# Each Python server binds port 0 and then writes the port it got to a file, whole.
+cat >"$TMP/serve.py" <<'PY'
+import os
+
+def serve(server_class, handler, port_file):
+    server = server_class(("127.0.0.1", 0), handler)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(f"{server.server_address[1]}\n")
+    os.replace(port_file + ".tmp", port_file)
+    server.serve_forever()
+PY
 
 # wait_http URL WHAT SECONDS: poll until URL answers with any HTTP status.
 wait_http() {
@@ -110,8 +138,9 @@ BAD_KEY="sk-e2e-revoked-$RANDOM$RANDOM"
 cat >"$TMP/fake_provider.py" <<'PY'
 import json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from serve import serve
 
-port, good_key = int(sys.argv[1]), sys.argv[2]
+port_file, good_key = sys.argv[1], sys.argv[2]
 
 class Handler(BaseHTTPRequestHandler):
     def _send(self, code, body):
@@ -134,17 +163,19 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         sys.stderr.write("fake-provider: " + (fmt % args) + "\n")
 
-ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+serve(ThreadingHTTPServer, Handler, port_file)
 PY
-python3 "$TMP/fake_provider.py" "$PROVIDER_PORT" "$GOOD_KEY" >"$TMP/fake_provider.log" 2>&1 &
+python3 "$TMP/fake_provider.py" "$TMP/provider.port" "$GOOD_KEY" >"$TMP/fake_provider.log" 2>&1 &
 PIDS+=($!)
+PROVIDER_PORT=$(bound_port "fake provider" "$!" "$TMP/provider.port" p)
 
 # ------------------------------------------------------------- webhook receiver
 cat >"$TMP/webhook.py" <<'PY'
 import json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from serve import serve
 
-port, out = int(sys.argv[1]), sys.argv[2]
+port_file, out = sys.argv[1], sys.argv[2]
 
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
@@ -163,12 +194,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         sys.stderr.write("webhook: " + (fmt % args) + "\n")
 
-ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+serve(ThreadingHTTPServer, Handler, port_file)
 PY
 NOTIFICATIONS="$TMP/notifications.jsonl"
 : >"$NOTIFICATIONS"
-python3 "$TMP/webhook.py" "$WEBHOOK_PORT" "$NOTIFICATIONS" >"$TMP/webhook.log" 2>&1 &
+python3 "$TMP/webhook.py" "$TMP/webhook.port" "$NOTIFICATIONS" >"$TMP/webhook.log" 2>&1 &
 PIDS+=($!)
+WEBHOOK_PORT=$(bound_port "webhook receiver" "$!" "$TMP/webhook.port" p)
 
 # ------------------------------------------------------------------ Alertmanager
 # Short group_wait/group_interval: configuration of this test, not a recommendation
@@ -190,15 +222,16 @@ mkdir -p "$TMP/alertmanager-data"
 prometheus-alertmanager \
     --config.file="$TMP/alertmanager.yml" \
     --storage.path="$TMP/alertmanager-data" \
-    --web.listen-address="127.0.0.1:$AM_PORT" \
+    --web.listen-address="127.0.0.1:0" \
     --cluster.listen-address= \
     >"$TMP/alertmanager.log" 2>&1 &
 PIDS+=($!)
+AM_PORT=$(bound_port alertmanager "$!" "$TMP/alertmanager.log" "$LISTENING_ON")
 
 # ----------------------------------------------------------------------- keyrotd
 cat >"$TMP/keyrotd.toml" <<EOF
 [daemon]
-listen_address = "127.0.0.1:$KEYROTD_PORT"
+listen_address = "127.0.0.1:0"
 database = "$TMP/keyrotd.db"
 
 [checks]
@@ -232,6 +265,8 @@ printf '%s\n' "$BAD_KEY" | krd key import rejected >/dev/null
 "$KEYROTD" --config "$TMP/keyrotd.toml" --database "$TMP/keyrotd.db" \
     --master-key "$TMP/master.key" run >"$TMP/keyrotd.log" 2>&1 &
 PIDS+=($!)
+KEYROTD_PORT=$(bound_port keyrotd "$!" "$TMP/keyrotd.log" \
+    's/.*keyrotd ready.*listen_address=127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p')
 
 # -------------------------------------------------------------------- Prometheus
 # The shipped rules with only the `for:` durations (and the group's evaluation
@@ -262,30 +297,31 @@ promtool check config "$TMP/prometheus.yml" >/dev/null
 prometheus \
     --config.file="$TMP/prometheus.yml" \
     --storage.tsdb.path="$TMP/prometheus-data" \
-    --web.listen-address="127.0.0.1:$PROM_PORT" \
+    --web.listen-address="127.0.0.1:0" \
     >"$TMP/prometheus.log" 2>&1 &
 PIDS+=($!)
+PROM_PORT=$(bound_port prometheus "$!" "$TMP/prometheus.log" "$LISTENING_ON")
 
-wait_http "http://127.0.0.1:$PROVIDER_PORT/v1/models" "fake provider" 10 # a 401 is an answer
-wait_http "http://127.0.0.1:$WEBHOOK_PORT/" "webhook receiver" 10
-wait_http "http://127.0.0.1:$KEYROTD_PORT/healthz" "keyrotd" 20
-wait_http "http://127.0.0.1:$AM_PORT/-/ready" "alertmanager" 30
-wait_http "http://127.0.0.1:$PROM_PORT/-/ready" "prometheus" 30
+wait_http "http://127.0.0.1:$PROVIDER_PORT/v1/models" "fake provider" "$WAIT_LIMIT" # a 401 is an answer
+wait_http "http://127.0.0.1:$WEBHOOK_PORT/" "webhook receiver" "$WAIT_LIMIT"
+wait_http "http://127.0.0.1:$KEYROTD_PORT/healthz" "keyrotd" "$WAIT_LIMIT"
+wait_http "http://127.0.0.1:$AM_PORT/-/ready" "alertmanager" "$WAIT_LIMIT"
+wait_http "http://127.0.0.1:$PROM_PORT/-/ready" "prometheus" "$WAIT_LIMIT"
 step "all processes up (keyrotd :$KEYROTD_PORT, prometheus :$PROM_PORT, alertmanager :$AM_PORT)"
 
 # ------------------------------------------------------- promtool check metrics
 # Once both credentials have been checked (so every family, including the provider
 # request histogram, is in the exposition).
 METRICS="$TMP/metrics.txt"
-deadline=$((SECONDS + 30))
+deadline=$((SECONDS + WAIT_LIMIT))
 while :; do
-    curl -fsS --max-time 2 "http://127.0.0.1:$KEYROTD_PORT/metrics" >"$METRICS" || true
+    curl -fsS --max-time 10 "http://127.0.0.1:$KEYROTD_PORT/metrics" >"$METRICS" || true
     if grep -q '^keyrotd_key_valid{credential="expiring",provider="fake"} 1$' "$METRICS" &&
         grep -q '^keyrotd_key_valid{credential="rejected",provider="fake"} 0$' "$METRICS" &&
         grep -q '^keyrotd_provider_request_duration_seconds_bucket' "$METRICS"; then
         break
     fi
-    [[ $SECONDS -lt $deadline ]] || fail "keyrotd did not report expiring=valid, rejected=invalid within 30s; /metrics:
+    [[ $SECONDS -lt $deadline ]] || fail "keyrotd did not report expiring=valid, rejected=invalid within ${WAIT_LIMIT}s; /metrics:
 $(grep '^keyrotd_key_\(valid\|check_status\)' "$METRICS" || true)"
     sleep 0.5
 done
@@ -316,7 +352,7 @@ for panel in panels(dashboard["panels"]):
                 .replace("$credential", ".*").replace("$provider", ".*"))
         url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         try:
-            urllib.request.urlopen(url, timeout=5).read()
+            urllib.request.urlopen(url, timeout=60).read()
         except urllib.error.HTTPError as e:
             sys.exit(f"panel {panel['title']!r}: {e.read().decode()[:300]}\n  {expr}")
         count += 1
@@ -372,7 +408,7 @@ if missing:
     sys.exit(1)
 print("received: " + ", ".join(sorted(f"{n}{{credential={c}}}" for n, c in received)))
 PY
-deadline=$((SECONDS + 60))
+deadline=$((SECONDS + WAIT_LIMIT))
 while :; do
     set +e
     result=$(python3 "$TMP/check_notifications.py" "$NOTIFICATIONS")
@@ -383,7 +419,7 @@ while :; do
         1) ;;
         *) fail "wrong alert notification: $result" ;;
     esac
-    [[ $SECONDS -lt $deadline ]] || fail "alerts not delivered within 60s: $result
+    [[ $SECONDS -lt $deadline ]] || fail "alerts not delivered within ${WAIT_LIMIT}s: $result
 prometheus alerts: $(curl -fsS --max-time 2 "http://127.0.0.1:$PROM_PORT/api/v1/alerts" || true)"
     sleep 0.5
 done

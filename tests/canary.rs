@@ -15,7 +15,6 @@ use rand::RngCore;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
 
 const CREDENTIAL: &str = "sim-prod";
 
@@ -223,7 +222,7 @@ deliver = [
 
     // SIGHUP re-reads the config; checks go on with the new current key.
     daemon.signal(Signal::SIGHUP);
-    daemon.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    daemon.wait_for_log("configuration reloaded", common::HANG_TIMEOUT);
     let m = daemon.wait_for_metrics("a check after reload", |m| {
         series(
             m,
@@ -261,7 +260,7 @@ deliver = [
     });
     t.text("/metrics (json run)", &m);
     daemon.signal(Signal::SIGHUP);
-    daemon.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    daemon.wait_for_log("configuration reloaded", common::HANG_TIMEOUT);
     let log = daemon.stop();
     assert!(
         log.lines().any(|l| l.starts_with('{')),

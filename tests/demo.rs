@@ -61,7 +61,7 @@ fn demo_runs_rotates_on_its_schedule_and_stops_on_sigterm() {
 }
 
 fn assert_expiry_gauges_of_both_credentials(daemon: &Daemon) {
-    let metrics = wait_for(Duration::from_secs(10), || {
+    let metrics = wait_for(common::HANG_TIMEOUT, || {
         let m = daemon.metrics();
         CREDENTIALS
             .iter()
@@ -114,7 +114,7 @@ fn assert_keys_delivered_to_private_files(daemon: &Daemon, app_key: &Path, batch
 /// The schedule fires again: a counted success and a new key in the file.
 fn assert_the_schedule_rotates_again(daemon: &Daemon, app_key: &Path) {
     let first = common::file_hash(app_key);
-    wait_for(Duration::from_secs(20), || {
+    wait_for(common::HANG_TIMEOUT, || {
         (common::file_hash(app_key) != first).then_some(())
     })
     .unwrap_or_else(|| panic!("demo-app.key never changed:\n{}", daemon.log()));

@@ -395,7 +395,7 @@ async fn the_real_binary_keeps_rotation_and_key_ids_and_masks_echoed_keys() {
 
 /// Waits until every echo credential's check was logged as invalid; returns the log.
 fn wait_for_invalid_checks(daemon: &Daemon, count: usize) -> String {
-    common::wait_for(std::time::Duration::from_secs(15), || {
+    common::wait_for(common::HANG_TIMEOUT, || {
         let log = daemon.log();
         let invalid = log.lines().filter(|l| l.contains("key is invalid")).count();
         (invalid >= count).then_some(log)

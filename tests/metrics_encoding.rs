@@ -106,7 +106,7 @@ fn metrics_are_served_gzipped_or_as_text_by_accept_encoding() {
     // The imported key is checked once within the start-up spread (up to 5 s), and again
     // only after a 15 s backoff (the provider is unreachable): the scrapes below must not
     // straddle that check, or they differ by its counters and its status.
-    wait_for(Duration::from_secs(15), || {
+    wait_for(common::HANG_TIMEOUT, || {
         let metrics = daemon.metrics();
         sample(
             &metrics,

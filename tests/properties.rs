@@ -9,7 +9,7 @@ use keyrotd::providers::{parse_retry_after, sanitize};
 use proptest::prelude::*;
 use secrecy::SecretString;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 const VALID_CONFIG: &str = r#"
 [daemon]
@@ -498,10 +498,9 @@ proptest! {
     }
 }
 
-/// 10 MB inputs finish, in linear-ish time.
+/// 10 MB inputs finish (how fast is for the benchmarks to measure, not for a test to judge).
 #[test]
 fn huge_inputs_complete() {
-    let started = Instant::now();
     let comment = format!("# {}\n", "x".repeat(10 * 1024 * 1024));
     assert!(parse(&comment).is_ok());
 
@@ -521,9 +520,4 @@ fn huge_inputs_complete() {
     assert!(out.chars().count() <= MAX_LEN + 1);
     let words = "word ".repeat(2 * 1024 * 1024);
     assert_eq!(mask_key_shaped(&words).len(), words.len());
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        started.elapsed()
-    );
 }

@@ -23,6 +23,16 @@ use std::sync::Arc;
 const CRED: &str = "app";
 const START: i64 = 1_800_000_000;
 const GRACE: i64 = 3600;
+/// The provider timeout of every fixture: generous, so no answer of the simulator on a busy
+/// machine is ever mistaken for a timeout.
+const TIMEOUT: &str = "30s";
+/// The timeout of the runtime a timeout test rotates with ([`Fixture::timing_out_after`]):
+/// it gives up on a simulator that never answers (a hang of a minute), yet leaves its other
+/// requests on loopback (the orphan sweeps) ample time.
+const SHORT_TIMEOUT: &str = "2s";
+/// How long a test waits for a rotation before calling it a hang: longer than
+/// [`SHORT_TIMEOUT`] and far shorter than the simulator's minute-long hang.
+const HANG_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -34,6 +44,8 @@ struct Fixture {
     key_file: PathBuf,
     /// The seeded (initial) key.
     old: String,
+    /// The config `rt` was built from.
+    config: String,
 }
 
 /// Options for the config of one fixture.
@@ -62,7 +74,7 @@ fn config_text(sim: &Simulator, dir: &Path, setup: &Setup) -> String {
 name = "sim"
 kind = "http"
 base_url = "{base}"
-timeout = "300ms"
+timeout = "{TIMEOUT}"
 [provider.http.check]
 path = "/v1/key"
 headers = {{ Authorization = "Bearer {{key}}" }}
@@ -76,7 +88,7 @@ name = "sim"
 kind = "simulated"
 base_url = "{base}"
 management_key = {{ file = {mgmt} }}
-timeout = "300ms"
+timeout = "{TIMEOUT}"
 "#,
             base = sim.base_url(),
             mgmt = toml_str(&mgmt)
@@ -124,10 +136,7 @@ async fn fixture(setup: Setup) -> Fixture {
         .sync_credentials(&keyrotd::store::credential_specs(&config), START)
         .await
         .unwrap();
-    let rt = rotation::build_runtimes(&config, &ProviderTelemetry::new())
-        .unwrap()
-        .remove(CRED)
-        .expect("runtime");
+    let rt = runtime(&config);
     let engine = Arc::new(Engine::new(
         store.clone() as Arc<dyn Store>,
         Arc::new(clock.clone()),
@@ -158,7 +167,15 @@ async fn fixture(setup: Setup) -> Fixture {
         rt,
         key_file,
         old,
+        config: text,
     }
+}
+
+fn runtime(config: &Config) -> Arc<CredentialRuntime> {
+    rotation::build_runtimes(config, &ProviderTelemetry::new())
+        .unwrap()
+        .remove(CRED)
+        .expect("runtime")
 }
 
 fn uuid_like() -> String {
@@ -168,6 +185,27 @@ fn uuid_like() -> String {
 }
 
 impl Fixture {
+    /// The fixture's credential on a provider client that gives up after [`SHORT_TIMEOUT`],
+    /// for a rotation the simulator never answers. Everything else uses `rt`.
+    fn timing_out_after_short_timeout(&self) -> Arc<CredentialRuntime> {
+        let generous = format!("timeout = \"{TIMEOUT}\"");
+        assert!(self.config.contains(&generous), "{}", self.config);
+        let text = self
+            .config
+            .replace(&generous, &format!("timeout = \"{SHORT_TIMEOUT}\""));
+        let config = Config::parse(&self.dir.path().join("config.toml"), &text).unwrap();
+        runtime(&config)
+    }
+
+    /// Rotates on a runtime that times out, bounded only against a hang.
+    async fn rotate_timing_out(&self) -> RotationError {
+        let rt = self.timing_out_after_short_timeout();
+        tokio::time::timeout(HANG_BOUND, self.engine.rotate(&rt, "test"))
+            .await
+            .expect("the provider timeout did not end the rotation")
+            .expect_err("a rotation the provider never answers fails")
+    }
+
     async fn versions(&self) -> Vec<KeyVersion> {
         self.store.versions(CRED).await.unwrap()
     }
@@ -360,11 +398,10 @@ async fn issue_failures_leave_the_old_key_and_back_off() {
     f.assert_failed_cleanly(1, "").await;
 
     f.sim.fail_next(Op::Issue, Fault::Timeout, 1);
-    let started = std::time::Instant::now();
-    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let error = f.rotate_timing_out().await;
     assert!(
-        matches!(&error, RotationError::Failed { step: "issue", .. }),
+        matches!(&error, RotationError::Failed { step: "issue", reason, .. }
+            if reason.contains(&format!("did not answer within {SHORT_TIMEOUT}"))),
         "{error}"
     );
     f.assert_failed_cleanly(2, "").await;
@@ -378,7 +415,7 @@ async fn an_issue_that_hangs_after_creating_the_key_leaves_no_orphan_behind() {
     // rotation fails. The key is not in the store; it must not stay live at the provider.
     let f = fixture(Setup::default()).await;
     f.sim.fail_next(Op::Issue, Fault::HangAfterCreate, 1);
-    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    f.rotate_timing_out().await;
     assert_eq!(f.current_secret().await, f.old);
     f.assert_no_orphans().await;
     f.assert_retry_succeeds().await;
@@ -392,7 +429,7 @@ async fn an_orphan_that_cannot_be_deleted_is_named_by_its_key_id() {
     f.sim.fail_next(Op::Issue, Fault::HangAfterCreate, 1);
     // One for the sweep right after the failed issue, one for the next rotation's sweep.
     f.sim.fail_next(Op::Revoke, Fault::ServerError, 2);
-    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    f.rotate_timing_out().await;
     // The sweep after the next failure deletes it, so the live keys are read now.
     let live_before = f.sim.live_keys();
     let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();

@@ -60,20 +60,45 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_pacer_spaces_requests() {
         let pacer = Pacer::new(50.0);
         let start = Instant::now();
+        let mut left = Vec::new();
         for _ in 0..5 {
             pacer.wait().await;
+            left.push(start.elapsed());
         }
-        // Five slots at 50/s: the fifth cannot start before 80 ms after the first.
-        // (A lower bound only: a slow machine may take longer, never shorter.)
-        assert!(
-            start.elapsed() >= Duration::from_millis(80),
-            "{:?}",
-            start.elapsed()
-        );
+        // One after another at 50/s: the first at once, each next one 20 ms on.
+        for (i, at) in left.iter().enumerate() {
+            let slot = Duration::from_millis(20 * i as u64);
+            assert!(
+                *at >= slot && *at < slot + Duration::from_millis(5),
+                "request {i} left at {at:?}, its slot was {slot:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_pacer_gives_no_burst_for_the_time_it_was_idle() {
+        // A provider unused for a long while is still held to its rate: the slots free
+        // during the pause are not saved up for a burst afterwards.
+        let pacer = Pacer::new(10.0);
+        pacer.wait().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let start = Instant::now();
+        let mut left = Vec::new();
+        for _ in 0..3 {
+            pacer.wait().await;
+            left.push(start.elapsed());
+        }
+        for (i, at) in left.iter().enumerate() {
+            let slot = Duration::from_millis(100 * i as u64);
+            assert!(
+                *at >= slot && *at < slot + Duration::from_millis(5),
+                "request {i} after the pause left at {at:?}, its slot was {slot:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

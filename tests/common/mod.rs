@@ -23,9 +23,14 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keyrotd")))
 }
 
-/// How long a daemon may take to become ready or to stop.
-pub const START_TIMEOUT: Duration = Duration::from_secs(15);
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a test waits for something that must happen before it calls it a hang. Only a
+/// bound on a hang, never a judgement of speed: every wait on it ends at the event it waits
+/// for (a log line, a metric, an exit), and a busy machine only makes that event later.
+pub const HANG_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a daemon may take to become ready or to stop before the test calls it a hang.
+pub const START_TIMEOUT: Duration = HANG_TIMEOUT;
+pub const STOP_TIMEOUT: Duration = HANG_TIMEOUT;
 
 /// The default test config: one OpenRouter provider and one credential.
 pub const PROVIDER: &str = "or";
@@ -182,7 +187,7 @@ pub fn run_command(command: &mut Command, stdin: &str) -> Output {
     let pid = child.id();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if done_rx.recv_timeout(HANG_TIMEOUT).is_err() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     });
@@ -334,27 +339,31 @@ impl Daemon {
         body
     }
 
-    /// Polls `/metrics` until `predicate` holds; returns that scrape.
+    /// Polls `/metrics` until `predicate` holds (a hang after [`HANG_TIMEOUT`]); returns
+    /// that scrape.
     pub fn wait_for_metrics(&self, what: &str, predicate: impl Fn(&str) -> bool) -> String {
-        wait_for(Duration::from_secs(5), || {
+        wait_for(HANG_TIMEOUT, || {
             let body = self.metrics();
             predicate(&body).then_some(body)
         })
         .unwrap_or_else(|| panic!("metrics never showed {what}:\n{}", self.metrics()))
     }
 
-    /// SIGTERM, then asserts a prompt exit with status 0; returns the full log.
+    /// SIGTERM, then asserts that the daemon exits by itself with status 0; returns the
+    /// full log.
     pub fn stop(self) -> String {
         self.signal(Signal::SIGTERM);
         self.stop_after_signal()
     }
 
-    /// Asserts an exit with status 0 within [`STOP_TIMEOUT`] of a SIGTERM already sent.
+    /// Asserts that the daemon exits by itself, with status 0, after a SIGTERM already
+    /// sent. Nothing kills it first: a daemon that ignored the signal would still be
+    /// running at [`STOP_TIMEOUT`] (a hang), and one that died of a signal or an error
+    /// would not exit 0.
     pub fn stop_after_signal(mut self) -> String {
-        let started = Instant::now();
         let status = self.wait_exit(STOP_TIMEOUT).unwrap_or_else(|| {
             panic!(
-                "keyrotd did not exit within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
+                "keyrotd still running {STOP_TIMEOUT:?} after SIGTERM:\n{}",
                 self.log()
             )
         });
@@ -364,7 +373,6 @@ impl Daemon {
             "keyrotd exited with {status} after SIGTERM:\n{}",
             self.log()
         );
-        assert!(started.elapsed() < STOP_TIMEOUT);
         self.log()
     }
 
@@ -484,9 +492,7 @@ pub fn run_script(script: &str, args: &[&str], envs: &[(&str, &str)]) -> String 
 /// A minimal HTTP/1.1 GET against 127.0.0.1 (no keep-alive): (status code, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to keyrotd");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(HANG_TIMEOUT)).unwrap();
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
