@@ -63,7 +63,10 @@ mapfile -t urls < <(sed -n 's/.*runbook_url: *"\{0,1\}\([^"]*\)"\{0,1\}.*/\1/p' 
 for u in "${urls[@]}"; do
     [[ $u == https://github.com/keyrotd/keyrotd/blob/main/docs/runbook.md#* ]] || fail "unexpected runbook_url $u"
     anchor=${u#*#}
-    printf '%s\n' "${anchors[@]}" | grep -qx -- "$anchor" || fail "runbook_url anchor #$anchor has no heading in docs/runbook.md"
+    # A here-string, not `printf | grep -q`: grep -q exits at the first match, printf
+    # then dies of SIGPIPE, and pipefail turned a found anchor into a failure.
+    grep -qx -- "$anchor" <<<"$(printf '%s\n' "${anchors[@]}")" \
+        || fail "runbook_url anchor #$anchor has no heading in docs/runbook.md"
 done
 echo "ok: runbook anchors exist"
 

@@ -87,7 +87,10 @@ fi
 echo "ok: systemd-analyze verify"
 
 # --- 3. security score --------------------------------------------------------
-if ! systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
+# Captured first: `| grep -q` would SIGPIPE the writer, and pipefail would call a found
+# option missing.
+security_help=$(systemd-analyze security --help 2>&1 || true)
+if ! grep -q -- '--offline' <<<"$security_help"; then
     # systemd < 250 can only score loaded units on a running systemd.
     skip "this systemd-analyze ($(systemd-analyze --version | head -1)) has no" \
          "'security --offline'; the exposure score README.md quotes ($MAX_EXPOSURE) NOT checked." \
