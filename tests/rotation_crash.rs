@@ -24,9 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CRED: &str = "app";
-/// Long enough that a hanging request is still hanging when the test kills the process.
-const HANGING_TIMEOUT: &str = "20s";
-const WAIT: Duration = Duration::from_secs(20);
+/// The provider timeout: long enough that a hanging request is still hanging when the test
+/// kills the process, and that no answer of the simulator on a busy machine is mistaken for
+/// a timeout; shorter than the simulator's minute-long hang.
+const PROVIDER_TIMEOUT: &str = "30s";
+/// How long a test waits for an event before it calls it a hang.
+const WAIT: Duration = HANG_TIMEOUT;
 
 struct Rig {
     env: Env,
@@ -48,7 +51,7 @@ struct Options<'a> {
 impl Default for Options<'_> {
     fn default() -> Self {
         Options {
-            timeout: HANGING_TIMEOUT,
+            timeout: PROVIDER_TIMEOUT,
             rotation: "",
             targets: "",
         }
@@ -512,7 +515,7 @@ fn rotations(daemon: &Daemon, result: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
     let rig = Rig::new(Options {
-        timeout: "2s",
+        timeout: PROVIDER_TIMEOUT,
         // Due a few seconds after each rotation, so the daemon keeps rotating by itself.
         rotation: "schedule = \"*/3 * * * * *\"\ngrace = \"1h\"",
         targets: "",
@@ -524,7 +527,7 @@ async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
         flag.display()
     );
     rig.configure(&Options {
-        timeout: "2s",
+        timeout: PROVIDER_TIMEOUT,
         rotation: "schedule = \"*/3 * * * * *\"\ngrace = \"1h\"",
         targets: &hook,
     });
@@ -532,10 +535,7 @@ async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
     let mut logs = Vec::new();
     let wait_failures = |what: &str, predicate: &dyn Fn(f64) -> bool| {
         assert!(
-            wait_for(Duration::from_secs(30), || {
-                failures(&daemon).filter(|f| predicate(*f))
-            })
-            .is_some(),
+            wait_for(WAIT, || { failures(&daemon).filter(|f| predicate(*f)) }).is_some(),
             "consecutive failures never {what}:\n{}\n{}",
             daemon.metrics(),
             daemon.log()
