@@ -307,6 +307,14 @@ impl Poller {
     }
 }
 
+/// The wall clock in Unix seconds, as the daemon's clock reads it.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 fn wait_until(what: &str, mut probe: impl FnMut() -> bool) {
     assert!(
         wait_for(WAIT, || probe().then_some(())).is_some(),
@@ -435,8 +443,10 @@ timeout = "60s"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_revocation_the_revocation_completes_on_restart() {
+    const GRACE_SECONDS: i64 = 1;
+    let rotation = format!("grace = \"{GRACE_SECONDS}s\"");
     let rig = Rig::new(Options {
-        rotation: "grace = \"1s\"",
+        rotation: &rotation,
         ..Options::default()
     })
     .await;
@@ -453,7 +463,16 @@ async fn killed_during_revocation_the_revocation_completes_on_restart() {
         .expect("an issued previous key");
     let previous_id = previous["provider_key_id"].as_str().unwrap().to_string();
     assert!(rig.sim.live_keys().iter().any(|(id, _)| *id == previous_id));
-    std::thread::sleep(Duration::from_millis(1500)); // past the grace period
+    // The daemon revokes at start-up what the store says is past its grace period: wait
+    // until the clock has passed the end of every previous key's grace, as recorded.
+    let grace_end = rig
+        .versions()
+        .iter()
+        .filter(|v| v["stage"] == "previous")
+        .map(|v| v["stage_changed_at"].as_i64().unwrap() + GRACE_SECONDS)
+        .max()
+        .unwrap();
+    wait_until("the grace period to end", || unix_now() >= grace_end);
     rig.sim.fail_next(Op::Revoke, Fault::Timeout, 1);
 
     let daemon = rig.env.start();
