@@ -50,7 +50,8 @@ pub(crate) use latency::HeldAnswers;
 use latency::Latency;
 
 /// How long a [`Fault::Timeout`] hangs: longer than any client timeout the daemon uses.
-const HANG: Duration = Duration::from_secs(60);
+/// Public so a test can tell a hang cut short from one that ran its course.
+pub const HANG: Duration = Duration::from_secs(60);
 /// Largest request body accepted (the only body is `{"name": ...}`).
 const MAX_BODY: usize = 64 * 1024;
 /// How long `shutdown` waits for open connections to finish.

@@ -127,7 +127,7 @@ name = "sim"
 kind = "simulated"
 base_url = "{base}"
 management_key = {{ file = "{management}" }}
-timeout = "2s"
+timeout = "30s"
 
 [[credential]]
 name = "{CREDENTIAL}"

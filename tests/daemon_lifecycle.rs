@@ -151,7 +151,7 @@ fn removed_credential_series_disappear_on_sighup() {
     daemon.signal(Signal::SIGHUP);
     let metrics = daemon.wait_for_metrics("or-old gone", |m| !has_credential(m, "or-old"));
     assert!(sample(&metrics, AGE, CREDENTIAL).is_some(), "{metrics}");
-    daemon.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    daemon.wait_for_log("configuration reloaded", RELOAD_TIMEOUT);
     daemon.stop();
 }
 
@@ -189,7 +189,7 @@ fn state_survives_restart_and_a_broken_reload_keeps_the_running_config() {
     )
     .unwrap();
     daemon.signal(Signal::SIGHUP);
-    let log = daemon.wait_for_log("reload failed", Duration::from_secs(5));
+    let log = daemon.wait_for_log("reload failed", RELOAD_TIMEOUT);
     let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
     let position = format!("{}:3:", env.config.display());
     assert!(line.contains(&position), "no {position} in: {line}");
@@ -212,10 +212,14 @@ fn state_survives_restart_and_a_broken_reload_keeps_the_running_config() {
         "or-new has no key"
     );
 
-    let started = Instant::now();
+    // The daemon exits by itself (a hang is bounded by `stop`), without waiting out the
+    // endpoint's drain period for a connection left open.
     let log = daemon.stop();
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(log.contains("stopped"), "{log}");
+    assert!(
+        !log.contains("connections still open after the drain period"),
+        "{log}"
+    );
     assert!(!log.contains(&secret));
 }
 

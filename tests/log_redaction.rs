@@ -325,7 +325,7 @@ async fn the_real_binary_keeps_rotation_and_key_ids_and_masks_echoed_keys() {
     let management = env.path().join("or.management-key");
     std::fs::write(&management, "sk-or-v1-management-canary-0000\n").unwrap();
     let mut config = format!(
-        "[checks]\ninterval = \"1s\"\n\n[[provider]]\nname = \"or\"\nkind = \"openrouter\"\nbase_url = \"{}/api/v1\"\nmanagement_key = {{ file = \"{}\" }}\ntimeout = \"2s\"\n\n[[credential]]\nname = \"{CREDENTIAL}\"\nprovider = \"or\"\nrotation = {{ grace = \"1h\" }}\n",
+        "[checks]\ninterval = \"1s\"\n\n[[provider]]\nname = \"or\"\nkind = \"openrouter\"\nbase_url = \"{}/api/v1\"\nmanagement_key = {{ file = \"{}\" }}\ntimeout = \"30s\"\n\n[[credential]]\nname = \"{CREDENTIAL}\"\nprovider = \"or\"\nrotation = {{ grace = \"1h\" }}\n",
         server.uri(),
         management.display()
     );

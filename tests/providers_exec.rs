@@ -119,6 +119,66 @@ async fn a_hanging_command_is_killed_at_the_timeout() {
     assert!(report.detail.contains("timed out"), "{}", report.detail);
 }
 
+/// Bounds a hang only: a run that ends at all ends within moments of its timeout, and a
+/// process that is killed is gone within moments of the kill.
+const HANG_BOUND: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_timed_out_command_leaves_no_process_behind() {
+    // The script starts a background child, records its pid (whole, through a rename), then
+    // sleeps far past its timeout. That the child started before the kill is the premise,
+    // and how soon a busy machine runs the script is not the adapter's promise: a kill before
+    // the record is a do-over with a longer timeout, never a pass.
+    for timeout in ["500ms", "2s", "8s", "30s"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (recording, pid_file) = (dir.path().join("bg.tmp"), dir.path().join("bg.pid"));
+        let script = format!(
+            "sleep 600 & echo $! > {recording}; mv {recording} {pid_file}; sleep 600",
+            recording = recording.display(),
+            pid_file = pid_file.display()
+        );
+        let report = tokio::time::timeout(
+            HANG_BOUND,
+            check_with(&script, &format!("timeout = \"{timeout}\"")),
+        )
+        .await
+        .expect("the timeout did not end the check");
+        assert_eq!(report.status, CheckStatus::Unreachable, "{report:?}");
+        assert!(
+            report
+                .detail
+                .contains(&format!("timed out after {timeout}")),
+            "{}",
+            report.detail
+        );
+        let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+            eprintln!(
+                "the command was killed within {timeout} before it recorded its child: again"
+            );
+            continue;
+        };
+        // The background child was in the command's process group and is gone too.
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+        let deadline = std::time::Instant::now() + HANG_BOUND;
+        loop {
+            // Reaped by init or a zombie: either way, /proc/<pid>/stat shows it is not
+            // sleeping.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                panic!(
+                    "background child still alive {HANG_BOUND:?} after the command timed out: {stat}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("the command never got as far as recording its child, even with 30s");
+}
+
 #[tokio::test]
 async fn oversized_output_is_refused() {
     let report = check_with("head -c 2000000 /dev/zero", "").await;

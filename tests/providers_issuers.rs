@@ -21,7 +21,7 @@ fn issuer_from(toml: &str) -> Arc<dyn Issuer> {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), format!("{ADMIN}\n")).unwrap();
     let config = provider_config(&format!(
-        "timeout = \"2s\"\nmanagement_key = {{ file = {:?} }}\n{toml}",
+        "timeout = \"30s\"\nmanagement_key = {{ file = {:?} }}\n{toml}",
         file.path().display().to_string()
     ));
     build_issuer(&config, &ProviderTelemetry::new())

@@ -36,7 +36,7 @@ fn admin_file() -> tempfile::NamedTempFile {
 
 fn fields(toml: &str, server: &MockServer, admin: &tempfile::NamedTempFile) -> String {
     format!(
-        "timeout = \"2s\"\nmanagement_key = {{ file = {:?} }}\n{}",
+        "timeout = \"30s\"\nmanagement_key = {{ file = {:?} }}\n{}",
         admin.path().display().to_string(),
         toml.replace("{base}", &server.uri())
     )
@@ -513,7 +513,7 @@ mod engine {
         let dir = tempfile::tempdir().unwrap();
         let admin = admin_file();
         let text = format!(
-            "[[provider]]\nname = \"p\"\ntimeout = \"2s\"\nmanagement_key = {{ file = {:?} }}\n{provider}\n\n[[credential]]\nname = \"c\"\nprovider = \"p\"\nrotation = {{ grace = \"1h\" }}\n",
+            "[[provider]]\nname = \"p\"\ntimeout = \"30s\"\nmanagement_key = {{ file = {:?} }}\n{provider}\n\n[[credential]]\nname = \"c\"\nprovider = \"p\"\nrotation = {{ grace = \"1h\" }}\n",
             admin.path().display().to_string()
         );
         let config = Config::parse(Path::new("t.toml"), &text).unwrap();

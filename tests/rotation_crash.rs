@@ -24,9 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CRED: &str = "app";
-/// Long enough that a hanging request is still hanging when the test kills the process.
-const HANGING_TIMEOUT: &str = "20s";
-const WAIT: Duration = Duration::from_secs(20);
+/// The provider timeout: long enough that a hanging request is still hanging when the test
+/// kills the process, and that no answer of the simulator on a busy machine is mistaken for
+/// a timeout; shorter than the simulator's minute-long hang.
+const PROVIDER_TIMEOUT: &str = "30s";
+/// How long a test waits for an event before it calls it a hang.
+const WAIT: Duration = HANG_TIMEOUT;
 
 struct Rig {
     env: Env,
@@ -48,7 +51,7 @@ struct Options<'a> {
 impl Default for Options<'_> {
     fn default() -> Self {
         Options {
-            timeout: HANGING_TIMEOUT,
+            timeout: PROVIDER_TIMEOUT,
             rotation: "",
             targets: "",
         }
@@ -304,6 +307,14 @@ impl Poller {
     }
 }
 
+/// The wall clock in Unix seconds, as the daemon's clock reads it.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 fn wait_until(what: &str, mut probe: impl FnMut() -> bool) {
     assert!(
         wait_for(WAIT, || probe().then_some(())).is_some(),
@@ -432,8 +443,10 @@ timeout = "60s"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_revocation_the_revocation_completes_on_restart() {
+    const GRACE_SECONDS: i64 = 1;
+    let rotation = format!("grace = \"{GRACE_SECONDS}s\"");
     let rig = Rig::new(Options {
-        rotation: "grace = \"1s\"",
+        rotation: &rotation,
         ..Options::default()
     })
     .await;
@@ -450,7 +463,16 @@ async fn killed_during_revocation_the_revocation_completes_on_restart() {
         .expect("an issued previous key");
     let previous_id = previous["provider_key_id"].as_str().unwrap().to_string();
     assert!(rig.sim.live_keys().iter().any(|(id, _)| *id == previous_id));
-    std::thread::sleep(Duration::from_millis(1500)); // past the grace period
+    // The daemon revokes at start-up what the store says is past its grace period: wait
+    // until the clock has passed the end of every previous key's grace, as recorded.
+    let grace_end = rig
+        .versions()
+        .iter()
+        .filter(|v| v["stage"] == "previous")
+        .map(|v| v["stage_changed_at"].as_i64().unwrap() + GRACE_SECONDS)
+        .max()
+        .unwrap();
+    wait_until("the grace period to end", || unix_now() >= grace_end);
     rig.sim.fail_next(Op::Revoke, Fault::Timeout, 1);
 
     let daemon = rig.env.start();
@@ -512,7 +534,7 @@ fn rotations(daemon: &Daemon, result: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
     let rig = Rig::new(Options {
-        timeout: "2s",
+        timeout: PROVIDER_TIMEOUT,
         // Due a few seconds after each rotation, so the daemon keeps rotating by itself.
         rotation: "schedule = \"*/3 * * * * *\"\ngrace = \"1h\"",
         targets: "",
@@ -524,7 +546,7 @@ async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
         flag.display()
     );
     rig.configure(&Options {
-        timeout: "2s",
+        timeout: PROVIDER_TIMEOUT,
         rotation: "schedule = \"*/3 * * * * *\"\ngrace = \"1h\"",
         targets: &hook,
     });
@@ -532,10 +554,7 @@ async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
     let mut logs = Vec::new();
     let wait_failures = |what: &str, predicate: &dyn Fn(f64) -> bool| {
         assert!(
-            wait_for(Duration::from_secs(30), || {
-                failures(&daemon).filter(|f| predicate(*f))
-            })
-            .is_some(),
+            wait_for(WAIT, || { failures(&daemon).filter(|f| predicate(*f)) }).is_some(),
             "consecutive failures never {what}:\n{}\n{}",
             daemon.metrics(),
             daemon.log()

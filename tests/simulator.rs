@@ -2,11 +2,33 @@
 //! management auth, and every injectable fault.
 
 use keyrotd::clock::ManualClock;
-use keyrotd::simulator::{Fault, Op, Simulator};
+use keyrotd::simulator::{Fault, Op, Simulator, HANG};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a test waits for something that must happen before it calls it a hang: far
+/// shorter than anything it is told apart from (the simulator's minute-long [`HANG`] is cut
+/// in half where that is the alternative; a held answer's latency is ten minutes), far longer
+/// than a busy machine needs to answer on loopback.
+const HANG_BOUND: Duration = Duration::from_secs(30);
+const _: () = assert!(HANG_BOUND.as_secs() * 2 <= HANG.as_secs());
+
+/// The client of a request that must be answered: its timeout only bounds a hang, and is
+/// longer than [`HANG_BOUND`] so that a test's own bound (with its message) ends it first.
+fn patient_client() -> Client {
+    Client::builder().timeout(2 * HANG_BOUND).build().unwrap()
+}
+
+/// Polls `done` until it holds; panics with `what` after [`HANG_BOUND`].
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG_BOUND;
+    while !done() {
+        assert!(Instant::now() < deadline, "no {what} within {HANG_BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 async fn start() -> (Simulator, String) {
     let (sim, addr) = Simulator::start("127.0.0.1:0".parse().unwrap())
@@ -190,25 +212,34 @@ async fn timeout_fault_outlasts_the_client_timeout() {
     let key = "sk-live-timeout";
     sim.add_key(key);
     sim.fail_next(Op::Check, Fault::Timeout, 1);
-    let client = Client::builder()
+    // A short timeout on purpose: the fault hangs for a minute, so this client gives up
+    // first. Nothing is judged by how long that took.
+    let impatient = Client::builder()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let result = client
+    let result = impatient
         .get(format!("{base}/v1/key"))
         .bearer_auth(key)
         .send()
         .await;
     let error = result.expect_err("the request must time out");
     assert!(error.is_timeout(), "{error}");
+    // The hanging request took the fault (the client may have given up before the
+    // simulator read it): only then is the next request's answer the recovery.
+    wait_until("hanging request at the simulator", || {
+        sim.request_count(Op::Check) == 1
+    })
+    .await;
 
-    let response = client
+    let response = patient_client()
         .get(format!("{base}/v1/key"))
         .bearer_auth(key)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sim.request_count(Op::Check), 2);
 }
 
 #[tokio::test]
@@ -224,16 +255,14 @@ async fn shutdown_cuts_a_hanging_request_short() {
             .await
             .map(|r| r.status())
     });
-    while sim.request_count(Op::List) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let started = Instant::now();
+    wait_until("hanging request", || sim.request_count(Op::List) == 1).await;
     sim.shutdown().await;
-    let outcome = tokio::time::timeout(Duration::from_secs(5), pending)
+    // Left alone the request would hang for HANG: ending within half of it, it was cut
+    // short by the shutdown (which it follows by milliseconds).
+    let outcome = tokio::time::timeout(HANG_BOUND, pending)
         .await
         .expect("the hanging request ends with the simulator")
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
     if let Ok(status) = outcome {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
@@ -251,7 +280,8 @@ async fn added_latency_holds_every_answer_at_least_that_long_and_counts_it() {
     sim.add_key(key);
     let latency = Duration::from_millis(40);
     sim.set_latency(latency);
-    // Staggered, so requests arrive while others are held.
+    // Staggered, so requests arrive while others are held. Each is judged only by a lower
+    // bound ("not before its latency"), which a slow machine cannot break.
     let mut requests = Vec::new();
     for i in 0..12u64 {
         let base = base.clone();
@@ -282,39 +312,74 @@ async fn added_latency_holds_every_answer_at_least_that_long_and_counts_it() {
     assert_eq!(sim.request_count(Op::Check), 13);
 }
 
+/// Sends a check with `key` in a task: (status, how long the answer took).
+fn spawn_check(base: &str, key: &'static str) -> tokio::task::JoinHandle<(StatusCode, Duration)> {
+    let base = base.to_owned();
+    tokio::spawn(async move {
+        let sent = Instant::now();
+        let status = patient_client()
+            .get(format!("{base}/v1/key"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("check request")
+            .status();
+        (status, sent.elapsed())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shorter_hold_arriving_later_is_released_first() {
+    // Told apart by events, not by timing: a far hold (ten minutes) can only be over early
+    // if released early, and a near hold queued behind it is answered at all only if its
+    // arrival re-armed the timer. Every duration is judged only from below.
     let (sim, base) = start().await;
     let key = "sk-live-order";
     sim.add_key(key);
-    let long_latency = Duration::from_secs(2);
-    sim.set_latency(long_latency);
-    let long = {
-        let base = base.clone();
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let status = check(&base, key).await.status();
-            (status, sent.elapsed())
-        })
-    };
-    while sim.request_count(Op::Check) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    // The timer is armed for the long hold's deadline; a nearer one must re-arm it.
+    let far_latency = Duration::from_secs(600);
+    sim.set_latency(far_latency);
+    let far = spawn_check(&base, key);
+    wait_until("far request", || sim.request_count(Op::Check) == 1).await;
+
+    // The timer is armed for the far hold's deadline; a nearer one must re-arm it.
     let short_latency = Duration::from_millis(50);
     sim.set_latency(short_latency);
-    let sent = Instant::now();
-    assert_eq!(check(&base, key).await.status(), StatusCode::OK);
-    let short = sent.elapsed();
-    assert!(short >= short_latency, "answered after {short:?}");
-    assert!(
-        short < Duration::from_secs(1),
-        "the nearer deadline waited behind the farther one: {short:?}"
-    );
-    assert!(!long.is_finished(), "the long hold was released early");
-    let (status, long) = long.await.unwrap();
+    let (status, short) = tokio::time::timeout(HANG_BOUND, spawn_check(&base, key))
+        .await
+        .expect("the nearer deadline waited behind the farther one")
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert!(long >= long_latency, "answered after {long:?}");
+    assert!(short >= short_latency, "answered after {short:?}");
+    assert!(!far.is_finished(), "the far hold was released early");
+
+    // Two holds queued in the order of their deadlines: once the first is released, the
+    // timer must be armed for the second, not left for the far one.
+    let long_latency = Duration::from_secs(2);
+    sim.set_latency(long_latency);
+    let long = spawn_check(&base, key);
+    wait_until("long request", || sim.request_count(Op::Check) == 3).await;
+    let longer_latency = Duration::from_secs(3);
+    sim.set_latency(longer_latency);
+    let longer = spawn_check(&base, key);
+    for (request, latency) in [(long, long_latency), (longer, longer_latency)] {
+        let (status, took) = tokio::time::timeout(HANG_BOUND, request)
+            .await
+            .expect("a hold waited behind the far one")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            took >= latency,
+            "answered after {took:?}, before {latency:?}"
+        );
+    }
+    assert!(!far.is_finished(), "the far hold was released early");
+
+    sim.shutdown().await;
+    let (status, _) = tokio::time::timeout(HANG_BOUND, far)
+        .await
+        .expect("the far hold ends with the simulator")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "released, then answered");
 }
 
 #[tokio::test]
@@ -323,11 +388,10 @@ async fn shutdown_releases_answers_held_for_latency() {
     sim.add_key("sk-live-held");
     sim.set_latency(Duration::from_secs(600));
     let pending = tokio::spawn(async move { check(&base, "sk-live-held").await.status() });
-    while sim.request_count(Op::Check) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("held request", || sim.request_count(Op::Check) == 1).await;
     sim.shutdown().await;
-    let status = tokio::time::timeout(Duration::from_secs(5), pending)
+    // Ten minutes of latency against a bound of a few seconds' hang.
+    let status = tokio::time::timeout(HANG_BOUND, pending)
         .await
         .expect("a held request ends with the simulator, not after the latency")
         .unwrap();
@@ -346,13 +410,19 @@ async fn dropping_the_last_handle_stops_the_server() {
         "a clone keeps it running"
     );
     drop(clone);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + HANG_BOUND;
     loop {
         let client = Client::builder().pool_max_idle_per_host(0).build().unwrap();
-        if client.get(format!("{base}/v1/key")).send().await.is_err() {
+        let sent = tokio::time::timeout(HANG_BOUND, client.get(format!("{base}/v1/key")).send())
+            .await
+            .expect("a request hung instead of being answered or refused");
+        if sent.is_err() {
             break;
         }
-        assert!(Instant::now() < deadline, "still serving after drop");
+        assert!(
+            Instant::now() < deadline,
+            "still serving {HANG_BOUND:?} after drop"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Exit status: 0 with that JSON is the answer. A non-zero exit still counts when stdout holds
 //! a valid answer (a checker may exit 1 for "invalid"); otherwise it is `unreachable` — a
-//! broken checker is not a dead key. The command is killed at the timeout.
+//! broken checker is not a dead key. The command runs in a process group of its own, and at
+//! the timeout the whole group is killed: a `sh -c` script's children go with it.
 
 use super::classify::amount;
 use super::client::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
@@ -107,9 +108,7 @@ impl Command {
         vars: &[(&str, &str)],
     ) -> Result<Output, RunError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.run_inner(operation, secret, vars))
-            .await
-            .unwrap_or(Err(RunError::Timeout(self.timeout)));
+        let result = self.run_to_end(operation, secret, vars).await;
         let code = match &result {
             Ok(output) if output.exit_code == Some(0) => "0".to_string(),
             Ok(output) => output
@@ -124,12 +123,37 @@ impl Command {
         result
     }
 
-    async fn run_inner(
+    /// Starts the command and drives it to its end within the timeout. A run given up
+    /// before the command was reaped (the timeout, an output too large, a broken pipe) kills
+    /// its whole process group, while the unreaped leader still holds the group's id.
+    async fn run_to_end(
         &self,
         operation: &str,
         secret: Option<&SecretString>,
         vars: &[(&str, &str)],
     ) -> Result<Output, RunError> {
+        let mut child = self
+            .command(operation, secret, vars)
+            .spawn()
+            .map_err(|_| RunError::Spawn)?;
+        let group = child.id();
+        let result = tokio::time::timeout(self.timeout, self.drive(&mut child, secret))
+            .await
+            .unwrap_or(Err(RunError::Timeout(self.timeout)));
+        if result.is_err() {
+            kill_group(group);
+        }
+        result
+    }
+
+    /// The command for `operation`: its environment, the key in `key_env` if so configured,
+    /// stdout piped, stderr discarded, in a process group of its own.
+    fn command(
+        &self,
+        operation: &str,
+        secret: Option<&SecretString>,
+        vars: &[(&str, &str)],
+    ) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)
@@ -138,6 +162,7 @@ impl Command {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true);
         for (name, value) in vars {
             command.env(format!("KEYROTD_{}", name.to_ascii_uppercase()), value);
@@ -145,7 +170,16 @@ impl Command {
         if let (ExecKeyVia::Env, Some(secret)) = (self.key_via, secret) {
             command.env(&self.key_env, secret.expose_secret());
         }
-        let mut child = command.spawn().map_err(|_| RunError::Spawn)?;
+        command
+    }
+
+    /// Hands the key over on stdin if so configured, reads stdout (capped) and reaps the
+    /// command.
+    async fn drive(
+        &self,
+        child: &mut tokio::process::Child,
+        secret: Option<&SecretString>,
+    ) -> Result<Output, RunError> {
         let mut stdin = child.stdin.take();
         if let (ExecKeyVia::Stdin, Some(secret), Some(pipe)) =
             (self.key_via, secret, stdin.as_mut())
@@ -169,6 +203,16 @@ impl Command {
             exit_code: status.code(),
             stdout,
         })
+    }
+}
+
+/// SIGKILL to the command's process group (it was started as the group's leader).
+fn kill_group(group: Option<u32>) {
+    if let Some(pid) = group.and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
