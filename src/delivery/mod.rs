@@ -15,6 +15,7 @@ pub(crate) mod exec;
 pub(crate) mod file;
 pub(crate) mod kubernetes;
 pub(crate) mod lock;
+pub mod preflight;
 
 use crate::config::{DeliveryConfig, DeliveryKind};
 use async_trait::async_trait;
