@@ -11,7 +11,7 @@
 //! | request                         | auth           | answer                                        |
 //! |---------------------------------|----------------|-----------------------------------------------|
 //! | `GET /v1/key`                   | the key itself | 200 `{"data":{id,name,expires_at}}` or 401    |
-//! | `POST /v1/keys` `{"name":..}`   | management key | 201 `{id,name,key}`                           |
+//! | `POST /v1/keys` `{"name":..}`   | management key | 201 `{id,name,key,expires_at}`                |
 //! | `GET /v1/keys`                  | management key | 200 `{"data":[{id,name,disabled,created_at}]}` |
 //! | `DELETE /v1/keys/{id}`          | management key | 204, or 404 `{"error":{"code":"not_found"}}`   |
 //!
@@ -563,7 +563,7 @@ async fn issue(shared: &Shared, request: Request<Incoming>, refused: bool) -> Re
     tracing::info!(key_id = %record.id, fingerprint = %fingerprint_of(&secret), refused, "simulator: issued key");
     json_reply(
         StatusCode::CREATED,
-        json!({"id": record.id, "name": record.name, "key": secret}),
+        json!({"id": record.id, "name": record.name, "key": secret, "expires_at": record.expires_at}),
     )
 }
 

@@ -105,6 +105,23 @@ fn cases() -> Vec<(&'static str, String, usize, usize, &'static str)> {
             "longer than `max_age`",
         ),
         (
+            "min_age longer than max_age (a policy that never settles)",
+            with_provider(
+                "\n[[credential]]\nname = \"a\"\nprovider = \"or\"\n[credential.rotation]\nmax_age = \"1h\"\nmin_age = \"2h\"\n",
+            ),
+            10,
+            11,
+            "`min_age` (2h) is longer than `max_age` (1h)",
+        ),
+        (
+            "rotate_before_expiry not shorter than the issued keys' lifetime",
+            "[[provider]]\nname = \"r\"\nkind = \"relay\"\nbase_url = \"https://relay.example/v1\"\nrotation_policy = \"1d\"\n\n[[credential]]\nname = \"a\"\nprovider = \"r\"\n[credential.rotation]\nrotate_before_expiry = \"2d\"\n"
+                .into(),
+            11,
+            24,
+            "every new key would be due at once",
+        ),
+        (
             "unknown provider kind",
             "[[provider]]\nname = \"x\"\nkind = \"foo\"\n".into(),
             3,

@@ -802,6 +802,44 @@ async fn tick_records_the_due_time_rotates_when_due_and_catches_up_once() {
     f.assert_no_orphans().await;
 }
 
+/// Problem 8: the provider's keys live an hour, the policy rotates two hours before expiry.
+/// Every new key is due the moment it is promoted; without the runaway guard each pass
+/// would issue and deliver again. Over twelve simulated hours of passes every quarter hour
+/// (and a second pass straight after each, as the daemon does after a rotation), the
+/// default guard (an hour) allows at most one rotation an hour.
+#[tokio::test]
+async fn keys_expiring_inside_the_margin_rotate_at_most_once_per_min_age() {
+    let f = fixture(Setup {
+        rotation: "rotate_before_expiry = \"2h\"",
+        ..Setup::default()
+    })
+    .await;
+    // The simulator dates expiry on its own (wall) clock, before the manual clock's START:
+    // from the engine's view every issued key is past its margin at once.
+    f.sim
+        .expire_after(Some(std::time::Duration::from_secs(3600)));
+    let hours = 12;
+    let mut now = START;
+    // The seeded key has no expiry: make the first rotation happen through `rotate now`.
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    for _ in 0..hours * 4 {
+        now += 900;
+        f.clock.set(now);
+        f.engine.tick(&f.rt).await.unwrap();
+        f.engine.tick(&f.rt).await.unwrap();
+    }
+    let snapshot = f.store.snapshot().await.unwrap();
+    let rotations = snapshot.credentials[0].rotations_succeeded;
+    assert!(
+        (hours - 1..=hours + 1).contains(&rotations),
+        "{rotations} rotations in {hours} simulated hours (one an hour expected)"
+    );
+    // Each key served for at least the guard's hour.
+    let current = f.in_stage(Stage::Current).await;
+    assert_eq!(current.len(), 1);
+    assert_eq!(f.delivered(), f.current_secret().await);
+}
+
 #[tokio::test]
 async fn tick_retries_a_failed_rotation_after_the_backoff() {
     let f = fixture(Setup {

@@ -56,3 +56,99 @@ fn alerts_reach_alertmanager_end_to_end() {
         &[],
     );
 }
+
+/// The directives of a unit file's `[Service]`-style lines (`Key=value`), comments skipped;
+/// a key given several times keeps every value.
+fn directives(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#') && !line.starts_with(';'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
+        .collect()
+}
+
+/// The example config works under the shipped unit as the README installs it: every
+/// directory a `file` / `env_file` target writes to is in a `ReadWritePaths=` of the unit or
+/// of the README's drop-in (else EROFS), and no target asks for an owner or group while the
+/// unit cannot chown (else EPERM on every delivery).
+#[test]
+fn example_config_targets_pass_under_the_shipped_unit() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |name: &str| std::fs::read_to_string(root.join(name)).unwrap();
+    let unit = directives(&read("systemd/keyrotd.service"));
+    let readme = read("README.md");
+    // The drop-ins the README's install section tells the operator to add.
+    let install = readme
+        .split("## Install")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has an Install section");
+    let drop_in = directives(
+        &install
+            .split("```ini")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let values = |key: &str| -> Vec<String> {
+        unit.iter()
+            .chain(&drop_in)
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let writable: Vec<std::path::PathBuf> = values("ReadWritePaths")
+        .iter()
+        .flat_map(|v| {
+            v.split_whitespace()
+                .map(|p| p.trim_start_matches(['-', '+']))
+        })
+        .map(std::path::PathBuf::from)
+        .collect();
+    let capabilities = values("CapabilityBoundingSet").join(" ");
+    let filters = values("SystemCallFilter");
+    let can_chown = capabilities.contains("CAP_CHOWN")
+        && !filters
+            .iter()
+            .any(|f| f.starts_with('~') && (f.contains("@chown") || f.contains("@privileged")))
+        && !values("PrivateUsers")
+            .iter()
+            .any(|v| v == "yes" || v == "true");
+
+    let example: toml::Table = toml::from_str(&read("config.example.toml")).unwrap();
+    let mut problems = Vec::new();
+    let credentials = example
+        .get("credential")
+        .and_then(|c| c.as_array())
+        .expect("the example has credentials");
+    for credential in credentials {
+        let name = credential["name"].as_str().unwrap_or("?");
+        let targets = credential.get("deliver").and_then(|d| d.as_array());
+        for target in targets.into_iter().flatten() {
+            let kind = target["kind"].as_str().unwrap_or("?");
+            if !matches!(kind, "file" | "env_file") {
+                continue;
+            }
+            let path = std::path::Path::new(target["path"].as_str().unwrap());
+            let dir = path.parent().unwrap();
+            if !writable.iter().any(|w| dir.starts_with(w)) {
+                problems.push(format!(
+                    "credential {name}: {kind} {}: {} is not in any ReadWritePaths= of the unit or the README's drop-in (EROFS)",
+                    path.display(),
+                    dir.display()
+                ));
+            }
+            for field in ["owner", "group"] {
+                if target.get(field).is_some() && !can_chown {
+                    problems.push(format!(
+                        "credential {name}: {kind} {}: sets `{field}`, but the shipped unit cannot chown (EPERM)",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

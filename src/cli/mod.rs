@@ -73,7 +73,7 @@ enum Command {
     /// Run the daemon.
     Run,
     /// Validate the config file; exit 0 if valid, 78 otherwise.
-    CheckConfig,
+    CheckConfig(CheckConfigArgs),
     /// Manage key versions.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -85,6 +85,15 @@ enum Command {
     /// Manage the master key that seals stored secrets.
     #[command(subcommand)]
     MasterKey(MasterKeyCommand),
+}
+
+#[derive(Debug, Args)]
+struct CheckConfigArgs {
+    /// Also try every delivery target as this process would write to it (directory
+    /// writable, chown possible, Kubernetes token readable, hook found); exit 78 on any
+    /// problem.
+    #[arg(long)]
+    preflight: bool,
 }
 
 #[derive(Debug, Args)]
@@ -141,7 +150,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::MasterKey(MasterKeyCommand::Generate { path }) => master_key::generate(&path),
         Command::Demo(args) => demo::run(args).await,
         Command::Run => run::run(Setup::load(paths)?).await,
-        Command::CheckConfig => check_config::run(&Setup::load(paths)?),
+        Command::CheckConfig(args) => check_config::run(&Setup::load(paths)?, args.preflight),
         Command::Key(command) => key::run(command, &Setup::load(paths)?).await,
         Command::Check(args) => check::run(args, &Setup::load(paths)?).await,
         Command::MasterKey(MasterKeyCommand::Rotate { new_key }) => {

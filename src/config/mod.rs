@@ -27,6 +27,7 @@ pub(crate) use delivery::{DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia};
 pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
 pub(crate) use issues::{span_of, Issues, LazyPositions, Position, ProviderPositions};
 pub use issues::{ConfigError, ConfigIssue};
+pub(crate) use provider::DEFAULT_RELAY_ROTATION_POLICY;
 pub use provider::{
     ExecAdapterConfig, ExecKeyVia, HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig,
     HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
@@ -190,6 +191,10 @@ pub struct RotationPolicyConfig {
     /// Longest wait between failed attempts (default 6h).
     #[serde(default)]
     pub retry_backoff_max: Option<Spanned<HumanDuration>>,
+    /// The runaway guard: a key is never due for rotation before it has been current this
+    /// long (default: see [`RotationPolicyConfig::min_age`]).
+    #[serde(default)]
+    pub min_age: Option<Spanned<HumanDuration>>,
 }
 
 impl RotationPolicyConfig {
@@ -213,6 +218,28 @@ impl RotationPolicyConfig {
         let base = pick(&self.retry_backoff, Self::DEFAULT_RETRY_BACKOFF);
         let cap = pick(&self.retry_backoff_max, Self::DEFAULT_RETRY_BACKOFF_MAX).max(base);
         crate::backoff::Backoff::new(base, cap)
+    }
+
+    /// The longest default `min_age`.
+    pub(crate) const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
+
+    /// The runaway guard's minimum age of a current key: `min_age` when set; otherwise an
+    /// hour, or half the policy's own cadence (`max_age`, the shortest gap between firings
+    /// of `schedule`) when that is shorter, so a deliberately fast policy keeps its pace.
+    /// Only the expiry rule can make a key due at once, and that is what the hour stops.
+    pub(crate) fn min_age(&self) -> Duration {
+        if let Some(min_age) = &self.min_age {
+            return min_age.get_ref().0;
+        }
+        let by_age = self.max_age.as_ref().map(|d| d.get_ref().0);
+        let by_schedule = self
+            .cron_schedule()
+            .and_then(|schedule| shortest_gap(&schedule));
+        [by_age, by_schedule]
+            .into_iter()
+            .flatten()
+            .map(|cadence| cadence / 2)
+            .fold(Self::DEFAULT_MIN_AGE, Duration::min)
     }
 
     /// The parsed `schedule`, if any (validated at load time).
@@ -365,6 +392,9 @@ impl Config {
                 }
             }
             credential.rotation.validate(issues);
+            if let Some(provider) = providers.get(credential.provider()) {
+                credential.rotation.validate_against(provider, issues);
+            }
             for target in &credential.deliver {
                 target.validate(issues);
             }
@@ -401,6 +431,24 @@ impl Config {
             .map(|i| i.get_ref().0)
             .unwrap_or(self.checks.interval.0)
     }
+}
+
+/// The shortest gap between the first firings of `schedule` over a year from a fixed date
+/// (enough to see a weekly or monthly pattern; a cadence longer than that is no concern of
+/// an hour-long guard).
+fn shortest_gap(schedule: &CronSchedule) -> Option<Duration> {
+    let start = chrono::DateTime::<chrono::Utc>::from_timestamp(1_767_225_600, 0)?;
+    let mut at = schedule.next_after(start)?;
+    let mut shortest: Option<i64> = None;
+    for _ in 0..16 {
+        let Some(next) = schedule.next_after(at) else {
+            break;
+        };
+        let gap = (next - at).num_seconds();
+        shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+        at = next;
+    }
+    shortest.map(|s| Duration::from_secs(s.max(0) as u64))
 }
 
 impl RotationPolicyConfig {
@@ -442,6 +490,40 @@ impl RotationPolicyConfig {
                     "`rotate_before_expiry` must be shorter than `max_age`".into(),
                 );
             }
+        }
+        if let (Some(min_age), Some(max_age)) = (&self.min_age, &self.max_age) {
+            if min_age.get_ref() > max_age.get_ref() {
+                issues.push(
+                    Some(min_age.span()),
+                    format!(
+                        "`min_age` ({}) is longer than `max_age` ({}): the key would outlive its maximum age at every rotation",
+                        min_age.get_ref(),
+                        max_age.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A policy that can never settle against the provider it rotates through: a margin
+    /// before expiry at least as long as the lifetime the provider gives every key it
+    /// issues makes each new key due the moment it is promoted.
+    fn validate_against(&self, provider: &ProviderConfig, issues: &mut Issues) {
+        let (Some(before), Some(lifetime)) =
+            (&self.rotate_before_expiry, provider.issued_key_lifetime())
+        else {
+            return;
+        };
+        if before.get_ref().0 >= lifetime {
+            issues.push(
+                Some(before.span()),
+                format!(
+                    "`rotate_before_expiry` ({}) is not shorter than the lifetime of the keys provider {:?} issues ({}): every new key would be due at once; use a shorter margin",
+                    before.get_ref(),
+                    provider.name(),
+                    format_duration(lifetime)
+                ),
+            );
         }
     }
 }

@@ -3,8 +3,9 @@
 //! Several credentials may share one env file, so a delivery replaces only its own
 //! variable's line and keeps every other line (comments, other variables) as it was; the
 //! variable is appended when the file does not have it yet. The file is replaced with the
-//! same [`AtomicWriter`] as a `file` target, and read-modify-write cycles on one path are
-//! serialised inside this process so two credentials delivered at once do not lose a line.
+//! same [`AtomicWriter`] as a `file` target, and the whole read-modify-write cycle holds the
+//! file's cross-process lock ([`super::lock`]), so two credentials delivered at once, by one
+//! process or by the daemon and the CLI, do not lose each other's line.
 //!
 //! Values are written unquoted when they consist of ordinary key characters, in single
 //! quotes otherwise (systemd takes single-quoted text literally). A key with a line break or
@@ -16,9 +17,6 @@ use super::{Delivery, DeliveryError, Target};
 use crate::config::DeliveryConfig;
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, LazyLock, Mutex};
 use zeroize::Zeroizing;
 
 /// `kind = "env_file"`.
@@ -70,42 +68,38 @@ impl Target for EnvFileTarget {
         let writer = self.writer.clone();
         let variable = self.variable.clone();
         let name = target.clone();
-        tokio::task::spawn_blocking(move || {
-            let lock = path_lock(&writer.path);
-            let _held = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let existing = match std::fs::read(&writer.path) {
-                Ok(bytes) => Zeroizing::new(bytes),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    Zeroizing::new(Vec::new())
-                }
-                Err(source) => {
-                    return Err(DeliveryError::Io {
-                        target,
-                        action: format!("reading {}", writer.path.display()),
-                        source,
-                    })
-                }
-            };
-            let contents = replace_variable(&existing, &variable, &value);
-            writer.write(&target, &contents)
-        })
-        .await
-        .map_err(|join| DeliveryError::Io {
-            target: name,
-            action: "writing".into(),
-            source: std::io::Error::other(join.to_string()),
-        })?
+        tokio::task::spawn_blocking(move || update(&writer, &target, &variable, &value))
+            .await
+            .map_err(|join| DeliveryError::Io {
+                target: name,
+                action: "writing".into(),
+                source: std::io::Error::other(join.to_string()),
+            })?
     }
 }
 
-/// One lock per env file path, for the read-modify-write cycle.
-fn path_lock(path: &std::path::Path) -> Arc<Mutex<()>> {
-    static LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> =
-        LazyLock::new(Default::default);
-    let mut locks = LOCKS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    locks.entry(path.to_path_buf()).or_default().clone()
+/// Sets `variable` to `value` in the file: read, replace the line, write, all under the
+/// file's cross-process lock. Blocking.
+fn update(
+    writer: &AtomicWriter,
+    target: &str,
+    variable: &str,
+    value: &str,
+) -> Result<(), DeliveryError> {
+    let _held = writer.lock(target)?;
+    let existing = match std::fs::read(&writer.path) {
+        Ok(bytes) => Zeroizing::new(bytes),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Zeroizing::new(Vec::new()),
+        Err(source) => {
+            return Err(DeliveryError::Io {
+                target: target.to_string(),
+                action: format!("reading {}", writer.path.display()),
+                source,
+            })
+        }
+    };
+    let contents = replace_variable(&existing, variable, value);
+    writer.replace(target, &contents)
 }
 
 /// Characters a value may hold without quotes in an EnvironmentFile.
@@ -181,6 +175,102 @@ fn replace_variable(existing: &[u8], variable: &str, value: &str) -> Zeroizing<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Set in a child process of [`two_processes_updating_one_env_file_lose_no_line`]:
+    /// `path|variable|rounds`.
+    use std::path::PathBuf;
+
+    const CHILD: &str = "KEYROTD_TEST_ENVFILE_WRITER";
+    const ROUNDS: usize = 150;
+
+    fn value_of(path: &std::path::Path, variable: &str) -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{variable}=")).map(str::to_string))
+    }
+
+    /// In a child process: sets its variable `rounds` times, checking before each update
+    /// that the line it wrote last is still there (another process's stale rewrite would
+    /// have put an older value back). Does nothing in an ordinary test run.
+    #[test]
+    fn child_env_file_writer() {
+        let Ok(spec) = std::env::var(CHILD) else {
+            return;
+        };
+        let mut parts = spec.split('|');
+        let (path, variable, rounds) = (
+            PathBuf::from(parts.next().unwrap()),
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().parse::<usize>().unwrap(),
+        );
+        let writer = AtomicWriter {
+            path: path.clone(),
+            mode: 0o600,
+            owner: None,
+            group: None,
+            lock_wait: super::super::lock::LOCK_WAIT,
+        };
+        let mut lost = 0;
+        for round in 0..rounds {
+            if round > 0 && value_of(&path, &variable) != Some(format!("{variable}{}", round - 1)) {
+                lost += 1;
+            }
+            update(
+                &writer,
+                "env file",
+                &variable,
+                &format!("{variable}{round}"),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            lost, 0,
+            "{variable}: {lost} of {rounds} updates were overwritten by the other process"
+        );
+    }
+
+    #[test]
+    fn two_processes_updating_one_env_file_lose_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.env");
+        std::fs::write(&path, "# shared by two credentials\n").unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = ["ALPHA_KEY", "BETA_KEY"]
+            .iter()
+            .map(|variable| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "delivery::envfile::tests::child_env_file_writer",
+                        "--test-threads=1",
+                        "--nocapture",
+                    ])
+                    .env(CHILD, format!("{}|{variable}|{ROUNDS}", path.display()))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "a writer lost updates:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let last = ROUNDS - 1;
+        assert_eq!(
+            value_of(&path, "ALPHA_KEY"),
+            Some(format!("ALPHA_KEY{last}"))
+        );
+        assert_eq!(value_of(&path, "BETA_KEY"), Some(format!("BETA_KEY{last}")));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("# shared by two credentials\n"));
+    }
 
     fn replace(existing: &str, value: &str) -> String {
         String::from_utf8(replace_variable(existing.as_bytes(), "API_KEY", value).to_vec()).unwrap()

@@ -9,6 +9,7 @@
 //! Renaming replaces the path itself: if the path is a symlink, the link is replaced by a
 //! regular file rather than its target being written through.
 
+use super::lock::FileLock;
 use super::{Delivery, DeliveryError, Target};
 use crate::config::{DeliveryConfig, FileFormat};
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Replaces one file atomically with given contents, mode, owner and group.
@@ -28,6 +30,8 @@ pub(crate) struct AtomicWriter {
     pub owner: Option<String>,
     /// Group name or numeric gid.
     pub group: Option<String>,
+    /// How long to wait for another delivery's lock on this file (see [`super::lock`]).
+    pub lock_wait: Duration,
 }
 
 impl AtomicWriter {
@@ -55,12 +59,25 @@ impl AtomicWriter {
             mode,
             owner: config.owner.as_ref().map(|o| o.get_ref().clone()),
             group: config.group.as_ref().map(|g| g.get_ref().clone()),
+            lock_wait: super::lock::LOCK_WAIT,
         })
     }
 
-    /// Replaces the file with `contents`. Blocking: call from `spawn_blocking`.
-    /// `target` names the target in errors.
+    /// Takes the cross-process lock that guards this file; hold it across a read and the
+    /// [`AtomicWriter::replace`] that follows it. Blocking.
+    pub(crate) fn lock(&self, target: &str) -> Result<FileLock, DeliveryError> {
+        super::lock::lock(&self.path, target, self.lock_wait)
+    }
+
+    /// Replaces the file with `contents` under its lock. Blocking: call from
+    /// `spawn_blocking`. `target` names the target in errors.
     pub(crate) fn write(&self, target: &str, contents: &[u8]) -> Result<(), DeliveryError> {
+        let _held = self.lock(target)?;
+        self.replace(target, contents)
+    }
+
+    /// Replaces the file with `contents`; the caller holds [`AtomicWriter::lock`].
+    pub(crate) fn replace(&self, target: &str, contents: &[u8]) -> Result<(), DeliveryError> {
         let io = |action: String| {
             let target = target.to_string();
             move |source| DeliveryError::Io {
@@ -265,6 +282,7 @@ mod tests {
             mode: 0o640,
             owner: None,
             group: None,
+            lock_wait: super::super::lock::LOCK_WAIT,
         }
     }
 
@@ -299,7 +317,12 @@ mod tests {
         w.owner = Some("no-such-user-keyrotd".into());
         let err = w.write("file k", b"x").unwrap_err().to_string();
         assert_eq!(err, "file k: unknown user \"no-such-user-keyrotd\"");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        // Only the lock file stays: it is kept so that every process locks the same inode.
+        assert_eq!(left, [".key.keyrotd.lock"]);
     }
 
     #[test]
@@ -308,7 +331,7 @@ mod tests {
         let w = writer(&dir.path().join("absent"));
         let err = w.write("file k", b"x").unwrap_err().to_string();
         assert!(
-            err.contains("creating a temporary file in") && err.contains("absent"),
+            err.contains("opening lock file") && err.contains("absent"),
             "{err}"
         );
     }

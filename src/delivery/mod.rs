@@ -14,6 +14,8 @@ pub(crate) mod envfile;
 pub(crate) mod exec;
 pub(crate) mod file;
 pub(crate) mod kubernetes;
+pub(crate) mod lock;
+pub mod preflight;
 
 use crate::config::{DeliveryConfig, DeliveryKind};
 use async_trait::async_trait;
@@ -51,6 +53,14 @@ pub enum DeliveryError {
         action: String,
         #[source]
         source: std::io::Error,
+    },
+    /// Another delivery to the same file (maybe in another process) held its lock longer than
+    /// the bounded wait.
+    #[error("{target}: another delivery held lock file {} for longer than {waited}; is a keyrotd process stopped or the file system hung?", .lock_file.display())]
+    LockTimeout {
+        target: String,
+        lock_file: std::path::PathBuf,
+        waited: String,
     },
     /// The key cannot be represented by this target (e.g. a newline for an env file).
     #[error("{target}: the key cannot be delivered here: {reason}")]

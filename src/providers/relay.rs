@@ -73,7 +73,7 @@ impl RelayIssuer {
                 .rotation_policy
                 .as_ref()
                 .map(|p| p.get_ref().clone())
-                .unwrap_or_else(|| "30d".into()),
+                .unwrap_or_else(|| crate::config::DEFAULT_RELAY_ROTATION_POLICY.into()),
         })
     }
 

@@ -296,6 +296,7 @@ mod tests {
             max_age: max_age_days.map(|d| Duration::from_secs(d * 86_400)),
             rotate_before_expiry: None,
             grace: Duration::from_secs(3_600),
+            min_age: Duration::ZERO,
         }
     }
 

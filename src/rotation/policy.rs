@@ -1,6 +1,14 @@
 //! When a credential's next rotation is due: the earliest of its cron schedule, its maximum
 //! age, and its expiry minus a margin. Pure functions of the inputs and the time, so the
 //! catch-up rules can be tested with any clock.
+//!
+//! The runaway guard: a key is never due before it has been current for the policy's
+//! minimum age (`min_age`). Without it, a provider that issues keys living no longer than
+//! `rotate_before_expiry` makes every new key due the moment it is promoted, and the daemon
+//! would issue, deliver and restart consumers every few seconds. The default minimum age is
+//! an hour, shortened to half the policy's own cadence (`max_age`, the shortest gap of the
+//! cron schedule) so an explicitly fast schedule is never slowed down; see
+//! [`RotationPolicyConfig::min_age`](crate::config::RotationPolicyConfig::min_age).
 
 use crate::config::{CredentialConfig, CronSchedule};
 use crate::model::UnixTime;
@@ -15,6 +23,8 @@ pub struct Policy {
     pub max_age: Option<Duration>,
     pub rotate_before_expiry: Option<Duration>,
     pub grace: Duration,
+    /// The runaway guard: no rotation is due before the current key is this old.
+    pub min_age: Duration,
 }
 
 impl Policy {
@@ -28,6 +38,7 @@ impl Policy {
                 .as_ref()
                 .map(|d| d.get_ref().0),
             grace: rotation.grace(),
+            min_age: rotation.min_age(),
         }
     }
 
@@ -51,7 +62,8 @@ impl Policy {
     }
 
     /// The next due time for a current key created at `key_created_at` (and expiring at
-    /// `key_expires_at`), last rotated at `last_rotated_at`.
+    /// `key_expires_at`), last rotated at `last_rotated_at`, never earlier than
+    /// [`Policy::min_age`] after the later of the two.
     ///
     /// The cron part counts from the later of the key's creation and the last rotation: a
     /// schedule whose firing passed while the daemon was down yields a due time in the past,
@@ -62,9 +74,34 @@ impl Policy {
         key_expires_at: Option<UnixTime>,
         last_rotated_at: Option<UnixTime>,
     ) -> Option<UnixTime> {
+        let (due, settled) = self.due_and_settled(key_created_at, key_expires_at, last_rotated_at);
+        due.map(|at| at.max(settled))
+    }
+
+    /// When the runaway guard holds a rotation back: the time the rules alone would have
+    /// made it due, if that is earlier than the guard allows. The daemon logs it, so a
+    /// policy the provider's key lifetime defeats does not go unnoticed.
+    pub(crate) fn held_back(
+        &self,
+        key_created_at: UnixTime,
+        key_expires_at: Option<UnixTime>,
+        last_rotated_at: Option<UnixTime>,
+    ) -> Option<UnixTime> {
+        let (due, settled) = self.due_and_settled(key_created_at, key_expires_at, last_rotated_at);
+        due.filter(|at| *at < settled)
+    }
+
+    /// The due time by the rules alone, and the earliest time the guard allows.
+    fn due_and_settled(
+        &self,
+        key_created_at: UnixTime,
+        key_expires_at: Option<UnixTime>,
+        last_rotated_at: Option<UnixTime>,
+    ) -> (Option<UnixTime>, UnixTime) {
         let since = last_rotated_at
             .unwrap_or(key_created_at)
             .max(key_created_at);
+        let settled = since.saturating_add(self.min_age.as_secs() as i64);
         let by_schedule = self.schedule.as_ref().and_then(|schedule| {
             let start = DateTime::<Utc>::from_timestamp(since, 0)?;
             schedule.next_after(start).map(|t| t.timestamp())
@@ -76,7 +113,8 @@ impl Policy {
             (Some(margin), Some(expires)) => Some(expires.saturating_sub(margin.as_secs() as i64)),
             _ => None,
         };
-        [by_schedule, by_age, by_expiry].into_iter().flatten().min()
+        let due = [by_schedule, by_age, by_expiry].into_iter().flatten().min();
+        (due, settled)
     }
 }
 
@@ -97,6 +135,7 @@ mod tests {
             max_age: max_age.map(Duration::from_secs),
             rotate_before_expiry: before.map(Duration::from_secs),
             grace: Duration::from_secs(86_400),
+            min_age: Duration::ZERO,
         }
     }
 
@@ -157,5 +196,53 @@ mod tests {
         let none = policy(None, None, None);
         assert_eq!(none.next_due(0, None, None), None);
         assert_eq!(none.next_due(0, Some(10 * 86_400), Some(5)), None);
+    }
+
+    #[test]
+    fn a_key_expiring_inside_the_margin_is_not_due_before_its_minimum_age() {
+        // Keys live 1h, the margin is 2h: by expiry every new key is due before it was
+        // issued. The guard keeps it current for min_age.
+        let mut p = policy(None, None, Some(7200));
+        p.min_age = Duration::from_secs(3600);
+        let clock = crate::clock::ManualClock::new(at(2026, 1, 1, 0, 0));
+        use crate::clock::Clock;
+        let promoted = clock.now();
+        let expires = promoted + 3600;
+        let due = p.next_due(promoted, Some(expires), Some(promoted)).unwrap();
+        assert_eq!(due, promoted + 3600);
+        assert_eq!(
+            p.held_back(promoted, Some(expires), Some(promoted)),
+            Some(expires - 7200)
+        );
+        // Half an hour in, nothing is due yet; at the minimum age it is.
+        clock.advance(1800);
+        assert!(due > clock.now());
+        clock.advance(1800);
+        assert!(due <= clock.now());
+        // Through `due` as the scheduler calls it, and counted from the last rotation
+        // for an older key.
+        assert_eq!(
+            p.due(
+                Some((promoted - 10, Some(expires))),
+                Some(promoted),
+                0,
+                None
+            ),
+            Some(promoted + 3600)
+        );
+    }
+
+    #[test]
+    fn the_guard_leaves_a_settled_policy_alone() {
+        let mut p = policy(None, Some(86_400), Some(7200));
+        p.min_age = Duration::from_secs(3600);
+        let created = at(2026, 1, 1, 0, 0);
+        assert_eq!(p.next_due(created, None, None), Some(created + 86_400));
+        assert_eq!(p.held_back(created, None, None), None);
+        // A failed attempt's retry time is the backoff's, not the guard's.
+        assert_eq!(
+            p.due(Some((created, None)), None, 2, Some(created + 60)),
+            Some(created + 60)
+        );
     }
 }

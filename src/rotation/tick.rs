@@ -27,6 +27,23 @@ impl Engine {
             credential.consecutive_failures,
             credential.next_rotation_at,
         );
+        if let (Some(key), Some(due)) = (current, next_due) {
+            let held_back =
+                rt.policy
+                    .held_back(key.created_at, key.expires_at, credential.last_rotated_at);
+            if credential.consecutive_failures == 0
+                && due > now
+                && held_back.is_some_and(|at| at <= now)
+            {
+                tracing::warn!(
+                    credential = %rt.name,
+                    fingerprint = %key.fingerprint,
+                    due_at = due,
+                    min_age = %crate::config::format_duration(rt.policy.min_age),
+                    "rotation held back by the runaway guard: the key's expiry makes it due already, but it has not been current for min_age; is rotate_before_expiry at least the lifetime of the keys the provider issues?"
+                );
+            }
+        }
         if next_due != credential.next_rotation_at {
             self.store.set_next_rotation(&rt.name, next_due).await?;
         }

@@ -69,6 +69,9 @@ impl ProviderKind {
     }
 }
 
+/// The relay issuer's `rotation_policy` when the config sets none.
+pub(crate) const DEFAULT_RELAY_ROTATION_POLICY: &str = "30d";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
@@ -134,6 +137,22 @@ fn default_timeout() -> HumanDuration {
 impl ProviderConfig {
     pub(crate) fn name(&self) -> &str {
         self.name.get_ref()
+    }
+
+    /// How long every key this provider issues lives, when the config says so: the relay's
+    /// `rotation_policy` (default "30d") is the lifetime it gives a rotated key. `None` when
+    /// only the provider knows (it reports each key's expiry).
+    pub(crate) fn issued_key_lifetime(&self) -> Option<Duration> {
+        match self.kind {
+            ProviderKind::Relay => {
+                let policy = self
+                    .rotation_policy
+                    .as_ref()
+                    .map_or(DEFAULT_RELAY_ROTATION_POLICY, |p| p.get_ref().as_str());
+                super::parse_duration(policy).ok()
+            }
+            _ => None,
+        }
     }
 
     pub fn base_url(&self) -> Option<&str> {
