@@ -13,8 +13,8 @@ use keyrotd::providers::ProviderTelemetry;
 use keyrotd::rotation::{self, pass_queue, CredentialRuntime, Engine, RotationError};
 use keyrotd::simulator::{Fault, Op, Simulator};
 use keyrotd::store::{
-    AuditStore, CredentialStore, KeyStore, KeyVersion, NewKey, RotationOutlook, RotationStore,
-    SqliteStore, StateStore, Store,
+    AuditStore, CredentialStore, InstallationStore, KeyStore, KeyVersion, NewKey, RotationOutlook,
+    RotationStore, SqliteStore, StateStore, Store,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
@@ -332,7 +332,8 @@ async fn a_rotation_issues_verifies_delivers_and_promotes() {
     assert!(f.sim.is_live(&new) && f.sim.is_live(&f.old));
     let live = f.sim.live_keys();
     assert_eq!(live.len(), 2, "{live:?}");
-    let expected_name = rotation::issued_key_name(CRED, &rotated.rotation_id);
+    let installation = f.store.installation_id().await.unwrap();
+    let expected_name = rotation::issued_key_name(&installation, CRED, &rotated.rotation_id);
     assert!(
         live.iter().any(|(_, name)| *name == expected_name),
         "{live:?}"
