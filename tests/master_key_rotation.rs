@@ -190,7 +190,7 @@ async fn a_failed_rotation_changes_nothing_and_says_why() {
         &out,
         "a wrong master key",
         &format!(
-            "{} sealed secrets in this database were sealed under master key",
+            "{} sealed secrets were sealed under master key",
             secrets.len()
         ),
     );
@@ -294,7 +294,7 @@ async fn a_process_with_the_old_master_key_is_refused_at_start_up() {
         "import with the old key succeeded"
     );
     let message = format!(
-        "{} sealed secrets in this database were sealed under master key",
+        "{} sealed secrets were sealed under master key",
         secrets.len()
     );
     assert!(stderr(&import).contains(&message), "{}", stderr(&import));

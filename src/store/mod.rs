@@ -73,7 +73,7 @@ pub enum StoreError {
     },
     #[error("the master key of this database changed under this process (it seals with master key {ours}, the database's is now {current}): nothing was written; restart keyrotd with the new master key")]
     MasterKeyChanged { ours: String, current: String },
-    #[error("{rows} sealed secrets in this database were sealed under master key {sealed_with}, not under the master key given ({path}, id {given}); start with the master key that sealed them, or, after `keyrotd master-key rotate`, install the new key file in place of the old one")]
+    #[error("master key {path} (id {given}) does not open this store: {rows} sealed secrets were sealed under master key {sealed_with}; start with the master key that sealed them, or, after `keyrotd master-key rotate`, install the new key file in place of the old one")]
     SealedUnderOtherKey {
         rows: i64,
         sealed_with: String,
