@@ -137,12 +137,24 @@ impl std::fmt::Debug for MasterKey {
 /// Seals and opens secrets for the store.
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    key_id: String,
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Sealer([REDACTED])")
     }
+}
+
+/// A master key's public identifier: 16 hex digits of SHA-256 over a fixed label and the
+/// key. It names the key in the database and in error messages; it reveals nothing usable
+/// about a 256-bit random key, and the label keeps it apart from any other hash of it.
+fn key_id(master: &MasterKey) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"keyrotd-master-key-id-v1\0");
+    hasher.update(master.0.expose_secret());
+    hex::encode(hasher.finalize())[..16].to_string()
 }
 
 fn associated_data(credential: &str, version_id: i64) -> Vec<u8> {
@@ -153,7 +165,15 @@ impl Sealer {
     pub fn new(master: &MasterKey) -> Sealer {
         Sealer {
             cipher: XChaCha20Poly1305::new(master.0.expose_secret().into()),
+            key_id: key_id(master),
         }
+    }
+
+    /// The master key's identifier (see [`key_id`]): stored beside every sealed row and as
+    /// the store's current master key, so a row sealed under another key is found by
+    /// comparing ids, without trying to open it.
+    pub(crate) fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     /// nonce || ciphertext+tag, bound to (credential, version).
@@ -235,6 +255,16 @@ mod tests {
             other.open("cred", 7, &sealed).is_err(),
             "wrong master key must fail"
         );
+    }
+
+    #[test]
+    fn key_ids_are_stable_per_key_and_differ_between_keys() {
+        let key = MasterKey::generate();
+        let id = Sealer::new(&key).key_id().to_string();
+        assert_eq!(id.len(), 16);
+        assert_eq!(Sealer::new(&key).key_id(), id);
+        assert_ne!(Sealer::new(&MasterKey::generate()).key_id(), id);
+        assert!(!id.contains(&hex::encode(key.0.expose_secret())[..16]));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         web_config,
     } = settings;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Held for the daemon's lifetime: `master-key rotate` refuses while it is.
+    let _database_lock = crate::store::lock_for_daemon(&database).await?;
     let store =
         open_synced_store(&database, master_key.as_deref(), &config, clock.as_ref()).await?;
     let listener = bind(&config.daemon).await?;
@@ -56,6 +58,9 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(clock.clone(), heartbeat.clone()));
     let telemetry = ProviderTelemetry::register(metrics.registry())?;
     let mut work = Work::start(&config, store.clone(), clock.clone(), &telemetry)?;
+    metrics
+        .registry()
+        .register(Box::new(work.engine.unplaced_keys_gauge()))?;
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the
     // whole parsed file would hold every credential's configuration a second time.
@@ -119,6 +124,9 @@ async fn open_synced_store(
     store
         .sync_credentials(&credential_specs(config), clock.now())
         .await?;
+    // The id in the provider-side names of the keys this database issues.
+    let installation = crate::store::InstallationStore::installation_id(&store).await?;
+    tracing::info!(%installation, "store opened");
     Ok(Arc::new(store))
 }
 

@@ -306,6 +306,12 @@ impl Simulator {
         record.id
     }
 
+    /// Seeds a live key named `name` (as another keyrotd would have issued it) and returns
+    /// its id.
+    pub fn add_named_key(&self, secret: &str, name: &str) -> String {
+        self.shared.create_key(secret, name, false).id
+    }
+
     /// Whether a check of `secret` would succeed now.
     pub fn is_live(&self, secret: &str) -> bool {
         let now = self.shared.clock.now();

@@ -185,7 +185,15 @@ async fn a_failed_rotation_changes_nothing_and_says_why() {
         "generate",
     );
     let out = rotate(&env, &other, &new_key);
-    assert_failed(&out, "a wrong master key", "does not open this store");
+    // Found by key id, before any row is opened: the message counts the rows.
+    assert_failed(
+        &out,
+        "a wrong master key",
+        &format!(
+            "{} sealed secrets were sealed under master key",
+            secrets.len()
+        ),
+    );
     // A missing master key.
     let out = rotate(&env, &env.path().join("no-such.key"), &new_key);
     assert_failed(&out, "a missing master key", "no-such.key");
@@ -230,4 +238,132 @@ async fn a_failed_rotation_changes_nothing_and_says_why() {
     let out = rotate(&env, &env.master_key, &new_key);
     assert_success(&out, "master-key rotate after the failure");
     assert_sealed_under(&env, &secrets, &new_key, &env.master_key).await;
+}
+
+/// Re-seals the store under `new_key` from this process, the way a `master-key rotate` that
+/// got past the daemon's lock would (an older keyrotd, or a database copied elsewhere).
+async fn reseal_behind_the_daemon(env: &Env, new_key: &Path) {
+    use keyrotd::store::prelude::*;
+    use std::sync::Arc;
+    let old = Arc::new(Sealer::new(&MasterKey::load(&env.master_key).unwrap()));
+    let store = keyrotd::store::SqliteStore::open(&env.database, Some(old))
+        .await
+        .unwrap();
+    let new = Sealer::new(&MasterKey::load(new_key).unwrap());
+    store.reseal(&new, "test", now()).await.unwrap();
+    store.close().await;
+}
+
+/// `master-key rotate` refuses while a daemon runs on the database, and changes nothing;
+/// once the daemon stopped it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_refused_while_a_daemon_runs() {
+    let sim = simulator().await;
+    let (env, secrets, new_key) = seeded(&sim);
+    let before = sealed_rows(&env).await;
+    let daemon = env.start();
+    let out = rotate(&env, &env.master_key, &new_key);
+    assert_failed(
+        &out,
+        "rotate under a live daemon",
+        "a keyrotd daemon is running",
+    );
+    assert_eq!(sealed_rows(&env).await, before, "a refused rotation wrote");
+    let (status, _) = daemon.get("/readyz");
+    assert_eq!(status, 200, "the daemon stays ready");
+    daemon.stop();
+    assert_success(
+        &rotate(&env, &env.master_key, &new_key),
+        "rotate after stop",
+    );
+    assert_sealed_under(&env, &secrets, &new_key, &env.master_key).await;
+}
+
+/// After the master key was swapped, a process given the old key finds out at start-up,
+/// with the number of rows and what to do, before it opens any row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_the_old_master_key_is_refused_at_start_up() {
+    let sim = simulator().await;
+    let (env, secrets, new_key) = seeded(&sim);
+    assert_success(&rotate(&env, &env.master_key, &new_key), "rotate");
+    let secret = canary();
+    sim.add_key(&secret);
+    let import = env.run_with_stdin(&["key", "import", "or-a"], &format!("{secret}\n"));
+    assert!(
+        !import.status.success(),
+        "import with the old key succeeded"
+    );
+    let message = format!(
+        "{} sealed secrets were sealed under master key",
+        secrets.len()
+    );
+    assert!(stderr(&import).contains(&message), "{}", stderr(&import));
+    assert!(
+        stderr(&import).contains("install the new key file"),
+        "{}",
+        stderr(&import)
+    );
+    let daemon = env.run(&["run"]);
+    assert!(
+        !daemon.status.success(),
+        "the daemon started with the old key"
+    );
+    assert!(stderr(&daemon).contains(&message), "{}", stderr(&daemon));
+    assert!(
+        !stderr(&daemon).contains("keyrotd ready"),
+        "{}",
+        stderr(&daemon)
+    );
+    assert_sealed_under(&env, &secrets, &new_key, &env.master_key).await;
+}
+
+/// The swap under a live daemon: a daemon holding the old key rotates after the swap. Its
+/// sealing write is refused by the store (the new key is revoked at the provider, not
+/// stored unreadable), it reports itself not ready, and the current key stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_still_holds_the_old_key_writes_nothing_unreadable() {
+    let sim = simulator().await;
+    let env = Env::with_credentials(&[]);
+    std::fs::write(env.path().join("mgmt"), sim.management_key()).unwrap();
+    env.write_config(&format!(
+        "[checks]\ninterval = \"1h\"\n\n[[provider]]\nname = \"sim\"\nkind = \"simulated\"\nbase_url = \"{}\"\nmanagement_key = {{ file = {:?} }}\n\n[[credential]]\nname = \"app\"\nprovider = \"sim\"\n[credential.rotation]\nrotate_before_expiry = \"1h\"\nretry_backoff = \"1h\"\n",
+        sim.base_url(),
+        env.path().join("mgmt").display().to_string()
+    ));
+    let seed = canary();
+    sim.add_key(&seed);
+    // Due 45 s from now: after the daemon started and the key was swapped under it.
+    let expires = (now() + 3600 + 45).to_string();
+    env.import("app", &seed, &["--expires-at", &expires]);
+    let new_key = env.path().join("new.key");
+    assert_success(
+        &env.run(&["master-key", "generate", new_key.to_str().unwrap()]),
+        "generate",
+    );
+    let daemon = env.start();
+    reseal_behind_the_daemon(&env, &new_key).await;
+    let readyz = wait_for(HANG_TIMEOUT, || {
+        let (status, body) = daemon.get("/readyz");
+        (status == 503).then_some(body)
+    });
+    assert!(
+        readyz.is_some_and(|body| body.contains("master key")),
+        "the daemon stays ready with a replaced master key"
+    );
+    daemon.wait_for_log("rotation failed", 2 * HANG_TIMEOUT);
+    let log = daemon.stop();
+    assert!(log.contains("master key of the database changed"), "{log}");
+    assert!(!log.contains(&seed), "a key leaked");
+    // Every sealed row opens with the new key; the seed is still current and live, and the
+    // key the daemon was given is not left live at the provider.
+    let (opened, refused) = open_with(&env, &new_key).await;
+    assert_eq!(refused, 0, "rows nobody can open");
+    assert_eq!(opened, BTreeSet::from([seed.clone()]));
+    assert!(sim.is_live(&seed));
+    let live: Vec<_> = sim
+        .live_keys()
+        .into_iter()
+        .filter(|(_, name)| name != "seeded")
+        .collect();
+    assert!(live.is_empty(), "keys left live at the provider: {live:?}");
 }

@@ -341,14 +341,14 @@ async fn killed_during_issue_the_orphan_is_deleted_on_restart() {
         rig.sim
             .live_keys()
             .iter()
-            .any(|(_, name)| name.starts_with("keyrotd/app/"))
+            .any(|(_, name)| name.starts_with("keyrotd/") && name.contains("/app/"))
     });
     rig.sigkill(child);
     let orphan = rig
         .sim
         .live_keys()
         .into_iter()
-        .find(|(_, name)| name.starts_with("keyrotd/app/"))
+        .find(|(_, name)| name.starts_with("keyrotd/") && name.contains("/app/"))
         .unwrap();
     assert!(rig.in_flight());
 

@@ -13,8 +13,8 @@ use keyrotd::providers::ProviderTelemetry;
 use keyrotd::rotation::{self, pass_queue, CredentialRuntime, Engine, RotationError};
 use keyrotd::simulator::{Fault, Op, Simulator};
 use keyrotd::store::{
-    AuditStore, CredentialStore, KeyStore, KeyVersion, NewKey, RotationOutlook, RotationStore,
-    SqliteStore, StateStore, Store,
+    AuditStore, CredentialStore, InstallationStore, KeyStore, KeyVersion, NewKey, RotationFailure,
+    RotationOutlook, RotationStore, SqliteStore, StateStore, Store,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
@@ -332,7 +332,8 @@ async fn a_rotation_issues_verifies_delivers_and_promotes() {
     assert!(f.sim.is_live(&new) && f.sim.is_live(&f.old));
     let live = f.sim.live_keys();
     assert_eq!(live.len(), 2, "{live:?}");
-    let expected_name = rotation::issued_key_name(CRED, &rotated.rotation_id);
+    let installation = f.store.installation_id().await.unwrap();
+    let expected_name = rotation::issued_key_name(&installation, CRED, &rotated.rotation_id);
     assert!(
         live.iter().any(|(_, name)| *name == expected_name),
         "{live:?}"
@@ -450,6 +451,71 @@ async fn an_orphan_that_cannot_be_deleted_is_named_by_its_key_id() {
         "{reason}"
     );
     f.assert_retry_succeeds().await;
+}
+
+/// Old-format names (`keyrotd/<credential>/<rotation>`, from before installation ids): one
+/// whose rotation this database planned was issued by it before the upgrade and is swept;
+/// one whose rotation it never planned is reported and left live.
+#[tokio::test]
+async fn old_format_keys_are_swept_only_when_this_database_planned_their_rotation() {
+    let f = fixture(Setup::default()).await;
+    f.store
+        .plan_rotation(CRED, "r-before-upgrade", "test", START)
+        .await
+        .unwrap();
+    f.store
+        .fail_rotation(
+            "r-before-upgrade",
+            &RotationFailure {
+                error: "issue: lost answer".into(),
+                discard_pending: true,
+                retry_at: None,
+            },
+            START,
+        )
+        .await
+        .unwrap();
+    let ours = "sk-test-old-format-ours".to_string();
+    let unknown = "sk-test-old-format-unknown".to_string();
+    f.sim
+        .add_named_key(&ours, &format!("keyrotd/{CRED}/r-before-upgrade"));
+    f.sim
+        .add_named_key(&unknown, &format!("keyrotd/{CRED}/r-never-planned"));
+    let other_installation = "sk-test-other-installation".to_string();
+    f.sim.add_named_key(
+        &other_installation,
+        &format!("keyrotd/0123456789ab/{CRED}/r-elsewhere"),
+    );
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    assert!(!f.sim.is_live(&ours), "the old-format orphan is still live");
+    assert!(f.sim.is_live(&unknown), "an unplaced key was deleted");
+    assert!(
+        f.sim.is_live(&other_installation),
+        "another installation's key was deleted"
+    );
+    let kinds = f.event_kinds().await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "orphan_unplaced").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"orphan_deleted".to_string()), "{kinds:?}");
+    // Reported once per key, not on every sweep.
+    f.clock.advance(3600);
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    let kinds = f.event_kinds().await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "orphan_unplaced").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        f.engine
+            .unplaced_keys_gauge()
+            .with_label_values(&[CRED])
+            .get(),
+        2
+    );
 }
 
 #[tokio::test]

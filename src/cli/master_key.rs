@@ -13,8 +13,9 @@ pub(crate) enum MasterKeyCommand {
     /// Write a new random 256-bit master key to PATH (mode 0600; never overwrites).
     Generate { path: PathBuf },
     /// Re-seal every stored secret under the key in NEW_KEY (made with `generate`), in one
-    /// transaction; the current key comes from --master-key. Stop the daemon first, then
-    /// install NEW_KEY in place of the old key file and start it again.
+    /// transaction; the current key comes from --master-key. Refused while a daemon runs on
+    /// the database: stop it first, then install NEW_KEY in place of the old key file and
+    /// start it again.
     Rotate {
         #[arg(long)]
         new_key: PathBuf,
@@ -31,6 +32,9 @@ pub fn generate(path: &Path) -> anyhow::Result<()> {
 /// `master-key rotate --new-key PATH`.
 pub async fn rotate(new_key: &Path, setup: &Setup) -> anyhow::Result<()> {
     let new = Sealer::new(&MasterKey::load(new_key)?);
+    // Refused while a daemon runs: it would go on sealing under the old key (the store's
+    // fence would refuse those writes, but the daemon could not work until restarted).
+    let _lock = crate::store::lock_exclusive(&setup.database)?;
     let store = setup.open_store(MasterKeyNeed::Always).await?;
     let count = store
         .reseal(&new, &actor(), chrono::Utc::now().timestamp())

@@ -289,6 +289,15 @@ async fn route(state: &HttpState, request: Request<Incoming>) -> Response<Payloa
             if !state.heartbeat.is_fresh() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "scheduler heartbeat stale\n");
             }
+            // After `master-key rotate` under this process, every key it issued would be
+            // refused by the store: not ready until it restarts with the new master key.
+            if let Ok(true) = state.store.master_key_replaced().await {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    "master key replaced under the daemon; restart it with the new master key\n",
+                );
+            }
             match state.store.generation().await {
                 Ok(_) => text(StatusCode::OK, PLAIN, "ready\n"),
                 Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "store unavailable\n"),

@@ -16,6 +16,7 @@
 mod deliver;
 mod failure;
 mod issue;
+mod orphans;
 pub mod pass_queue;
 pub(crate) mod policy;
 mod promote;
@@ -151,9 +152,13 @@ impl StepError {
     }
 }
 
-/// The provider-side name of a key issued by a rotation; recovery lists keys by it.
-pub fn issued_key_name(credential: &str, rotation_id: &str) -> String {
-    format!("keyrotd/{credential}/{rotation_id}")
+/// The provider-side name of a key issued by a rotation:
+/// `keyrotd/<installation>/<credential>/<rotation id>`. The installation id (the store's
+/// [`installation_id`](crate::store::InstallationStore::installation_id)) lets the orphan
+/// sweep tell this database's keys from another installation's sharing the account, and
+/// from keys issued before the database was lost; see `issue.rs`.
+pub fn issued_key_name(installation: &str, credential: &str, rotation_id: &str) -> String {
+    format!("keyrotd/{installation}/{credential}/{rotation_id}")
 }
 
 /// Drives rotations. One per process; holds a lock per credential so that two rotations of
@@ -162,6 +167,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Provider keys named like keyrotd's that the orphan sweep could not place.
+    unplaced: orphans::UnplacedKeys,
 }
 
 impl Engine {
@@ -170,7 +177,15 @@ impl Engine {
             store,
             clock,
             locks: std::sync::Mutex::new(HashMap::new()),
+            unplaced: orphans::UnplacedKeys::default(),
         }
+    }
+
+    /// `keyrotd_provider_keys_unplaced{credential}`, for the daemon to register: keys at
+    /// the provider named like keyrotd's that the orphan sweep found but cannot place (another
+    /// installation's, or issued before this database existed), which it never deletes.
+    pub fn unplaced_keys_gauge(&self) -> prometheus::IntGaugeVec {
+        self.unplaced.gauge()
     }
 
     fn lock_for(&self, credential: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -41,11 +41,14 @@ pub enum EventKind {
     CheckStatusChanged,
     /// A key issued by an interrupted rotation, never stored, was deleted at the provider.
     OrphanDeleted,
+    /// A key at the provider named like this credential's that the orphan sweep cannot
+    /// prove its own (another installation's, or issued before a restore): left alone.
+    OrphanUnplaced,
 }
 
 impl EventKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::CredentialAdded,
         EventKind::CredentialUpdated,
         EventKind::CredentialRemoved,
@@ -62,6 +65,7 @@ impl EventKind {
         EventKind::MasterKeyRotated,
         EventKind::CheckStatusChanged,
         EventKind::OrphanDeleted,
+        EventKind::OrphanUnplaced,
     ];
 
     /// The kind as the audit trail stores it.
@@ -83,6 +87,7 @@ impl EventKind {
             EventKind::MasterKeyRotated => "master_key_rotated",
             EventKind::CheckStatusChanged => "check_status_changed",
             EventKind::OrphanDeleted => "orphan_deleted",
+            EventKind::OrphanUnplaced => "orphan_unplaced",
         }
     }
 

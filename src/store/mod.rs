@@ -11,6 +11,7 @@
 mod audit;
 mod checks;
 mod credentials;
+mod installation;
 mod keys;
 mod open;
 mod rotations;
@@ -20,17 +21,21 @@ mod state;
 pub use audit::{AuditStore, Event, EventKind};
 pub use checks::{CheckRecord, CheckStore, CheckToRecord};
 pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
+pub use installation::InstallationStore;
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
 pub use open::credential_specs;
 pub(crate) use open::{open_store, MasterKeyNeed};
 pub use rotations::{Rotation, RotationFailure, RotationOutlook, RotationStep, RotationStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{lock_exclusive, lock_for_daemon, DatabaseLock, SqliteStore};
 pub use state::{CredentialState, Snapshot, StateStore};
 
 /// Every concern trait, for code that calls store methods on a concrete backend rather than
 /// through `dyn Store` (`use crate::store::prelude::*;`).
 pub mod prelude {
-    pub use super::{AuditStore, CheckStore, CredentialStore, KeyStore, RotationStore, StateStore};
+    pub use super::{
+        AuditStore, CheckStore, CredentialStore, InstallationStore, KeyStore, RotationStore,
+        StateStore,
+    };
 }
 
 use crate::crypto::CryptoError;
@@ -66,6 +71,17 @@ pub enum StoreError {
         #[source]
         source: Box<StoreError>,
     },
+    #[error("the master key of this database changed under this process (it seals with master key {ours}, the database's is now {current}): nothing was written; restart keyrotd with the new master key")]
+    MasterKeyChanged { ours: String, current: String },
+    #[error("master key {path} (id {given}) does not open this store: {rows} sealed secrets were sealed under master key {sealed_with}; start with the master key that sealed them, or, after `keyrotd master-key rotate`, install the new key file in place of the old one")]
+    SealedUnderOtherKey {
+        rows: i64,
+        sealed_with: String,
+        given: String,
+        path: PathBuf,
+    },
+    #[error("a keyrotd daemon is running on {path}; stop it first (`systemctl stop keyrotd`), then run this again")]
+    DaemonRunning { path: PathBuf },
     #[error("a key with fingerprint {0} already exists for this credential")]
     DuplicateKey(String),
     #[error("rotation {rotation} of {credential} is already in flight")]
@@ -109,11 +125,23 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 /// Everything a backend answers: the sum of the per-concern traits. Callers hold a
 /// `dyn Store` (or `Arc<dyn Store>`); any type that implements every concern is a `Store`.
 pub trait Store:
-    CredentialStore + KeyStore + CheckStore + RotationStore + AuditStore + StateStore
+    CredentialStore
+    + KeyStore
+    + CheckStore
+    + RotationStore
+    + AuditStore
+    + StateStore
+    + InstallationStore
 {
 }
 
 impl<T> Store for T where
-    T: CredentialStore + KeyStore + CheckStore + RotationStore + AuditStore + StateStore
+    T: CredentialStore
+        + KeyStore
+        + CheckStore
+        + RotationStore
+        + AuditStore
+        + StateStore
+        + InstallationStore
 {
 }

@@ -61,6 +61,17 @@ pub(crate) async fn open_store(
     }
     // Listings need no secrets: they work without the master key (and with a wrong one).
     if sealer.is_some() && need != MasterKeyNeed::Never {
+        // By key id first: rows sealed under another master key are counted and named.
+        store
+            .claim_master_key(&key_path)
+            .await
+            .map_err(|error| match error {
+                StoreError::Crypto(_) => StoreError::WrongMasterKey {
+                    path: key_path.clone(),
+                    source: Box::new(error),
+                },
+                other => other,
+            })?;
         store
             .verify_master_key()
             .await

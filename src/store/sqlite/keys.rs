@@ -65,9 +65,11 @@ impl SqliteStore {
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
+        Self::fence_sealing(tx, sealer).await?;
         let sealed = sealer.seal(credential, id, &key.secret)?;
-        sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
+        sqlx::query("UPDATE key_versions SET sealed_secret = ?, sealing_key_id = ? WHERE id = ?")
             .bind(sealed)
+            .bind(sealer.key_id())
             .bind(id)
             .execute(&mut **tx)
             .await?;
@@ -313,6 +315,9 @@ impl KeyStore for SqliteStore {
     async fn reseal(&self, new: &Sealer, actor: &str, now: UnixTime) -> StoreResult<usize> {
         let old = self.sealer()?;
         let mut tx = self.begin_write().await?;
+        // The old key must still be the database's: two rotations racing, or a rotation
+        // with a stale key file, fail here with nothing changed.
+        Self::fence_sealing(&mut tx, old).await?;
         let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
             "SELECT v.id, c.name, v.sealed_secret FROM key_versions v JOIN credentials c ON c.id = v.credential_id
              WHERE v.sealed_secret IS NOT NULL",
@@ -327,12 +332,20 @@ impl KeyStore for SqliteStore {
             resealed.push((*id, new.seal(credential, *id, &secret)?));
         }
         for (id, sealed) in &resealed {
-            sqlx::query("UPDATE key_versions SET sealed_secret = ? WHERE id = ?")
-                .bind(sealed)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE key_versions SET sealed_secret = ?, sealing_key_id = ? WHERE id = ?",
+            )
+            .bind(sealed)
+            .bind(new.key_id())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
+        // From this commit on, a process still sealing with the old key is refused.
+        sqlx::query("UPDATE installation SET master_key_id = ? WHERE id = 1")
+            .bind(new.key_id())
+            .execute(&mut *tx)
+            .await?;
         Self::insert_event(
             &mut tx,
             None,

@@ -9,7 +9,9 @@
 mod audit;
 mod checks;
 mod credentials;
+mod installation;
 mod keys;
+mod liveness;
 mod open;
 mod rotations;
 mod rows;
@@ -17,6 +19,7 @@ mod state;
 
 use super::{StoreError, StoreResult};
 use crate::crypto::Sealer;
+pub use liveness::{lock_exclusive, lock_for_daemon, DatabaseLock};
 use open::classify_open_error;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Sqlite, Transaction};

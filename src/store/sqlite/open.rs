@@ -73,6 +73,7 @@ impl SqliteStore {
             },
             other => StoreError::Migrate(other),
         })?;
+        super::installation::ensure_installation(&writer).await?;
         let reader = open_readers(path, options).await?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
