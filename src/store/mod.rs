@@ -17,7 +17,7 @@ mod rotations;
 mod sqlite;
 mod state;
 
-pub use audit::{AuditStore, Event, EventKind};
+pub use audit::{AuditStore, Counter, Event, EventKind};
 pub use checks::{CheckRecord, CheckStore, CheckToRecord};
 pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
@@ -25,7 +25,7 @@ pub use open::credential_specs;
 pub(crate) use open::{open_store, MasterKeyNeed};
 pub use rotations::{Rotation, RotationFailure, RotationOutlook, RotationStep, RotationStore};
 pub use sqlite::SqliteStore;
-pub use state::{CredentialState, Snapshot, StateStore};
+pub use state::{CredentialState, Revocations, Snapshot, StateStore};
 
 /// Every concern trait, for code that calls store methods on a concrete backend rather than
 /// through `dyn Store` (`use crate::store::prelude::*;`).
