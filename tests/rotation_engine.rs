@@ -413,7 +413,7 @@ async fn a_revocation_the_provider_refuses_is_recorded_counted_and_backed_off() 
     f.engine.rotate(&f.rt, "test").await.unwrap();
     let previous = f.in_stage(Stage::Previous).await[0].clone();
     f.clock.advance(GRACE);
-    f.sim.fail_next(Op::Revoke, Fault::ServerError, 2);
+    f.sim.fail_next(Op::Revoke, Fault::ServerError, 3);
 
     // First failure: an event with the reason, the counter, the key past grace, and a retry
     // after the credential's backoff (not a fixed five minutes).
@@ -454,8 +454,18 @@ async fn a_revocation_the_provider_refuses_is_recorded_counted_and_backed_off() 
     assert_eq!((state.failed, state.past_grace), (2, 1));
     assert_eq!(state.failing_since, Some(failed_at), "the first failure");
 
-    // The provider answers again: revoked, counted, nothing past grace any more.
+    // Third failure: past the base delay (the old code retried every five minutes).
     f.clock.advance(wait2);
+    let retry3 = f.engine.revoke_due(&f.rt).await.unwrap().expect("a retry");
+    let wait3 = retry3 - f.clock.now();
+    assert!(
+        wait3 >= retry_ceiling(&f, 2) / 2 && wait3 <= retry_ceiling(&f, 2),
+        "third retry after {wait3} s"
+    );
+    assert!(wait3 > f.rt.retry.base.as_secs() as i64, "{wait3} s");
+
+    // The provider answers again: revoked, counted, nothing past grace any more.
+    f.clock.advance(wait3);
     assert_eq!(f.engine.revoke_due(&f.rt).await.unwrap(), None);
     assert!(!f.sim.is_live(&f.old));
     let state = revocations(&f).await;
@@ -466,7 +476,7 @@ async fn a_revocation_the_provider_refuses_is_recorded_counted_and_backed_off() 
             state.retired_locally,
             state.past_grace
         ),
-        (1, 2, 0, 0)
+        (1, 3, 0, 0)
     );
     assert_eq!(state.failing_since, None);
 }
