@@ -59,3 +59,58 @@ pub(crate) fn spawn(
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::{CredentialSpec, CredentialStore, EventKind, SqliteStore, StateStore};
+
+    #[tokio::test]
+    async fn prunes_only_events_past_retention_in_batches_and_keeps_the_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db"), None)
+            .await
+            .unwrap();
+        let spec = CredentialSpec {
+            name: "a".into(),
+            provider: "p".into(),
+            provider_kind: "openai".into(),
+        };
+        store.sync_credentials(&[spec], 0).await.unwrap();
+        let day = 86_400;
+        // 2,500 old events (more than two batches), each counted, and 3 recent ones.
+        for i in 0..2_500 {
+            store
+                .append_event(Some("a"), None, EventKind::Promoted, "t", "", i % day)
+                .await
+                .unwrap();
+        }
+        for at in [400 * day, 401 * day, 402 * day] {
+            store
+                .append_event(Some("a"), None, EventKind::RotationFailed, "t", "", at)
+                .await
+                .unwrap();
+        }
+        let clock = ManualClock::new(402 * day);
+        let deleted = prune_once(&store, &clock, Duration::from_secs(10 * day as u64))
+            .await
+            .unwrap();
+        // The credential_added event (at 0) goes with the old ones.
+        assert_eq!(deleted, 2_501);
+        let left: Vec<i64> = store
+            .events("a")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.at)
+            .collect();
+        assert_eq!(left, [400 * day, 401 * day, 402 * day]);
+        let state = store.snapshot().await.unwrap().credentials.remove(0);
+        assert_eq!(
+            (state.rotations_succeeded, state.rotations_failed),
+            (2_500, 3)
+        );
+        store.close().await;
+    }
+}
