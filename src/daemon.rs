@@ -1,6 +1,7 @@
 //! The daemon's wiring: open the store, bind the port, start the checks, the rotations and
 //! the heartbeat, tell systemd, then wait for signals. SIGHUP re-reads the config (a broken
-//! one is logged and the running one stays); SIGTERM/SIGINT stop gracefully.
+//! one is logged and the running one stays); SIGTERM/SIGINT stop gracefully. `retention.rs`
+//! prunes the audit trail past `[daemon] events_retention`.
 
 use crate::checks::{self, CheckTarget, Checker, ScheduledChecks};
 use crate::clock::{Clock, SystemClock};
@@ -64,6 +65,12 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the
     // whole parsed file would hold every credential's configuration a second time.
+    // Pruned at start-up and daily; a reload does not change the retention (daemon section).
+    let pruning = retention::spawn(
+        store.clone(),
+        clock.clone(),
+        config.daemon.events_retention.into(),
+    );
     let mut running = Running::from(config);
     let ticker = Ticker::start(heartbeat.clone());
     let state = HttpState {
@@ -103,6 +110,9 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     tracing::info!("stopping");
     notify(&[NotifyState::Stopping]);
     if let Some(task) = watchdog {
+        task.abort();
+    }
+    if let Some(task) = pruning {
         task.abort();
     }
     work.stop().await;
@@ -345,6 +355,9 @@ async fn reload(
     if config.daemon.web_config_file != running.daemon.web_config_file {
         tracing::warn!("web_config_file changed; it takes effect at the next restart");
     }
+    if config.daemon.events_retention != running.daemon.events_retention {
+        tracing::warn!("events_retention changed; it takes effect at the next restart");
+    }
     store
         .sync_credentials(&credential_specs(&config), clock.now())
         .await?;
@@ -358,5 +371,6 @@ fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> JoinHandle<()> {
     rotation::pass_queue::spawn(engine.clone(), runtimes.into_values().collect())
 }
 
+mod retention;
 #[cfg(test)]
 mod tests;

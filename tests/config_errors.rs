@@ -261,3 +261,28 @@ fn run_with_a_bad_config_exits_78_without_binding() {
         "a bad config must not create the database"
     );
 }
+
+#[test]
+fn providers_that_cannot_revoke_are_warned_about_but_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    let mgmt = dir.path().join("mgmt.key");
+    std::fs::write(&mgmt, "mgmt-test-value\n").unwrap();
+    let text = format!("[[provider]]\nname = \"relay\"\nkind = \"relay\"\nbase_url = \"https://relay.example.com/v1\"\nmanagement_key = {{ file = {mgmt:?} }}\n\n\
+        [[provider]]\nname = \"or\"\nkind = \"openrouter\"\nmanagement_key = {{ file = {mgmt:?} }}\n\n\
+        [[provider]]\nname = \"unused\"\nkind = \"deepseek\"\n\n\
+        [[credential]]\nname = \"via-relay\"\nprovider = \"relay\"\n\n\
+        [[credential]]\nname = \"via-or\"\nprovider = \"or\"\n");
+    std::fs::write(&path, text).unwrap();
+    let out = check_config(&path);
+    assert_success(&out, "check-config with a relay provider");
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: provider \"relay\" (relay) has no revocation API")
+            && err.contains("stay live at the provider"),
+        "no warning about the relay provider in:\n{err}"
+    );
+    assert!(!err.contains("provider \"or\""), "{err}");
+    // A provider no credential uses retires nothing.
+    assert!(!err.contains("provider \"unused\""), "{err}");
+}

@@ -10,6 +10,42 @@ use keyrotd::providers::Credit;
 use providers_support::{canary, json_response, Exhausted, Spec};
 use serde_json::json;
 
+/// A 403 that is not the vendor's JSON error (a WAF or proxy page) cannot judge a key: no
+/// vendor adapter may call the key invalid for it.
+#[tokio::test]
+async fn a_proxy_403_page_never_marks_a_key_invalid() {
+    use wiremock::ResponseTemplate;
+    let specs = [
+        ("openai", openai::spec()),
+        ("openai_compatible", openai_compatible::spec()),
+        ("anthropic", anthropic::spec()),
+        ("openrouter", openrouter::spec()),
+        ("deepseek", deepseek::spec()),
+        ("gemini", gemini::spec()),
+        ("azure", azure::spec()),
+        ("relay", relay::spec()),
+        ("simulated", simulated::spec()),
+    ];
+    for (name, spec) in specs {
+        for page in [
+            ResponseTemplate::new(403)
+                .insert_header("content-type", "text/html")
+                .set_body_string("<html><head><title>Attention Required! | Cloudflare</title></head><body>Sorry, you have been blocked</body></html>"),
+            json_response(403, &json!({"blocked": true, "ray": "8f1c2a"})),
+            ResponseTemplate::new(403),
+        ] {
+            let report = spec.run(page).await;
+            assert_eq!(report.status, CheckStatus::Unreachable, "{name}: {report:?}");
+            assert!(
+                report.detail.contains("not the provider's JSON error"),
+                "{name}: {}",
+                report.detail
+            );
+            assert!(!report.detail.contains("<html"), "{name}: {}", report.detail);
+        }
+    }
+}
+
 mod openai {
     use super::*;
 
@@ -82,10 +118,22 @@ mod openai {
     }
 
     #[tokio::test]
-    async fn forbidden_is_invalid_and_not_found_is_not() {
+    async fn a_region_block_is_not_an_invalid_key_and_not_found_is_not_either() {
         let s = spec();
-        let report = s.run(json_response(403, &json!({"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported"}}))).await;
-        assert_eq!(report.status, CheckStatus::Invalid);
+        let report = s.run(json_response(403, &json!({"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}))).await;
+        assert_eq!(report.status, CheckStatus::Unreachable, "{report:?}");
+        assert!(
+            report.detail.contains("location, not the key"),
+            "{}",
+            report.detail
+        );
+        let report = s
+            .run(json_response(
+                403,
+                &json!({"error":{"message":"You are not allowed to sample from this model","type":"invalid_request_error","param":null,"code":null}}),
+            ))
+            .await;
+        assert_eq!(report.status, CheckStatus::Invalid, "{report:?}");
         let report = s
             .run(json_response(
                 404,
@@ -184,7 +232,8 @@ mod anthropic {
                 429,
                 json!({"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}),
             ),
-            rate_limited_without_retry_after: CheckStatus::Exhausted,
+            // Anthropic's 429 is `rate_limit_error` with or without `retry-after`.
+            rate_limited_without_retry_after: CheckStatus::RateLimited,
             echo: (
                 401,
                 json!({"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key {key}"}}),

@@ -387,6 +387,219 @@ async fn the_previous_key_is_revoked_only_after_its_grace_period() {
     assert!(f.event_kinds().await.contains(&"revoked".into()));
 }
 
+/// The revocation totals and keys past grace of the test credential, as the metrics read them.
+async fn revocations(f: &Fixture) -> keyrotd::store::Revocations {
+    f.store
+        .snapshot()
+        .await
+        .unwrap()
+        .credentials
+        .into_iter()
+        .find(|c| c.credential.name == CRED)
+        .expect("the credential's state")
+        .revocations
+}
+
+/// Upper bound of the `attempt`-th (0-based) retry delay of the credential's backoff.
+fn retry_ceiling(f: &Fixture, attempt: u32) -> i64 {
+    let backoff = f.rt.retry;
+    (backoff.base * 2u32.pow(attempt))
+        .min(backoff.cap)
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_revocation_the_provider_refuses_is_recorded_counted_and_backed_off() {
+    let f = fixture(Setup::default()).await;
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    let previous = f.in_stage(Stage::Previous).await[0].clone();
+    f.clock.advance(GRACE);
+    f.sim.fail_next(Op::Revoke, Fault::ServerError, 3);
+
+    // First failure: an event with the reason, the counter, the key past grace, and a retry
+    // after the credential's backoff (not a fixed five minutes).
+    let failed_at = f.clock.now();
+    let retry = f.engine.revoke_due(&f.rt).await.unwrap().expect("a retry");
+    assert!(f.sim.is_live(&f.old));
+    let wait = retry - failed_at;
+    assert!(
+        wait >= retry_ceiling(&f, 0) / 2 && wait <= retry_ceiling(&f, 0),
+        "first retry after {wait} s"
+    );
+    let events = f.store.events(CRED).await.unwrap();
+    let failure = events
+        .iter()
+        .find(|e| e.kind == "revocation_failed")
+        .expect("a revocation_failed event");
+    assert_eq!(failure.version_id, Some(previous.id));
+    assert!(
+        failure.detail.contains(&previous.fingerprint),
+        "{}",
+        failure.detail
+    );
+    assert!(failure.detail.contains("500"), "{}", failure.detail);
+    assert!(!failure.detail.contains(&f.old), "{}", failure.detail);
+    let state = revocations(&f).await;
+    assert_eq!((state.succeeded, state.failed, state.past_grace), (0, 1, 1));
+    assert_eq!(state.failing_since, Some(failed_at));
+
+    // Second failure: the wait grows.
+    f.clock.advance(wait);
+    let retry2 = f.engine.revoke_due(&f.rt).await.unwrap().expect("a retry");
+    let wait2 = retry2 - f.clock.now();
+    assert!(
+        wait2 >= retry_ceiling(&f, 1) / 2 && wait2 <= retry_ceiling(&f, 1),
+        "second retry after {wait2} s"
+    );
+    let state = revocations(&f).await;
+    assert_eq!((state.failed, state.past_grace), (2, 1));
+    assert_eq!(state.failing_since, Some(failed_at), "the first failure");
+
+    // Third failure: past the base delay (the old code retried every five minutes).
+    f.clock.advance(wait2);
+    let retry3 = f.engine.revoke_due(&f.rt).await.unwrap().expect("a retry");
+    let wait3 = retry3 - f.clock.now();
+    assert!(
+        wait3 >= retry_ceiling(&f, 2) / 2 && wait3 <= retry_ceiling(&f, 2),
+        "third retry after {wait3} s"
+    );
+    assert!(wait3 > f.rt.retry.base.as_secs() as i64, "{wait3} s");
+
+    // The provider answers again: revoked, counted, nothing past grace any more.
+    f.clock.advance(wait3);
+    assert_eq!(f.engine.revoke_due(&f.rt).await.unwrap(), None);
+    assert!(!f.sim.is_live(&f.old));
+    let state = revocations(&f).await;
+    assert_eq!(
+        (
+            state.succeeded,
+            state.failed,
+            state.retired_locally,
+            state.past_grace
+        ),
+        (1, 3, 0, 0)
+    );
+    assert_eq!(state.failing_since, None);
+}
+
+#[tokio::test]
+async fn a_provider_without_revocation_retires_replaced_keys_locally() {
+    let f = fixture(Setup {
+        no_issuer: true,
+        ..Setup::default()
+    })
+    .await;
+    let replacement = format!("sim-op-{}", uuid_like());
+    f.sim.add_key(&replacement);
+    f.store
+        .import_key(
+            CRED,
+            NewKey {
+                secret: SecretString::from(replacement.clone()),
+                expires_at: None,
+                provider_key_id: None,
+                rotation_id: None,
+            },
+            "operator",
+            f.clock.now(),
+        )
+        .await
+        .unwrap();
+    f.engine.rotate(&f.rt, "operator").await.unwrap();
+    let previous = f.in_stage(Stage::Previous).await[0].clone();
+    f.clock.advance(GRACE);
+    assert_eq!(f.engine.revoke_due(&f.rt).await.unwrap(), None, "no retry");
+
+    let retired = f
+        .versions()
+        .await
+        .into_iter()
+        .find(|v| v.id == previous.id)
+        .unwrap();
+    assert_eq!(retired.stage, Stage::Revoked);
+    assert!(!retired.has_secret, "the secret is not kept forever");
+    assert!(
+        f.sim.is_live(&f.old),
+        "nothing could revoke it at the provider"
+    );
+    let events = f.store.events(CRED).await.unwrap();
+    let event = events
+        .iter()
+        .find(|e| e.kind == "retired_locally")
+        .expect("a retired_locally event");
+    assert!(event.detail.contains("still live"), "{}", event.detail);
+    assert!(
+        event.detail.contains(&previous.fingerprint),
+        "{}",
+        event.detail
+    );
+    let state = revocations(&f).await;
+    assert_eq!(
+        (
+            state.succeeded,
+            state.failed,
+            state.retired_locally,
+            state.past_grace
+        ),
+        (0, 0, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn rotation_counters_are_running_totals_that_pruning_events_does_not_lower() {
+    let f = fixture(Setup::default()).await;
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    f.sim.fail_next(Op::Issue, Fault::ServerError, 1);
+    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    let totals = || async {
+        let state = f
+            .store
+            .snapshot()
+            .await
+            .unwrap()
+            .credentials
+            .into_iter()
+            .find(|c| c.credential.name == CRED)
+            .unwrap();
+        (state.rotations_succeeded, state.rotations_failed)
+    };
+    assert_eq!(totals().await, (2, 1));
+
+    // Prune every event so far, in small batches: the totals stay.
+    let cutoff = f.clock.now() + 1;
+    let mut deleted = 0;
+    loop {
+        let batch = f.store.prune_events(cutoff, 3).await.unwrap();
+        deleted += batch;
+        if batch < 3 {
+            break;
+        }
+    }
+    assert!(deleted >= 10, "deleted {deleted}");
+    assert!(f.store.events(CRED).await.unwrap().is_empty());
+    assert_eq!(totals().await, (2, 1));
+    f.clock.advance(10);
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    assert_eq!(totals().await, (3, 1));
+
+    // Only the prune deletes, and only before its cutoff: events stay append-only otherwise.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        f.dir.path().join("keyrotd.db").display()
+    ))
+    .await
+    .unwrap();
+    let refused = sqlx::query("DELETE FROM events").execute(&pool).await;
+    assert!(refused.is_err(), "a plain DELETE was allowed");
+    assert!(!f.store.events(CRED).await.unwrap().is_empty());
+    let refused = sqlx::query("UPDATE events SET detail = 'x'")
+        .execute(&pool)
+        .await;
+    assert!(refused.is_err(), "an UPDATE was allowed");
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn issue_failures_leave_the_old_key_and_back_off() {
     let f = fixture(Setup::default()).await;

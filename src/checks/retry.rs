@@ -11,7 +11,8 @@ pub(crate) const TRANSIENT_RETRY_BASE: Duration = Duration::from_secs(15);
 
 /// When to check again after an outcome. Conclusive results wait the (jittered) interval;
 /// transient ones back off from 15 s, doubling, never beyond the interval, and never
-/// sooner than the provider's Retry-After.
+/// sooner than the provider's Retry-After — itself capped at the interval, the backoff
+/// maximum, so a credential is always checked again within it.
 pub(crate) fn next_delay(
     status: CheckStatus,
     retry_after: Option<Duration>,
@@ -25,8 +26,10 @@ pub(crate) fn next_delay(
     }
     let backoff = Backoff::new(TRANSIENT_RETRY_BASE.min(interval), interval);
     let delay = backoff.delay(transient_failures.saturating_sub(1), rng);
+    // Retry-After is honoured up to the backoff maximum (the interval): an absurd one
+    // (99999999999999 s) must not silence the credential's checks for a day or more.
     match retry_after {
-        Some(wait) => delay.max(wait),
+        Some(wait) => delay.max(wait.min(interval)),
         None => delay,
     }
 }
@@ -38,6 +41,35 @@ mod tests {
 
     fn rng() -> rand::rngs::StdRng {
         rand::rngs::StdRng::seed_from_u64(3)
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_capped_at_the_backoff_maximum() {
+        let interval = Duration::from_secs(300);
+        for wait in [
+            crate::providers::client::MAX_RETRY_AFTER,
+            Duration::from_secs(99_999_999_999_999),
+        ] {
+            let d = next_delay(
+                CheckStatus::RateLimited,
+                Some(wait),
+                1,
+                interval,
+                0.1,
+                &mut rng(),
+            );
+            assert!(d <= interval, "{d:?}");
+        }
+        // A sensible one is still honoured.
+        let d = next_delay(
+            CheckStatus::RateLimited,
+            Some(Duration::from_secs(200)),
+            1,
+            interval,
+            0.1,
+            &mut rng(),
+        );
+        assert!(d >= Duration::from_secs(200), "{d:?}");
     }
 
     #[test]

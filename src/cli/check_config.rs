@@ -2,6 +2,8 @@
 //! starting anything, so a deployment can test a change before reloading the daemon. A
 //! bad file has already failed with exit status 78 by the time this runs. `--preflight`
 //! also tries every delivery target as this process ([`crate::delivery::preflight`]).
+//! Valid but risky choices (a provider that cannot revoke replaced keys) are warned
+//! about on stderr.
 
 use super::Setup;
 
@@ -12,6 +14,9 @@ pub(crate) fn run(setup: &Setup, preflight: bool) -> anyhow::Result<()> {
     if let Some(web) = setup.web_config()? {
         println!("{}: ok", web.file().display());
     }
+    for warning in revocation_warnings(&setup.config) {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "{}: ok ({} providers, {} credentials)",
         setup.config_path.display(),
@@ -19,4 +24,29 @@ pub(crate) fn run(setup: &Setup, preflight: bool) -> anyhow::Result<()> {
         setup.config.credentials.len()
     );
     Ok(())
+}
+
+/// Providers in use that cannot revoke a replaced key: their credentials' old keys are
+/// retired locally (secret dropped) and stay live at the provider until someone deactivates
+/// them there. Not an error: the config is valid, but the operator should know.
+fn revocation_warnings(config: &crate::config::Config) -> Vec<String> {
+    config
+        .providers
+        .iter()
+        .filter(|provider| !crate::providers::revokes_keys(provider))
+        .filter_map(|provider| {
+            let used = config
+                .credentials
+                .iter()
+                .filter(|c| c.provider() == provider.name())
+                .count();
+            (used > 0).then(|| {
+                format!(
+                    "provider {:?} ({}) has no revocation API configured: keys its {used} credential(s) replace are retired locally and stay live at the provider until deactivated there",
+                    provider.name(),
+                    provider.kind.as_str()
+                )
+            })
+        })
+        .collect()
 }

@@ -75,6 +75,15 @@ pub struct DaemonConfig {
     /// (`--web.config.file` overrides it). Relative to the config file's directory.
     #[serde(default)]
     pub web_config_file: Option<PathBuf>,
+    /// How long audit events are kept: older ones are pruned at start-up and daily. `0s`
+    /// keeps them forever. The counters in the metrics are kept apart and never drop.
+    #[serde(default = "default_events_retention")]
+    pub events_retention: HumanDuration,
+}
+
+/// 400 days: a year of history plus a margin for a yearly review.
+fn default_events_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(400 * 86_400))
 }
 
 fn default_listen_address() -> Spanned<String> {
@@ -87,6 +96,7 @@ impl Default for DaemonConfig {
             listen_address: default_listen_address(),
             database: None,
             web_config_file: None,
+            events_retention: default_events_retention(),
         }
     }
 }

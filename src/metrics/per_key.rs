@@ -13,7 +13,7 @@
 use super::gzip::{Chunk, ChunkWriter};
 use super::text::{escape_label, FamilyWriter, Value};
 use crate::model::{CheckStatus, UnixTime};
-use crate::store::CredentialState;
+use crate::store::{CredentialState, Revocations};
 
 /// A per-key family that changes only when the store does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,11 +28,13 @@ pub(crate) enum KeyFamily {
     ConsecutiveFailures,
     CreditRemaining,
     RotationsTotal,
+    RevocationsTotal,
+    PreviousKeysPastGrace,
 }
 
 impl KeyFamily {
     /// Every store-dependent family, in the order served.
-    pub(crate) const ALL: [KeyFamily; 10] = [
+    pub(crate) const ALL: [KeyFamily; 12] = [
         KeyFamily::Created,
         KeyFamily::Expiry,
         KeyFamily::Valid,
@@ -43,6 +45,8 @@ impl KeyFamily {
         KeyFamily::ConsecutiveFailures,
         KeyFamily::CreditRemaining,
         KeyFamily::RotationsTotal,
+        KeyFamily::RevocationsTotal,
+        KeyFamily::PreviousKeysPastGrace,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -57,6 +61,8 @@ impl KeyFamily {
             KeyFamily::ConsecutiveFailures => "keyrotd_rotation_consecutive_failures",
             KeyFamily::CreditRemaining => "keyrotd_key_credit_remaining",
             KeyFamily::RotationsTotal => "keyrotd_rotations_total",
+            KeyFamily::RevocationsTotal => "keyrotd_revocations_total",
+            KeyFamily::PreviousKeysPastGrace => "keyrotd_previous_keys_past_grace",
         }
     }
 
@@ -78,13 +84,19 @@ impl KeyFamily {
                 "Balance or limit remaining as reported by the provider, in `unit`."
             }
             KeyFamily::RotationsTotal => "Finished rotations by result (success or failure).",
+            KeyFamily::RevocationsTotal => {
+                "Revocation attempts of replaced keys by result (success, failure, or retired_locally: the provider cannot revoke and the key is still live there)."
+            }
+            KeyFamily::PreviousKeysPastGrace => {
+                "Replaced keys past their grace period still live at the provider because revoking them failed."
+            }
         }
     }
 
     /// The family's metric type, as the text format writes it.
     pub(crate) fn kind(self) -> &'static str {
         match self {
-            KeyFamily::RotationsTotal => "counter",
+            KeyFamily::RotationsTotal | KeyFamily::RevocationsTotal => "counter",
             _ => "gauge",
         }
     }
@@ -101,6 +113,7 @@ impl KeyFamily {
             KeyFamily::NextRotation => row.next_rotation_at,
             KeyFamily::LastRotation => row.last_rotated_at,
             KeyFamily::ConsecutiveFailures => Some(row.consecutive_failures),
+            KeyFamily::PreviousKeysPastGrace => Some(row.revocations.past_grace as i64),
             KeyFamily::CheckStatus => {
                 if let (Some(status), Some(_)) = (row.check_status, key) {
                     for candidate in CheckStatus::ALL {
@@ -123,6 +136,17 @@ impl KeyFamily {
                 for (result, count) in [
                     ("success", row.rotations_succeeded),
                     ("failure", row.rotations_failed),
+                ] {
+                    out.sample(labels, Some(("result", result)), Value::Int(count as i64));
+                }
+                None
+            }
+            KeyFamily::RevocationsTotal => {
+                let r = &row.revocations;
+                for (result, count) in [
+                    ("success", r.succeeded),
+                    ("failure", r.failed),
+                    ("retired_locally", r.retired_locally),
                 ] {
                     out.sample(labels, Some(("result", result)), Value::Int(count as i64));
                 }
@@ -191,6 +215,7 @@ pub(crate) struct KeyRow {
     consecutive_failures: i64,
     rotations_succeeded: u64,
     rotations_failed: u64,
+    revocations: Revocations,
     credits: Box<[(String, f64)]>,
 }
 
@@ -214,6 +239,7 @@ impl From<&CredentialState> for KeyRow {
             consecutive_failures: c.consecutive_failures,
             rotations_succeeded: state.rotations_succeeded,
             rotations_failed: state.rotations_failed,
+            revocations: state.revocations,
             credits: state.credits.clone().into_boxed_slice(),
         }
     }

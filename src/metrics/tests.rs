@@ -44,6 +44,13 @@ fn state(name: &str, checked: bool, credits: bool) -> CredentialState {
         }),
         rotations_succeeded: 3,
         rotations_failed: 1,
+        revocations: crate::store::Revocations {
+            succeeded: 2,
+            failed: 5,
+            retired_locally: 1,
+            past_grace: 1,
+            failing_since: Some(150),
+        },
         credits: if credits {
             vec![("usd".into(), 12.5)]
         } else {
@@ -155,6 +162,29 @@ fn reference(snapshot: &Snapshot, now: UnixTime) -> Vec<String> {
                 (failed, s.rotations_failed as f64),
             ],
         );
+        let r = &s.revocations;
+        let samples = [
+            ("success", r.succeeded),
+            ("failure", r.failed),
+            ("retired_locally", r.retired_locally),
+        ]
+        .into_iter()
+        .map(|(result, count)| {
+            let mut l = base();
+            l.push(label("result", result));
+            (l, count as f64)
+        })
+        .collect();
+        push(
+            KeyFamily::RevocationsTotal.name(),
+            MetricType::COUNTER,
+            samples,
+        );
+        push(
+            KeyFamily::PreviousKeysPastGrace.name(),
+            g,
+            vec![(base(), r.past_grace as f64)],
+        );
     }
     let text = TextEncoder::new().encode_to_string(&families).unwrap();
     let mut lines: Vec<String> = text
@@ -193,7 +223,16 @@ fn cached_text_matches_the_prometheus_encoder() {
         let text = metrics.render();
         let mut ours: Vec<String> = text
             .lines()
-            .filter(|l| l.starts_with("keyrotd_key_") || l.starts_with("keyrotd_rotation"))
+            .filter(|l| {
+                [
+                    "keyrotd_key_",
+                    "keyrotd_rotation",
+                    "keyrotd_revocation",
+                    "keyrotd_previous_keys",
+                ]
+                .iter()
+                .any(|prefix| l.starts_with(prefix))
+            })
             .map(str::to_string)
             .collect();
         ours.sort();
@@ -282,7 +321,16 @@ fn a_scrape_is_one_gzip_member_of_the_text_exposition() {
     // Every sample line against the prometheus crate's encoder.
     let mut ours: Vec<String> = single
         .lines()
-        .filter(|l| l.starts_with("keyrotd_key_") || l.starts_with("keyrotd_rotation"))
+        .filter(|l| {
+            [
+                "keyrotd_key_",
+                "keyrotd_rotation",
+                "keyrotd_revocation",
+                "keyrotd_previous_keys",
+            ]
+            .iter()
+            .any(|prefix| l.starts_with(prefix))
+        })
         .map(str::to_string)
         .collect();
     ours.sort();

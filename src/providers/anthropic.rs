@@ -1,7 +1,7 @@
 //! Anthropic: `GET {base}/models` with `x-api-key` and `anthropic-version`.
 //!
-//! A 429 *with* `retry-after` is a rate limit; *without* it, it is the organisation's spend
-//! cap (exhausted). 529 (overloaded) is transient.
+//! A 429 is a rate limit (`rate_limit_error`) whether or not it carries `retry-after`; out of
+//! credit is a 402 `billing_error` (exhausted). 529 (overloaded) is transient.
 //!
 //! Anthropic cannot issue keys by API, but with an admin key (`sk-ant-admin01-…`) the Admin
 //! API deactivates one: [`AnthropicRevoker`] finds an imported key by its `partial_key_hint`
@@ -41,16 +41,8 @@ pub(super) fn classify(response: &Response) -> CheckReport {
             }
             _ => unexpected_body(response),
         },
-        429 => {
-            let mut report = error_report(response);
-            if !response.has_header("retry-after") {
-                report.status = CheckStatus::Exhausted;
-                report
-                    .detail
-                    .push_str(" (no retry-after: spend limit reached)");
-            }
-            report
-        }
+        // A 429 is `rate_limit_error`, with or without `retry-after`: running out of credit
+        // is a 402 `billing_error` (exhausted by the default table).
         _ => error_report(response),
     }
 }

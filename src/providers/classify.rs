@@ -118,7 +118,8 @@ pub(crate) fn unsendable_key() -> CheckReport {
 
 /// The usual meaning of an error status: 401/403 invalid, 402 exhausted, 429 rate limited,
 /// anything else (5xx, 529, Groq's 498, an unexpected 404 from a wrong base URL) unreachable —
-/// never blame the key for a status that does not speak about it.
+/// never blame the key for a status that does not speak about it. A 403 is judged further by
+/// [`error_report`]: only the vendor's own JSON error may call a key invalid.
 pub(crate) fn default_status(status: u16) -> CheckStatus {
     match status {
         401 | 403 => CheckStatus::Invalid,
@@ -128,9 +129,41 @@ pub(crate) fn default_status(status: u16) -> CheckStatus {
     }
 }
 
-/// Report for a non-success response using [`default_status`].
+/// Vendor error codes of a 403 that refuse the caller's location, not the key (OpenAI's
+/// region block): the key may be fine from elsewhere.
+const REGION_CODES: [&str; 3] = [
+    "unsupported_country_region_territory",
+    "unsupported_country",
+    "unsupported_region",
+];
+
+/// Report for a non-success response using [`default_status`]. A 403 says the key is bad
+/// only when the body is the vendor's own JSON error about it: a WAF or proxy page (HTML, or
+/// JSON without an error) and a region block cannot judge the key, so they are
+/// `unreachable` with a detail that says why, and the key's validity stays as it was.
 pub(crate) fn error_report(response: &Response) -> CheckReport {
-    CheckReport::new(default_status(response.status), error_detail(response))
+    let detail = error_detail(response);
+    if response.status == 403 {
+        let error = response.json().map(|body| vendor_error(&body));
+        match error {
+            Some(e) if REGION_CODES.iter().any(|code| e.has_code(code)) => {
+                return CheckReport::new(
+                    CheckStatus::Unreachable,
+                    format!("{detail} (the provider refuses this location, not the key)"),
+                );
+            }
+            Some(e) if !e.codes.is_empty() || e.message.is_some() => {}
+            _ => {
+                return CheckReport::new(
+                    CheckStatus::Unreachable,
+                    format!(
+                        "{detail} (not the provider's JSON error: a proxy or firewall answered, the key was not judged)"
+                    ),
+                );
+            }
+        }
+    }
+    CheckReport::new(default_status(response.status), detail)
 }
 
 /// Report for a success status whose body is not what the vendor documents.

@@ -96,10 +96,6 @@ impl Response {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
     }
-
-    pub(crate) fn has_header(&self, name: &str) -> bool {
-        self.headers.contains_key(name)
-    }
 }
 
 /// Why no response was read. Messages are fixed text: nothing from the peer, no URL.

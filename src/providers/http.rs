@@ -137,6 +137,11 @@ impl CheckRules {
     pub(super) fn classify(&self, response: &Response) -> CheckReport {
         let status = response.status;
         if !self.valid_status.contains(&status) {
+            // Even where 403 is configured as invalid, a WAF/proxy page or a region block is
+            // not the service judging the key: the shared 403 rule decides.
+            if status == 403 && self.invalid_status.contains(&status) {
+                return super::classify::error_report(response);
+            }
             let outcome = if self.invalid_status.contains(&status) {
                 CheckStatus::Invalid
             } else if self.exhausted_status.contains(&status) {

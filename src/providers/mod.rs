@@ -181,6 +181,12 @@ pub trait Issuer: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<RemoteKey>, ProviderError>;
     /// Revokes/disables/deletes; already-gone (404) is success.
     async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError>;
+    /// Whether [`Issuer::revoke`] can ever succeed. A provider that issues keys but has no
+    /// revocation API (the relay kind) answers `false`: its replaced keys are retired
+    /// locally instead of being retried forever.
+    fn can_revoke(&self) -> bool {
+        true
+    }
 }
 
 /// A provider account that can deactivate a key it did not issue — one an operator imported,
@@ -439,6 +445,31 @@ fn by_provider(
         .iter()
         .map(|provider| Ok((provider.name().to_string(), build(provider, telemetry)?)))
         .collect()
+}
+
+/// Whether keys replaced on this provider section can be revoked at the provider, judged
+/// from the config alone (what [`ProviderAdapters::all`] would build): where not, replaced
+/// keys are retired locally and stay live at the provider, which `check-config` warns about.
+pub fn revokes_keys(config: &ProviderConfig) -> bool {
+    match config.kind {
+        ProviderKind::Openrouter | ProviderKind::Openai | ProviderKind::Simulated => {
+            config.management_key.is_some()
+        }
+        // Deactivation by value through the Admin API needs the admin key.
+        ProviderKind::Anthropic => config.management_key.is_some(),
+        ProviderKind::AzureOpenai => {
+            config.azure_account().is_some() && config.management_key.is_some()
+        }
+        ProviderKind::Http => config
+            .http
+            .as_ref()
+            .is_some_and(|http| http.issue.is_some() && http.revoke.is_some()),
+        ProviderKind::Exec => config.exec.as_ref().is_some_and(|e| e.issuer),
+        ProviderKind::Relay
+        | ProviderKind::OpenaiCompatible
+        | ProviderKind::Deepseek
+        | ProviderKind::Gemini => false,
+    }
 }
 
 /// Builds the deactivating adapter for keys known only by value: Anthropic with an admin key

@@ -144,6 +144,10 @@ impl Issuer for RelayIssuer {
         })
     }
 
+    fn can_revoke(&self) -> bool {
+        false
+    }
+
     async fn revoke(&self, _remote_id: &str) -> Result<(), ProviderError> {
         Err(ProviderError::Unsupported {
             kind: "relay",

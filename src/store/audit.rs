@@ -44,11 +44,16 @@ pub enum EventKind {
     /// A key at the provider named like this credential's that the orphan sweep cannot
     /// prove its own (another installation's, or issued before a restore): left alone.
     OrphanUnplaced,
+    /// Revoking a key at the provider failed; it stays live and sealed and is retried.
+    RevocationFailed,
+    /// A key was dropped locally (secret gone, stage revoked) by a provider without a
+    /// revocation API: it is still live at the provider until someone deactivates it there.
+    RetiredLocally,
 }
 
 impl EventKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::CredentialAdded,
         EventKind::CredentialUpdated,
         EventKind::CredentialRemoved,
@@ -66,6 +71,8 @@ impl EventKind {
         EventKind::CheckStatusChanged,
         EventKind::OrphanDeleted,
         EventKind::OrphanUnplaced,
+        EventKind::RevocationFailed,
+        EventKind::RetiredLocally,
     ];
 
     /// The kind as the audit trail stores it.
@@ -88,6 +95,21 @@ impl EventKind {
             EventKind::CheckStatusChanged => "check_status_changed",
             EventKind::OrphanDeleted => "orphan_deleted",
             EventKind::OrphanUnplaced => "orphan_unplaced",
+            EventKind::RevocationFailed => "revocation_failed",
+            EventKind::RetiredLocally => "retired_locally",
+        }
+    }
+
+    /// The running total ([`Counter`]) an event of this kind adds one to, in the same
+    /// transaction: the totals survive the events' retention.
+    pub(crate) fn counter(self) -> Option<Counter> {
+        match self {
+            EventKind::Promoted => Some(Counter::RotationSuccess),
+            EventKind::RotationFailed => Some(Counter::RotationFailure),
+            EventKind::Revoked => Some(Counter::RevocationSuccess),
+            EventKind::RevocationFailed => Some(Counter::RevocationFailure),
+            EventKind::RetiredLocally => Some(Counter::RevocationRetiredLocally),
+            _ => None,
         }
     }
 
@@ -115,6 +137,44 @@ impl std::fmt::Display for EventKind {
     }
 }
 
+/// A per-credential running total, kept apart from the events it counts so that pruning
+/// the audit trail never lowers a Prometheus counter. Stored as its [`Counter::as_str`] text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    RotationSuccess,
+    RotationFailure,
+    RevocationSuccess,
+    RevocationFailure,
+    RevocationRetiredLocally,
+}
+
+impl Counter {
+    /// Every counter, in the order of the enum.
+    pub const ALL: [Counter; 5] = [
+        Counter::RotationSuccess,
+        Counter::RotationFailure,
+        Counter::RevocationSuccess,
+        Counter::RevocationFailure,
+        Counter::RevocationRetiredLocally,
+    ];
+
+    /// The counter as the store keeps it (migration 0004 seeds these texts).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counter::RotationSuccess => "rotation_success",
+            Counter::RotationFailure => "rotation_failure",
+            Counter::RevocationSuccess => "revocation_success",
+            Counter::RevocationFailure => "revocation_failure",
+            Counter::RevocationRetiredLocally => "revocation_retired_locally",
+        }
+    }
+
+    /// The counter a stored text names, if this build knows it.
+    pub fn parse(text: &str) -> Option<Counter> {
+        Counter::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+}
+
 /// An audit record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -133,6 +193,11 @@ pub struct Event {
 pub trait AuditStore: Send + Sync {
     /// The audit trail of a credential, oldest first.
     async fn events(&self, credential: &str) -> StoreResult<Vec<Event>>;
+
+    /// Deletes events older than `cutoff` (Unix seconds), at most `batch` of them, in one
+    /// short write transaction; answers how many it deleted (fewer than `batch`: done). The
+    /// running totals ([`Counter`]) are not touched.
+    async fn prune_events(&self, cutoff: UnixTime, batch: u32) -> StoreResult<u64>;
 
     /// Appends an audit event.
     async fn append_event(

@@ -92,6 +92,28 @@ pub trait KeyStore: Send + Sync {
         now: UnixTime,
     ) -> StoreResult<()>;
 
+    /// Marks a version retired: revoked here and its secret dropped, like
+    /// [`KeyStore::mark_revoked`], but recorded as `retired_locally` because the provider
+    /// has no revocation API and the key is still live there.
+    async fn mark_retired(
+        &self,
+        version_id: i64,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+
+    /// Records a failed revocation attempt of a version that stays live (an event and the
+    /// failure count, in one transaction); answers how many attempts have failed so far,
+    /// which the retry backs off by.
+    async fn record_revocation_failure(
+        &self,
+        version_id: i64,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<u32>;
+
     /// previous → current and current → previous, if the previous key changed stage no
     /// earlier than `not_before` (inside its grace period).
     async fn rollback(

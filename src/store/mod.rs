@@ -18,7 +18,7 @@ mod rotations;
 mod sqlite;
 mod state;
 
-pub use audit::{AuditStore, Event, EventKind};
+pub use audit::{AuditStore, Counter, Event, EventKind};
 pub use checks::{CheckRecord, CheckStore, CheckToRecord};
 pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
 pub use installation::InstallationStore;
@@ -27,7 +27,7 @@ pub use open::credential_specs;
 pub(crate) use open::{open_store, MasterKeyNeed};
 pub use rotations::{Rotation, RotationFailure, RotationOutlook, RotationStep, RotationStore};
 pub use sqlite::{lock_exclusive, lock_for_daemon, DatabaseLock, SqliteStore};
-pub use state::{CredentialState, Snapshot, StateStore};
+pub use state::{CredentialState, Revocations, Snapshot, StateStore};
 
 /// Every concern trait, for code that calls store methods on a concrete backend rather than
 /// through `dyn Store` (`use crate::store::prelude::*;`).

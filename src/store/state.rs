@@ -18,8 +18,27 @@ pub struct CredentialState {
     /// Finished rotations by result, for `keyrotd_rotations_total{result}`.
     pub rotations_succeeded: u64,
     pub rotations_failed: u64,
+    /// Revocation attempts by result, for `keyrotd_revocations_total{result}`.
+    pub revocations: Revocations,
     /// (unit, remaining) as last reported by the provider.
     pub credits: Vec<(String, f64)>,
+}
+
+/// What became of a credential's revocations: running totals, and the keys still live at
+/// the provider after a failed attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Revocations {
+    /// Revoked or deactivated at the provider.
+    pub succeeded: u64,
+    /// Attempts the provider refused or did not answer (each retry counts).
+    pub failed: u64,
+    /// Dropped locally by a provider without a revocation API: still live there.
+    pub retired_locally: u64,
+    /// Previous or discarded keys past their grace period whose revocation failed and that
+    /// are still live (sealed, not revoked).
+    pub past_grace: u64,
+    /// When the oldest of those first failed to be revoked.
+    pub failing_since: Option<crate::model::UnixTime>,
 }
 
 #[async_trait]

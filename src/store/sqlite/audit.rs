@@ -3,7 +3,7 @@
 
 use super::SqliteStore;
 use crate::model::UnixTime;
-use crate::store::{AuditStore, Event, EventKind, StoreResult};
+use crate::store::{AuditStore, Counter, Event, EventKind, StoreResult};
 use async_trait::async_trait;
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -27,6 +27,26 @@ impl SqliteStore {
         .bind(kind.as_str())
         .bind(actor)
         .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+        if let (Some(counter), Some(credential)) = (kind.counter(), credential) {
+            Self::bump_counter(tx, credential, counter).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds one to a credential's running total inside `tx` (see [`Counter`]).
+    pub(super) async fn bump_counter(
+        tx: &mut Transaction<'static, Sqlite>,
+        credential: &str,
+        counter: Counter,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO credential_counters (credential, counter, value) VALUES (?, ?, 1)
+             ON CONFLICT (credential, counter) DO UPDATE SET value = credential_counters.value + 1",
+        )
+        .bind(credential)
+        .bind(counter.as_str())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -54,6 +74,26 @@ impl AuditStore for SqliteStore {
                 detail: row.get(6),
             })
             .collect())
+    }
+
+    async fn prune_events(&self, cutoff: UnixTime, batch: u32) -> StoreResult<u64> {
+        // The cutoff is recorded in the same transaction: the delete trigger (migration 0004)
+        // refuses any event at or after it, so nothing but this prune can delete.
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE events_prune SET cutoff = ? WHERE id = 1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY at LIMIT ?)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(batch))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn append_event(

@@ -91,6 +91,22 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The name of the credential a version belongs to.
+    async fn credential_of_version(
+        tx: &mut Transaction<'static, Sqlite>,
+        version_id: i64,
+    ) -> StoreResult<String> {
+        sqlx::query_scalar(
+            "SELECT c.name FROM key_versions v JOIN credentials c ON c.id = v.credential_id WHERE v.id = ?",
+        )
+        .bind(version_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(StoreError::UnknownVersion(version_id))
+    }
+}
+
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn import_key(
@@ -249,6 +265,68 @@ impl KeyStore for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mark_retired(
+        &self,
+        version_id: i64,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let credential = Self::credential_of_version(&mut tx, version_id).await?;
+        sqlx::query(
+            "UPDATE key_versions SET stage = 'revoked', stage_changed_at = ?, sealed_secret = NULL WHERE id = ? AND stage <> 'current'",
+        )
+        .bind(now)
+        .bind(version_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            Some(version_id),
+            EventKind::RetiredLocally,
+            actor,
+            detail,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_revocation_failure(
+        &self,
+        version_id: i64,
+        actor: &str,
+        detail: &str,
+        now: UnixTime,
+    ) -> StoreResult<u32> {
+        let mut tx = self.begin_write().await?;
+        let credential = Self::credential_of_version(&mut tx, version_id).await?;
+        let failures: i64 = sqlx::query_scalar(
+            "UPDATE key_versions SET revoke_failures = revoke_failures + 1,
+                 revoke_failed_at = COALESCE(revoke_failed_at, ?)
+             WHERE id = ? RETURNING revoke_failures",
+        )
+        .bind(now)
+        .bind(version_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            Some(version_id),
+            EventKind::RevocationFailed,
+            actor,
+            detail,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(u32::try_from(failures).unwrap_or(u32::MAX))
     }
 
     async fn rollback(
