@@ -74,6 +74,20 @@ pub struct DaemonConfig {
     /// (`--web.config.file` overrides it). Relative to the config file's directory.
     #[serde(default)]
     pub web_config_file: Option<PathBuf>,
+    /// How long a process owns a rotation it drives without renewing (it renews every third
+    /// of it and before every provider call or delivery); another process (the daemon, a
+    /// `keyrotd key rotate`) takes the rotation over only once it has expired. Read by the
+    /// daemon and the CLI alike.
+    #[serde(default = "default_rotation_lease")]
+    pub rotation_lease: HumanDuration,
+}
+
+/// Shortest `rotation_lease`: below it a busy database could make an owner lose a lease it
+/// is renewing.
+pub const MIN_ROTATION_LEASE: Duration = Duration::from_secs(3);
+
+fn default_rotation_lease() -> HumanDuration {
+    HumanDuration(crate::rotation::DEFAULT_LEASE)
 }
 
 fn default_listen_address() -> Spanned<String> {
@@ -86,6 +100,7 @@ impl Default for DaemonConfig {
             listen_address: default_listen_address(),
             database: None,
             web_config_file: None,
+            rotation_lease: default_rotation_lease(),
         }
     }
 }
@@ -281,6 +296,15 @@ impl Config {
                 format!(
                     "`listen_address` {:?} is not an address like \"127.0.0.1:9877\"",
                     self.daemon.listen_address.get_ref()
+                ),
+            );
+        }
+        if self.daemon.rotation_lease.0 < MIN_ROTATION_LEASE {
+            issues.push(
+                span_of(&positions.get().daemon.rotation_lease),
+                format!(
+                    "`daemon.rotation_lease` must be at least {}s",
+                    MIN_ROTATION_LEASE.as_secs()
                 ),
             );
         }

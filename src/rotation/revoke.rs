@@ -4,7 +4,7 @@
 use super::{CredentialRuntime, Engine, RotationError};
 use crate::model::{Stage, UnixTime};
 use crate::providers;
-use crate::store::KeyVersion;
+use crate::store::{KeyVersion, StoreError};
 
 impl Engine {
     /// Revokes a version at the provider and drops its secret: by value through the revoker
@@ -27,6 +27,21 @@ impl Engine {
         }
         if version.stage == Stage::Revoked {
             return Ok(());
+        }
+        // Checked before the provider is asked (the store refuses again when recording):
+        // a key a rotation in flight is delivering, or a rollback is putting back, may be
+        // what consumers hold next.
+        if let Some(rotation) = self
+            .store
+            .rotations_in_flight()
+            .await?
+            .into_iter()
+            .find(|r| r.new_version_id == Some(version.id))
+        {
+            return Err(RotationError::Store(StoreError::VersionInFlight {
+                version: version.id,
+                rotation: rotation.id,
+            }));
         }
         let failed = |e: providers::ProviderError| RotationError::Failed {
             credential: rt.name.to_string(),

@@ -1,8 +1,8 @@
 //! One scheduling pass over a credential: what the daemon's pass queue runs for it when it
-//! is due. It records the next due time, rotates when due, takes over a rotation another
-//! process abandoned, and revokes what is due.
+//! is due. It records the next due time, rotates when due, takes over a rotation whose
+//! owner's lease expired, and revokes what is due.
 
-use super::{CredentialRuntime, Engine, RotationError, MAX_SLEEP, STALE_ROTATION};
+use super::{CredentialRuntime, Engine, RotationError, MAX_SLEEP};
 use crate::model::{Stage, UnixTime};
 
 impl Engine {
@@ -13,7 +13,7 @@ impl Engine {
         let Some(credential) = self.store.credential(&rt.name).await? else {
             return Ok(now + MAX_SLEEP.as_secs() as i64);
         };
-        if self.take_over_abandoned(rt, now).await? {
+        if self.take_over_abandoned(rt).await? {
             return Ok(self.clock.now());
         }
         let versions = self.store.versions(&rt.name).await?;
@@ -37,11 +37,11 @@ impl Engine {
         if (due && rt.issuer.is_some()) || imported {
             match self.rotate(rt, "schedule").await {
                 Ok(_) => {}
-                Err(RotationError::InFlight(_)) => {
-                    // Look again in a minute rather than every second: the other
-                    // rotation may run for a while (or be abandoned, see above).
-                    tracing::warn!(credential = %rt.name, "rotation due, but another rotation is in flight; waiting for it");
-                    return Ok(now + 60);
+                Err(RotationError::InFlight { owner, left, .. }) => {
+                    // Look again when its lease would run out (at most a minute): the
+                    // other rotation may run for a while, or its owner may die.
+                    tracing::warn!(credential = %rt.name, %owner, "rotation due, but another process's rotation is in flight; waiting for it");
+                    return Ok(now + left.clamp(1, 60));
                 }
                 Err(error) => {
                     tracing::warn!(credential = %rt.name, %error, "scheduled rotation failed")
@@ -64,32 +64,20 @@ impl Engine {
         Ok(wake.max(now))
     }
 
-    /// The daemon resumes its own rotations at start-up only. One left in flight by another
-    /// process that died (a killed `key rotate`) would block every later rotation of the
-    /// credential, silently (each attempt answers "in flight"), until the daemon restarted:
-    /// take it over once it is clearly abandoned. Answers whether it did.
-    async fn take_over_abandoned(
-        &self,
-        rt: &CredentialRuntime,
-        now: UnixTime,
-    ) -> Result<bool, RotationError> {
-        let Some(stale) = self
-            .store
-            .rotations_in_flight()
-            .await?
-            .into_iter()
-            .find(|r| *r.credential == *rt.name)
-        else {
-            return Ok(false);
-        };
-        let idle = now - stale.updated_at;
-        if idle < STALE_ROTATION.as_secs() as i64 {
-            return Ok(false);
+    /// A rotation left in flight by a process that died (a killed `key rotate`, a previous
+    /// run) would block every later rotation of the credential: take it over once its
+    /// owner's lease has expired. One under a live lease is its owner's. Answers whether it
+    /// took one over.
+    async fn take_over_abandoned(&self, rt: &CredentialRuntime) -> Result<bool, RotationError> {
+        let lock = self.lock_for(&rt.name);
+        let _guard = lock.lock().await;
+        match self.take_over_in_flight(rt).await {
+            Ok(None) | Err(RotationError::InFlight { .. }) => Ok(false),
+            Ok(Some(_)) => Ok(true),
+            Err(error) => {
+                tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
+                Ok(true)
+            }
         }
-        tracing::warn!(credential = %rt.name, rotation = %stale.id, idle_seconds = idle, "taking over a rotation abandoned in flight");
-        if let Err(error) = self.resume(rt).await {
-            tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
-        }
-        Ok(true)
     }
 }

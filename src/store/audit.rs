@@ -41,11 +41,13 @@ pub enum EventKind {
     CheckStatusChanged,
     /// A key issued by an interrupted rotation, never stored, was deleted at the provider.
     OrphanDeleted,
+    /// A rotation whose owner's lease expired got a new owner (and a higher epoch).
+    RotationTakenOver,
 }
 
 impl EventKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::CredentialAdded,
         EventKind::CredentialUpdated,
         EventKind::CredentialRemoved,
@@ -62,6 +64,7 @@ impl EventKind {
         EventKind::MasterKeyRotated,
         EventKind::CheckStatusChanged,
         EventKind::OrphanDeleted,
+        EventKind::RotationTakenOver,
     ];
 
     /// The kind as the audit trail stores it.
@@ -83,6 +86,7 @@ impl EventKind {
             EventKind::MasterKeyRotated => "master_key_rotated",
             EventKind::CheckStatusChanged => "check_status_changed",
             EventKind::OrphanDeleted => "orphan_deleted",
+            EventKind::RotationTakenOver => "rotation_taken_over",
         }
     }
 

@@ -11,6 +11,7 @@ mod checks;
 mod credentials;
 mod keys;
 mod open;
+mod ownership;
 mod rotations;
 mod rows;
 mod state;
