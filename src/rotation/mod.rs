@@ -429,7 +429,7 @@ impl Engine {
             Err(StoreError::RotationNotInFlight { .. }) => return Ok(None),
             Err(error) => return Err(RotationError::from_store(&rt.name, error)),
         };
-        tracing::warn!(credential = %rt.name, rotation = %rotation.id, kind = rotation.kind.as_str(), step = rotation.step.as_str(), previous_owner = %in_flight.owner, epoch = lease.epoch, "taking over a rotation whose owner's lease expired");
+        tracing::warn!(credential = %rt.name, rotation = %rotation.id, kind = rotation.kind.as_str(), step = rotation.step.as_str(), previous_owner = %in_flight.owner, epoch = lease.epoch, "resuming rotation: taking it over, its owner's lease expired");
         let mut done = self.drive(rt, rotation, lease).await?;
         done.taken_over_from = Some(in_flight.owner);
         Ok(Some(done))

@@ -13,9 +13,13 @@ impl Engine {
         let Some(credential) = self.store.credential(&rt.name).await? else {
             return Ok(now + MAX_SLEEP.as_secs() as i64);
         };
-        if self.take_over_abandoned(rt).await? {
-            return Ok(self.clock.now());
-        }
+        // A rotation in flight under another process's live lease: look again just after
+        // the lease would run out (its owner may die), whatever else is due.
+        let lease_ends = match self.take_over_abandoned(rt).await? {
+            TakeOver::Done => return Ok(self.clock.now()),
+            TakeOver::Live { left } => Some(now + left.max(0) + 1),
+            TakeOver::Nothing => None,
+        };
         let versions = self.store.versions(&rt.name).await?;
         let current = versions.iter().find(|v| v.stage == Stage::Current);
         let imported_waiting = versions
@@ -61,23 +65,36 @@ impl Engine {
         if let Some(at) = next_revocation {
             wake = wake.min(at);
         }
+        if let Some(at) = lease_ends {
+            wake = wake.min(at);
+        }
         Ok(wake.max(now))
     }
 
     /// A rotation left in flight by a process that died (a killed `key rotate`, a previous
     /// run) would block every later rotation of the credential: take it over once its
-    /// owner's lease has expired. One under a live lease is its owner's. Answers whether it
-    /// took one over.
-    async fn take_over_abandoned(&self, rt: &CredentialRuntime) -> Result<bool, RotationError> {
+    /// owner's lease has expired. One under a live lease is its owner's.
+    async fn take_over_abandoned(&self, rt: &CredentialRuntime) -> Result<TakeOver, RotationError> {
         let lock = self.lock_for(&rt.name);
         let _guard = lock.lock().await;
         match self.take_over_in_flight(rt).await {
-            Ok(None) | Err(RotationError::InFlight { .. }) => Ok(false),
-            Ok(Some(_)) => Ok(true),
+            Ok(None) => Ok(TakeOver::Nothing),
+            Err(RotationError::InFlight { left, .. }) => Ok(TakeOver::Live { left }),
+            Ok(Some(_)) => Ok(TakeOver::Done),
             Err(error) => {
                 tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
-                Ok(true)
+                Ok(TakeOver::Done)
             }
         }
     }
+}
+
+/// What a pass found of a rotation in flight.
+enum TakeOver {
+    /// None in flight.
+    Nothing,
+    /// Taken over and driven to its end (or its failure).
+    Done,
+    /// Another process's lease on it is live for `left` more seconds.
+    Live { left: i64 },
 }
