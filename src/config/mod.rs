@@ -502,6 +502,21 @@ mod tests {
     }
 
     #[test]
+    fn the_rotation_lease_defaults_to_a_minute_and_has_a_floor() {
+        let config = parse("").unwrap();
+        assert_eq!(config.daemon.rotation_lease.0, Duration::from_secs(60));
+        let config = parse("[daemon]\nrotation_lease = \"10s\"\n").unwrap();
+        assert_eq!(config.daemon.rotation_lease.0, Duration::from_secs(10));
+        let rendered = parse("[daemon]\nrotation_lease = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            rendered.contains("test.toml:2:18: `daemon.rotation_lease` must be at least 3s"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
     fn semantic_issues_are_reported_together_with_positions() {
         let text = r#"
 [[provider]]
