@@ -259,7 +259,11 @@ impl Work {
             config.checks.max_concurrent,
             config.checks.jitter,
         ));
-        let engine = Arc::new(Engine::new(store, clock));
+        let engine = Arc::new(
+            Engine::new(store, clock)
+                .with_role("daemon")
+                .with_lease(config.daemon.rotation_lease.0),
+        );
         let (targets, runtimes) = build_work(config, telemetry)?;
         let checks = checker.schedule(targets);
         let rotations = spawn_rotations(&engine, runtimes);

@@ -13,8 +13,8 @@ use keyrotd::providers::ProviderTelemetry;
 use keyrotd::rotation::{self, pass_queue, CredentialRuntime, Engine, RotationError};
 use keyrotd::simulator::{Fault, Op, Simulator};
 use keyrotd::store::{
-    AuditStore, CredentialStore, InstallationStore, KeyStore, KeyVersion, NewKey, RotationFailure,
-    RotationOutlook, RotationStore, SqliteStore, StateStore, Store,
+    AuditStore, Claim, CredentialStore, InstallationStore, KeyStore, KeyVersion, NewKey,
+    RotationFailure, RotationOutlook, RotationStore, SqliteStore, StateStore, Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
@@ -33,6 +33,23 @@ const SHORT_TIMEOUT: &str = "2s";
 /// How long a test waits for a rotation before calling it a hang: longer than
 /// [`SHORT_TIMEOUT`] and far shorter than the simulator's minute-long hang.
 const HANG_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The claim of a process that planned a rotation and died: its lease has already expired
+/// (a lease of zero seconds ends when it starts, on the database's clock).
+fn dead_owner() -> Claim {
+    Claim {
+        owner: "cli:host:1:dead".into(),
+        lease_seconds: 0,
+    }
+}
+
+/// The claim of a process that is alive and drives its rotation: its lease runs for an hour.
+fn live_owner() -> Claim {
+    Claim {
+        owner: "cli:host:2:alive".into(),
+        lease_seconds: 3600,
+    }
+}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -672,13 +689,14 @@ async fn an_orphan_that_cannot_be_deleted_is_named_by_its_key_id() {
 #[tokio::test]
 async fn old_format_keys_are_swept_only_when_this_database_planned_their_rotation() {
     let f = fixture(Setup::default()).await;
-    f.store
-        .plan_rotation(CRED, "r-before-upgrade", "test", START)
+    let (_, lease) = f
+        .store
+        .plan_rotation(CRED, "r-before-upgrade", "test", &live_owner(), START)
         .await
         .unwrap();
     f.store
         .fail_rotation(
-            "r-before-upgrade",
+            &lease,
             &RotationFailure {
                 error: "issue: lost answer".into(),
                 discard_pending: true,
@@ -823,7 +841,7 @@ async fn two_rotations_of_one_credential_never_run_at_once() {
     let (a, b) = tokio::join!(f.engine.rotate(&f.rt, "a"), f.engine.rotate(&f.rt, "b"));
     for result in [&a, &b] {
         match result {
-            Ok(_) | Err(RotationError::InFlight(_)) => {}
+            Ok(_) | Err(RotationError::InFlight { .. }) => {}
             Err(other) => panic!("unexpected: {other}"),
         }
     }
@@ -852,7 +870,7 @@ async fn two_rotations_of_one_credential_never_run_at_once() {
     assert!(oks >= 1, "{a:?} {b:?}");
     for result in [&a, &b] {
         if let Err(error) = result {
-            assert!(matches!(error, RotationError::InFlight(_)), "{error}");
+            assert!(matches!(error, RotationError::InFlight { .. }), "{error}");
         }
     }
     let current = f.current().await;
@@ -1171,17 +1189,22 @@ async fn a_short_retry_backoff_still_schedules_the_retry_in_the_future() {
 }
 
 #[tokio::test]
-async fn the_scheduler_takes_over_a_rotation_abandoned_by_a_dead_process() {
-    // A `key rotate` killed right after planning (while the daemon runs) leaves a rotation
-    // in flight. The daemon must not wait for it forever, nor take it over while it may
-    // still be running elsewhere.
+async fn the_scheduler_leaves_a_rotation_under_a_live_lease_to_its_owner() {
+    // A `key rotate` running beside the daemon owns its rotation: the daemon neither waits
+    // for it in a spin nor takes it over while its lease is live, however long it runs.
     let f = fixture(Setup {
         rotation: "max_age = \"1d\"",
         ..Setup::default()
     })
     .await;
     f.store
-        .plan_rotation(CRED, "20260101T000000-deadbeef", "cli:dead", START + 86_390)
+        .plan_rotation(
+            CRED,
+            "20260101T000000-a11ce000",
+            "cli:alive",
+            &live_owner(),
+            START + 86_390,
+        )
         .await
         .unwrap();
     f.clock.set(START + 86_400);
@@ -1190,10 +1213,43 @@ async fn the_scheduler_takes_over_a_rotation_abandoned_by_a_dead_process() {
         wake > f.clock.now(),
         "must not spin while another rotation runs"
     );
+    // Even a day later on the engine's clock: only the database's clock judges the lease.
+    f.clock.advance(86_400);
+    f.engine.tick(&f.rt).await.unwrap();
+    f.engine.resume(&f.rt).await.unwrap();
     assert_eq!(f.current_secret().await, f.old);
-    assert_eq!(f.store.rotations_in_flight().await.unwrap().len(), 1);
+    let in_flight = f.store.rotations_in_flight().await.unwrap();
+    assert_eq!(in_flight.len(), 1);
+    assert_eq!(in_flight[0].owner, live_owner().owner);
+    assert_eq!(in_flight[0].owner_epoch, 1, "never taken over");
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(
+        matches!(&error, RotationError::InFlight { owner, .. } if *owner == live_owner().owner),
+        "{error}"
+    );
+    assert!(error.to_string().contains("lease until"), "{error}");
+}
 
-    f.clock.advance(rotation::STALE_ROTATION.as_secs() as i64);
+#[tokio::test]
+async fn the_scheduler_takes_over_a_rotation_whose_owner_s_lease_expired() {
+    // A `key rotate` killed right after planning (while the daemon runs) leaves a rotation
+    // in flight; once its lease has expired the daemon takes it over and finishes it.
+    let f = fixture(Setup {
+        rotation: "max_age = \"1d\"",
+        ..Setup::default()
+    })
+    .await;
+    f.store
+        .plan_rotation(
+            CRED,
+            "20260101T000000-deadbeef",
+            "cli:dead",
+            &dead_owner(),
+            START + 86_390,
+        )
+        .await
+        .unwrap();
+    f.clock.set(START + 86_400);
     f.engine.tick(&f.rt).await.unwrap();
     assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
     let new = f.current_secret().await;
@@ -1203,60 +1259,77 @@ async fn the_scheduler_takes_over_a_rotation_abandoned_by_a_dead_process() {
         f.current().await.rotation_id.as_deref(),
         Some("20260101T000000-deadbeef")
     );
+    assert!(f
+        .event_kinds()
+        .await
+        .contains(&"rotation_taken_over".into()));
     f.assert_no_orphans().await;
 }
 
 #[tokio::test]
-async fn a_rotation_whose_new_key_was_revoked_mid_way_is_wound_up_not_wedged() {
+async fn a_key_bound_to_a_rotation_in_flight_cannot_be_revoked() {
+    // Problem 4c: `key revoke` of the new key of a rotation in flight was accepted, so the
+    // key being delivered could die under its consumers. Refused now, by the engine before
+    // it asks the provider and by the store in the revoking transaction.
     let f = fixture(Setup::default()).await;
     use keyrotd::store::RotationStep;
     let id = "20260101T000000-cafebabe";
-    f.store
-        .plan_rotation(CRED, id, "test", START)
+    let (_, lease) = f
+        .store
+        .plan_rotation(CRED, id, "test", &dead_owner(), START)
         .await
         .unwrap();
+    let new = format!("sim-x-{}", uuid_like());
+    let remote = f.sim.add_key(&new);
     let pending = f
         .store
         .record_issued(
-            id,
+            &lease,
             NewKey {
-                secret: SecretString::from(format!("sim-x-{}", uuid_like())),
+                secret: SecretString::from(new.clone()),
                 expires_at: None,
-                provider_key_id: None,
+                provider_key_id: Some(remote),
                 rotation_id: Some(id.into()),
             },
             START,
         )
         .await
         .unwrap();
-    for step in [RotationStep::Verified, RotationStep::Delivered] {
+    for (from, to) in [
+        (RotationStep::Issued, RotationStep::Verified),
+        (RotationStep::Verified, RotationStep::Delivered),
+    ] {
         f.store
-            .advance_rotation(id, step, "test", START)
+            .advance_rotation(&lease, from, to, "test", START)
             .await
             .unwrap();
     }
-    // An operator revokes the pending key before the promotion.
     let error = f
         .engine
         .revoke_version(&f.rt, &pending, "operator", "test")
-        .await;
-    assert!(error.is_ok(), "{error:?}");
-    let error = f.engine.resume(&f.rt).await.unwrap_err();
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &error,
-            RotationError::Failed {
-                step: "promote",
-                ..
-            }
+            RotationError::Store(StoreError::VersionInFlight { .. })
         ),
         "{error}"
     );
+    assert!(f.sim.is_live(&new), "the provider was asked to revoke it");
+    let error = f
+        .store
+        .mark_revoked(pending.id, "operator", "test", START)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::VersionInFlight { .. }),
+        "{error}"
+    );
+    // The rotation finishes (taken over: its owner's lease expired) with that key.
+    f.engine.resume(&f.rt).await.unwrap();
     assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
-    assert_eq!(f.current_secret().await, f.old);
-    // The credential rotates again.
-    f.engine.rotate(&f.rt, "test").await.unwrap();
-    assert_ne!(f.current_secret().await, f.old);
+    assert_eq!(f.current_secret().await, new);
 }
 
 #[tokio::test]
@@ -1303,14 +1376,15 @@ async fn outlook_by_hand(f: &Fixture) -> RotationOutlook {
         imported_pending: versions
             .iter()
             .any(|v| v.stage == Stage::Pending && v.rotation_id.is_none() && v.has_secret),
-        in_flight_since: f
+        // Judged by the database's clock: only whether it is live or expired is compared.
+        in_flight_lease_left: f
             .store
             .rotations_in_flight()
             .await
             .unwrap()
             .into_iter()
             .find(|r| r.credential == CRED)
-            .map(|r| r.updated_at),
+            .map(|r| (r.lease_expires_at - unix_now()).max(0)),
         oldest_previous: oldest(Stage::Previous),
         oldest_discarded: oldest(Stage::Failed),
     }
@@ -1319,7 +1393,16 @@ async fn outlook_by_hand(f: &Fixture) -> RotationOutlook {
 async fn survey_of(f: &Fixture) -> RotationOutlook {
     let mut all = f.store.rotation_outlooks().await.unwrap();
     assert_eq!(all.len(), 1, "{all:#?}");
-    all.remove(0)
+    let mut outlook = all.remove(0);
+    outlook.in_flight_lease_left = outlook.in_flight_lease_left.map(|left| left.max(0));
+    outlook
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 #[tokio::test]
@@ -1356,27 +1439,29 @@ async fn the_start_up_survey_agrees_with_what_a_pass_reads_through_a_key_s_life(
     assert!(retry_at > f.clock.now());
     assert_eq!(next(&failed, f.clock.now()), Some(retry_at));
 
-    // Another process plans a rotation and dies: looked at once it would be stale.
+    // Another process plans a rotation and dies: looked at once its lease has expired.
     f.clock.set(retry_at);
     f.store
-        .plan_rotation(CRED, "20260101T000000-deadbeef", "cli:dead", retry_at)
+        .plan_rotation(
+            CRED,
+            "20260101T000000-deadbeef",
+            "cli:dead",
+            &dead_owner(),
+            retry_at,
+        )
         .await
         .unwrap();
     let in_flight = survey_of(&f).await;
     assert_eq!(in_flight, outlook_by_hand(&f).await);
-    assert_eq!(in_flight.in_flight_since, Some(retry_at));
-    assert_eq!(
-        next(&in_flight, retry_at),
-        Some(retry_at + rotation::STALE_ROTATION.as_secs() as i64)
-    );
+    assert_eq!(in_flight.in_flight_lease_left, Some(0));
+    assert_eq!(next(&in_flight, retry_at), Some(retry_at + 1));
 
     // Taken over and completed: the previous key waits for its grace period.
-    f.clock.advance(rotation::STALE_ROTATION.as_secs() as i64);
     f.engine.tick(&f.rt).await.unwrap();
     let now = f.clock.now();
     let rotated = survey_of(&f).await;
     assert_eq!(rotated, outlook_by_hand(&f).await);
-    assert_eq!(rotated.in_flight_since, None);
+    assert_eq!(rotated.in_flight_lease_left, None);
     assert_eq!(rotated.consecutive_failures, 0);
     assert_eq!(rotated.oldest_previous, Some(now));
     assert_eq!(next(&rotated, now), Some(now + GRACE), "revocation first");
@@ -1423,4 +1508,75 @@ fn checks_and_rotations_share_one_set_of_adapters_per_provider() {
     }
     // One pacer per provider, shared by its credentials.
     assert!(Arc::ptr_eq(&targets[0].pacer, &targets[1].pacer));
+}
+
+#[tokio::test]
+async fn an_owner_taken_over_while_paused_is_fenced_and_touches_nothing() {
+    // Two processes on one store. A drives a rotation and stalls in a delivery hook past its
+    // lease; B takes the rotation over and finishes it. When A wakes up, its next step is
+    // fenced: it must not wind the rotation up (no restore of the old key to the targets,
+    // no revocation of the new key), because the rotation is B's.
+    let f = fixture(Setup {
+        extra_targets: r#"[[credential.deliver]]
+kind = "exec"
+command = ["sh", "-c", "if [ ! -e {dir}/held ]; then touch {dir}/held; while [ ! -e {dir}/go ]; do sleep 0.05; done; fi"]
+"#,
+        ..Setup::default()
+    })
+    .await;
+    let store = f.store.clone() as Arc<dyn Store>;
+    // A's lease is over as soon as it is granted (it renews it only at each step), so B
+    // may take over while A is stalled.
+    let a = Arc::new(
+        Engine::new(store.clone(), Arc::new(f.clock.clone()))
+            .with_role("cli")
+            .with_lease(std::time::Duration::ZERO),
+    );
+    let b = Engine::new(store, Arc::new(f.clock.clone())).with_role("daemon");
+    let driving = {
+        let (a, rt) = (a.clone(), f.rt.clone());
+        tokio::spawn(async move { a.rotate(&rt, "cli").await })
+    };
+    let held = f.dir.path().join("held");
+    let deadline = std::time::Instant::now() + HANG_BOUND;
+    while !held.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never reached the hook"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // B takes over and finishes (its own run of the hook passes straight through).
+    b.resume(&f.rt).await.unwrap();
+    assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
+    let new = f.current_secret().await;
+    assert_ne!(new, f.old);
+    assert_eq!(f.delivered(), new);
+    let events_before = f.event_kinds().await.len();
+
+    // A wakes up.
+    std::fs::write(f.dir.path().join("go"), "").unwrap();
+    let outcome = tokio::time::timeout(HANG_BOUND, driving)
+        .await
+        .expect("A hung")
+        .unwrap();
+    let error = outcome.expect_err("A must not report success for B's rotation");
+    assert!(matches!(error, RotationError::Fenced { .. }), "{error}");
+    assert!(error.to_string().contains("taken over"), "{error}");
+    // Nothing of A's winding-up happened.
+    assert_eq!(f.current_secret().await, new);
+    assert_eq!(f.delivered(), new, "A restored the old key to a target");
+    assert!(f.sim.is_live(&new), "A revoked the new key");
+    assert!(
+        f.sim.is_live(&f.old),
+        "the previous key stays for its grace"
+    );
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    assert_eq!(credential.consecutive_failures, 0);
+    assert_eq!(
+        f.event_kinds().await.len(),
+        events_before,
+        "A wrote to the audit trail after it was fenced"
+    );
+    f.assert_no_orphans().await;
 }

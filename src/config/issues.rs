@@ -124,6 +124,8 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Positions {
     #[serde(default)]
+    pub(crate) daemon: DaemonPositions,
+    #[serde(default)]
     pub(crate) checks: ChecksPositions,
     #[serde(default, rename = "provider")]
     pub(crate) providers: Vec<ProviderPositions>,
@@ -151,6 +153,11 @@ impl<'a> LazyPositions<'a> {
 }
 
 pub(crate) type Position = Option<Spanned<toml::Value>>;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct DaemonPositions {
+    pub(crate) rotation_lease: Position,
+}
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ChecksPositions {

@@ -79,11 +79,25 @@ pub struct DaemonConfig {
     /// keeps them forever. The counters in the metrics are kept apart and never drop.
     #[serde(default = "default_events_retention")]
     pub events_retention: HumanDuration,
+    /// How long a process owns a rotation it drives without renewing (it renews every third
+    /// of it and before every provider call or delivery); another process (the daemon, a
+    /// `keyrotd key rotate`) takes the rotation over only once it has expired. Read by the
+    /// daemon and the CLI alike.
+    #[serde(default = "default_rotation_lease")]
+    pub rotation_lease: HumanDuration,
 }
 
 /// 400 days: a year of history plus a margin for a yearly review.
 fn default_events_retention() -> HumanDuration {
     HumanDuration(Duration::from_secs(400 * 86_400))
+}
+
+/// Shortest `rotation_lease`: below it a busy database could make an owner lose a lease it
+/// is renewing.
+pub const MIN_ROTATION_LEASE: Duration = Duration::from_secs(3);
+
+fn default_rotation_lease() -> HumanDuration {
+    HumanDuration(crate::rotation::DEFAULT_LEASE)
 }
 
 fn default_listen_address() -> Spanned<String> {
@@ -97,6 +111,7 @@ impl Default for DaemonConfig {
             database: None,
             web_config_file: None,
             events_retention: default_events_retention(),
+            rotation_lease: default_rotation_lease(),
         }
     }
 }
@@ -318,6 +333,15 @@ impl Config {
                 format!(
                     "`listen_address` {:?} is not an address like \"127.0.0.1:9877\"",
                     self.daemon.listen_address.get_ref()
+                ),
+            );
+        }
+        if self.daemon.rotation_lease.0 < MIN_ROTATION_LEASE {
+            issues.push(
+                span_of(&positions.get().daemon.rotation_lease),
+                format!(
+                    "`daemon.rotation_lease` must be at least {}s",
+                    MIN_ROTATION_LEASE.as_secs()
                 ),
             );
         }
@@ -567,6 +591,21 @@ mod tests {
             DEFAULT_LISTEN_ADDRESS
         );
         assert_eq!(config.checks.interval.0, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_rotation_lease_defaults_to_a_minute_and_has_a_floor() {
+        let config = parse("").unwrap();
+        assert_eq!(config.daemon.rotation_lease.0, Duration::from_secs(60));
+        let config = parse("[daemon]\nrotation_lease = \"10s\"\n").unwrap();
+        assert_eq!(config.daemon.rotation_lease.0, Duration::from_secs(10));
+        let rendered = parse("[daemon]\nrotation_lease = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            rendered.contains("test.toml:2:18: `daemon.rotation_lease` must be at least 3s"),
+            "{rendered}"
+        );
     }
 
     #[test]

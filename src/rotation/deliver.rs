@@ -4,7 +4,7 @@
 use super::{CredentialRuntime, Engine, RotationError, StepError};
 use crate::delivery::{self, Delivery};
 use crate::model::{fingerprint, Stage};
-use crate::store::{EventKind, Rotation, RotationStep};
+use crate::store::{EventKind, Lease, Rotation, RotationStep};
 use secrecy::SecretString;
 
 impl Engine {
@@ -12,17 +12,20 @@ impl Engine {
         &self,
         rt: &CredentialRuntime,
         rotation: &Rotation,
+        lease: &Lease,
     ) -> Result<(), StepError> {
         let (version, secret) = self.new_secret(rotation, "deliver").await?;
         let fp = fingerprint(&secret);
+        self.renew(lease, "deliver").await?;
         if let Err(error) = deliver_to_all(rt, version, &fp, &secret).await {
-            self.restore_current(rt).await;
+            // Winding up (`fail`) puts the current key back on every target.
             return Err(StepError::transient("deliver", error.to_string()));
         }
         let described: Vec<String> = rt.targets.iter().map(|t| t.describe()).collect();
         self.store
             .advance_rotation(
-                &rotation.id,
+                lease,
+                RotationStep::Verified,
                 RotationStep::Delivered,
                 &if described.is_empty() {
                     "no delivery targets".to_string()
@@ -32,7 +35,7 @@ impl Engine {
                 self.clock.now(),
             )
             .await
-            .map_err(|e| StepError::transient("deliver", e.to_string()))
+            .map_err(|e| StepError::store("deliver", e))
     }
 
     /// Delivers the current key to every target (the first key of a credential, which

@@ -2,10 +2,10 @@
 //! wherever the new one may have gone, the new key is discarded (and revoked) unless it is
 //! an operator's that may be retried, and the retry waits for the backoff.
 
-use super::{CredentialRuntime, Engine, RotationError, StepError};
+use super::{is_fenced, CredentialRuntime, Engine, RotationError, StepError};
 use crate::delivery::Delivery;
 use crate::model::Stage;
-use crate::store::{Rotation, RotationFailure, RotationStep};
+use crate::store::{Lease, Rotation, RotationFailure, RotationKind, RotationStep};
 
 impl Engine {
     /// After a failed delivery some targets may hold the new key, which is about to be
@@ -39,8 +39,24 @@ impl Engine {
         &self,
         rt: &CredentialRuntime,
         rotation: &Rotation,
+        lease: &Lease,
         error: StepError,
     ) -> RotationError {
+        let fenced = || RotationError::Fenced {
+            credential: rt.name.to_string(),
+            rotation: rotation.id.clone(),
+        };
+        // Winding up touches targets and the provider: only while still the owner.
+        if let Err(renewal) = self.renew(lease, "wind up").await {
+            if renewal.fenced {
+                return fenced();
+            }
+        }
+        // From `verified` on, some targets may hold the new key (a delivery that failed
+        // half-way, or succeeded but whose commit did not): put the current key back first.
+        if rotation.step >= RotationStep::Verified {
+            self.restore_current(rt).await;
+        }
         let now = self.clock.now();
         let failures = self
             .store
@@ -61,25 +77,38 @@ impl Engine {
         // operator's key is kept for a retry unless the provider refused it.
         let ours = rt.issuer.is_some() && rotation.step == RotationStep::Planned
             || self.version_is_ours(rotation).await;
-        let discard = error.rejected || ours;
+        let rollback = rotation.kind == RotationKind::Rollback;
+        // A rollback's key is the previous one: never discarded, and not retried on a
+        // schedule (the operator asked once).
+        let discard = !rollback && (error.rejected || ours);
         let failure = RotationFailure {
             error: format!("{}: {}", error.step, error.reason),
             discard_pending: discard,
-            retry_at: Some(retry_at),
+            retry_at: (!rollback).then_some(retry_at),
         };
         // An issue that failed after the provider created the key (a timeout, a lost
         // answer) leaves a key under this rotation's name that nothing else will look for
         // until the next rotation: sweep now, best effort (the next issue sweeps again),
         // while the rotation is still in flight so no other rotation of it can be issuing.
-        if rotation.step == RotationStep::Planned && error.step == "issue" {
+        if !rollback && rotation.step == RotationStep::Planned && error.step == "issue" {
             if let Some(issuer) = &rt.issuer {
                 if let Err(sweep) = self.delete_orphans(rt, issuer.as_ref()).await {
                     tracing::warn!(credential = %rt.name, reason = %sweep.reason, "could not sweep orphaned keys yet; the next rotation retries");
                 }
             }
         }
-        if let Err(store_error) = self.store.fail_rotation(&rotation.id, &failure, now).await {
+        if let Err(store_error) = self.store.fail_rotation(lease, &failure, now).await {
+            if is_fenced(&store_error) {
+                return fenced();
+            }
+            // Not recorded as failed: the rotation stays in flight and is resumed, so the
+            // new key is not revoked under it.
             tracing::error!(credential = %rt.name, error = %store_error, "could not record the failed rotation");
+            return RotationError::Failed {
+                credential: rt.name.to_string(),
+                step: error.step,
+                reason: error.reason,
+            };
         }
         tracing::warn!(credential = %rt.name, step = error.step, reason = %error.reason, retry_in_seconds = retry_at - now, "rotation failed; the current key stays");
         if discard {

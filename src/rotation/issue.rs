@@ -5,7 +5,7 @@
 use super::{issued_key_name, CredentialRuntime, Engine, StepError};
 use crate::model::Stage;
 use crate::providers::CurrentKey;
-use crate::store::{KeyVersion, NewKey, Rotation};
+use crate::store::{KeyVersion, Lease, NewKey, Rotation};
 use secrecy::SecretString;
 
 impl Engine {
@@ -13,6 +13,7 @@ impl Engine {
         &self,
         rt: &CredentialRuntime,
         rotation: &Rotation,
+        lease: &Lease,
     ) -> Result<i64, StepError> {
         let now = self.clock.now();
         if let Some(version) = self
@@ -21,9 +22,9 @@ impl Engine {
             .map_err(|e| StepError::transient("issue", e.to_string()))?
         {
             self.store
-                .adopt_pending(&rotation.id, version.id, now)
+                .adopt_pending(lease, version.id, now)
                 .await
-                .map_err(|e| StepError::transient("issue", e.to_string()))?;
+                .map_err(|e| StepError::store("issue", e))?;
             return Ok(version.id);
         }
         let issuer = rt
@@ -36,12 +37,14 @@ impl Engine {
             .await
             .map_err(|e| StepError::transient("issue", e.to_string()))?;
         let name = issued_key_name(&installation, &rt.name, &rotation.id);
+        self.renew(lease, "issue").await?;
         self.delete_orphans(rt, issuer.as_ref()).await?;
         let (current, current_secret) = self.key_in_use(rt).await?;
         let current = current.as_ref().map(|v| CurrentKey {
             remote_id: v.provider_key_id.as_deref(),
             secret: current_secret.as_ref(),
         });
+        self.renew(lease, "issue").await?;
         let issued = issuer.issue_after(&name, current).await.map_err(|e| {
             if e.is_transient() {
                 StepError::transient("issue", e.to_string())
@@ -53,7 +56,7 @@ impl Engine {
         let stored = self
             .store
             .record_issued(
-                &rotation.id,
+                lease,
                 NewKey {
                     secret: issued.secret,
                     expires_at: issued.expires_at,
@@ -70,14 +73,14 @@ impl Engine {
             }
             Err(error) => {
                 // The provider holds a key we could not store: delete it now rather than
-                // leave an orphan (recovery would find it by name otherwise).
+                // leave an orphan (recovery would find it by name otherwise). Even when
+                // fenced: this key was never stored, so no one else can hold or use it.
                 if let Err(revoke) = issuer.revoke(&remote_id).await {
                     tracing::error!(credential = %rt.name, %remote_id, error = %revoke, "could not delete a key that failed to store; recovery will retry by name");
                 }
-                Err(StepError::transient(
-                    "issue",
-                    format!("storing the issued key failed: {error}"),
-                ))
+                let mut failed = StepError::store("issue", error);
+                failed.reason = format!("storing the issued key failed: {}", failed.reason);
+                Err(failed)
             }
         }
     }

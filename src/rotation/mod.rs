@@ -1,5 +1,6 @@
 //! Rotation: the persisted state machine plan → issue → verify → deliver → promote, and
-//! revocation of the previous key once its grace period is over.
+//! revocation of the previous key once its grace period is over. A rollback is a rotation
+//! of its own kind: plan (bound to the previous key) → verify → deliver → swap.
 //!
 //! Every step is committed to the store before the next external effect, so a crash at any
 //! point resumes from the last committed step (the daemon's [`pass_queue`] resumes it at
@@ -7,6 +8,24 @@
 //! just before a crash (and so never stored) is found by that name and deleted before a new
 //! one is issued. The old key is never revoked before the new one is verified and delivered,
 //! and any failure leaves it current.
+//!
+//! # Ownership
+//!
+//! A rotation has one owner at a time: the [`Engine`] that planned it, or the one that took
+//! it over after the owner's lease expired (on the database's clock; see
+//! [`RotationStore`](crate::store::RotationStore)). The owner renews its lease every third of
+//! its length and right before every external effect (a provider call, a delivery); every
+//! step is a compare-and-set on the rotation's step and the owner's epoch. An owner that
+//! finds itself fenced (taken over while it was paused or cut off) stops at once, with no
+//! cleanup: no `fail`, no revocation, no restore, because the new owner is responsible now.
+//!
+//! The CLI and the daemon share work through that same lease, not through a control
+//! socket: `keyrotd key rotate` beside a running daemon plans and drives its rotation
+//! itself, and the daemon never resumes it while its lease is live. A lease survives
+//! either process being killed at any moment (the other takes over once it expires), needs
+//! no daemon for the CLI to work, and is the model several daemons on one PostgreSQL
+//! database will need anyway; a socket would add a second protocol and still need the
+//! lease for a daemon that dies mid-command.
 //!
 //! This module holds the [`Engine`] and the loop that drives a rotation from step to step;
 //! each step lives in a module of its own ([`issue`], [`verify`], [`deliver`], [`promote`]),
@@ -33,16 +52,15 @@ use crate::config::Config;
 use crate::delivery::{self, Target};
 use crate::model::Stage;
 use crate::providers::{self, Issuer, Provider, ProviderAdapters, ProviderTelemetry, Revoker};
-use crate::store::{KeyVersion, Rotation, RotationStep, Store, StoreError};
+use crate::store::{
+    Claim, KeyVersion, Lease, Rotation, RotationKind, RotationStep, Store, StoreError,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A rotation in flight whose row has not moved for this long was abandoned by a process
-/// that died (a `keyrotd key rotate` killed while the daemon runs): the daemon takes it over.
-/// Far longer than any step takes (issue and verify are a few provider timeouts, delivery
-/// the targets' timeouts), so a live rotation in another process is never taken over.
-pub const STALE_ROTATION: Duration = Duration::from_secs(30 * 60);
+/// How long an owner's lease on a rotation lasts unless `[daemon] rotation_lease` says.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// Longest sleep of a credential's scheduling loop: it re-reads the store at least this often.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
@@ -104,8 +122,21 @@ pub fn runtimes_from(
 
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
-    #[error("a rotation of {0} is already in flight")]
-    InFlight(String),
+    #[error("a rotation of {credential} is in flight (rotation {rotation}, owned by {owner}, lease until {until_text})", until_text = render_time(*until))]
+    InFlight {
+        credential: String,
+        rotation: String,
+        owner: String,
+        /// End of the owner's lease, Unix seconds on the database's clock.
+        until: i64,
+        /// Seconds left on it.
+        left: i64,
+    },
+    #[error("rotation {rotation} of {credential} was taken over by another process while this one was paused or cut off; stopped without touching any provider or target")]
+    Fenced {
+        credential: String,
+        rotation: String,
+    },
     #[error("{0}: the provider has no key-issuing API; import the new key with `keyrotd key import {0}` (stdin) and it will be verified, delivered and promoted")]
     NoIssuer(String),
     #[error("rotation of {credential} failed at {step}: {reason}; the previous key stays current")]
@@ -120,19 +151,63 @@ pub enum RotationError {
     Store(#[from] StoreError),
 }
 
+fn render_time(at: i64) -> String {
+    chrono::DateTime::from_timestamp(at, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| at.to_string())
+}
+
+impl RotationError {
+    fn from_store(credential: &str, error: StoreError) -> RotationError {
+        match error {
+            StoreError::LeaseLive {
+                rotation,
+                owner,
+                until,
+                left,
+            } => RotationError::InFlight {
+                credential: credential.to_string(),
+                rotation,
+                owner,
+                until,
+                left,
+            },
+            StoreError::Fenced { rotation, .. } => RotationError::Fenced {
+                credential: credential.to_string(),
+                rotation,
+            },
+            other => RotationError::Store(other),
+        }
+    }
+}
+
+/// A store answer that means "not yours any more": stop, touch nothing.
+fn is_fenced(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Fenced { .. }
+            | StoreError::RotationNotInStep { .. }
+            | StoreError::RotationNotInFlight { .. }
+    )
+}
+
 /// What a completed rotation produced.
 #[derive(Debug, Clone)]
 pub struct Rotated {
     pub rotation_id: String,
     pub version_id: i64,
     pub fingerprint: String,
+    /// The owner whose expired lease this process took the rotation over from, if it did.
+    pub taken_over_from: Option<String>,
 }
 
-/// A step's failure: `rejected` means the new key itself is bad and must not be retried.
+/// A step's failure: `rejected` means the new key itself is bad and must not be retried;
+/// `fenced` that the rotation is no longer this process's to drive.
 struct StepError {
     step: &'static str,
     reason: String,
     rejected: bool,
+    fenced: bool,
 }
 
 impl StepError {
@@ -141,6 +216,7 @@ impl StepError {
             step,
             reason: reason.into(),
             rejected: false,
+            fenced: false,
         }
     }
     fn rejected(step: &'static str, reason: impl Into<String>) -> Self {
@@ -148,8 +224,68 @@ impl StepError {
             step,
             reason: reason.into(),
             rejected: true,
+            fenced: false,
         }
     }
+    /// A store refusal: fenced when it says the rotation is someone else's now.
+    fn store(step: &'static str, error: StoreError) -> Self {
+        StepError {
+            step,
+            fenced: is_fenced(&error),
+            reason: error.to_string(),
+            rejected: false,
+        }
+    }
+}
+
+/// Renews a lease every third of its length while a rotation is driven (a step such as
+/// verify or a slow delivery can outlast a lease); aborted when dropped.
+struct Renewal(Option<tokio::task::JoinHandle<()>>);
+
+impl Renewal {
+    fn start(store: Arc<dyn Store>, lease: Lease) -> Renewal {
+        // Leases shorter than this (tests) are renewed by the steps alone.
+        if lease.seconds < 3 {
+            return Renewal(None);
+        }
+        let every = Duration::from_secs((lease.seconds / 3) as u64);
+        Renewal(Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                match store.renew_lease(&lease).await {
+                    Ok(()) => {}
+                    Err(error) if is_fenced(&error) => {
+                        tracing::warn!(rotation = %lease.rotation, %error, "lease lost");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(rotation = %lease.rotation, %error, "could not renew the lease; retrying")
+                    }
+                }
+            }
+        })))
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// This process's identity as an owner of rotations: `<role>:<host>:<pid>:<random>`.
+fn instance_identity(role: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{role}:{host}:{}:{}", std::process::id(), &random[..8])
 }
 
 /// The provider-side name of a key issued by a rotation:
@@ -162,13 +298,15 @@ pub fn issued_key_name(installation: &str, credential: &str, rotation_id: &str) 
 }
 
 /// Drives rotations. One per process; holds a lock per credential so that two rotations of
-/// one credential never run at once (the store's in-flight index guards across processes).
+/// one credential never run at once in it, and owns each rotation it drives through a lease
+/// in the store (see the module doc's "Ownership").
 pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Provider keys named like keyrotd's that the orphan sweep could not place.
     unplaced: orphans::UnplacedKeys,
+    claim: Claim,
 }
 
 impl Engine {
@@ -178,6 +316,10 @@ impl Engine {
             clock,
             locks: std::sync::Mutex::new(HashMap::new()),
             unplaced: orphans::UnplacedKeys::default(),
+            claim: Claim {
+                owner: instance_identity("engine"),
+                lease_seconds: DEFAULT_LEASE.as_secs() as i64,
+            },
         }
     }
 
@@ -186,6 +328,31 @@ impl Engine {
     /// installation's, or issued before this database existed), which it never deletes.
     pub fn unplaced_keys_gauge(&self) -> prometheus::IntGaugeVec {
         self.unplaced.gauge()
+    }
+
+    /// Names this process's role in its owner identity (`daemon`, `cli`).
+    pub fn with_role(mut self, role: &str) -> Engine {
+        self.claim.owner = instance_identity(role);
+        self
+    }
+
+    /// Sets the lease length (`[daemon] rotation_lease`).
+    pub fn with_lease(mut self, lease: Duration) -> Engine {
+        self.claim.lease_seconds = lease.as_secs() as i64;
+        self
+    }
+
+    /// This engine's owner identity.
+    pub fn owner(&self) -> &str {
+        &self.claim.owner
+    }
+
+    /// Renews the lease right before an external effect: a fenced owner stops here.
+    async fn renew(&self, lease: &Lease, step: &'static str) -> Result<(), StepError> {
+        self.store
+            .renew_lease(lease)
+            .await
+            .map_err(|e| StepError::store(step, e))
     }
 
     fn lock_for(&self, credential: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -197,6 +364,9 @@ impl Engine {
     }
 
     /// Rotates now: issues (or adopts an imported pending key), verifies, delivers, promotes.
+    /// A rotation of the credential already in flight is taken over and finished when its
+    /// owner's lease expired ([`Rotated::taken_over_from`]), else refused as
+    /// [`RotationError::InFlight`].
     pub async fn rotate(
         &self,
         rt: &CredentialRuntime,
@@ -209,42 +379,75 @@ impl Engine {
             return Err(RotationError::NoIssuer(rt.name.to_string()));
         }
         let rotation_id = new_rotation_id();
-        let rotation = match self
+        let (rotation, lease) = match self
             .store
-            .plan_rotation(&rt.name, &rotation_id, actor, self.clock.now())
+            .plan_rotation(&rt.name, &rotation_id, actor, &self.claim, self.clock.now())
             .await
         {
-            Ok(rotation) => rotation,
+            Ok(planned) => planned,
             Err(StoreError::RotationInFlight { .. }) => {
-                return Err(RotationError::InFlight(rt.name.to_string()))
+                return match self.take_over_in_flight(rt).await? {
+                    Some(done) => Ok(done),
+                    None => Err(RotationError::Refused(format!(
+                        "a rotation of {} was in flight and has just finished; try again",
+                        rt.name
+                    ))),
+                };
             }
             Err(other) => return Err(other.into()),
         };
-        tracing::info!(credential = %rt.name, rotation = %rotation.id, actor, "rotation planned");
-        self.drive(rt, rotation).await
+        tracing::info!(credential = %rt.name, rotation = %rotation.id, actor, owner = %lease.owner, "rotation planned");
+        self.drive(rt, rotation, lease).await
     }
 
-    /// Resumes the credential's rotation left in flight by a previous run, if any.
+    /// Resumes the credential's rotation left in flight by a process whose lease expired
+    /// (a previous run, a killed CLI), if any; one whose owner's lease is live is left to it.
     pub async fn resume(&self, rt: &CredentialRuntime) -> Result<(), RotationError> {
-        let in_flight = self
-            .store
-            .rotations_in_flight()
-            .await?
-            .into_iter()
-            .find(|r| *r.credential == *rt.name);
-        let Some(rotation) = in_flight else {
-            return Ok(());
-        };
         let lock = self.lock_for(&rt.name);
         let _guard = lock.lock().await;
-        tracing::info!(credential = %rt.name, rotation = %rotation.id, step = rotation.step.as_str(), "resuming rotation");
-        match self.drive(rt, rotation).await {
-            Ok(done) => {
+        match self.take_over_in_flight(rt).await {
+            Ok(Some(done)) => {
                 tracing::info!(credential = %rt.name, fingerprint = %done.fingerprint, "resumed rotation completed");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(RotationError::InFlight { owner, until, .. }) => {
+                tracing::debug!(credential = %rt.name, %owner, until, "rotation in flight under a live lease; not resuming");
                 Ok(())
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Takes over the credential's rotation in flight once its owner's lease has expired,
+    /// and drives it to its end. `None` when nothing is in flight. Called with the
+    /// credential's lock held.
+    async fn take_over_in_flight(
+        &self,
+        rt: &CredentialRuntime,
+    ) -> Result<Option<Rotated>, RotationError> {
+        let Some(in_flight) = self
+            .store
+            .rotations_in_flight()
+            .await?
+            .into_iter()
+            .find(|r| *r.credential == *rt.name)
+        else {
+            return Ok(None);
+        };
+        let (rotation, lease) = match self
+            .store
+            .take_over(&in_flight.id, &self.claim, self.clock.now())
+            .await
+        {
+            Ok(taken) => taken,
+            Err(StoreError::RotationNotInFlight { .. }) => return Ok(None),
+            Err(error) => return Err(RotationError::from_store(&rt.name, error)),
+        };
+        tracing::warn!(credential = %rt.name, rotation = %rotation.id, kind = rotation.kind.as_str(), step = rotation.step.as_str(), previous_owner = %in_flight.owner, epoch = lease.epoch, "resuming rotation: taking it over, its owner's lease expired");
+        let mut done = self.drive(rt, rotation, lease).await?;
+        done.taken_over_from = Some(in_flight.owner);
+        Ok(Some(done))
     }
 
     /// A pending key imported by an operator, not yet taken into a rotation.
@@ -257,42 +460,61 @@ impl Engine {
             .find(|v| v.stage == Stage::Pending && v.rotation_id.is_none() && v.has_secret))
     }
 
+    /// Drives a rotation owned through `lease` from its step to its end.
     async fn drive(
         &self,
         rt: &CredentialRuntime,
         mut rotation: Rotation,
+        lease: Lease,
     ) -> Result<Rotated, RotationError> {
+        let _renewal = Renewal::start(self.store.clone(), lease.clone());
+        let rollback = rotation.kind == RotationKind::Rollback;
         loop {
             let result = match rotation.step {
-                RotationStep::Planned => self.issue(rt, &rotation).await.map(|version| {
+                RotationStep::Planned if rollback => self
+                    .verify(rt, &rotation, &lease)
+                    .await
+                    .map(|_| RotationStep::Verified),
+                RotationStep::Planned => self.issue(rt, &rotation, &lease).await.map(|version| {
                     rotation.new_version_id = Some(version);
                     RotationStep::Issued
                 }),
                 RotationStep::Issued => self
-                    .verify(rt, &rotation)
+                    .verify(rt, &rotation, &lease)
                     .await
                     .map(|_| RotationStep::Verified),
                 RotationStep::Verified => self
-                    .deliver(rt, &rotation)
+                    .deliver(rt, &rotation, &lease)
                     .await
                     .map(|_| RotationStep::Delivered),
                 RotationStep::Delivered => {
+                    let finished = if rollback {
+                        self.finish_rollback(rt, &rotation, &lease).await
+                    } else {
+                        self.promote(rt, &rotation, &lease).await
+                    };
                     // A promotion the store refuses for good (the new key is no longer
-                    // pending, e.g. an operator revoked it mid-rotation) is wound up like
-                    // any other failed step: left in flight, the rotation would block
-                    // every later one.
-                    return match self.promote(rt, &rotation).await {
+                    // pending) is wound up like any other failed step: left in flight, the
+                    // rotation would block every later one. A fenced one is left alone.
+                    return match finished {
                         Err(RotationError::Store(
-                            refused @ (StoreError::RotationNotInStep { .. }
-                            | StoreError::RotationWithoutKey { .. }
-                            | StoreError::NoLongerPending { .. }),
+                            refused @ (StoreError::RotationWithoutKey { .. }
+                            | StoreError::NoLongerPending { .. }
+                            | StoreError::NoPreviousKey { .. }),
                         )) => Err(self
                             .fail(
                                 rt,
                                 &rotation,
+                                &lease,
                                 StepError::transient("promote", refused.to_string()),
                             )
                             .await),
+                        Err(RotationError::Store(error)) if is_fenced(&error) => {
+                            Err(RotationError::Fenced {
+                                credential: rt.name.to_string(),
+                                rotation: rotation.id.clone(),
+                            })
+                        }
                         other => other,
                     };
                 }
@@ -305,13 +527,20 @@ impl Engine {
             };
             match result {
                 Ok(step) => rotation.step = step,
-                Err(error) => return Err(self.fail(rt, &rotation, error).await),
+                Err(error) if error.fenced => {
+                    tracing::warn!(credential = %rt.name, rotation = %rotation.id, step = error.step, reason = %error.reason, "fenced: another process owns this rotation now; stopping without side effects");
+                    return Err(RotationError::Fenced {
+                        credential: rt.name.to_string(),
+                        rotation: rotation.id.clone(),
+                    });
+                }
+                Err(error) => return Err(self.fail(rt, &rotation, &lease, error).await),
             }
         }
     }
 }
 
-fn new_rotation_id() -> String {
+pub(super) fn new_rotation_id() -> String {
     // Sortable by time, unique, short enough for provider-side key names.
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!(

@@ -11,7 +11,7 @@
 //! the CLI) is picked up by a re-read of every credential once an hour ([`SURVEY_EVERY`]),
 //! the same survey as at start-up: one query and one wake-up an hour, not one per credential.
 
-use super::{CredentialRuntime, Engine, Policy, MAX_SLEEP, STALE_ROTATION};
+use super::{CredentialRuntime, Engine, Policy, MAX_SLEEP};
 use crate::due::{self, DueHandle};
 use crate::model::UnixTime;
 use crate::store::{RotationOutlook, StoreError};
@@ -54,9 +54,10 @@ pub fn plan_pass(
     .into_iter()
     .flatten()
     .min();
-    if let Some(since) = outlook.in_flight_since {
-        // Another process is rotating: look again when it would count as abandoned.
-        let takeover = since + STALE_ROTATION.as_secs() as i64;
+    if let Some(left) = outlook.in_flight_lease_left {
+        // Another process may be rotating: look again just after its lease would expire
+        // (a live owner renews it; the pass then finds it live and waits again).
+        let takeover = now + left.max(0) + 1;
         return PassPlan {
             due: None,
             pass: Some(revocation.map_or(takeover, |at| at.min(takeover)).max(now)),
@@ -226,7 +227,7 @@ async fn survey(engine: &Engine, runtimes: &ByName) -> Result<Vec<SurveyedPass>,
         };
         let rt = &runtimes[item];
         let plan = plan_pass(&rt.policy, rt.issuer.is_some(), &outlook, now);
-        let in_flight = outlook.in_flight_since.is_some();
+        let in_flight = outlook.in_flight_lease_left.is_some();
         if !in_flight && plan.due != outlook.next_rotation_at {
             changed.push((outlook.credential, plan.due));
         }
@@ -308,7 +309,7 @@ mod tests {
             consecutive_failures: 0,
             current: Some((1_000, None)),
             imported_pending: false,
-            in_flight_since: None,
+            in_flight_lease_left: None,
             oldest_previous: None,
             oldest_discarded: None,
         }
@@ -388,14 +389,23 @@ mod tests {
     }
 
     #[test]
-    fn a_rotation_in_flight_elsewhere_is_looked_at_when_it_would_be_stale() {
+    fn a_rotation_in_flight_elsewhere_is_looked_at_when_its_lease_would_expire() {
         let in_flight = RotationOutlook {
-            in_flight_since: Some(10_000),
+            in_flight_lease_left: Some(45),
             ..outlook()
         };
         assert_eq!(
             plan_pass(&policy(Some(1)), true, &in_flight, 10_100).pass,
-            Some(10_000 + STALE_ROTATION.as_secs() as i64)
+            Some(10_100 + 45 + 1)
+        );
+        let expired = RotationOutlook {
+            in_flight_lease_left: Some(-300),
+            ..outlook()
+        };
+        assert_eq!(
+            plan_pass(&policy(Some(1)), true, &expired, 10_100).pass,
+            Some(10_101),
+            "an expired lease is taken over at once"
         );
         assert_eq!(
             plan_pass(&policy(Some(1)), true, &in_flight, 10_100).due,

@@ -3,7 +3,7 @@
 
 use super::{CredentialRuntime, Engine, RotationError};
 use crate::model::{Stage, UnixTime};
-use crate::store::KeyVersion;
+use crate::store::{KeyVersion, StoreError};
 
 impl Engine {
     /// Revokes a version at the provider and drops its secret: by value through the revoker
@@ -47,7 +47,23 @@ impl Engine {
         if version.stage == Stage::Revoked {
             return Ok(());
         }
-        let store_failed = |e: crate::store::StoreError| (RotationError::from(e), 0);
+        let store_failed = |e: StoreError| (RotationError::from(e), 0);
+        // Checked before the provider is asked (the store refuses again when recording):
+        // a key a rotation in flight is delivering, or a rollback is putting back, may be
+        // what consumers hold next.
+        if let Some(rotation) = self
+            .store
+            .rotations_in_flight()
+            .await
+            .map_err(store_failed)?
+            .into_iter()
+            .find(|r| r.new_version_id == Some(version.id))
+        {
+            return Err(store_failed(StoreError::VersionInFlight {
+                version: version.id,
+                rotation: rotation.id,
+            }));
+        }
         // A key the provider refused at import may not be ours to kill: only retire it.
         let by_value = rt.revoker.as_ref().filter(|_| {
             version.has_secret

@@ -1,10 +1,11 @@
 //! Rollback: the previous key put back as current while it is inside its grace period, on
-//! an operator's word.
+//! an operator's word. A persisted rotation of kind `rollback`: planned (bound to the
+//! previous key, which cannot be revoked while it is in flight) → verified (the previous
+//! key answers valid) → delivered → done (stages swapped in one compare-and-set), so a crash
+//! anywhere resumes or winds it up like any rotation.
 
-use super::deliver::deliver_to_all;
-use super::{CredentialRuntime, Engine, RotationError};
-use crate::model::{CheckStatus, Stage};
-use crate::store::KeyVersion;
+use super::{new_rotation_id, CredentialRuntime, Engine, RotationError};
+use crate::store::{KeyVersion, StoreError};
 
 impl Engine {
     /// Puts the previous key back as current while it is inside its grace period: checks it
@@ -18,40 +19,46 @@ impl Engine {
         let _guard = lock.lock().await;
         let now = self.clock.now();
         let not_before = now - rt.policy.grace.as_secs() as i64;
-        let previous = self
+        let planned = self
             .store
+            .plan_rollback(
+                &rt.name,
+                &new_rotation_id(),
+                not_before,
+                actor,
+                &self.claim,
+                now,
+            )
+            .await;
+        let (rotation, lease) = match planned {
+            Ok(planned) => planned,
+            Err(StoreError::NoPreviousKey { .. }) => {
+                return Err(RotationError::Refused(format!(
+                    "{} has no previous key to roll back to",
+                    rt.name
+                )))
+            }
+            Err(StoreError::PastGracePeriod { .. }) => {
+                return Err(RotationError::Refused(format!(
+                    "the previous key of {} left its grace period; rollback refused",
+                    rt.name
+                )))
+            }
+            Err(StoreError::RotationInFlight { rotation, .. }) => {
+                return Err(RotationError::Refused(format!(
+                    "rotation {rotation} of {} is in flight; roll back once it has finished",
+                    rt.name
+                )))
+            }
+            Err(other) => return Err(other.into()),
+        };
+        tracing::info!(credential = %rt.name, rotation = %rotation.id, actor, "rollback planned");
+        let done = self.drive(rt, rotation, lease).await?;
+        self.store
             .versions(&rt.name)
             .await?
             .into_iter()
-            .find(|v| v.stage == Stage::Previous && v.has_secret)
-            .ok_or_else(|| {
-                RotationError::Refused(format!("{} has no previous key to roll back to", rt.name))
-            })?;
-        if previous.stage_changed_at < not_before {
-            return Err(RotationError::Refused(format!(
-                "the previous key of {} left its grace period; rollback refused",
-                rt.name
-            )));
-        }
-        let secret = self.store.secret(previous.id).await?;
-        let report = rt.provider.check(&secret).await;
-        if report.status != CheckStatus::Valid {
-            return Err(RotationError::Refused(format!(
-                "the previous key answered {} ({}); rollback refused",
-                report.status, report.detail
-            )));
-        }
-        if let Err(error) = deliver_to_all(rt, previous.id, &previous.fingerprint, &secret).await {
-            self.restore_current(rt).await;
-            return Err(RotationError::Failed {
-                credential: rt.name.to_string(),
-                step: "deliver",
-                reason: error.to_string(),
-            });
-        }
-        Ok(self
-            .store
-            .rollback(&rt.name, not_before, actor, now)
-            .await?)
+            .find(|v| v.id == done.version_id)
+            .ok_or(StoreError::UnknownVersion(done.version_id).into())
     }
 }

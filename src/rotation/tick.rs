@@ -1,8 +1,8 @@
 //! One scheduling pass over a credential: what the daemon's pass queue runs for it when it
-//! is due. It records the next due time, rotates when due, takes over a rotation another
-//! process abandoned, and revokes what is due.
+//! is due. It records the next due time, rotates when due, takes over a rotation whose
+//! owner's lease expired, and revokes what is due.
 
-use super::{CredentialRuntime, Engine, RotationError, MAX_SLEEP, STALE_ROTATION};
+use super::{CredentialRuntime, Engine, RotationError, MAX_SLEEP};
 use crate::model::{Stage, UnixTime};
 
 impl Engine {
@@ -13,9 +13,13 @@ impl Engine {
         let Some(credential) = self.store.credential(&rt.name).await? else {
             return Ok(now + MAX_SLEEP.as_secs() as i64);
         };
-        if self.take_over_abandoned(rt, now).await? {
-            return Ok(self.clock.now());
-        }
+        // A rotation in flight under another process's live lease: look again just after
+        // the lease would run out (its owner may die), whatever else is due.
+        let lease_ends = match self.take_over_abandoned(rt).await? {
+            TakeOver::Done => return Ok(self.clock.now()),
+            TakeOver::Live { left } => Some(now + left.max(0) + 1),
+            TakeOver::Nothing => None,
+        };
         let versions = self.store.versions(&rt.name).await?;
         let current = versions.iter().find(|v| v.stage == Stage::Current);
         let imported_waiting = versions
@@ -54,11 +58,11 @@ impl Engine {
         if (due && rt.issuer.is_some()) || imported {
             match self.rotate(rt, "schedule").await {
                 Ok(_) => {}
-                Err(RotationError::InFlight(_)) => {
-                    // Look again in a minute rather than every second: the other
-                    // rotation may run for a while (or be abandoned, see above).
-                    tracing::warn!(credential = %rt.name, "rotation due, but another rotation is in flight; waiting for it");
-                    return Ok(now + 60);
+                Err(RotationError::InFlight { owner, left, .. }) => {
+                    // Look again when its lease would run out (at most a minute): the
+                    // other rotation may run for a while, or its owner may die.
+                    tracing::warn!(credential = %rt.name, %owner, "rotation due, but another process's rotation is in flight; waiting for it");
+                    return Ok(now + left.clamp(1, 60));
                 }
                 Err(error) => {
                     tracing::warn!(credential = %rt.name, %error, "scheduled rotation failed")
@@ -78,35 +82,36 @@ impl Engine {
         if let Some(at) = next_revocation {
             wake = wake.min(at);
         }
+        if let Some(at) = lease_ends {
+            wake = wake.min(at);
+        }
         Ok(wake.max(now))
     }
 
-    /// The daemon resumes its own rotations at start-up only. One left in flight by another
-    /// process that died (a killed `key rotate`) would block every later rotation of the
-    /// credential, silently (each attempt answers "in flight"), until the daemon restarted:
-    /// take it over once it is clearly abandoned. Answers whether it did.
-    async fn take_over_abandoned(
-        &self,
-        rt: &CredentialRuntime,
-        now: UnixTime,
-    ) -> Result<bool, RotationError> {
-        let Some(stale) = self
-            .store
-            .rotations_in_flight()
-            .await?
-            .into_iter()
-            .find(|r| *r.credential == *rt.name)
-        else {
-            return Ok(false);
-        };
-        let idle = now - stale.updated_at;
-        if idle < STALE_ROTATION.as_secs() as i64 {
-            return Ok(false);
+    /// A rotation left in flight by a process that died (a killed `key rotate`, a previous
+    /// run) would block every later rotation of the credential: take it over once its
+    /// owner's lease has expired. One under a live lease is its owner's.
+    async fn take_over_abandoned(&self, rt: &CredentialRuntime) -> Result<TakeOver, RotationError> {
+        let lock = self.lock_for(&rt.name);
+        let _guard = lock.lock().await;
+        match self.take_over_in_flight(rt).await {
+            Ok(None) => Ok(TakeOver::Nothing),
+            Err(RotationError::InFlight { left, .. }) => Ok(TakeOver::Live { left }),
+            Ok(Some(_)) => Ok(TakeOver::Done),
+            Err(error) => {
+                tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
+                Ok(TakeOver::Done)
+            }
         }
-        tracing::warn!(credential = %rt.name, rotation = %stale.id, idle_seconds = idle, "taking over a rotation abandoned in flight");
-        if let Err(error) = self.resume(rt).await {
-            tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
-        }
-        Ok(true)
     }
+}
+
+/// What a pass found of a rotation in flight.
+enum TakeOver {
+    /// None in flight.
+    Nothing,
+    /// Taken over and driven to its end (or its failure).
+    Done,
+    /// Another process's lease on it is live for `left` more seconds.
+    Live { left: i64 },
 }

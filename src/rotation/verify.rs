@@ -4,7 +4,7 @@
 
 use super::{CredentialRuntime, Engine, StepError};
 use crate::model::CheckStatus;
-use crate::store::{Rotation, RotationStep};
+use crate::store::{Lease, Rotation, RotationKind, RotationStep};
 use secrecy::SecretString;
 use std::time::Duration;
 
@@ -33,24 +33,32 @@ impl Engine {
         &self,
         rt: &CredentialRuntime,
         rotation: &Rotation,
+        lease: &Lease,
     ) -> Result<(), StepError> {
         let (_, secret) = self.new_secret(rotation, "verify").await?;
+        // A rollback's key has been in use for long: one answer is enough.
+        let attempts = match rotation.kind {
+            RotationKind::Rotate => VERIFY_ATTEMPTS,
+            RotationKind::Rollback => 1,
+        };
         let mut last = None;
-        for attempt in 0..VERIFY_ATTEMPTS {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(VERIFY_SPACING * attempt).await;
             }
+            self.renew(lease, "verify").await?;
             let report = rt.provider.check(&secret).await;
             if report.status == CheckStatus::Valid {
                 self.store
                     .advance_rotation(
-                        &rotation.id,
+                        lease,
+                        rotation.step,
                         RotationStep::Verified,
                         &format!("new key valid: {}", report.detail),
                         self.clock.now(),
                     )
                     .await
-                    .map_err(|e| StepError::transient("verify", e.to_string()))?;
+                    .map_err(|e| StepError::store("verify", e))?;
                 return Ok(());
             }
             last = Some(report);

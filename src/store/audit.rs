@@ -49,11 +49,13 @@ pub enum EventKind {
     /// A key was dropped locally (secret gone, stage revoked) by a provider without a
     /// revocation API: it is still live at the provider until someone deactivates it there.
     RetiredLocally,
+    /// A rotation whose owner's lease expired got a new owner (and a higher epoch).
+    RotationTakenOver,
 }
 
 impl EventKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::CredentialAdded,
         EventKind::CredentialUpdated,
         EventKind::CredentialRemoved,
@@ -73,6 +75,7 @@ impl EventKind {
         EventKind::OrphanUnplaced,
         EventKind::RevocationFailed,
         EventKind::RetiredLocally,
+        EventKind::RotationTakenOver,
     ];
 
     /// The kind as the audit trail stores it.
@@ -97,6 +100,7 @@ impl EventKind {
             EventKind::OrphanUnplaced => "orphan_unplaced",
             EventKind::RevocationFailed => "revocation_failed",
             EventKind::RetiredLocally => "retired_locally",
+            EventKind::RotationTakenOver => "rotation_taken_over",
         }
     }
 

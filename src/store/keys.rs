@@ -83,7 +83,10 @@ pub trait KeyStore: Send + Sync {
     /// Decrypts a key read by [`KeyStore::current_keys_sealed`].
     fn open_sealed(&self, key: &SealedKey) -> StoreResult<SecretString>;
 
-    /// Marks a version revoked and drops its secret material.
+    /// Marks a version revoked and drops its secret material. Refused
+    /// ([`StoreError::VersionInFlight`](super::StoreError::VersionInFlight)), in the same
+    /// transaction, for a version bound to an unfinished rotation: its new key, or the
+    /// previous key a rollback is putting back.
     async fn mark_revoked(
         &self,
         version_id: i64,
@@ -113,16 +116,6 @@ pub trait KeyStore: Send + Sync {
         detail: &str,
         now: UnixTime,
     ) -> StoreResult<u32>;
-
-    /// previous → current and current → previous, if the previous key changed stage no
-    /// earlier than `not_before` (inside its grace period).
-    async fn rollback(
-        &self,
-        credential: &str,
-        not_before: UnixTime,
-        actor: &str,
-        now: UnixTime,
-    ) -> StoreResult<KeyVersion>;
 
     /// Re-seals every stored secret under `new` in one transaction (master-key rotation).
     /// Returns how many secrets were re-sealed.

@@ -25,7 +25,10 @@ pub use installation::InstallationStore;
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
 pub use open::credential_specs;
 pub(crate) use open::{open_store, MasterKeyNeed};
-pub use rotations::{Rotation, RotationFailure, RotationOutlook, RotationStep, RotationStore};
+pub use rotations::{
+    Claim, Lease, Rotation, RotationFailure, RotationKind, RotationOutlook, RotationStep,
+    RotationStore,
+};
 pub use sqlite::{lock_exclusive, lock_for_daemon, DatabaseLock, SqliteStore};
 pub use state::{CredentialState, Revocations, Snapshot, StateStore};
 
@@ -96,6 +99,19 @@ pub enum StoreError {
         rotation: String,
         expected: RotationStep,
     },
+    #[error("rotation {rotation} was taken over by another process (our epoch {epoch} is stale); stopped without touching anything")]
+    Fenced { rotation: String, epoch: i64 },
+    #[error("rotation {rotation} is in flight (owned by {owner}, lease until {until})")]
+    LeaseLive {
+        rotation: String,
+        owner: String,
+        /// Unix seconds, on the database's clock.
+        until: i64,
+        /// Seconds left on the lease, measured on the database's clock.
+        left: i64,
+    },
+    #[error("version {version} is bound to rotation {rotation}, still in flight; it cannot be revoked until that rotation finishes")]
+    VersionInFlight { version: i64, rotation: String },
     #[error("rotation {rotation} has no new key")]
     RotationWithoutKey { rotation: String },
     #[error("version {version} cannot be adopted by rotation {rotation} (not a pending key of its credential)")]

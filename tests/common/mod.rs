@@ -27,6 +27,9 @@ pub fn bin() -> PathBuf {
 /// bound on a hang, never a judgement of speed: every wait on it ends at the event it waits
 /// for (a log line, a metric, an exit), and a busy machine only makes that event later.
 pub const HANG_TIMEOUT: Duration = Duration::from_secs(60);
+/// The rotation lease of every test config: short, so a rotation whose process was killed
+/// is taken over within seconds rather than the default minute.
+pub const ROTATION_LEASE: &str = "rotation_lease = \"5s\"";
 
 /// How long a daemon may take to become ready or to stop before the test calls it a hang.
 pub const START_TIMEOUT: Duration = HANG_TIMEOUT;
@@ -96,7 +99,7 @@ impl Env {
     /// Writes the config: a `[daemon]` section (port 0, the database here) plus `body`.
     pub fn write_config(&self, body: &str) {
         let text = format!(
-            "[daemon]\nlisten_address = \"127.0.0.1:0\"\ndatabase = \"{}\"\n\n{body}",
+            "[daemon]\nlisten_address = \"127.0.0.1:0\"\ndatabase = \"{}\"\n{ROTATION_LEASE}\n\n{body}",
             self.database.display()
         );
         write_atomically(&self.config, &text);

@@ -121,6 +121,8 @@ fn rotation_context(
     let runtime = rotation::build_runtimes(&single, &ProviderTelemetry::new())?
         .remove(name)
         .with_context(|| format!("credential {name:?} has no usable provider"))?;
-    let engine = Engine::new(Arc::new(store), Arc::new(SystemClock));
+    let engine = Engine::new(Arc::new(store), Arc::new(SystemClock))
+        .with_role("cli")
+        .with_lease(config.daemon.rotation_lease.0);
     Ok((engine, runtime))
 }

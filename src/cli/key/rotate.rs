@@ -9,6 +9,12 @@ use crate::store::SqliteStore;
 pub(super) async fn run(config: &Config, store: SqliteStore, name: &str) -> anyhow::Result<()> {
     let (engine, runtime) = rotation_context(config, store, name)?;
     let rotated = engine.rotate(&runtime, &actor()).await?;
+    if let Some(previous) = &rotated.taken_over_from {
+        println!(
+            "took over rotation {} of {name} from {previous} (its lease had expired) and finished it",
+            rotated.rotation_id
+        );
+    }
     println!(
         "rotated {name}: {} is current (rotation {})",
         rotated.fingerprint, rotated.rotation_id

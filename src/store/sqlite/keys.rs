@@ -105,6 +105,27 @@ impl SqliteStore {
         .await?
         .ok_or(StoreError::UnknownVersion(version_id))
     }
+
+    /// A key bound to a rotation in flight (its new key, or the previous key a rollback is
+    /// putting back) may be on its way to the consumers: never revoked or retired under it.
+    async fn refuse_if_in_flight(
+        tx: &mut Transaction<'static, Sqlite>,
+        version_id: i64,
+    ) -> StoreResult<()> {
+        let bound: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM rotations WHERE new_version_id = ? AND finished_at IS NULL",
+        )
+        .bind(version_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        match bound {
+            Some(rotation) => Err(StoreError::VersionInFlight {
+                version: version_id,
+                rotation,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 #[async_trait]
@@ -245,6 +266,7 @@ impl KeyStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::UnknownVersion(version_id))?;
+        Self::refuse_if_in_flight(&mut tx, version_id).await?;
         // Secret material is dropped with the stage change: a revoked key has no use.
         sqlx::query(
             "UPDATE key_versions SET stage = 'revoked', stage_changed_at = ?, sealed_secret = NULL WHERE id = ? AND stage <> 'current'",
@@ -276,6 +298,7 @@ impl KeyStore for SqliteStore {
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let credential = Self::credential_of_version(&mut tx, version_id).await?;
+        Self::refuse_if_in_flight(&mut tx, version_id).await?;
         sqlx::query(
             "UPDATE key_versions SET stage = 'revoked', stage_changed_at = ?, sealed_secret = NULL WHERE id = ? AND stage <> 'current'",
         )
@@ -327,67 +350,6 @@ impl KeyStore for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(u32::try_from(failures).unwrap_or(u32::MAX))
-    }
-
-    async fn rollback(
-        &self,
-        credential: &str,
-        not_before: UnixTime,
-        actor: &str,
-        now: UnixTime,
-    ) -> StoreResult<KeyVersion> {
-        let mut tx = self.begin_write().await?;
-        let credential_id = Self::credential_id(&mut tx, credential).await?;
-        let previous: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT id, stage_changed_at FROM key_versions WHERE credential_id = ? AND stage = 'previous' AND sealed_secret IS NOT NULL
-             ORDER BY stage_changed_at DESC, id DESC LIMIT 1",
-        )
-        .bind(credential_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((previous_id, changed_at)) = previous else {
-            return Err(StoreError::NoPreviousKey {
-                credential: credential.to_string(),
-            });
-        };
-        if changed_at < not_before {
-            return Err(StoreError::PastGracePeriod {
-                credential: credential.to_string(),
-            });
-        }
-        sqlx::query("UPDATE key_versions SET stage = 'previous', stage_changed_at = ? WHERE credential_id = ? AND stage = 'current'")
-            .bind(now)
-            .bind(credential_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE key_versions SET stage = 'current', stage_changed_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(previous_id)
-            .execute(&mut *tx)
-            .await?;
-        // A rollback means the last rotation failed in use: count it as a failure and hold
-        // automatic rotation off for a grace period, or a max_age policy would undo the
-        // operator's rollback at the next scheduling pass.
-        sqlx::query(
-            "UPDATE credentials SET consecutive_failures = consecutive_failures + 1, next_rotation_at = ? WHERE id = ?",
-        )
-        .bind(now + (now - not_before).max(60))
-        .bind(credential_id)
-        .execute(&mut *tx)
-        .await?;
-        Self::insert_event(
-            &mut tx,
-            Some(credential),
-            Some(previous_id),
-            EventKind::RolledBack,
-            actor,
-            "previous key restored as current; automatic rotation held off for a grace period",
-            now,
-        )
-        .await?;
-        let version = Self::version_in(&mut tx, previous_id).await?;
-        tx.commit().await?;
-        Ok(version)
     }
 
     async fn reseal(&self, new: &Sealer, actor: &str, now: UnixTime) -> StoreResult<usize> {

@@ -13,6 +13,7 @@ mod installation;
 mod keys;
 mod liveness;
 mod open;
+mod ownership;
 mod rotations;
 mod rows;
 mod state;

@@ -1,11 +1,12 @@
 //! Rotations: each step of a rotation in its own transaction, and the bookkeeping its due
 //! time is computed from.
 
+use super::ownership::{db_now, rotation_from_row, Held, ROTATION_COLUMNS};
 use super::SqliteStore;
 use crate::model::{fingerprint, UnixTime};
 use crate::store::{
-    EventKind, KeyVersion, NewKey, Rotation, RotationFailure, RotationOutlook, RotationStep,
-    RotationStore, StoreError, StoreResult,
+    Claim, EventKind, KeyVersion, Lease, NewKey, Rotation, RotationFailure, RotationKind,
+    RotationOutlook, RotationStep, RotationStore, StoreError, StoreResult,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -18,96 +19,107 @@ impl RotationStore for SqliteStore {
         credential: &str,
         rotation_id: &str,
         actor: &str,
+        claim: &Claim,
         now: UnixTime,
-    ) -> StoreResult<Rotation> {
+    ) -> StoreResult<(Rotation, Lease)> {
         let mut tx = self.begin_write().await?;
         let credential_id = Self::credential_id(&mut tx, credential).await?;
-        let in_flight: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM rotations WHERE credential_id = ? AND finished_at IS NULL",
-        )
-        .bind(credential_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(other) = in_flight {
-            return Err(StoreError::RotationInFlight {
-                credential: credential.to_string(),
-                rotation: other,
-            });
-        }
-        sqlx::query(
-            "INSERT INTO rotations (id, credential_id, step, started_at, updated_at) VALUES (?, ?, 'planned', ?, ?)",
-        )
-        .bind(rotation_id)
-        .bind(credential_id)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        Self::insert_event(
+        let planned = Self::insert_rotation(
             &mut tx,
-            Some(credential),
+            (credential_id, credential),
+            rotation_id,
+            RotationKind::Rotate,
             None,
-            EventKind::RotationPlanned,
             actor,
-            &format!("rotation {rotation_id}"),
+            claim,
             now,
         )
         .await?;
         tx.commit().await?;
-        Ok(Rotation {
-            id: rotation_id.to_string(),
-            credential: credential.to_string(),
-            step: RotationStep::Planned,
-            new_version_id: None,
-            started_at: now,
-            updated_at: now,
-            error: None,
-        })
+        Ok(planned)
+    }
+
+    async fn plan_rollback(
+        &self,
+        credential: &str,
+        rotation_id: &str,
+        not_before: UnixTime,
+        actor: &str,
+        claim: &Claim,
+        now: UnixTime,
+    ) -> StoreResult<(Rotation, Lease)> {
+        let mut tx = self.begin_write().await?;
+        let credential_id = Self::credential_id(&mut tx, credential).await?;
+        let previous: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, stage_changed_at FROM key_versions WHERE credential_id = ? AND stage = 'previous' AND sealed_secret IS NOT NULL
+             ORDER BY stage_changed_at DESC, id DESC LIMIT 1",
+        )
+        .bind(credential_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((previous_id, changed_at)) = previous else {
+            return Err(StoreError::NoPreviousKey {
+                credential: credential.to_string(),
+            });
+        };
+        if changed_at < not_before {
+            return Err(StoreError::PastGracePeriod {
+                credential: credential.to_string(),
+            });
+        }
+        let planned = Self::insert_rotation(
+            &mut tx,
+            (credential_id, credential),
+            rotation_id,
+            RotationKind::Rollback,
+            Some(previous_id),
+            actor,
+            claim,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(planned)
     }
 
     async fn rotations_in_flight(&self) -> StoreResult<Vec<Rotation>> {
-        let rows = sqlx::query(
-            "SELECT r.id, c.name, r.step, r.new_version_id, r.started_at, r.error, r.updated_at
-             FROM rotations r JOIN credentials c ON c.id = r.credential_id
-             WHERE r.finished_at IS NULL ORDER BY r.started_at",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ROTATION_COLUMNS} FROM rotations r JOIN credentials c ON c.id = r.credential_id
+             WHERE r.finished_at IS NULL ORDER BY r.started_at"
+        ))
         .fetch_all(&self.writer)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Rotation {
-                id: row.get(0),
-                credential: row.get(1),
-                step: RotationStep::parse(&row.get::<String, _>(2))
-                    .unwrap_or(RotationStep::Planned),
-                new_version_id: row.get(3),
-                started_at: row.get(4),
-                updated_at: row.get(6),
-                error: row.get(5),
-            })
-            .collect())
+        Ok(rows.iter().map(rotation_from_row).collect())
+    }
+
+    async fn take_over(
+        &self,
+        rotation_id: &str,
+        claim: &Claim,
+        now: UnixTime,
+    ) -> StoreResult<(Rotation, Lease)> {
+        self.take_over_in(rotation_id, claim, now).await
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> StoreResult<()> {
+        self.renew_in(lease).await
     }
 
     async fn record_issued(
         &self,
-        rotation_id: &str,
+        lease: &Lease,
         key: NewKey,
         now: UnixTime,
     ) -> StoreResult<KeyVersion> {
         let sealer = self.sealer()?;
         let fp = fingerprint(&key.secret);
+        let rotation_id = lease.rotation.as_str();
         let mut tx = self.begin_write().await?;
-        let (credential_id, credential): (i64, String) = sqlx::query_as(
-            "SELECT c.id, c.name FROM rotations r JOIN credentials c ON c.id = r.credential_id
-             WHERE r.id = ? AND r.finished_at IS NULL AND r.step = 'planned'",
-        )
-        .bind(rotation_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::RotationNotInStep {
-            rotation: rotation_id.to_string(),
-            expected: RotationStep::Planned,
-        })?;
+        let Held {
+            credential_id,
+            credential,
+            ..
+        } = Self::hold(&mut tx, lease, Some(RotationStep::Planned)).await?;
         let id = Self::insert_sealed_version(
             &mut tx,
             sealer,
@@ -120,11 +132,12 @@ impl RotationStore for SqliteStore {
         )
         .await?;
         sqlx::query(
-            "UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?",
+            "UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ? AND owner_epoch = ?",
         )
         .bind(id)
         .bind(now)
         .bind(rotation_id)
+        .bind(lease.epoch)
         .execute(&mut *tx)
         .await?;
         let detail = format!(
@@ -148,30 +161,37 @@ impl RotationStore for SqliteStore {
 
     async fn adopt_pending(
         &self,
-        rotation_id: &str,
+        lease: &Lease,
         version_id: i64,
         now: UnixTime,
     ) -> StoreResult<()> {
+        let rotation_id = lease.rotation.as_str();
         let mut tx = self.begin_write().await?;
-        let credential: String = sqlx::query_scalar(
-            "SELECT c.name FROM rotations r JOIN credentials c ON c.id = r.credential_id
-             JOIN key_versions v ON v.credential_id = c.id
-             WHERE r.id = ? AND r.step = 'planned' AND r.finished_at IS NULL AND v.id = ? AND v.stage = 'pending'",
+        let Held {
+            credential_id,
+            credential,
+            ..
+        } = Self::hold(&mut tx, lease, Some(RotationStep::Planned)).await?;
+        let adoptable: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_versions WHERE id = ? AND credential_id = ? AND stage = 'pending')",
         )
-        .bind(rotation_id)
         .bind(version_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotAdoptable {
-            version: version_id,
-            rotation: rotation_id.to_string(),
-        })?;
+        .bind(credential_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !adoptable {
+            return Err(StoreError::NotAdoptable {
+                version: version_id,
+                rotation: rotation_id.to_string(),
+            });
+        }
         sqlx::query(
-            "UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ?",
+            "UPDATE rotations SET step = 'issued', new_version_id = ?, updated_at = ? WHERE id = ? AND owner_epoch = ?",
         )
         .bind(version_id)
         .bind(now)
         .bind(rotation_id)
+        .bind(lease.epoch)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE key_versions SET rotation_id = ? WHERE id = ?")
@@ -195,32 +215,32 @@ impl RotationStore for SqliteStore {
 
     async fn advance_rotation(
         &self,
-        rotation_id: &str,
+        lease: &Lease,
+        expected: RotationStep,
         step: RotationStep,
         detail: &str,
         now: UnixTime,
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        let (credential, version): (String, Option<i64>) = sqlx::query_as(
-            "SELECT c.name, r.new_version_id FROM rotations r JOIN credentials c ON c.id = r.credential_id
-             WHERE r.id = ? AND r.finished_at IS NULL",
+        let Held {
+            credential,
+            new_version,
+            ..
+        } = Self::hold(&mut tx, lease, Some(expected)).await?;
+        sqlx::query(
+            "UPDATE rotations SET step = ?, updated_at = ? WHERE id = ? AND owner_epoch = ? AND step = ?",
         )
-        .bind(rotation_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::RotationNotInFlight {
-            rotation: rotation_id.to_string(),
-        })?;
-        sqlx::query("UPDATE rotations SET step = ?, updated_at = ? WHERE id = ?")
-            .bind(step.as_str())
-            .bind(now)
-            .bind(rotation_id)
-            .execute(&mut *tx)
-            .await?;
+        .bind(step.as_str())
+        .bind(now)
+        .bind(&lease.rotation)
+        .bind(lease.epoch)
+        .bind(expected.as_str())
+        .execute(&mut *tx)
+        .await?;
         Self::insert_event(
             &mut tx,
             Some(&credential),
-            version,
+            new_version,
             EventKind::reached(step),
             "rotation",
             detail,
@@ -233,22 +253,17 @@ impl RotationStore for SqliteStore {
 
     async fn promote(
         &self,
-        rotation_id: &str,
+        lease: &Lease,
         next_rotation_at: Option<UnixTime>,
         now: UnixTime,
     ) -> StoreResult<()> {
+        let rotation_id = lease.rotation.as_str();
         let mut tx = self.begin_write().await?;
-        let (credential_id, credential, new_version): (i64, String, Option<i64>) = sqlx::query_as(
-            "SELECT c.id, c.name, r.new_version_id FROM rotations r JOIN credentials c ON c.id = r.credential_id
-             WHERE r.id = ? AND r.finished_at IS NULL AND r.step = 'delivered'",
-        )
-        .bind(rotation_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::RotationNotInStep {
-            rotation: rotation_id.to_string(),
-            expected: RotationStep::Delivered,
-        })?;
+        let Held {
+            credential_id,
+            credential,
+            new_version,
+        } = Self::hold(&mut tx, lease, Some(RotationStep::Delivered)).await?;
         let new_version = new_version.ok_or_else(|| StoreError::RotationWithoutKey {
             rotation: rotation_id.to_string(),
         })?;
@@ -271,10 +286,11 @@ impl RotationStore for SqliteStore {
                 version: new_version,
             });
         }
-        sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ?")
+        sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ? AND owner_epoch = ?")
             .bind(now)
             .bind(now)
             .bind(rotation_id)
+            .bind(lease.epoch)
             .execute(&mut *tx)
             .await?;
         // The new key's check state starts fresh: the credential-level status was the old key's.
@@ -305,28 +321,97 @@ impl RotationStore for SqliteStore {
         Ok(())
     }
 
+    async fn finish_rollback(
+        &self,
+        lease: &Lease,
+        actor: &str,
+        hold_off: i64,
+        now: UnixTime,
+    ) -> StoreResult<KeyVersion> {
+        let rotation_id = lease.rotation.as_str();
+        let mut tx = self.begin_write().await?;
+        let Held {
+            credential_id,
+            credential,
+            new_version,
+        } = Self::hold(&mut tx, lease, Some(RotationStep::Delivered)).await?;
+        let previous_id = new_version.ok_or_else(|| StoreError::RotationWithoutKey {
+            rotation: rotation_id.to_string(),
+        })?;
+        // The bound key must still be the previous one (nothing revokes it meanwhile: see
+        // `mark_revoked`), else the swap would leave no current key.
+        let still_previous: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_versions WHERE id = ? AND stage = 'previous' AND sealed_secret IS NOT NULL)",
+        )
+        .bind(previous_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !still_previous {
+            return Err(StoreError::NoPreviousKey {
+                credential: credential.clone(),
+            });
+        }
+        sqlx::query("UPDATE key_versions SET stage = 'previous', stage_changed_at = ? WHERE credential_id = ? AND stage = 'current'")
+            .bind(now)
+            .bind(credential_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE key_versions SET stage = 'current', stage_changed_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(previous_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ? AND owner_epoch = ?")
+            .bind(now)
+            .bind(now)
+            .bind(rotation_id)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await?;
+        // A rollback means the last rotation failed in use: count it as a failure and hold
+        // automatic rotation off for a grace period, or a max_age policy would undo the
+        // operator's rollback at the next scheduling pass.
+        sqlx::query(
+            "UPDATE credentials SET consecutive_failures = consecutive_failures + 1, next_rotation_at = ? WHERE id = ?",
+        )
+        .bind(now + hold_off.max(60))
+        .bind(credential_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            Some(previous_id),
+            EventKind::RolledBack,
+            actor,
+            "previous key restored as current; automatic rotation held off for a grace period",
+            now,
+        )
+        .await?;
+        let version = Self::version_in(&mut tx, previous_id).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
     async fn fail_rotation(
         &self,
-        rotation_id: &str,
+        lease: &Lease,
         failure: &RotationFailure,
         now: UnixTime,
     ) -> StoreResult<()> {
+        let rotation_id = lease.rotation.as_str();
         let mut tx = self.begin_write().await?;
-        let (credential_id, credential, new_version): (i64, String, Option<i64>) = sqlx::query_as(
-            "SELECT c.id, c.name, r.new_version_id FROM rotations r JOIN credentials c ON c.id = r.credential_id
-             WHERE r.id = ? AND r.finished_at IS NULL",
-        )
-        .bind(rotation_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::RotationNotInFlight {
-            rotation: rotation_id.to_string(),
-        })?;
-        sqlx::query("UPDATE rotations SET step = 'failed', updated_at = ?, finished_at = ?, error = ?, attempts = attempts + 1 WHERE id = ?")
+        let Held {
+            credential_id,
+            credential,
+            new_version,
+        } = Self::hold(&mut tx, lease, None).await?;
+        sqlx::query("UPDATE rotations SET step = 'failed', updated_at = ?, finished_at = ?, error = ?, attempts = attempts + 1 WHERE id = ? AND owner_epoch = ?")
             .bind(now)
             .bind(now)
             .bind(&failure.error)
             .bind(rotation_id)
+            .bind(lease.epoch)
             .execute(&mut *tx)
             .await?;
         match (failure.discard_pending, new_version) {
@@ -373,13 +458,15 @@ impl RotationStore for SqliteStore {
     async fn rotation_outlooks(&self) -> StoreResult<Vec<RotationOutlook>> {
         // One pass over the credentials; the correlated sub-queries use the
         // (credential_id, stage) index.
-        Ok(sqlx::query(
+        Ok(sqlx::query(concat!(
             "SELECT c.name, c.next_rotation_at, c.last_rotated_at, c.consecutive_failures,
                     cur.created_at, cur.expires_at,
                     EXISTS (SELECT 1 FROM key_versions v WHERE v.credential_id = c.id
                             AND v.stage = 'pending' AND v.rotation_id IS NULL
                             AND v.sealed_secret IS NOT NULL),
-                    r.updated_at,
+                    r.lease_expires_at - ",
+            db_now!(),
+            ",
                     (SELECT MIN(v.stage_changed_at) FROM key_versions v WHERE v.credential_id = c.id
                             AND v.stage = 'previous' AND v.sealed_secret IS NOT NULL),
                     (SELECT MIN(v.stage_changed_at) FROM key_versions v WHERE v.credential_id = c.id
@@ -387,8 +474,8 @@ impl RotationStore for SqliteStore {
              FROM credentials c
              LEFT JOIN key_versions cur ON cur.credential_id = c.id AND cur.stage = 'current'
              LEFT JOIN rotations r ON r.credential_id = c.id AND r.finished_at IS NULL
-             WHERE c.removed_at IS NULL",
-        )
+             WHERE c.removed_at IS NULL"
+        ))
         .fetch(&self.reader)
         .map_ok(|row| RotationOutlook {
             credential: row.get(0),
@@ -399,7 +486,7 @@ impl RotationStore for SqliteStore {
                 .get::<Option<i64>, _>(4)
                 .map(|created| (created, row.get(5))),
             imported_pending: row.get(6),
-            in_flight_since: row.get(7),
+            in_flight_lease_left: row.get(7),
             oldest_previous: row.get(8),
             oldest_discarded: row.get(9),
         })
