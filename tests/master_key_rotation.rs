@@ -326,7 +326,7 @@ async fn a_daemon_that_still_holds_the_old_key_writes_nothing_unreadable() {
     let env = Env::with_credentials(&[]);
     std::fs::write(env.path().join("mgmt"), sim.management_key()).unwrap();
     env.write_config(&format!(
-        "[checks]\ninterval = \"1h\"\n\n[[provider]]\nname = \"sim\"\nkind = \"simulated\"\nbase_url = \"{}\"\nmanagement_key = {{ file = {:?} }}\n\n[[credential]]\nname = \"app\"\nprovider = \"sim\"\n[credential.rotation]\nrotate_before_expiry = \"1h\"\nretry_backoff = \"1h\"\n",
+        "[checks]\ninterval = \"1h\"\n\n[[provider]]\nname = \"sim\"\nkind = \"simulated\"\nbase_url = \"{}\"\nmanagement_key = {{ file = {:?} }}\n\n[[credential]]\nname = \"app\"\nprovider = \"sim\"\n[credential.rotation]\nrotate_before_expiry = \"1h\"\nmin_age = \"1s\"\nretry_backoff = \"1h\"\n",
         sim.base_url(),
         env.path().join("mgmt").display().to_string()
     ));
