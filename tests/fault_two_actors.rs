@@ -25,9 +25,9 @@ use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 /// Trials when `KEYROTD_FAULT_TRIALS` is unset: about two to three minutes on two cores.
-const DEFAULT_TRIALS: u64 = 6;
+const DEFAULT_TRIALS: u64 = 16;
 /// Actions per trial (CLI commands, daemon kills, injected faults, pauses).
-const ACTIONS: usize = 10;
+const ACTIONS: usize = 14;
 /// At most this many CLI commands run at once.
 const MAX_CLI: usize = 2;
 /// While the trial runs the daemon rotates by itself too, every few seconds.
@@ -197,7 +197,7 @@ impl Trial<'_> {
             }
             _ => {}
         }
-        let pause = self.rng.gen_range(50..600);
+        let pause = self.rng.gen_range(50..400);
         self.pump(Duration::from_millis(pause));
     }
 
@@ -344,9 +344,8 @@ fn step_rank(kind: &str) -> Option<u8> {
 }
 
 /// A `key rotate` is mid-verify (its check held at the provider) when a daemon starts and
-/// resumes the rotations it finds in flight. One rotation must be driven by one owner: its
-/// steps never repeat or go backwards, the command that started it completes it, and the
-/// promises hold.
+/// resumes the rotations it finds in flight (problem 2). One rotation must be driven by one
+/// owner at a time: its steps never repeat or go backwards, and the promises hold.
 #[test]
 fn a_daemon_starting_during_a_cli_rotation_does_not_drive_it_too() {
     let mut rig = Rig::new(rand::thread_rng().gen());
@@ -362,7 +361,7 @@ fn a_daemon_starting_during_a_cli_rotation_does_not_drive_it_too() {
     // Give the daemon the chance to take the rotation over: its own verify of the new key
     // arrives at the provider (today), or a bounded while passes (an owner that keeps its
     // rotation). Neither outcome is judged by time: the audit trail below is.
-    let second = wait_for(Duration::from_secs(10), || {
+    let second = wait_for(Duration::from_secs(5), || {
         (rig.fake.held().1 >= 2).then_some(())
     });
     rig.note(format!(
@@ -376,14 +375,11 @@ fn a_daemon_starting_during_a_cli_rotation_does_not_drive_it_too() {
     let log = daemon.log();
     rig.stop_daemon(daemon);
 
+    // The CLI's own outcome is not judged: with a lease, a daemon may take over once the
+    // lease ran out while the CLI's check was held, and fencing then fails the CLI. What is
+    // judged is that the rotation had one driver at a time (its steps never repeat).
+    rig.note(format!("the CLI ended with {:?}", ended.code));
     let mut problems = Vec::new();
-    if ended.code != Some(0) {
-        problems.push(format!(
-            "the CLI that started the rotation did not complete it ({:?}): {}",
-            ended.code,
-            ended.stderr.trim()
-        ));
-    }
     if !settled {
         problems.push("the rotation is still in flight".to_string());
     }
@@ -404,10 +400,12 @@ fn a_daemon_starting_during_a_cli_rotation_does_not_drive_it_too() {
             ));
         }
     }
+    // Without a lease (today's binary) nothing entitles the daemon to a rotation a live
+    // process is driving: resuming it while the CLI's check was still held is a second driver.
     if let Some(line) = log
         .lines()
         .find(|l| l.contains("resuming rotation"))
-        .filter(|_| second.is_some())
+        .filter(|_| second.is_some() && lease_line().is_empty())
     {
         problems.push(format!(
             "the daemon resumed the rotation the live CLI was driving: {line}"

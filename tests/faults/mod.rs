@@ -81,24 +81,37 @@ pub fn lease_line() -> &'static str {
 /// held a dead key"); so is a key the provider never knew.
 pub struct Poller {
     stop: Arc<AtomicBool>,
+    /// Every change of what a consumer file holds: (ms since the start, consumer, fingerprint).
+    changes: Arc<Mutex<Vec<(u128, String, String)>>>,
     thread: Option<std::thread::JoinHandle<(Vec<String>, Vec<String>)>>,
 }
 
 impl Poller {
-    pub fn start(fake: FakeOpenRouter, consumers: Vec<Consumer>) -> Poller {
+    pub fn start(fake: FakeOpenRouter, consumers: Vec<Consumer>, t0: Instant) -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let record = changes.clone();
         let thread = std::thread::spawn(move || {
+            let mut last: Vec<Option<String>> = vec![None; consumers.len()];
             let mut seen: Vec<String> = Vec::new();
             let mut violations = Vec::new();
             // One report per (consumer, key): the file may hold it for many reads.
             let mut reported: Vec<(String, String)> = Vec::new();
             while !flag.load(Ordering::SeqCst) {
-                for consumer in &consumers {
+                for (index, consumer) in consumers.iter().enumerate() {
                     let began = Instant::now();
                     let Some(key) = consumer.read_key() else {
                         continue;
                     };
+                    if last[index].as_deref() != Some(key.as_str()) {
+                        last[index] = Some(key.clone());
+                        record.lock().unwrap().push((
+                            (began - t0).as_millis(),
+                            consumer.describe(),
+                            fp(&key),
+                        ));
+                    }
                     let pair = (consumer.describe(), key.clone());
                     let judged = match fake.key(&key) {
                         None => Some(format!(
@@ -133,6 +146,7 @@ impl Poller {
         });
         Poller {
             stop,
+            changes,
             thread: Some(thread),
         }
     }
@@ -264,14 +278,15 @@ impl Rig {
         consumers.extend(more);
         fake.watch_consumers(consumers.clone());
         let seed = fake.add_key("dashboard-seed");
+        let t0 = Instant::now();
         let rig = Rig {
-            poller: Poller::start(fake.clone(), consumers.clone()),
+            poller: Poller::start(fake.clone(), consumers.clone(), t0),
             env,
             fake,
             consumers,
             outputs: Mutex::new(Vec::new()),
             journal: Mutex::new(Vec::new()),
-            t0: Instant::now(),
+            t0,
             seed: seed.clone(),
             extra_targets,
             consumers_hold_current: true,
@@ -463,7 +478,9 @@ variable = "{VARIABLE}"
             .unwrap_or_default()
     }
 
-    /// Whether a rotation is recorded as started and not yet finished.
+    /// Whether a rotation is recorded as started and not yet finished, read from the audit
+    /// trail (the one outside view of it): more `rotation_planned` than `promoted` and
+    /// `rotation_failed`. If rollbacks become rotations of their own, their end joins the list.
     pub fn in_flight(&self) -> bool {
         let events = self.history();
         let count = |kinds: &[&str]| {
@@ -688,8 +705,17 @@ variable = "{VARIABLE}"
                 )
             })
             .collect();
+        let changes: Vec<String> = self
+            .poller
+            .changes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(at, consumer, f)| format!("{at:>6} ms  {consumer} now holds {f}"))
+            .collect();
         format!(
-            "journal:\n{journal}\nkey history --json:\n{}\nversions:\n{}\nprovider keys:\n{}",
+            "journal:\n{journal}\nwhat the consumers held (poller):\n{}\nkey history --json:\n{}\nversions:\n{}\nprovider keys:\n{}",
+            changes.join("\n"),
             events.join("\n"),
             versions.join("\n"),
             keys.join("\n")
