@@ -33,6 +33,13 @@ const MAX_CLI: usize = 2;
 /// While the trial runs the daemon rotates by itself too, every few seconds.
 const SCHEDULE: &str = "schedule = \"*/4 * * * * *\"";
 
+/// A line straight to the process's stderr, past the test harness's capture: the per-trial
+/// summary shows in a passing run's log too.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -281,17 +288,17 @@ fn daemon_and_cli_killed_at_random_points_keep_every_promise() {
     let trials = env_u64("KEYROTD_FAULT_TRIALS").unwrap_or(DEFAULT_TRIALS);
     let base =
         env_u64("KEYROTD_FAULT_SEED").unwrap_or_else(|| rand::thread_rng().gen_range(0..1_000_000));
-    eprintln!(
+    say(&format!(
         "fault trials: {trials} from seed {base} (replay one with KEYROTD_FAULT_SEED=<seed> KEYROTD_FAULT_TRIALS=1); rotation lease: {:?}",
         lease_line().trim()
-    );
+    ));
     let mut failed: Vec<(u64, Vec<String>, String)> = Vec::new();
     let mut per_invariant: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     for index in 0..trials {
         let seed = base + index;
         let started = Instant::now();
         let (violations, summary, diagnosis) = trial(seed);
-        eprintln!(
+        say(&format!(
             "trial {index} seed {seed}: {summary}, {:.1} s: {}",
             started.elapsed().as_secs_f64(),
             if violations.is_empty() {
@@ -299,9 +306,9 @@ fn daemon_and_cli_killed_at_random_points_keep_every_promise() {
             } else {
                 format!("{} violations", violations.len())
             }
-        );
+        ));
         for violation in &violations {
-            eprintln!("    {violation}");
+            say(&format!("    {violation}"));
             let invariant = violation.split(':').next().unwrap_or("").to_string();
             let seeds = per_invariant.entry(invariant).or_default();
             if !seeds.contains(&seed) {
