@@ -350,6 +350,35 @@ fn step_rank(kind: &str) -> Option<u8> {
     }
 }
 
+/// Every rotation step in the audit trail that repeats or goes backwards: the mark of two
+/// drivers, or of a late write by an owner that lost its rotation.
+fn steps_out_of_order(rig: &Rig) -> Vec<String> {
+    let events = rig.history();
+    let mut problems = Vec::new();
+    // Each rotation's steps, from its `rotation_planned` to the next one.
+    let mut rank = None;
+    for event in &events {
+        let kind = event["kind"].as_str().unwrap_or("");
+        let Some(this) = step_rank(kind) else {
+            continue;
+        };
+        if this == 0 {
+            rank = Some((0, kind));
+            continue;
+        }
+        if let Some((previous, before)) = rank {
+            if this <= previous {
+                problems.push(format!(
+                    "a step went backwards or repeated: {kind} (event {}) after {before}",
+                    event["id"]
+                ));
+            }
+        }
+        rank = Some((this, kind));
+    }
+    problems
+}
+
 /// A `key rotate` is mid-verify (its check held at the provider) when a daemon starts and
 /// resumes the rotations it finds in flight (problem 2). One rotation must be driven by one
 /// owner at a time: its steps never repeat or go backwards, and the promises hold.
@@ -390,23 +419,7 @@ fn a_daemon_starting_during_a_cli_rotation_does_not_drive_it_too() {
     if !settled {
         problems.push("the rotation is still in flight".to_string());
     }
-    let events = rig.history();
-    let steps: Vec<(String, u8)> = events
-        .iter()
-        .skip_while(|e| e["kind"] != "rotation_planned")
-        .filter_map(|e| {
-            let kind = e["kind"].as_str()?.to_string();
-            step_rank(&kind).map(|rank| (kind, rank))
-        })
-        .collect();
-    for pair in steps.windows(2) {
-        if pair[1].1 <= pair[0].1 {
-            problems.push(format!(
-                "a step went backwards or repeated: {} after {}",
-                pair[1].0, pair[0].0
-            ));
-        }
-    }
+    problems.extend(steps_out_of_order(&rig));
     // Without a lease (today's binary) nothing entitles the daemon to a rotation a live
     // process is driving: resuming it while the CLI's check was still held is a second driver.
     if let Some(line) = log
@@ -526,6 +539,64 @@ command = ["sh", "-c", 'test "$(cat {count})" -lt 2']
         violations.is_empty(),
         "a failed restore stranded a consumer:\n{}\n\n{}",
         violations.join("\n"),
+        rig.diagnosis()
+    );
+}
+
+/// A paused owner (problem 2, the "Done when" SIGSTOP case): a `key rotate` is stopped with
+/// SIGSTOP in the middle of its verify; a daemon starts and, once it is entitled to (today at
+/// once; with a lease, after it expired), finishes the rotation. Then the paused CLI
+/// continues. Its late writes must not land: no step repeats, nothing it does strands a
+/// consumer or deletes the key the daemon promoted. (Today's code passes: a finished rotation
+/// refuses every later step. It guards the takeover the ownership lease brings.)
+#[test]
+fn a_paused_owner_that_continues_after_a_takeover_changes_nothing() {
+    let mut rig = Rig::new(rand::thread_rng().gen());
+    let seed = rig.seed.clone();
+    rig.fake.hold_checks(&[&seed]);
+    let mut rotate = rig.spawn(&["key", "rotate", CRED], "");
+    assert!(
+        wait_for(HANG_TIMEOUT, || (rig.fake.held().1 >= 1).then_some(())).is_some(),
+        "the CLI's verify never reached the provider:\n{}",
+        rig.diagnosis()
+    );
+    let pid = nix::unistd::Pid::from_raw(rotate.pid().expect("running"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    rig.note(format!("SIGSTOP `key rotate` pid {pid} mid-verify"));
+    // Its check is answered while it sleeps: the answer waits in its socket.
+    rig.fake.release_checks();
+    let daemon = rig.start_daemon();
+    let taken_over = rig.settle();
+    rig.note(format!("the daemon finished the rotation: {taken_over}"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    rig.note(format!("SIGCONT `key rotate` pid {pid}"));
+    let finished = rotate.finished();
+    let ended = rig.reap(rotate);
+    rig.note(format!(
+        "the CLI ended with {:?} (it was still running at SIGCONT: {})",
+        ended.code, !finished
+    ));
+    let settled = rig.settle();
+    rig.stop_daemon(daemon);
+
+    assert!(
+        !finished,
+        "the paused CLI ended before it was continued: the test proved nothing\n{}",
+        rig.diagnosis()
+    );
+    let mut problems = Vec::new();
+    if !taken_over {
+        problems.push("the daemon never finished the paused CLI's rotation".to_string());
+    }
+    if !settled {
+        problems.push("a rotation is still in flight".to_string());
+    }
+    problems.extend(steps_out_of_order(&rig));
+    problems.extend(rig.violations());
+    assert!(
+        problems.is_empty(),
+        "a paused owner's late writes landed:\n{}\n\n{}",
+        problems.join("\n"),
         rig.diagnosis()
     );
 }
