@@ -25,7 +25,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const CRED: &str = "app";
@@ -33,7 +33,7 @@ pub const CRED: &str = "app";
 pub const VARIABLE: &str = "OPENROUTER_API_KEY";
 /// The grace period of previous keys: short, so revocations happen inside a trial.
 pub const GRACE_SECONDS: i64 = 3;
-/// The rotation lease, when the binary knows `[daemon] rotation_lease` (see [`lease_line`]).
+/// The rotation lease of every trial (see [`lease_line`]).
 pub const LEASE: &str = "3s";
 
 /// A key's fingerprint as keyrotd prints it.
@@ -45,35 +45,10 @@ fn quoted(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
-/// `rotation_lease = "3s"` if this binary accepts that key in `[daemon]`, else nothing: the
-/// harness runs against builds with and without the ownership lease. Probed once, with
-/// `check-config` on a scratch config.
-pub fn lease_line() -> &'static str {
-    static LINE: OnceLock<&'static str> = OnceLock::new();
-    LINE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("probe.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nlisten_address = \"127.0.0.1:0\"\nrotation_lease = \"{LEASE}\"\n\n{}",
-                sections(&[])
-            ),
-        )
-        .unwrap();
-        let out = run_command(
-            bare_command()
-                .arg("--config")
-                .arg(&config)
-                .arg("check-config"),
-            "",
-        );
-        if out.status.success() {
-            Box::leak(format!("rotation_lease = \"{LEASE}\"\n").into_boxed_str())
-        } else {
-            ""
-        }
-    })
+/// The `[daemon]` line that sets the rotation lease: short, so a killed or paused owner's
+/// rotation is taken over within a trial.
+pub fn lease_line() -> String {
+    format!("rotation_lease = \"{LEASE}\"\n")
 }
 
 /// Reads every consumer file every few milliseconds. A read that returns a key the provider
