@@ -454,8 +454,8 @@ variable = "{VARIABLE}"
     }
 
     /// Whether a rotation is recorded as started and not yet finished, read from the audit
-    /// trail (the one outside view of it): more `rotation_planned` than `promoted` and
-    /// `rotation_failed`. If rollbacks become rotations of their own, their end joins the list.
+    /// trail (the one outside view of it): more `rotation_planned` than the events that end
+    /// one (`promoted`, `rolled_back`, `rotation_failed`).
     pub fn in_flight(&self) -> bool {
         let events = self.history();
         let count = |kinds: &[&str]| {
@@ -464,7 +464,8 @@ variable = "{VARIABLE}"
                 .filter(|e| kinds.contains(&e["kind"].as_str().unwrap_or("")))
                 .count()
         };
-        count(&["rotation_planned"]) > count(&["promoted", "rotation_failed"])
+        // A rollback is a rotation of its own kind: planned, then `rolled_back` when done.
+        count(&["rotation_planned"]) > count(&["promoted", "rolled_back", "rotation_failed"])
     }
 
     /// The `current` versions of `key list --json`.
