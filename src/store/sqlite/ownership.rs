@@ -126,6 +126,23 @@ impl SqliteStore {
         Ok(rotation_from_row(&row))
     }
 
+    /// Marks the held rotation done (a promotion, or a rollback's swap), under the lease's
+    /// epoch like every step.
+    pub(super) async fn finish_done(
+        tx: &mut Transaction<'static, Sqlite>,
+        lease: &Lease,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ? AND owner_epoch = ?")
+            .bind(now)
+            .bind(now)
+            .bind(&lease.rotation)
+            .bind(lease.epoch)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// The compare-and-set every step starts with, inside its write transaction: the
     /// rotation is unfinished, still at `expected` (any step when `None`) and owned at the
     /// lease's epoch; its lease is renewed. The step's own UPDATE repeats the epoch

@@ -286,13 +286,7 @@ impl RotationStore for SqliteStore {
                 version: new_version,
             });
         }
-        sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ? AND owner_epoch = ?")
-            .bind(now)
-            .bind(now)
-            .bind(rotation_id)
-            .bind(lease.epoch)
-            .execute(&mut *tx)
-            .await?;
+        Self::finish_done(&mut tx, lease, now).await?;
         // The new key's check state starts fresh: the credential-level status was the old key's.
         sqlx::query(
             "UPDATE credentials SET last_rotated_at = ?, consecutive_failures = 0, next_rotation_at = ?,
@@ -361,13 +355,7 @@ impl RotationStore for SqliteStore {
             .bind(previous_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE rotations SET step = 'done', updated_at = ?, finished_at = ?, error = NULL WHERE id = ? AND owner_epoch = ?")
-            .bind(now)
-            .bind(now)
-            .bind(rotation_id)
-            .bind(lease.epoch)
-            .execute(&mut *tx)
-            .await?;
+        Self::finish_done(&mut tx, lease, now).await?;
         // A rollback means the last rotation failed in use: count it as a failure and hold
         // automatic rotation off for a grace period, or a max_age policy would undo the
         // operator's rollback at the next scheduling pass.
