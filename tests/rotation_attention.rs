@@ -80,6 +80,16 @@ command = ["sh", "-c", {hook:?}]
     assert_ne!(held, seed);
     assert!(sim.is_live(&held), "the consumer's key was revoked");
     assert!(sim.is_live(&seed), "the current key was revoked");
+    // A second `key rotate` says so (retrying the restore if the backoff is over) and
+    // starts no rotation: no third key at the provider.
+    let again = env.run(&["key", "rotate", CRED]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("needs attention"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(sim.live_keys().len(), 2, "{:?}", sim.live_keys());
     let show = env.run(&["key", "show", CRED]);
     assert!(
         stdout(&show).contains("NEEDS ATTENTION"),
