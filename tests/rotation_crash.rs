@@ -582,10 +582,33 @@ async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
         wait_failures("reached 0", &|f| f == 0.0);
         let failed_before = rotations(&daemon, "failure");
         inject();
-        wait_failures(&format!("rose at {step}"), &|f| f >= 1.0);
-        assert!(rotations(&daemon, "failure") > failed_before);
-        rig.assert_working_key();
-        clear();
+        if step == "deliver" {
+            // The hook refuses the old key back too: the rotation waits in attention, both
+            // keys live, until the hook works; only then is it wound up as failed.
+            let attention = |value: f64| {
+                sample(&daemon.metrics(), "keyrotd_rotation_needs_attention", CRED) == Some(value)
+            };
+            assert!(
+                wait_for(WAIT, || attention(1.0).then_some(())).is_some(),
+                "the failed restore never needed attention:\n{}",
+                daemon.log()
+            );
+            rig.assert_working_key();
+            clear();
+            assert!(
+                wait_for(WAIT, || (attention(0.0)
+                    && rotations(&daemon, "failure") > failed_before)
+                    .then_some(()))
+                .is_some(),
+                "the rotation needing attention was never wound up:\n{}",
+                daemon.log()
+            );
+        } else {
+            wait_failures(&format!("rose at {step}"), &|f| f >= 1.0);
+            assert!(rotations(&daemon, "failure") > failed_before);
+            rig.assert_working_key();
+            clear();
+        }
         wait_failures(&format!("went back to 0 after {step}"), &|f| f == 0.0);
     }
     assert!(rotations(&daemon, "success") >= 3.0);

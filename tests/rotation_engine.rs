@@ -310,6 +310,60 @@ impl Fixture {
         self.assert_no_orphans().await;
     }
 
+    /// The state of a rotation that needs attention: the old key current, the new key
+    /// still pending, both live at the provider, the rotation unfinished in `attention`,
+    /// recorded and exported; nothing wound up or revoked.
+    async fn assert_needs_attention(&self) -> String {
+        assert_eq!(
+            self.current_secret().await,
+            self.old,
+            "the old key stays current"
+        );
+        let pending = self.in_stage(Stage::Pending).await;
+        assert_eq!(
+            pending.len(),
+            1,
+            "the new key is not discarded: {pending:#?}"
+        );
+        let new = self
+            .store
+            .secret(pending[0].id)
+            .await
+            .unwrap()
+            .expose_secret()
+            .to_string();
+        assert!(self.sim.is_live(&self.old), "the old key stays live");
+        assert!(self.sim.is_live(&new), "the new key is not revoked");
+        let in_flight = self.store.rotations_in_flight().await.unwrap();
+        assert_eq!(in_flight.len(), 1, "the rotation stays unfinished");
+        assert_eq!(in_flight[0].step, keyrotd::store::RotationStep::Attention);
+        let kinds = self.event_kinds().await;
+        assert!(kinds.contains(&"needs_attention".into()), "{kinds:?}");
+        assert!(!kinds.contains(&"rotation_failed".into()), "{kinds:?}");
+        let snapshot = self.store.snapshot().await.unwrap();
+        assert!(snapshot.credentials[0].needs_attention);
+        assert_eq!(snapshot.credentials[0].rotations_failed, 0);
+        new
+    }
+
+    /// Runs the daemon's pass until the rotation in attention is wound up: the restore is
+    /// retried once its backoff (the lease, on the database's clock) is over.
+    async fn pass_until_cleared(&self) {
+        let cleared = tokio::time::timeout(HANG_BOUND, async {
+            loop {
+                self.engine.tick(&self.rt).await.unwrap();
+                if self.store.rotations_in_flight().await.unwrap().is_empty() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(cleared.is_ok(), "the rotation in attention never cleared");
+        let snapshot = self.store.snapshot().await.unwrap();
+        assert!(!snapshot.credentials[0].needs_attention);
+    }
+
     /// A retry after the fault cleared succeeds and leaves the new key delivered.
     async fn assert_retry_succeeds(&self) {
         let rotated = self.engine.rotate(&self.rt, "test").await.expect("retry");
@@ -782,25 +836,28 @@ async fn a_check_outage_during_verify_discards_the_new_key() {
 
 #[tokio::test]
 async fn a_delivery_to_a_missing_directory_fails_cleanly() {
+    // The only target takes neither the new key nor the old one back: the rotation waits
+    // in attention (nothing revoked) until the directory exists, then winds up as failed.
     let f = fixture(Setup {
         file_dir: Some("missing"),
+        rotation: "retry_backoff = \"1s\"",
         ..Setup::default()
     })
     .await;
     let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
     assert!(
-        matches!(
-            &error,
-            RotationError::Failed {
-                step: "deliver",
-                ..
-            }
-        ),
+        matches!(&error, RotationError::NeedsAttention { .. }),
         "{error}"
     );
-    f.assert_failed_cleanly(1, "").await;
-    assert_eq!(f.sim.live_keys().len(), 1, "the undelivered key is revoked");
+    let new = f.assert_needs_attention().await;
     std::fs::create_dir(f.dir.path().join("missing")).unwrap();
+    f.pass_until_cleared().await;
+    assert!(
+        !f.sim.is_live(&new),
+        "the discarded key is revoked once restored"
+    );
+    f.assert_failed_cleanly(1, &f.old).await;
+    assert_eq!(f.sim.live_keys().len(), 1, "the undelivered key is revoked");
     f.assert_retry_succeeds().await;
 }
 
@@ -811,6 +868,7 @@ async fn a_failing_hook_after_the_file_puts_the_old_key_back() {
 kind = "exec"
 command = ["sh", "-c", "test ! -e {dir}/hook-fails"]
 "#,
+        rotation: "retry_backoff = \"1s\"",
         ..Setup::default()
     })
     .await;
@@ -818,19 +876,59 @@ command = ["sh", "-c", "test ! -e {dir}/hook-fails"]
     std::fs::write(&f.key_file, format!("{}\n", f.old)).unwrap();
     std::fs::write(f.dir.path().join("hook-fails"), "").unwrap();
     let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    // The hook fails the restore too: it may hold the new key, so nothing is revoked
+    // until it takes the old one back.
     assert!(
-        matches!(
-            &error,
-            RotationError::Failed {
-                step: "deliver",
-                ..
-            }
-        ),
+        matches!(&error, RotationError::NeedsAttention { .. }),
         "{error}"
     );
+    f.assert_needs_attention().await;
+    assert_eq!(f.delivered(), f.old, "the file got the old key back");
+    std::fs::remove_file(f.dir.path().join("hook-fails")).unwrap();
+    f.pass_until_cleared().await;
     f.assert_failed_cleanly(1, &f.old).await;
     assert_eq!(f.sim.live_keys().len(), 1, "the undelivered key is revoked");
-    std::fs::remove_file(f.dir.path().join("hook-fails")).unwrap();
+    f.assert_retry_succeeds().await;
+}
+
+/// Restore before discard: the delivery fails on the hook after the file took the new
+/// key, and the file cannot take the old key back (its directory went away). Revoking the
+/// new key would cut the file's consumer off: the rotation waits in attention with both
+/// keys live; once the directory is back the daemon's pass restores and winds it up.
+#[tokio::test]
+async fn a_restore_that_fails_on_one_target_waits_in_attention_until_fixed() {
+    let f = fixture(Setup {
+        extra_targets: r#"[[credential.deliver]]
+kind = "exec"
+command = ["sh", "-c", "test -e {dir}/hook-ok || { mv {dir}/out {dir}/gone; exit 1; }"]
+"#,
+        rotation: "retry_backoff = \"1s\"",
+        ..Setup::default()
+    })
+    .await;
+    std::fs::write(&f.key_file, format!("{}\n", f.old)).unwrap();
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(
+        matches!(&error, RotationError::NeedsAttention { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("needs attention"), "{error}");
+    let new = f.assert_needs_attention().await;
+    // The file's consumer holds the new key, and it still works.
+    let held = std::fs::read_to_string(f.dir.path().join("gone/key")).unwrap();
+    assert_eq!(held.trim_end(), new);
+    assert!(f.sim.is_live(held.trim_end()));
+    // A pass before the backoff is over changes nothing.
+    f.engine.tick(&f.rt).await.unwrap();
+    assert_eq!(f.store.rotations_in_flight().await.unwrap().len(), 1);
+    assert!(f.sim.is_live(&new));
+    // The operator fixes the target.
+    std::fs::rename(f.dir.path().join("gone"), f.dir.path().join("out")).unwrap();
+    std::fs::write(f.dir.path().join("hook-ok"), "").unwrap();
+    f.pass_until_cleared().await;
+    assert_eq!(f.delivered(), f.old, "the file holds the current key again");
+    assert!(!f.sim.is_live(&new), "the discarded key is revoked");
+    f.assert_failed_cleanly(1, &f.old).await;
     f.assert_retry_succeeds().await;
 }
 
@@ -1004,6 +1102,7 @@ async fn an_imported_key_whose_delivery_failed_can_be_retried() {
     let f = fixture(Setup {
         no_issuer: true,
         file_dir: Some("missing"),
+        rotation: "retry_backoff = \"1s\"",
         ..Setup::default()
     })
     .await;
@@ -1024,23 +1123,21 @@ async fn an_imported_key_whose_delivery_failed_can_be_retried() {
         .await
         .unwrap();
     let error = f.engine.rotate(&f.rt, "operator").await.unwrap_err();
+    // The only target took neither key: the rotation waits in attention until it takes
+    // the old one back, then is wound up with the operator's key kept for a retry.
     assert!(
-        matches!(
-            &error,
-            RotationError::Failed {
-                step: "deliver",
-                ..
-            }
-        ),
+        matches!(&error, RotationError::NeedsAttention { .. }),
         "{error}"
     );
+    f.assert_needs_attention().await;
+    std::fs::create_dir(f.dir.path().join("missing")).unwrap();
+    f.pass_until_cleared().await;
     assert_eq!(f.current_secret().await, f.old);
     assert_eq!(
         f.in_stage(Stage::Pending).await.len(),
         1,
         "kept for a retry"
     );
-    std::fs::create_dir(f.dir.path().join("missing")).unwrap();
     // The scheduler must not hammer a retry before the backoff is over.
     f.engine.tick(&f.rt).await.unwrap();
     assert_eq!(

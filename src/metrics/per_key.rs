@@ -30,11 +30,12 @@ pub(crate) enum KeyFamily {
     RotationsTotal,
     RevocationsTotal,
     PreviousKeysPastGrace,
+    NeedsAttention,
 }
 
 impl KeyFamily {
     /// Every store-dependent family, in the order served.
-    pub(crate) const ALL: [KeyFamily; 12] = [
+    pub(crate) const ALL: [KeyFamily; 13] = [
         KeyFamily::Created,
         KeyFamily::Expiry,
         KeyFamily::Valid,
@@ -47,6 +48,7 @@ impl KeyFamily {
         KeyFamily::RotationsTotal,
         KeyFamily::RevocationsTotal,
         KeyFamily::PreviousKeysPastGrace,
+        KeyFamily::NeedsAttention,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -63,6 +65,7 @@ impl KeyFamily {
             KeyFamily::RotationsTotal => "keyrotd_rotations_total",
             KeyFamily::RevocationsTotal => "keyrotd_revocations_total",
             KeyFamily::PreviousKeysPastGrace => "keyrotd_previous_keys_past_grace",
+            KeyFamily::NeedsAttention => "keyrotd_rotation_needs_attention",
         }
     }
 
@@ -90,6 +93,9 @@ impl KeyFamily {
             KeyFamily::PreviousKeysPastGrace => {
                 "Replaced keys past their grace period still live at the provider because revoking them failed."
             }
+            KeyFamily::NeedsAttention => {
+                "1 while a failed rotation waits for a delivery target to take the current key back (both keys live, nothing revoked)."
+            }
         }
     }
 
@@ -114,6 +120,7 @@ impl KeyFamily {
             KeyFamily::LastRotation => row.last_rotated_at,
             KeyFamily::ConsecutiveFailures => Some(row.consecutive_failures),
             KeyFamily::PreviousKeysPastGrace => Some(row.revocations.past_grace as i64),
+            KeyFamily::NeedsAttention => Some(i64::from(row.needs_attention)),
             KeyFamily::CheckStatus => {
                 if let (Some(status), Some(_)) = (row.check_status, key) {
                     for candidate in CheckStatus::ALL {
@@ -217,6 +224,7 @@ pub(crate) struct KeyRow {
     rotations_failed: u64,
     revocations: Revocations,
     credits: Box<[(String, f64)]>,
+    needs_attention: bool,
 }
 
 impl From<&CredentialState> for KeyRow {
@@ -241,6 +249,7 @@ impl From<&CredentialState> for KeyRow {
             rotations_failed: state.rotations_failed,
             revocations: state.revocations,
             credits: state.credits.clone().into_boxed_slice(),
+            needs_attention: state.needs_attention,
         }
     }
 }

@@ -56,6 +56,7 @@ fn state(name: &str, checked: bool, credits: bool) -> CredentialState {
         } else {
             Vec::new()
         },
+        needs_attention: checked,
     }
 }
 
@@ -184,6 +185,11 @@ fn reference(snapshot: &Snapshot, now: UnixTime) -> Vec<String> {
             KeyFamily::PreviousKeysPastGrace.name(),
             g,
             vec![(base(), r.past_grace as f64)],
+        );
+        push(
+            KeyFamily::NeedsAttention.name(),
+            g,
+            vec![(base(), f64::from(u8::from(s.needs_attention)))],
         );
     }
     let text = TextEncoder::new().encode_to_string(&families).unwrap();

@@ -1,6 +1,11 @@
 //! A failed step winds the rotation up: the old key stays current and is delivered again
 //! wherever the new one may have gone, the new key is discarded (and revoked) unless it is
 //! an operator's that may be retried, and the retry waits for the backoff.
+//!
+//! Restore comes before discard: when a target does not take the current key back, the
+//! rotation is not wound up but waits in [`RotationStep::Attention`] with both keys live
+//! and nothing revoked; the restore is retried with the retry backoff (the lease ends when
+//! the retry is due) until every target confirms, and only then is the new key discarded.
 
 use super::{is_fenced, CredentialRuntime, Engine, RotationError, StepError};
 use crate::delivery::Delivery;
@@ -10,17 +15,20 @@ use crate::store::{Lease, Rotation, RotationFailure, RotationKind, RotationStep}
 impl Engine {
     /// After a failed delivery some targets may hold the new key, which is about to be
     /// discarded: put the current key back everywhere so every consumer holds a working key.
-    pub(super) async fn restore_current(&self, rt: &CredentialRuntime) {
+    /// Every target must confirm; the error names each one that did not, and why (target
+    /// errors never carry key material).
+    pub(super) async fn restore_current(&self, rt: &CredentialRuntime) -> Result<(), String> {
         let current = match self.store.versions(&rt.name).await {
             Ok(versions) => versions.into_iter().find(|v| v.stage == Stage::Current),
-            Err(error) => {
-                tracing::error!(credential = %rt.name, %error, "cannot read the current key to restore it");
-                return;
-            }
+            Err(error) => return Err(format!("cannot read the current key: {error}")),
         };
-        let Some(current) = current else { return };
-        let Ok(secret) = self.store.secret(current.id).await else {
-            return;
+        // No current key (a first import that failed): nothing to put back.
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let secret = match self.store.secret(current.id).await {
+            Ok(secret) => secret,
+            Err(error) => return Err(format!("cannot unseal the current key: {error}")),
         };
         let delivery = Delivery {
             credential: &rt.name,
@@ -28,10 +36,17 @@ impl Engine {
             fingerprint: &current.fingerprint,
             version_id: current.id,
         };
+        let mut failed = Vec::new();
         for target in &rt.targets {
             if let Err(error) = target.deliver(&delivery).await {
                 tracing::error!(credential = %rt.name, target = %target.describe(), %error, "could not restore the current key");
+                failed.push(format!("{} ({error})", target.describe()));
             }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
         }
     }
 
@@ -52,11 +67,6 @@ impl Engine {
                 return fenced();
             }
         }
-        // From `verified` on, some targets may hold the new key (a delivery that failed
-        // half-way, or succeeded but whose commit did not): put the current key back first.
-        if rotation.step >= RotationStep::Verified {
-            self.restore_current(rt).await;
-        }
         let now = self.clock.now();
         let failures = self
             .store
@@ -72,7 +82,50 @@ impl Engine {
         let delay = rt
             .retry
             .delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng());
-        let retry_at = now + (delay.as_secs_f64().ceil() as i64).max(1);
+        let retry_in = (delay.as_secs_f64().ceil() as i64).max(1);
+        let retry_at = now + retry_in;
+        let attention = rotation.step == RotationStep::Attention;
+        // From `verified` on, some targets may hold the new key (a delivery that failed
+        // half-way, or succeeded but whose commit did not): put the current key back first,
+        // and discard the new key only once every target holds the current one again. A
+        // target that did not take it back may hold the new key: revoking that would cut
+        // its consumer off, so the rotation waits in `attention` with both keys live.
+        if rotation.step >= RotationStep::Verified {
+            if let Err(failed) = self.restore_current(rt).await {
+                let detail = if attention {
+                    format!("current key not restored on: {failed}")
+                } else {
+                    format!(
+                        "{}: {}; current key not restored on: {failed}",
+                        error.step, error.reason
+                    )
+                };
+                match self
+                    .store
+                    .hold_for_attention(lease, &detail, retry_in, now)
+                    .await
+                {
+                    Err(store_error) if is_fenced(&store_error) => return fenced(),
+                    // Not recorded: the rotation stays in flight at its step and is
+                    // resumed (and restored again) once the lease ends; nothing is revoked.
+                    Err(store_error) => {
+                        tracing::error!(credential = %rt.name, error = %store_error, "could not record that the rotation needs attention")
+                    }
+                    Ok(()) => {
+                        tracing::error!(credential = %rt.name, rotation = %rotation.id, reason = %detail, retry_in_seconds = retry_in, "rotation needs attention: the current key could not be put back on every target; both keys stay live, nothing is revoked, the restore is retried")
+                    }
+                }
+                return RotationError::NeedsAttention {
+                    credential: rt.name.to_string(),
+                    rotation: rotation.id.clone(),
+                    reason: detail,
+                    left: retry_in,
+                };
+            }
+            if attention {
+                tracing::info!(credential = %rt.name, rotation = %rotation.id, "every target holds the current key again; winding up the rotation that needed attention");
+            }
+        }
         // A key we issued is discarded on any failure (the retry issues a fresh one); an
         // operator's key is kept for a retry unless the provider refused it.
         let ours = rt.issuer.is_some() && rotation.step == RotationStep::Planned
@@ -82,7 +135,12 @@ impl Engine {
         // schedule (the operator asked once).
         let discard = !rollback && (error.rejected || ours);
         let failure = RotationFailure {
-            error: format!("{}: {}", error.step, error.reason),
+            // Out of `attention` the reason is the stored error of the original failure.
+            error: if attention {
+                error.reason.clone()
+            } else {
+                format!("{}: {}", error.step, error.reason)
+            },
             discard_pending: discard,
             retry_at: (!rollback).then_some(retry_at),
         };

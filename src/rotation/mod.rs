@@ -7,7 +7,9 @@
 //! start-up). Issued keys carry the rotation id in their provider-side name; a key issued
 //! just before a crash (and so never stored) is found by that name and deleted before a new
 //! one is issued. The old key is never revoked before the new one is verified and delivered,
-//! and any failure leaves it current.
+//! and any failure leaves it current. A failure after delivery may have begun discards the
+//! new key only once every target holds the current key again; until then the rotation
+//! waits in `attention` with both keys live (see [`failure`]).
 //!
 //! # Ownership
 //!
@@ -145,10 +147,27 @@ pub enum RotationError {
         step: &'static str,
         reason: String,
     },
+    #[error("{credential} needs attention: rotation {rotation} could not put the current key back on every delivery target ({reason}); both keys stay live and nothing is revoked until every target holds the current key again. Fix the target; the restore is retried {retry_text} (see \"Rotation needs attention\" in docs/runbook.md)", retry_text = retry_text(*left))]
+    NeedsAttention {
+        credential: String,
+        rotation: String,
+        /// Which targets did not take the current key back, and why.
+        reason: String,
+        /// Seconds until the restore is retried (the lease's end).
+        left: i64,
+    },
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn retry_text(left: i64) -> String {
+    if left > 0 {
+        format!("in {left}s")
+    } else {
+        "at the daemon's next pass, or now by `keyrotd key rotate`".to_string()
+    }
 }
 
 fn render_time(at: i64) -> String {
@@ -415,6 +434,10 @@ impl Engine {
                 tracing::debug!(credential = %rt.name, %owner, until, "rotation in flight under a live lease; not resuming");
                 Ok(())
             }
+            Err(RotationError::NeedsAttention { left, .. }) => {
+                tracing::debug!(credential = %rt.name, retry_in_seconds = left, "rotation needs attention; the restore is retried later");
+                Ok(())
+            }
             Err(error) => Err(error),
         }
     }
@@ -442,6 +465,17 @@ impl Engine {
         {
             Ok(taken) => taken,
             Err(StoreError::RotationNotInFlight { .. }) => return Ok(None),
+            // In attention, the lease ends when the restore is to be retried.
+            Err(StoreError::LeaseLive { left, .. })
+                if in_flight.step == RotationStep::Attention =>
+            {
+                return Err(RotationError::NeedsAttention {
+                    credential: rt.name.to_string(),
+                    rotation: in_flight.id,
+                    reason: in_flight.error.unwrap_or_default(),
+                    left,
+                })
+            }
             Err(error) => return Err(RotationError::from_store(&rt.name, error)),
         };
         tracing::warn!(credential = %rt.name, rotation = %rotation.id, kind = rotation.kind.as_str(), step = rotation.step.as_str(), previous_owner = %in_flight.owner, epoch = lease.epoch, "resuming rotation: taking it over, its owner's lease expired");
@@ -517,6 +551,19 @@ impl Engine {
                         }
                         other => other,
                     };
+                }
+                // Retry the restore: `fail` puts the current key back on every target and
+                // winds the rotation up, or keeps it in attention.
+                RotationStep::Attention => {
+                    let reason = rotation.error.clone().unwrap_or_default();
+                    return Err(self
+                        .fail(
+                            rt,
+                            &rotation,
+                            &lease,
+                            StepError::transient("restore", reason),
+                        )
+                        .await);
                 }
                 RotationStep::Done | RotationStep::Failed => {
                     return Err(RotationError::Refused(format!(

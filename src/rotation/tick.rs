@@ -1,6 +1,7 @@
 //! One scheduling pass over a credential: what the daemon's pass queue runs for it when it
 //! is due. It records the next due time, rotates when due, takes over a rotation whose
-//! owner's lease expired, and revokes what is due.
+//! owner's lease expired (retrying the restore of one that needs attention once its
+//! backoff is over), and revokes what is due.
 
 use super::{CredentialRuntime, Engine, RotationError, MAX_SLEEP};
 use crate::model::{Stage, UnixTime};
@@ -15,10 +16,17 @@ impl Engine {
         };
         // A rotation in flight under another process's live lease: look again just after
         // the lease would run out (its owner may die), whatever else is due.
+        let mut attention = false;
         let lease_ends = match self.take_over_abandoned(rt).await? {
             TakeOver::Done => return Ok(self.clock.now()),
             TakeOver::Live { left } => Some(now + left.max(0) + 1),
             TakeOver::Nothing => None,
+            // The restore is retried when the lease (the backoff) ends; no rotation can
+            // start meanwhile, and what is due for revocation still is revoked.
+            TakeOver::Attention { left } => {
+                attention = true;
+                Some(now + left.max(0) + 1)
+            }
         };
         let versions = self.store.versions(&rt.name).await?;
         let current = versions.iter().find(|v| v.stage == Stage::Current);
@@ -55,7 +63,7 @@ impl Engine {
         // An imported key kept after a failed attempt waits for the backoff like any retry,
         // not retried on every pass.
         let imported = imported_waiting && (credential.consecutive_failures == 0 || due);
-        if (due && rt.issuer.is_some()) || imported {
+        if !attention && ((due && rt.issuer.is_some()) || imported) {
             match self.rotate(rt, "schedule").await {
                 Ok(_) => {}
                 Err(RotationError::InFlight { owner, left, .. }) => {
@@ -97,6 +105,7 @@ impl Engine {
         match self.take_over_in_flight(rt).await {
             Ok(None) => Ok(TakeOver::Nothing),
             Err(RotationError::InFlight { left, .. }) => Ok(TakeOver::Live { left }),
+            Err(RotationError::NeedsAttention { left, .. }) => Ok(TakeOver::Attention { left }),
             Ok(Some(_)) => Ok(TakeOver::Done),
             Err(error) => {
                 tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
@@ -114,4 +123,7 @@ enum TakeOver {
     Done,
     /// Another process's lease on it is live for `left` more seconds.
     Live { left: i64 },
+    /// It needs attention (a target did not take the current key back); the restore is
+    /// retried in `left` seconds.
+    Attention { left: i64 },
 }

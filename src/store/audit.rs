@@ -51,11 +51,14 @@ pub enum EventKind {
     RetiredLocally,
     /// A rotation whose owner's lease expired got a new owner (and a higher epoch).
     RotationTakenOver,
+    /// A failed rotation could not put the current key back on every target: it waits in
+    /// [`RotationStep::Attention`], both keys live, nothing revoked.
+    NeedsAttention,
 }
 
 impl EventKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::CredentialAdded,
         EventKind::CredentialUpdated,
         EventKind::CredentialRemoved,
@@ -76,6 +79,7 @@ impl EventKind {
         EventKind::RevocationFailed,
         EventKind::RetiredLocally,
         EventKind::RotationTakenOver,
+        EventKind::NeedsAttention,
     ];
 
     /// The kind as the audit trail stores it.
@@ -101,6 +105,7 @@ impl EventKind {
             EventKind::RevocationFailed => "revocation_failed",
             EventKind::RetiredLocally => "retired_locally",
             EventKind::RotationTakenOver => "rotation_taken_over",
+            EventKind::NeedsAttention => "needs_attention",
         }
     }
 
@@ -129,6 +134,7 @@ impl EventKind {
             RotationStep::Issued => EventKind::Issued,
             RotationStep::Verified => EventKind::Verified,
             RotationStep::Delivered => EventKind::Delivered,
+            RotationStep::Attention => EventKind::NeedsAttention,
             RotationStep::Done => EventKind::Promoted,
             RotationStep::Failed => EventKind::RotationFailed,
         }

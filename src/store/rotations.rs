@@ -12,7 +12,7 @@
 //! ([`RotationStore::record_issued`], [`RotationStore::adopt_pending`],
 //! [`RotationStore::advance_rotation`], [`RotationStore::promote`],
 //! [`RotationStore::finish_rollback`], [`RotationStore::fail_rotation`],
-//! [`RotationStore::renew_lease`]) is a compare-and-set on (rotation id, expected step,
+//! [`RotationStore::hold_for_attention`], [`RotationStore::renew_lease`]) is a compare-and-set on (rotation id, expected step,
 //! owner epoch) and renews the lease: a write by an owner that was taken over matches no
 //! row and answers [`StoreError::Fenced`](super::StoreError::Fenced), and the caller stops
 //! without any side effect (the new owner is responsible now).
@@ -33,6 +33,12 @@ pub enum RotationStep {
     Verified,
     /// Every delivery target holds the new key.
     Delivered,
+    /// Needs attention: the rotation failed after the new key may have been delivered, and
+    /// putting the current key back did not succeed on every target. Both keys stay live
+    /// and sealed, nothing is revoked, and the rotation stays unfinished (so no other
+    /// rotation of the credential starts) until every target takes the current key again;
+    /// then it is wound up as failed. Unfinished.
+    Attention,
     /// Promoted: the new key is current. Finished.
     Done,
     /// Abandoned; the old key stayed current. Finished.
@@ -46,6 +52,7 @@ impl RotationStep {
             RotationStep::Issued => "issued",
             RotationStep::Verified => "verified",
             RotationStep::Delivered => "delivered",
+            RotationStep::Attention => "attention",
             RotationStep::Done => "done",
             RotationStep::Failed => "failed",
         }
@@ -57,6 +64,7 @@ impl RotationStep {
             RotationStep::Issued,
             RotationStep::Verified,
             RotationStep::Delivered,
+            RotationStep::Attention,
             RotationStep::Done,
             RotationStep::Failed,
         ]
@@ -275,11 +283,28 @@ pub trait RotationStore: Send + Sync {
         now: UnixTime,
     ) -> StoreResult<KeyVersion>;
 
-    /// Winds up a failed rotation under the lease; the current key is untouched.
+    /// Winds up a failed rotation under the lease (from any unfinished step, including
+    /// [`RotationStep::Attention`]); the current key is untouched.
     async fn fail_rotation(
         &self,
         lease: &Lease,
         failure: &RotationFailure,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+
+    /// Puts the rotation in (or keeps it in) [`RotationStep::Attention`] under the lease:
+    /// the current key could not be put back on every target, so the new key is neither
+    /// discarded nor revoked and the rotation stays unfinished. Records `detail` (which
+    /// targets failed and why; never secrets) as its error and in a `needs_attention`
+    /// event (the credential's failure count moves only when the rotation is wound up), and
+    /// sets the lease to end in `retry_after` seconds
+    /// (on the database's clock): the lease doubles as the retry backoff, so whichever
+    /// process takes it over after that retries the restore.
+    async fn hold_for_attention(
+        &self,
+        lease: &Lease,
+        detail: &str,
+        retry_after: i64,
         now: UnixTime,
     ) -> StoreResult<()>;
 

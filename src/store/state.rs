@@ -22,6 +22,9 @@ pub struct CredentialState {
     pub revocations: Revocations,
     /// (unit, remaining) as last reported by the provider.
     pub credits: Vec<(String, f64)>,
+    /// Its rotation in flight waits in `attention`: a target did not take the current key
+    /// back after a failed rotation (both keys live, nothing revoked).
+    pub needs_attention: bool,
 }
 
 /// What became of a credential's revocations: running totals, and the keys still live at

@@ -11,6 +11,8 @@ use crate::store::{CredentialRecord, KeyVersion, SqliteStore};
 pub(crate) struct ListedKey {
     pub(crate) credential: CredentialRecord,
     pub(crate) version: Option<KeyVersion>,
+    /// Why its rotation in flight needs attention, if it does.
+    pub(crate) attention: Option<super::show::Attention>,
 }
 
 pub(super) async fn run(store: &SqliteStore, json: bool, now: UnixTime) -> anyhow::Result<()> {
@@ -25,8 +27,10 @@ pub(super) async fn run(store: &SqliteStore, json: bool, now: UnixTime) -> anyho
 
 async fn live_keys(store: &SqliteStore) -> anyhow::Result<Vec<ListedKey>> {
     let snapshot = store.snapshot().await?;
+    let attention = super::show::attention_by_credential(store).await?;
     let mut rows = Vec::new();
     for state in &snapshot.credentials {
+        let attention = attention.get(&state.credential.name).cloned();
         let versions = store.versions(&state.credential.name).await?;
         let live: Vec<&KeyVersion> = versions
             .iter()
@@ -36,12 +40,14 @@ async fn live_keys(store: &SqliteStore) -> anyhow::Result<Vec<ListedKey>> {
             rows.push(ListedKey {
                 credential: state.credential.clone(),
                 version: None,
+                attention: attention.clone(),
             });
         }
         for version in live {
             rows.push(ListedKey {
                 credential: state.credential.clone(),
                 version: Some(version.clone()),
+                attention: attention.clone(),
             });
         }
     }

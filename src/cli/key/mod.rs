@@ -10,7 +10,7 @@ pub(crate) mod list;
 mod revoke;
 mod rollback;
 mod rotate;
-mod show;
+pub(crate) mod show;
 
 use super::{JsonFlag, Setup};
 use crate::clock::SystemClock;

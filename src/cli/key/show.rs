@@ -6,6 +6,37 @@ use crate::model::UnixTime;
 use crate::store::prelude::*;
 use crate::store::SqliteStore;
 use anyhow::Context;
+use std::collections::HashMap;
+
+/// A rotation waiting in `attention`: a delivery target did not take the current key back
+/// after a failed rotation, so both keys stay live and nothing is revoked.
+#[derive(Debug, Clone)]
+pub(crate) struct Attention {
+    pub(crate) rotation: String,
+    /// Which targets failed, and why (never key material).
+    pub(crate) reason: String,
+}
+
+/// The rotations in attention, by credential (a read of the unfinished rotations only).
+pub(crate) async fn attention_by_credential(
+    store: &SqliteStore,
+) -> anyhow::Result<HashMap<String, Attention>> {
+    Ok(store
+        .rotations_in_flight()
+        .await?
+        .into_iter()
+        .filter(|r| r.step == crate::store::RotationStep::Attention)
+        .map(|r| {
+            (
+                r.credential,
+                Attention {
+                    rotation: r.id,
+                    reason: r.error.unwrap_or_default(),
+                },
+            )
+        })
+        .collect())
+}
 
 pub(super) async fn run(
     store: &SqliteStore,
@@ -19,12 +50,18 @@ pub(super) async fn run(
         .with_context(|| format!("unknown credential {name:?}"))?;
     let versions = store.versions(name).await?;
     let credits = store.credits(name).await?;
+    let attention = attention_by_credential(store).await?.remove(name);
     if json {
-        render::print_json(&render::json::key_show(&credential, &versions, &credits))
+        render::print_json(&render::json::key_show(
+            &credential,
+            &versions,
+            &credits,
+            attention.as_ref(),
+        ))
     } else {
         print!(
             "{}",
-            render::table::key_show(&credential, &versions, &credits, now)
+            render::table::key_show(&credential, &versions, &credits, attention.as_ref(), now)
         );
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use crate::cli::check::CheckRow;
 use crate::cli::key::list::ListedKey;
+use crate::cli::key::show::Attention;
 use crate::model::UnixTime;
 use crate::store::{CredentialRecord, Event, KeyVersion};
 use serde_json::{json, Value};
@@ -10,7 +11,7 @@ use serde_json::{json, Value};
 /// `keyrotd key list --json`.
 pub(crate) fn key_list(rows: &[ListedKey], now: UnixTime) -> Value {
     rows.iter()
-        .map(|ListedKey { credential: c, version: v }| {
+        .map(|ListedKey { credential: c, version: v, attention }| {
             json!({
                 "credential": c.name,
                 "provider": c.provider,
@@ -22,6 +23,7 @@ pub(crate) fn key_list(rows: &[ListedKey], now: UnixTime) -> Value {
                 "expires_at": v.as_ref().and_then(|v| v.expires_at),
                 "last_check_at": v.as_ref().and_then(|v| v.last_check_at),
                 "last_check_status": v.as_ref().and_then(|v| v.last_check_status).map(|s| s.as_str()),
+                "needs_attention": attention.is_some(),
             })
         })
         .collect()
@@ -32,6 +34,7 @@ pub(crate) fn key_show(
     credential: &CredentialRecord,
     versions: &[KeyVersion],
     credits: &[(String, f64)],
+    attention: Option<&Attention>,
 ) -> Value {
     let items: Vec<_> = versions.iter().map(version).collect();
     let credits: Vec<_> = credits
@@ -49,6 +52,7 @@ pub(crate) fn key_show(
         "last_rotated_at": credential.last_rotated_at,
         "consecutive_failures": credential.consecutive_failures,
         "credit": credits,
+        "needs_attention": attention.map(|a| json!({"rotation": a.rotation, "reason": a.reason})),
         "versions": items,
     })
 }

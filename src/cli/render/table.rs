@@ -4,6 +4,7 @@
 use super::{check_summary, format_time, human_age, relative};
 use crate::cli::check::CheckRow;
 use crate::cli::key::list::ListedKey;
+use crate::cli::key::show::Attention;
 use crate::model::UnixTime;
 use crate::store::{CredentialRecord, Event, KeyVersion};
 use std::fmt::Write as _;
@@ -19,11 +20,18 @@ pub(crate) fn key_list(rows: &[ListedKey], now: UnixTime) -> String {
         "EXPIRES",
         "LAST CHECK",
     ]);
+    let mut attention = Vec::new();
     for ListedKey {
         credential: c,
         version,
+        attention: needs,
     } in rows
     {
+        if let Some(needs) = needs {
+            if !attention.iter().any(|(name, _)| *name == c.name) {
+                attention.push((c.name.clone(), needs.clone()));
+            }
+        }
         match version {
             Some(v) => table.row(vec![
                 c.name.clone(),
@@ -47,7 +55,16 @@ pub(crate) fn key_list(rows: &[ListedKey], now: UnixTime) -> String {
             ]),
         }
     }
-    table.render()
+    let mut out = table.render();
+    // Only when something needs attention: the listing is otherwise unchanged.
+    for (name, needs) in attention {
+        let _ = writeln!(
+            out,
+            "\n{name}: NEEDS ATTENTION: rotation {} could not put the current key back on every target ({}); both keys stay live",
+            needs.rotation, needs.reason
+        );
+    }
+    out
 }
 
 /// `keyrotd key show`: the credential's state as labelled lines, then its versions.
@@ -55,6 +72,7 @@ pub(crate) fn key_show(
     credential: &CredentialRecord,
     versions: &[KeyVersion],
     credits: &[(String, f64)],
+    attention: Option<&Attention>,
     now: UnixTime,
 ) -> String {
     let mut out = String::new();
@@ -79,6 +97,13 @@ pub(crate) fn key_show(
             .map(|(unit, remaining)| format!("{remaining} {unit}"))
             .collect();
         let _ = writeln!(out, "credit:       {}", balances.join(", "));
+    }
+    if let Some(needs) = attention {
+        let _ = writeln!(
+            out,
+            "attention:    NEEDS ATTENTION: rotation {} could not put the current key back on every target ({}); both keys stay live and nothing is revoked until it does (see \"Rotation needs attention\" in docs/runbook.md)",
+            needs.rotation, needs.reason
+        );
     }
     out.push('\n');
     let mut table = Table::new(&[

@@ -443,6 +443,48 @@ impl RotationStore for SqliteStore {
         Ok(())
     }
 
+    async fn hold_for_attention(
+        &self,
+        lease: &Lease,
+        detail: &str,
+        retry_after: i64,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let rotation_id = lease.rotation.as_str();
+        let mut tx = self.begin_write().await?;
+        let Held {
+            credential,
+            new_version,
+            ..
+        } = Self::hold(&mut tx, lease, None).await?;
+        // The lease ends when the retry is due (database clock): nobody, this process
+        // included, takes the rotation over before the backoff is over.
+        sqlx::query(concat!(
+            "UPDATE rotations SET step = 'attention', updated_at = ?, error = ?, attempts = attempts + 1, lease_expires_at = ",
+            db_now!(),
+            " + ? WHERE id = ? AND owner_epoch = ?"
+        ))
+        .bind(now)
+        .bind(detail)
+        .bind(retry_after.max(1))
+        .bind(rotation_id)
+        .bind(lease.epoch)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_event(
+            &mut tx,
+            Some(&credential),
+            new_version,
+            EventKind::NeedsAttention,
+            "rotation",
+            detail,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn rotation_outlooks(&self) -> StoreResult<Vec<RotationOutlook>> {
         // One pass over the credentials; the correlated sub-queries use the
         // (credential_id, stage) index.

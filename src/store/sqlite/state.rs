@@ -57,6 +57,16 @@ impl StateStore for SqliteStore {
         )
         .fetch_all(&mut *tx)
         .await?;
+        // Rotations waiting in attention: only unfinished rotations are read (the partial
+        // one-in-flight index), never the history.
+        let attention: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT c.name FROM rotations r JOIN credentials c ON c.id = r.credential_id
+             WHERE r.finished_at IS NULL AND r.step = 'attention' AND c.removed_at IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
         let mut totals_by_name: HashMap<String, Totals> = HashMap::new();
         for (name, counter, value) in counter_rows {
             let totals = totals_by_name.entry(name).or_default();
@@ -106,6 +116,7 @@ impl StateStore for SqliteStore {
                     revocations: totals.revocations,
                     current,
                     credits: credits_by_name.remove(&credential.name).unwrap_or_default(),
+                    needs_attention: attention.contains(&credential.name),
                     credential,
                 });
             }
