@@ -1677,3 +1677,53 @@ command = ["sh", "-c", "if [ ! -e {dir}/held ]; then touch {dir}/held; while [ !
     );
     f.assert_no_orphans().await;
 }
+
+/// A `key rotate` that died after the provider issued its key but before storing it leaves
+/// that key under its rotation's name. When the rotation is taken over and adopts an
+/// operator's imported key instead of issuing, the orphan is still swept: adoption gives
+/// the imported key this rotation's id, after which the orphan's name would pass for it.
+#[tokio::test]
+async fn a_takeover_that_adopts_an_imported_key_still_sweeps_the_dead_owners_orphan() {
+    let f = fixture(Setup::default()).await;
+    let rotation = "20260101T000000-dead0001";
+    f.store
+        .plan_rotation(CRED, rotation, "cli:dead", &dead_owner(), START)
+        .await
+        .unwrap();
+    let installation = f.store.installation_id().await.unwrap();
+    let orphan = "sk-test-issued-by-the-dead-owner".to_string();
+    f.sim.add_named_key(
+        &orphan,
+        &format!("keyrotd/{installation}/{CRED}/{rotation}"),
+    );
+    let imported = "sk-test-imported-by-the-operator".to_string();
+    f.sim.add_key(&imported);
+    f.store
+        .import_key(
+            CRED,
+            NewKey {
+                secret: SecretString::from(imported.clone()),
+                expires_at: None,
+                provider_key_id: None,
+                rotation_id: None,
+            },
+            "test",
+            START,
+        )
+        .await
+        .unwrap();
+    let done = f.engine.rotate(&f.rt, "test").await.unwrap();
+    assert_eq!(
+        done.rotation_id, rotation,
+        "the dead owner's rotation is finished"
+    );
+    assert_eq!(f.current_secret().await, imported);
+    assert!(
+        !f.sim.is_live(&orphan),
+        "the key the dead owner issued and never stored is left live at the provider"
+    );
+    assert!(
+        f.sim.is_live(&f.old),
+        "the previous key stays for its grace"
+    );
+}

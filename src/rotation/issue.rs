@@ -21,6 +21,16 @@ impl Engine {
             .await
             .map_err(|e| StepError::transient("issue", e.to_string()))?
         {
+            // A previous owner of this rotation may have issued a key and died before storing
+            // it. Adoption issues nothing, so sweep now: once the adopted key carries this
+            // rotation's id, the orphan's name would pass for the adopted key's. Best effort:
+            // a listing that fails must not block an operator's key (the next issue sweeps).
+            if let Some(issuer) = &rt.issuer {
+                self.renew(lease, "issue").await?;
+                if let Err(sweep) = self.delete_orphans(rt, issuer.as_ref()).await {
+                    tracing::warn!(credential = %rt.name, reason = %sweep.reason, "could not sweep orphaned keys before adopting an imported key; the next issue retries");
+                }
+            }
             self.store
                 .adopt_pending(lease, version.id, now)
                 .await
