@@ -11,6 +11,7 @@ use crate::metrics::server::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::providers::{self, ProviderTelemetry};
 use crate::rotation::{self, CredentialRuntime, Engine};
+use crate::store::InstallationStore as _;
 use crate::store::{
     credential_specs, open_store, CredentialStore, MasterKeyNeed, SqliteStore, Store,
 };

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::daemon::{self, DaemonSettings};
 use crate::simulator::{Op, Simulator};
+use crate::store::InstallationStore as _;
 use crate::store::{
     credential_specs, open_store, CredentialStore, KeyStore, MasterKeyNeed, NewKey,
 };

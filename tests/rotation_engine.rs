@@ -40,6 +40,7 @@ fn dead_owner() -> Claim {
     Claim {
         owner: "cli:host:1:dead".into(),
         lease_seconds: 0,
+        leader: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn live_owner() -> Claim {
     Claim {
         owner: "cli:host:2:alive".into(),
         lease_seconds: 3600,
+        leader: None,
     }
 }
 

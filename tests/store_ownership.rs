@@ -19,6 +19,7 @@ fn claim(owner: &str, lease_seconds: i64) -> Claim {
     Claim {
         owner: owner.into(),
         lease_seconds,
+        leader: None,
     }
 }
 

@@ -7,6 +7,7 @@ use crate::checks::{self, CheckOutcome, CheckTarget, Checker};
 use crate::clock::{Clock, SystemClock};
 use crate::model::CheckStatus;
 use crate::providers::ProviderTelemetry;
+use crate::store::InstallationStore as _;
 use crate::store::MasterKeyNeed;
 use crate::store::SqliteStore;
 use anyhow::bail;

@@ -64,7 +64,9 @@ pub(crate) fn spawn(
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::store::{CredentialSpec, CredentialStore, EventKind, SqliteStore, StateStore};
+    use crate::store::{
+        CredentialSpec, CredentialStore, EventKind, InstallationStore, SqliteStore, StateStore,
+    };
 
     #[tokio::test]
     async fn prunes_only_events_past_retention_in_batches_and_keeps_the_totals() {

@@ -338,6 +338,7 @@ impl Engine {
             claim: Claim {
                 owner: instance_identity("engine"),
                 lease_seconds: DEFAULT_LEASE.as_secs() as i64,
+                leader: None,
             },
         }
     }

@@ -13,6 +13,7 @@ mod checks;
 mod credentials;
 mod installation;
 mod keys;
+mod leadership;
 mod open;
 mod rotations;
 mod sqlite;
@@ -23,6 +24,7 @@ pub use checks::{CheckRecord, CheckStore, CheckToRecord};
 pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
 pub use installation::InstallationStore;
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
+pub use leadership::{LeaderClaim, LeaderStore, LeaderToken, Leadership};
 pub use open::credential_specs;
 pub(crate) use open::{open_store, MasterKeyNeed};
 pub use rotations::{
@@ -36,8 +38,8 @@ pub use state::{CredentialState, Revocations, Snapshot, StateStore};
 /// through `dyn Store` (`use crate::store::prelude::*;`).
 pub mod prelude {
     pub use super::{
-        AuditStore, CheckStore, CredentialStore, InstallationStore, KeyStore, RotationStore,
-        StateStore,
+        AuditStore, CheckStore, CredentialStore, InstallationStore, KeyStore, LeaderStore,
+        RotationStore, StateStore,
     };
 }
 
@@ -148,6 +150,7 @@ pub trait Store:
     + AuditStore
     + StateStore
     + InstallationStore
+    + LeaderStore
 {
 }
 
@@ -159,5 +162,6 @@ impl<T> Store for T where
         + AuditStore
         + StateStore
         + InstallationStore
+        + LeaderStore
 {
 }

@@ -6,6 +6,7 @@
 use super::{CredentialSpec, SqliteStore, StoreError, StoreResult};
 use crate::config::Config;
 use crate::crypto::{MasterKey, Sealer};
+use crate::store::InstallationStore as _;
 use std::path::Path;
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@
 //! row and answers [`StoreError::Fenced`](super::StoreError::Fenced), and the caller stops
 //! without any side effect (the new owner is responsible now).
 
-use super::{KeyVersion, NewKey, StoreResult};
+use super::{KeyVersion, LeaderToken, NewKey, StoreResult};
 use crate::model::UnixTime;
 use async_trait::async_trait;
 
@@ -133,6 +133,11 @@ pub struct Claim {
     pub owner: String,
     /// Lease length; every write by the owner renews it for this long.
     pub lease_seconds: i64,
+    /// The leadership term the owner acts in, when it is a replica that leads (the daemon);
+    /// `None` for the CLI. Every write by such an owner is refused once that term is over
+    /// (see `store/leadership.rs`), and a rotation owned in an earlier term may be taken over
+    /// by the current leader without waiting out its lease.
+    pub leader: Option<LeaderToken>,
 }
 
 /// The right to write one rotation: returned by planning and takeover, passed to every step.
@@ -143,6 +148,8 @@ pub struct Lease {
     /// The epoch this owner holds; a takeover raises the row's, fencing this lease off.
     pub epoch: i64,
     pub seconds: i64,
+    /// See [`Claim::leader`].
+    pub leader: Option<LeaderToken>,
 }
 
 impl Lease {
@@ -152,6 +159,7 @@ impl Lease {
             owner: claim.owner.clone(),
             epoch: rotation.owner_epoch,
             seconds: claim.lease_seconds,
+            leader: claim.leader.clone(),
         }
     }
 }

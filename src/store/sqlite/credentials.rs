@@ -170,7 +170,7 @@ async fn mark_removed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AuditStore, StateStore};
+    use crate::store::{AuditStore, InstallationStore, StateStore};
 
     fn spec(name: &str, provider: &str, kind: &str) -> CredentialSpec {
         CredentialSpec {

@@ -62,7 +62,7 @@ impl SqliteStore {
     /// rotation that opens a row. Rows sealed before key ids existed are opened once with
     /// the key given (all of them, so one the key cannot open is found now as well) and
     /// stamped with its id; a database with no master key yet takes this one.
-    pub(crate) async fn claim_master_key(&self, key_path: &Path) -> StoreResult<()> {
+    pub(super) async fn claim_sealing_key(&self, key_path: &Path) -> StoreResult<()> {
         let sealer = self.sealer()?;
         let mine = sealer.key_id();
         let mut tx = self.begin_write().await?;
@@ -122,6 +122,22 @@ impl SqliteStore {
 
 #[async_trait]
 impl InstallationStore for SqliteStore {
+    async fn holds_secrets(&self) -> StoreResult<bool> {
+        self.any_sealed_secret().await
+    }
+
+    async fn verify_master_key(&self) -> StoreResult<()> {
+        self.open_newest_secret().await
+    }
+
+    async fn claim_master_key(&self, key_path: &Path) -> StoreResult<()> {
+        self.claim_sealing_key(key_path).await
+    }
+
+    async fn close(&self) {
+        self.close_pools().await
+    }
+
     async fn installation_id(&self) -> StoreResult<String> {
         Ok(
             sqlx::query_scalar("SELECT installation_id FROM installation WHERE id = 1")

@@ -14,7 +14,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 impl SqliteStore {
     /// Whether any key version still holds sealed secret material.
-    pub(crate) async fn holds_secrets(&self) -> StoreResult<bool> {
+    pub(super) async fn any_sealed_secret(&self) -> StoreResult<bool> {
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM key_versions WHERE sealed_secret IS NOT NULL)",
         )
@@ -24,7 +24,7 @@ impl SqliteStore {
 
     /// Fails unless the master key opens a stored secret (when there is one). Run at
     /// start-up so a wrong key is a clear error, not a failed check hours later.
-    pub(crate) async fn verify_master_key(&self) -> StoreResult<()> {
+    pub(super) async fn open_newest_secret(&self) -> StoreResult<()> {
         let row = sqlx::query(
             "SELECT v.id, c.name, v.sealed_secret FROM key_versions v
              JOIN credentials c ON c.id = v.credential_id

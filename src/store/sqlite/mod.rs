@@ -11,6 +11,7 @@ mod checks;
 mod credentials;
 mod installation;
 mod keys;
+mod leadership;
 mod liveness;
 mod open;
 mod ownership;
@@ -44,7 +45,7 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn close(&self) {
+    async fn close_pools(&self) {
         self.reader.close().await;
         self.writer.close().await;
     }
