@@ -14,6 +14,7 @@ mod credentials;
 mod installation;
 mod keys;
 mod leadership;
+mod location;
 mod open;
 mod rotations;
 mod sqlite;
@@ -25,6 +26,7 @@ pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
 pub use installation::InstallationStore;
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
 pub use leadership::{LeaderClaim, LeaderStore, LeaderToken, Leadership};
+pub use location::{PgSettings, PgSslMode, StoreLocation};
 pub use open::credential_specs;
 pub(crate) use open::{open_store, MasterKeyNeed};
 pub use rotations::{
