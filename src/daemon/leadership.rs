@@ -139,11 +139,14 @@ impl Elector {
     async fn wait_for_claim(&mut self, next: Instant, term: &mut Option<Term>) {
         loop {
             let deadline = term.as_ref().map(|t| t.deadline).filter(|d| *d < next);
+            // The deadline first: a process resumed after a pause finds both due, and must
+            // stop acting before it does anything else.
             tokio::select! {
-                _ = sleep_until(next) => return,
+                biased;
                 _ = sleep_until(deadline.unwrap_or(next)), if deadline.is_some() => {
                     self.step_down(term, "its renew deadline passed before the next claim");
                 }
+                _ = sleep_until(next) => return,
             }
         }
     }
@@ -163,10 +166,11 @@ impl Elector {
         loop {
             let deadline = term.as_ref().map(|t| t.deadline);
             tokio::select! {
-                answer = &mut claim => return answer,
+                biased;
                 _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
                     self.step_down(term, "no claim of the lease succeeded before its renew deadline");
                 }
+                answer = &mut claim => return answer,
             }
         }
     }

@@ -122,6 +122,7 @@ impl Work {
         let Some(acting) = self.acting.take() else {
             return;
         };
+        let epoch = acting.token.epoch;
         acting.checks.abort();
         acting.rotations.abort();
         if let Some(pruning) = &acting.pruning {
@@ -132,6 +133,7 @@ impl Work {
         if let Some(pruning) = acting.pruning {
             let _ = pruning.await;
         }
+        tracing::info!(epoch, "checks and rotations stopped");
     }
 }
 
