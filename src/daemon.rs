@@ -1,7 +1,9 @@
-//! The daemon's wiring: open the store, bind the port, start the checks, the rotations and
-//! the heartbeat, tell systemd, then wait for signals. SIGHUP re-reads the config (a broken
-//! one is logged and the running one stays); SIGTERM/SIGINT stop gracefully. `retention.rs`
-//! prunes the audit trail past `[daemon] events_retention`.
+//! The daemon's wiring: open the store (waiting while a PostgreSQL database is
+//! unreachable), bind the port, serve the endpoint, tell systemd, claim the leadership lease
+//! ([`leadership`]) and run the checks, the rotations and the retention pruning only while
+//! this replica leads ([`work`]), then wait for signals. SIGHUP re-reads the config (a broken
+//! one is logged and the running one stays); SIGTERM/SIGINT stop the work, release the lease
+//! and stop. `retention.rs` prunes the audit trail past `[daemon] events_retention`.
 
 use crate::checks::CheckTarget;
 use crate::clock::{Clock, SystemClock};
