@@ -210,43 +210,22 @@ async fn open_synced_store(
     Ok(Some(store))
 }
 
-/// Opens the store; while the database is unreachable (PostgreSQL down, refusing this
-/// user), says so and tries again with capped exponential backoff instead of exiting, so a
-/// replica started before its database comes up on its own. Anything else (a wrong master
-/// key, a corrupt SQLite file) is an error at once.
+/// Opens the store, waiting while the database is unavailable ([`patience`]); `None` if a
+/// stop signal came meanwhile.
 async fn open_store_patiently(
     location: &StoreLocation,
     master_key: Option<&Path>,
     signals: &mut Signals,
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
-    let backoff = crate::backoff::Backoff::new(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(60),
-    );
-    let mut failures: u32 = 0;
-    loop {
-        match open_store(location, master_key, MasterKeyNeed::IfSecretsStored).await {
-            Ok(store) => return Ok(Some(store)),
-            Err(crate::store::StoreError::Unavailable { target, reason }) => {
-                let delay = backoff.delay(failures, &mut rand::thread_rng());
-                failures = failures.saturating_add(1);
-                tracing::error!(
-                    %target,
-                    %reason,
-                    retry_in = %crate::config::format_duration(delay),
-                    "the database is unavailable; waiting for it"
-                );
-                notify_status(&format!("waiting for the database {target}: {reason}"));
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    signal = signals.next() => if let DaemonSignal::Stop = signal {
-                        return Ok(None);
-                    },
-                }
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
+    let stop = async { while let DaemonSignal::Reload = signals.next().await {} };
+    let opened = patience::retry_while_unavailable(
+        || open_store(location, master_key, MasterKeyNeed::IfSecretsStored),
+        patience::BACKOFF,
+        stop,
+        notify_status,
+    )
+    .await?;
+    Ok(opened)
 }
 
 async fn bind(daemon: &DaemonConfig) -> anyhow::Result<TcpListener> {
@@ -422,6 +401,7 @@ async fn reload(
 }
 
 mod leadership;
+mod patience;
 mod retention;
 #[cfg(test)]
 mod tests;

@@ -225,3 +225,23 @@ async fn a_leader_paused_past_its_lease_is_replaced_and_steps_down_when_it_resum
     assert!(!log.contains("leadership released"), "{log}");
     new.stop();
 }
+
+/// `check-config` judges a PostgreSQL `[store]` by its shape and never connects: nothing
+/// listens on port 9, and the config is still valid; a password in the URL is not, and the
+/// error does not repeat it.
+#[test]
+fn check_config_validates_a_postgres_store_without_connecting() {
+    let env = Env::new();
+    let valid = "[store]\nurl = \"postgres://keyrotd@127.0.0.1:9/keyrotd\"\npassword = { env = \"KEYROTD_TEST_ABSENT\" }\nsslmode = \"disable\"\n";
+    std::fs::write(&env.config, format!("{valid}\n{}", sections(&[CREDENTIAL]))).unwrap();
+    let out = env.run(&["check-config"]);
+    assert_success(&out, "check-config");
+
+    let leaky = "[store]\nurl = \"postgres://keyrotd:hunter2@127.0.0.1:9/keyrotd\"\n";
+    std::fs::write(&env.config, format!("{leaky}\n{}", sections(&[CREDENTIAL]))).unwrap();
+    let out = env.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    assert!(err.contains(":2:7: `store.url` holds a password"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
