@@ -245,3 +245,59 @@ fn check_config_validates_a_postgres_store_without_connecting() {
     assert!(err.contains(":2:7: `store.url` holds a password"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// Waits for a datagram with a line starting with `prefix` on a notify socket; answers it.
+fn wait_for_status(socket: &std::os::unix::net::UnixDatagram, prefix: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let found = wait_for(HANG_TIMEOUT, || {
+        let len = socket.recv(&mut buffer).ok()?;
+        let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
+        let line = message
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(String::from);
+        seen.push(message);
+        line
+    });
+    found.unwrap_or_else(|| panic!("no {prefix:?} within {HANG_TIMEOUT:?}; got {seen:?}"))
+}
+
+/// systemd's `STATUS=` says which replica leads, and whom a standby waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_status_names_the_leader_on_every_replica() {
+    let rig = Rig::new().await;
+    let sockets: Vec<_> = ["a.sock", "b.sock"]
+        .iter()
+        .map(|name| {
+            let path = rig.env.path().join(name);
+            let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            (path, socket)
+        })
+        .collect();
+    let daemons: Vec<Daemon> = sockets
+        .iter()
+        .map(|(path, _)| {
+            let mut command = rig.env.command();
+            command.env("NOTIFY_SOCKET", path);
+            Daemon::start(command)
+        })
+        .collect();
+    let leader = the_leader(&[&daemons[0], &daemons[1]]);
+    let standby = 1 - leader;
+    let status = wait_for_status(&sockets[leader].1, "STATUS=leading (epoch ");
+    assert!(status.ends_with(')'), "{status}");
+    let status = wait_for_status(&sockets[standby].1, "STATUS=standby; leader is ");
+    let pid = daemons[leader].pid().to_string();
+    assert!(
+        status.contains(&format!(":{pid}:")),
+        "{status} (leader pid {pid})"
+    );
+    assert!(status.contains(" until 20"), "{status}");
+    for daemon in daemons {
+        daemon.stop();
+    }
+}
