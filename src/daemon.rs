@@ -339,6 +339,8 @@ impl Signals {
 /// What the daemon keeps of its config once the checks and rotations are built from it.
 struct Running {
     daemon: DaemonConfig,
+    /// Read at start-up only: a reload warns when it changed.
+    store: crate::config::StoreConfig,
     credentials: usize,
 }
 
@@ -347,6 +349,7 @@ impl From<Config> for Running {
         Running {
             credentials: config.credentials.len(),
             daemon: config.daemon,
+            store: config.store,
         }
     }
 }
@@ -393,6 +396,12 @@ async fn reload(
     }
     if config.daemon.events_retention != running.daemon.events_retention {
         tracing::warn!("events_retention changed; it takes effect at the next restart");
+    }
+    if config.daemon.instance() != running.daemon.instance() {
+        tracing::warn!("instance changed; it takes effect at the next restart");
+    }
+    if config.store != running.store {
+        tracing::warn!("[store] changed; it takes effect at the next restart");
     }
     store
         .sync_credentials(&credential_specs(&config), clock.now())

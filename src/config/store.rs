@@ -14,7 +14,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// The `[store]` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `postgres://user@host:5432/database`; absent: SQLite.
