@@ -14,7 +14,8 @@ use keyrotd::simulator::{Op, Simulator};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-/// Lease 3s, renew every 1s, stop acting 2s after the last successful claim began.
+/// As [`LEADERSHIP`] sets them: lease 3s, renew every 1s, stop acting 2s after the last
+/// successful claim began.
 const LEASE: Duration = Duration::from_secs(3);
 const RENEW: Duration = Duration::from_secs(1);
 /// The database's clock counts whole seconds, and the takeover is observed by polling
@@ -22,15 +23,10 @@ const RENEW: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(3);
 
 /// The config both replicas share: the simulator's provider, checked and rotated every
-/// second, and short leadership timing.
+/// second (`Env::write_config` adds the short leadership timing of [`LEADERSHIP`]).
 fn config(sim: &Simulator, management_key: &std::path::Path) -> String {
     format!(
-        r#"[store]
-leader_lease = "3s"
-leader_renew_interval = "1s"
-leader_renew_deadline = "2s"
-
-[checks]
+        r#"[checks]
 interval = "1s"
 jitter = 0.0
 
