@@ -18,7 +18,7 @@
 //! the lease, so a standby takes over at its next claim instead of after the TTL.
 
 use crate::config::LeaderTiming;
-use crate::store::{LeaderClaim, LeaderStore, LeaderToken, Leadership, StoreResult};
+use crate::store::{LeaderClaim, LeaderStore, LeaderToken, Leadership, StoreError, StoreResult};
 use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -161,7 +161,22 @@ impl Elector {
         let store = self.store.clone();
         let holder = self.holder.clone();
         let ttl = self.timing.lease_seconds();
-        let claim = async move { store.claim_leadership(&holder, ttl).await };
+        // Bounded by the lease: a claim that hangs longer (a stuck connection) counts as a
+        // failed round-trip, and the next one is tried, rather than the loop waiting forever.
+        let bound = self.timing.lease;
+        let claim = async move {
+            tokio::time::timeout(bound, store.claim_leadership(&holder, ttl))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable {
+                        target: "the store".into(),
+                        reason: format!(
+                            "the leadership claim had no answer within {}",
+                            crate::config::format_duration(bound)
+                        ),
+                    })
+                })
+        };
         tokio::pin!(claim);
         loop {
             let deadline = term.as_ref().map(|t| t.deadline);

@@ -3,7 +3,6 @@
 //! an answer that comes too late).
 
 use super::*;
-use crate::store::StoreError;
 use async_trait::async_trait;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -202,4 +201,19 @@ async fn a_standby_never_acts() {
     let mut run = start(vec![Step::Follow, Step::Follow, Step::Fail, Step::Lead(3)]);
     // The first change is the lead at 3s: nothing was published before it.
     assert_eq!(run.next_change().await, (Some(3), S(3)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_unanswered_for_a_lease_counts_as_a_failed_round_trip() {
+    let mut run = start(vec![
+        Step::Lead(1),
+        Step::Late(S(60), Box::new(Step::Lead(1))),
+        Step::Lead(1),
+    ]);
+    assert_eq!(run.next_change().await, (Some(1), S(0)));
+    assert_eq!(run.next_change().await, (None, S(2)));
+    // The claim at 1s is given up at 4s (one lease), the store marked down, and the next
+    // claim goes out at once and leads again.
+    assert_eq!(run.next_change().await, (Some(1), S(4)));
+    assert_eq!(run.claims(), vec![S(0), S(1), S(4)]);
 }
