@@ -93,6 +93,22 @@ fn current_keys(env: &Env) -> usize {
         .count()
 }
 
+/// No rotation issued two keys: every live key keyrotd issued carries its rotation's id in
+/// its name (`keyrotd/<installation>/<credential>/<rotation>`), so no name may repeat.
+fn assert_no_rotation_issued_twice(sim: &Simulator) {
+    let mut names: Vec<String> = sim
+        .live_keys()
+        .into_iter()
+        .map(|(_, name)| name)
+        .filter(|name| name.starts_with("keyrotd/"))
+        .collect();
+    assert!(!names.is_empty(), "no issued key is live");
+    let issued = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), issued, "a rotation issued twice: {names:?}");
+}
+
 struct Rig {
     sim: Simulator,
     env: Env,
@@ -180,6 +196,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
     rig.wait_for_issues(issued, 2, "the new leader");
     assert!(provider_requests(&standby) > 0.0);
     assert_eq!(current_keys(&rig.env), 1);
+    assert_no_rotation_issued_twice(&rig.sim);
     standby.stop();
 }
 
@@ -217,6 +234,7 @@ async fn a_leader_paused_past_its_lease_is_replaced_and_steps_down_when_it_resum
     assert_eq!(provider_requests(&old), before, "the old leader acted");
     assert!(leads(&new));
     assert_eq!(current_keys(&rig.env), 1);
+    assert_no_rotation_issued_twice(&rig.sim);
     let log = old.stop();
     assert!(!log.contains("leadership released"), "{log}");
     new.stop();
