@@ -30,18 +30,6 @@ const REQUIRED_ON_DASHBOARD: &[&str] = &[
     "keyrotd_instance_info",
 ];
 
-/// The replica series (who leads, the lease's epoch, the store reachable, the replica's
-/// name) that the dashboard and the alert rules use before the leadership code in `src/`
-/// registers them: they are checked against docs/metrics.md but not yet against `src/`.
-/// The check fails while a name here is also in `src/`, so the change that exports one
-/// removes it from this list and the source check covers it again.
-const NOT_YET_IN_SOURCE: &[&str] = &[
-    "keyrotd_leader",
-    "keyrotd_leader_epoch",
-    "keyrotd_store_up",
-    "keyrotd_instance_info",
-];
-
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -209,13 +197,7 @@ fn dashboard_queries_only_metrics_keyrotd_exports() {
                 ));
             }
             let literal = format!("\"{name}\"");
-            if NOT_YET_IN_SOURCE.contains(&name.as_str()) {
-                if source.contains(&literal) {
-                    problems.push(format!(
-                        "{name} is now in src/: remove it from NOT_YET_IN_SOURCE in tests/dashboard.rs"
-                    ));
-                }
-            } else if !source.contains(&literal) {
+            if !source.contains(&literal) {
                 problems.push(format!(
                     "panel {title:?}: {token} is not exported by the code (no {literal} in src/)"
                 ));
