@@ -4,8 +4,8 @@
 //! Callers speak to [`Store`], the sum of one small trait per concern (credentials, keys,
 //! checks, rotations, the audit trail, and the state the metrics read); each concern's file
 //! holds its trait and its records. `sqlite` is the embedded backend, one file per concern
-//! as well; a second backend (PostgreSQL) implements the same traits with its own SQL and
-//! migrations. Nothing outside this folder writes SQL. Secrets cross this boundary only as
+//! as well; `postgres`, the backend several replicas share, implements the same traits with
+//! its own SQL and migrations over the same tables and columns. Nothing outside this folder writes SQL. Secrets cross this boundary only as
 //! `SecretString`; the backend seals them before they touch disk.
 
 mod audit;

@@ -56,6 +56,8 @@ impl Scratch {
 
 /// `on_both_backends!(case, ...)`: for each `async fn case(scratch: Scratch)`, a module
 /// `case` with the tests `sqlite` and `postgres`.
+// Every test file includes `common`; most use no macro of it.
+#[allow(unused_macros)]
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         $(
@@ -79,4 +81,5 @@ macro_rules! on_both_backends {
         )*
     };
 }
+#[allow(unused_imports)]
 pub(crate) use on_both_backends;

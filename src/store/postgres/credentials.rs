@@ -96,7 +96,7 @@ impl CredentialStore for PgStore {
 }
 
 /// The transaction-level advisory lock key of the config sync ("keyrotd" in ASCII).
-const SYNC_LOCK: i64 = 0x6b65_7972_6f74_64;
+const SYNC_LOCK: i64 = 0x006b_6579_726f_7464;
 
 /// A credential's row as the config sync compares it: name, provider, provider kind and
 /// when it was removed.
