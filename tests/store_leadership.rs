@@ -262,8 +262,16 @@ async fn a_new_leader_takes_over_a_rotation_of_an_earlier_term_at_once(scratch: 
         store.take_over("r1", &claim("cli", 60, None), START).await,
         Err(StoreError::LeaseLive { .. })
     ));
+    let lease_left = |store: Arc<dyn Store>| async move {
+        store.rotation_outlooks().await.unwrap()[0]
+            .in_flight_lease_left
+            .unwrap()
+    };
+    assert!(lease_left(store.clone()).await > 3000);
     store.release_leadership(&a).await.unwrap();
     let b = lead(&*store, "b", 60).await;
+    // The schedule sees it as free to take now.
+    assert!(lease_left(store.clone()).await <= 0);
     // b's term is later: the rotation is its at once, its lease an hour from ending.
     let (rotation, new) = store
         .take_over("r1", &claim("daemon-b", 3600, Some(&b)), START)
