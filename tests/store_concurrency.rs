@@ -10,7 +10,7 @@ use common::backends::{on_both_backends, Scratch};
 use futures::future::join_all;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::Stage;
-use keyrotd::store::{Claim, CredentialSpec, LeaderClaim, NewKey, Store, StoreError};
+use keyrotd::store::{Claim, CredentialSpec, LeaderClaim, LeaderToken, NewKey, Store, StoreError};
 use secrecy::SecretString;
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ on_both_backends!(
     one_of_many_concurrent_takeovers_wins,
     concurrent_imports_leave_exactly_one_current_key,
     one_of_many_concurrent_claims_of_leadership_wins,
+    a_change_of_leader_amid_rotation_writes_is_clean,
 );
 
 fn key(secret: &str) -> NewKey {
@@ -171,4 +172,86 @@ async fn one_of_many_concurrent_claims_of_leadership_wins(scratch: Scratch) {
         stores[1].leadership().await.unwrap().unwrap().holder,
         leading[0].holder
     );
+}
+
+async fn lead(store: &dyn Store, holder: &str) -> LeaderToken {
+    match store.claim_leadership(holder, 60).await.unwrap() {
+        LeaderClaim::Leading(lease) => lease.token(),
+        other => panic!("{holder} does not lead: {other:?}"),
+    }
+}
+
+/// Leader a's rotations keep renewing while a hands over to b and b takes them over: every
+/// write is either done or fenced (never a deadlock or another database error), and b owns
+/// every rotation at the end.
+async fn a_change_of_leader_amid_rotation_writes_is_clean(scratch: Scratch) {
+    let stores = replicas(&scratch).await;
+    let names: Vec<String> = (0..4).map(|i| format!("cred-{i}")).collect();
+    let specs: Vec<_> = names
+        .iter()
+        .map(|name| CredentialSpec {
+            name: name.clone(),
+            provider: "sim".into(),
+            provider_kind: "simulated".into(),
+        })
+        .collect();
+    stores[0].sync_credentials(&specs, START).await.unwrap();
+    let a = lead(&*stores[0], "a").await;
+    let mut leases = Vec::new();
+    for name in &names {
+        let claim = Claim {
+            owner: "daemon-a".into(),
+            lease_seconds: 3600,
+            leader: Some(a.clone()),
+        };
+        let (_, lease) = stores[0]
+            .plan_rotation(name, &format!("r-{name}"), "test", &claim, START)
+            .await
+            .unwrap();
+        leases.push(lease);
+    }
+    let renewals = join_all(leases.iter().flat_map(|lease| {
+        let store = stores[0].clone();
+        (0..3).map(move |_| {
+            let store = store.clone();
+            async move { store.renew_lease(lease).await }
+        })
+    }));
+    let b_side = async {
+        stores[0].release_leadership(&a).await.unwrap();
+        let b = lead(&*stores[1], "b").await;
+        let claim = Claim {
+            owner: "daemon-b".into(),
+            lease_seconds: 3600,
+            leader: Some(b),
+        };
+        join_all(names.iter().map(|name| {
+            let store = stores[1].clone();
+            let claim = claim.clone();
+            async move { store.take_over(&format!("r-{name}"), &claim, START).await }
+        }))
+        .await
+    };
+    let (renewed, taken) = futures::join!(renewals, b_side);
+    for result in &renewed {
+        assert!(
+            matches!(result, Ok(()) | Err(StoreError::Fenced { .. })),
+            "{result:?}"
+        );
+    }
+    for result in &taken {
+        assert!(result.is_ok(), "{result:?}");
+    }
+    for rotation in stores[0].rotations_in_flight().await.unwrap() {
+        assert_eq!(
+            (rotation.owner.as_str(), rotation.owner_epoch),
+            ("daemon-b", 2)
+        );
+    }
+    for lease in &leases {
+        assert!(matches!(
+            stores[0].renew_lease(lease).await,
+            Err(StoreError::Fenced { .. })
+        ));
+    }
 }

@@ -1,5 +1,6 @@
-//! Check results: written in batches, one transaction per batch and three fixed statements
-//! per chunk of it, the records bound as parallel arrays and read back with `UNNEST`.
+//! Check results: written in batches, one transaction per batch and four fixed statements
+//! per chunk of it (a lock, then three writes), the records bound as parallel arrays and
+//! read back with `UNNEST`.
 
 use super::{commit, PgStore, Tx};
 use crate::model::{CheckStatus, UnixTime};
@@ -125,7 +126,15 @@ async fn apply_checks(tx: &mut Tx, batch: &[CheckToRecord]) -> StoreResult<()> {
                 expires_at = COALESCE(b.expires_at, key_versions.expires_at)
          FROM b WHERE key_versions.id = b.version_id"
     );
+    // Two batches updating the same credentials in different orders would deadlock: take
+    // their rows' locks in one order (by name) first.
+    const LOCK: &str = "SELECT 1 FROM credentials WHERE name = ANY($1) AND removed_at IS NULL
+                        ORDER BY name COLLATE \"C\" FOR UPDATE";
     let columns = Columns::of(batch);
+    sqlx::query(LOCK)
+        .bind(&columns.names)
+        .execute(&mut **tx)
+        .await?;
     columns
         .bind(sqlx::query(EVENTS))
         .bind(EventKind::CheckStatusChanged.as_str())

@@ -17,9 +17,11 @@
 //!   row (always in that order), and compares step and owner epoch under that lock: a
 //!   takeover (an `UPDATE` of the same row) waits for the step to commit, or the step sees
 //!   the raised epoch and is [`Fenced`](crate::store::StoreError::Fenced);
-//! - a write made for a leader checks the leadership row `FOR SHARE`: a change of leader
-//!   (an upsert of that row) waits until the write commits, so no write lands under a term
-//!   that is already over;
+//! - a write made for a leader checks the leadership row `FOR SHARE`, after those locks: a
+//!   change of leader (an upsert of that row) waits until the write commits, so no write
+//!   lands under a term that is already over;
+//! - check batches lock their credentials' rows in name order first, so two batches never
+//!   wait on each other in a cycle;
 //! - the store's generation is bumped last, just before the commit
 //!   ([`commit`]), so its row lock is held only for the commit itself and a reader's
 //!   snapshot sees the generation and the data it counts together.

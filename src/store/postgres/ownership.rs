@@ -3,10 +3,12 @@
 //! the compare-and-set every step starts with. Lease times are the database's own.
 //!
 //! Where SQLite's single writer makes "read, compare, write" atomic, this backend locks:
-//! a step reads its rotation row `FOR UPDATE`, then the leadership row `FOR SHARE` (when
-//! it acts for a leader), then its credential's row `FOR UPDATE`, always in that order; a
-//! takeover is one `UPDATE` of the rotation row, so it waits for a step in flight and then
-//! re-reads the row it compares.
+//! a step reads its rotation row `FOR UPDATE`, then locks its credential's row, then (when
+//! it acts for a leader) the leadership row `FOR SHARE`, always in that order; a takeover
+//! is one `UPDATE` of the rotation row, so it waits for a step in flight and then re-reads
+//! the row it compares. The leadership row comes last because a claim of leadership
+//! waiting for it makes later shared lockers queue behind the claim: taken before a lock
+//! another transaction holds while it queues there, it would close a deadlock cycle.
 
 use super::{db_now, PgStore, Tx};
 use crate::model::UnixTime;
@@ -212,6 +214,13 @@ impl PgStore {
                 epoch: lease.epoch,
             });
         }
+        // The credential's keys change under this step: writes about them take turns.
+        sqlx::query("SELECT 1 FROM credentials WHERE id = $1 FOR UPDATE")
+            .bind(credential_id)
+            .execute(&mut **tx)
+            .await?;
+        // Last of the locks that can be waited for (see the module doc); a deposed leader
+        // is fenced whatever the step, as on SQLite.
         Self::leader_fence(tx, lease.leader.as_ref(), &lease.rotation, lease.epoch).await?;
         if finished.is_some() {
             return Err(StoreError::RotationNotInFlight {
@@ -226,11 +235,6 @@ impl PgStore {
                 });
             }
         }
-        // The credential's keys change under this step: writes about them take turns.
-        sqlx::query("SELECT 1 FROM credentials WHERE id = $1 FOR UPDATE")
-            .bind(credential_id)
-            .execute(&mut **tx)
-            .await?;
         sqlx::query(concat!(
             "UPDATE rotations SET lease_expires_at = ",
             db_now!(),
@@ -256,13 +260,6 @@ impl PgStore {
     ) -> StoreResult<(Rotation, Lease)> {
         let mut tx = self.begin_write().await?;
         let leader_epoch = claim.leader.as_ref().map(|t| t.epoch);
-        Self::leader_fence(
-            &mut tx,
-            claim.leader.as_ref(),
-            rotation_id,
-            leader_epoch.unwrap_or_default(),
-        )
-        .await?;
         // The compare-and-set: only an unfinished rotation whose lease has expired on the
         // database's clock, or one owned in an earlier leadership term than the claimant's
         // (its owner is fenced by the leader epoch already).
@@ -280,6 +277,15 @@ impl PgStore {
         .bind(claim.lease_seconds)
         .bind(rotation_id)
         .execute(&mut *tx)
+        .await?;
+        // After the rotation row's lock, as in every step; a fenced claimant's update is
+        // rolled back with the transaction. A deposed leader is told so first.
+        Self::leader_fence(
+            &mut tx,
+            claim.leader.as_ref(),
+            rotation_id,
+            leader_epoch.unwrap_or_default(),
+        )
         .await?;
         if taken.rows_affected() != 1 {
             let row: Option<(String, i64, i64, Option<i64>)> = sqlx::query_as(concat!(
