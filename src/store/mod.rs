@@ -4,8 +4,8 @@
 //! Callers speak to [`Store`], the sum of one small trait per concern (credentials, keys,
 //! checks, rotations, the audit trail, and the state the metrics read); each concern's file
 //! holds its trait and its records. `sqlite` is the embedded backend, one file per concern
-//! as well; a second backend (PostgreSQL) implements the same traits with its own SQL and
-//! migrations. Nothing outside this folder writes SQL. Secrets cross this boundary only as
+//! as well; `postgres`, the backend several replicas share, implements the same traits with
+//! its own SQL and migrations over the same tables and columns. Nothing outside this folder writes SQL. Secrets cross this boundary only as
 //! `SecretString`; the backend seals them before they touch disk.
 
 mod audit;
@@ -16,6 +16,7 @@ mod keys;
 mod leadership;
 mod location;
 mod open;
+mod postgres;
 mod rotations;
 mod sqlite;
 mod state;
@@ -29,6 +30,7 @@ pub use leadership::{LeaderClaim, LeaderStore, LeaderToken, Leadership};
 pub use location::{PgSettings, PgSslMode, StoreLocation};
 pub use open::credential_specs;
 pub(crate) use open::{open_store, MasterKeyNeed};
+pub use postgres::PgStore;
 pub use rotations::{
     Claim, Lease, Rotation, RotationFailure, RotationKind, RotationOutlook, RotationStep,
     RotationStore,
@@ -60,6 +62,8 @@ pub enum StoreError {
     },
     #[error("cannot create or write the database at {path}: {reason}")]
     Unwritable { path: PathBuf, reason: String },
+    #[error("the database {target} is unavailable: {reason}")]
+    Unavailable { target: String, reason: String },
     #[error("database {path} is locked by another writer for too long")]
     Busy { path: PathBuf },
     #[error("unknown credential {0:?} (is it in the config?)")]
