@@ -26,6 +26,7 @@ on_both_backends!(
     a_leader_whose_lease_ran_out_is_fenced_though_nobody_took_over,
     a_new_leader_takes_over_a_rotation_of_an_earlier_term_at_once,
     a_key_goes_through_its_whole_life,
+    renewing_the_lease_leaves_the_metrics_cache_alone,
 );
 
 fn key(secret: &str, rotation: Option<&str>) -> NewKey {
@@ -489,4 +490,33 @@ async fn an_unreachable_or_missing_postgres_database_is_unavailable_with_its_cau
     for error in [refused, error] {
         assert!(!format!("{error} {error:?}").contains("not-in-any-message"));
     }
+}
+
+/// The store's generation tells the metrics endpoint to re-render every per-key series; the
+/// lease, renewed every few seconds by every replica, is not such state. A rotation write
+/// still moves it.
+async fn renewing_the_lease_leaves_the_metrics_cache_alone(scratch: Scratch) {
+    let store = store(&scratch).await;
+    let before = store.generation().await.unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            store.claim_leadership("replica-a", 15).await.unwrap(),
+            LeaderClaim::Leading(_)
+        ));
+        assert!(matches!(
+            store.claim_leadership("replica-b", 15).await.unwrap(),
+            LeaderClaim::Following(_)
+        ));
+    }
+    let lease = match store.claim_leadership("replica-a", 15).await.unwrap() {
+        LeaderClaim::Leading(lease) => lease,
+        other => panic!("replica-a should lead: {other:?}"),
+    };
+    store.release_leadership(&lease.token()).await.unwrap();
+    assert_eq!(store.generation().await.unwrap(), before);
+    store
+        .import_key(CRED, key("sk-second", None), "test", START + 1)
+        .await
+        .unwrap();
+    assert!(store.generation().await.unwrap() > before);
 }

@@ -3,7 +3,7 @@
 //! waits for rotation writes that checked the lease `FOR SHARE` (see `ownership.rs`), so a
 //! new term starts only after the last write of the old one committed.
 
-use super::{commit, db_now, PgStore};
+use super::{db_now, PgStore};
 use crate::store::{LeaderClaim, LeaderStore, LeaderToken, Leadership, StoreResult};
 use async_trait::async_trait;
 
@@ -57,7 +57,9 @@ impl LeaderStore for PgStore {
         ))
         .fetch_optional(&mut *tx)
         .await?;
-        commit(tx).await?;
+        // Not `commit`: the lease is not state the metrics render, and moving the store's
+        // generation at every renewal would re-render every per-key series at every scrape.
+        tx.commit().await?;
         let lease = row.map(leadership_from);
         Ok(match lease {
             Some(lease) if lease.holder == holder => LeaderClaim::Leading(lease),
@@ -76,7 +78,9 @@ impl LeaderStore for PgStore {
         .bind(token.epoch)
         .execute(&mut *tx)
         .await?;
-        commit(tx).await?;
+        // Not `commit`: the lease is not state the metrics render, and moving the store's
+        // generation at every renewal would re-render every per-key series at every scrape.
+        tx.commit().await?;
         Ok(())
     }
 
