@@ -3,6 +3,7 @@
 //! middle of a rotation, or cut off from the database, then the promises checked as in the
 //! two-actor fault tests (`faults::Rig::violations`), plus one of HA's own: no rotation
 //! issued two keys that were live at the provider at the same time.
+//! A replica the database refuses at start-up waits for it with backoff instead of exiting.
 //!
 //! Each replica connects as its own PostgreSQL role (a member of the role that owns the
 //! database), so one replica can be cut off alone: its role loses LOGIN and its backends are
@@ -542,4 +543,72 @@ fn promotions(rig: &Rig) -> usize {
         .iter()
         .filter(|e| e["kind"] == "promoted")
         .count()
+}
+
+/// A replica whose database refuses it (here: its role does not exist yet) says why and
+/// keeps trying with backoff instead of exiting; once the role exists it starts and serves.
+#[test]
+fn a_replica_waits_for_a_database_that_refuses_it_then_starts() {
+    let Some(cluster) = Cluster::new(17_004) else {
+        return;
+    };
+    cluster.configure("");
+    let late = format!("{}_late", cluster.db.owner);
+    let config = cluster.rig.env.path().join("late.toml");
+    let text = std::fs::read_to_string(&cluster.rig.env.config)
+        .unwrap()
+        .replace(&cluster.db.url(&cluster.db.owner), &cluster.db.url(&late));
+    write_atomically(&config, &text);
+    let log_path = cluster.rig.env.path().join("late.log");
+    let mut child = bare_command()
+        .arg("--config")
+        .arg(&config)
+        .arg("--master-key")
+        .arg(&cluster.rig.env.master_key)
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let waited = wait_for(HANG_TIMEOUT, || {
+        (log().matches("the database is unavailable").count() >= 2).then_some(())
+    });
+    assert!(
+        waited.is_some(),
+        "no second attempt logged within {HANG_TIMEOUT:?}:\n{}",
+        log()
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the replica exited instead of waiting for its database:\n{}",
+        log()
+    );
+    assert!(
+        log().contains("authentication failed"),
+        "the log does not say why the database refused:\n{}",
+        log()
+    );
+    psql(
+        None,
+        &format!("CREATE ROLE {late} LOGIN IN ROLE {}", cluster.db.owner),
+    )
+    .unwrap();
+    let ready = wait_for(HANG_TIMEOUT, || {
+        log().contains("keyrotd ready").then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = psql(None, &format!("DROP ROLE IF EXISTS {late}"));
+    assert!(
+        ready.is_some(),
+        "the replica did not start once its role existed:\n{}",
+        log()
+    );
+    let output = log();
+    assert!(
+        !output.contains(&cluster.rig.seed),
+        "the key leaked into the log"
+    );
 }
