@@ -10,6 +10,7 @@
 
 mod audit;
 mod checks;
+mod copy;
 mod credentials;
 mod installation;
 mod keys;
@@ -22,6 +23,10 @@ mod state;
 
 pub use audit::{AuditStore, Counter, Event, EventKind};
 pub use checks::{CheckRecord, CheckStore, CheckToRecord};
+pub use copy::{
+    CounterRow, CredentialRow, CreditRow, Dump, EventRow, InstallationRow, KeyVersionRow,
+    RotationRow, StoreCopy,
+};
 pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
 pub use installation::InstallationStore;
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
@@ -89,6 +94,8 @@ pub enum StoreError {
     },
     #[error("a keyrotd daemon is running on {path}; stop it first (`systemctl stop keyrotd`), then run this again")]
     DaemonRunning { path: PathBuf },
+    #[error("the target store is not empty (it holds {holds}); a copy only goes into a new, empty database: nothing was written")]
+    TargetNotEmpty { holds: String },
     #[error("a key with fingerprint {0} already exists for this credential")]
     DuplicateKey(String),
     #[error("rotation {rotation} of {credential} is already in flight")]
