@@ -8,7 +8,7 @@
 //! empty; the import checks that inside its own transaction, so a refusal writes nothing.
 
 use crate::cli::render;
-use crate::store::{lock_exclusive, DatabaseLock, SqliteStore, StoreCopy, StoreLocation};
+use crate::store::{lock_exclusive, DatabaseLock, Dump, SqliteStore, StoreCopy, StoreLocation};
 use anyhow::{bail, Context};
 use clap::Args;
 use secrecy::SecretString;
@@ -67,14 +67,7 @@ pub(crate) async fn run(args: CopyArgs) -> anyhow::Result<()> {
     let _source_lock = lock(End::Source, &from)?;
     let _target_lock = lock(End::Target, &to)?;
     let source = open(End::Source, &from).await?;
-    let copied = match open(End::Target, &to).await {
-        Ok(target) => {
-            let copied = copy(source.as_ref(), &from, target.as_ref(), &to).await;
-            target.close().await;
-            copied
-        }
-        Err(error) => Err(error),
-    };
+    let copied = copy_from(source.as_ref(), &from, &to).await;
     source.close().await;
     let dump = copied?;
     print!(
@@ -89,14 +82,27 @@ pub(crate) async fn run(args: CopyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The copy proper, both stores open: no replica leading on either, export, import.
-async fn copy(
+/// The copy from an open source: refused while a replica leads on it, before the target
+/// is opened (an SQLite target would be created by opening it).
+async fn copy_from(
+    source: &dyn StoreCopy,
+    from: &StoreLocation,
+    to: &StoreLocation,
+) -> anyhow::Result<Dump> {
+    refuse_if_led(End::Source, source, from).await?;
+    let target = open(End::Target, to).await?;
+    let copied = copy_into(source, from, target.as_ref(), to).await;
+    target.close().await;
+    copied
+}
+
+/// The copy proper, both stores open.
+async fn copy_into(
     source: &dyn StoreCopy,
     from: &StoreLocation,
     target: &dyn StoreCopy,
     to: &StoreLocation,
-) -> anyhow::Result<crate::store::Dump> {
-    refuse_if_led(End::Source, source, from).await?;
+) -> anyhow::Result<Dump> {
     refuse_if_led(End::Target, target, to).await?;
     let dump = source
         .export()
