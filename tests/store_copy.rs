@@ -233,3 +233,20 @@ fn a_password_in_a_url_is_refused_without_being_repeated() {
     assert_refused(&out, "a password in the URL", "the URL holds a password");
     assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_help_says_the_new_host_needs_the_same_master_key() {
+    for flag in ["-h", "--help"] {
+        let out = run_command(bare_command().args(["store", "copy", flag]), "");
+        assert_success(&out, "store copy --help");
+        // Words, not lines: the help text is wrapped.
+        let words = stdout(&out)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            words.contains("the SAME master key must be installed on the new host(s)"),
+            "{words}"
+        );
+    }
+}
