@@ -1,22 +1,21 @@
-//! The daemon's wiring: open the store, bind the port, start the checks, the rotations and
-//! the heartbeat, tell systemd, then wait for signals. SIGHUP re-reads the config (a broken
-//! one is logged and the running one stays); SIGTERM/SIGINT stop gracefully. `retention.rs`
-//! prunes the audit trail past `[daemon] events_retention`.
+//! The daemon's wiring: open the store (waiting while a PostgreSQL database is
+//! unreachable), bind the port, serve the endpoint, tell systemd, claim the leadership lease
+//! ([`leadership`]) and run the checks, the rotations and the retention pruning only while
+//! this replica leads ([`work`]), then wait for signals. SIGHUP re-reads the config (a broken
+//! one is logged and the running one stays); SIGTERM/SIGINT stop the work, release the lease
+//! and stop. `retention.rs` prunes the audit trail past `[daemon] events_retention`.
 
-use crate::checks::{self, CheckTarget, Checker, ScheduledChecks};
+use crate::checks::CheckTarget;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, DaemonConfig};
+use crate::config::{Config, DaemonConfig, LeaderTiming};
 use crate::heartbeat::{self, Heartbeat, Ticker};
 use crate::metrics::server::{self, HttpState};
 use crate::metrics::Metrics;
-use crate::providers::{self, ProviderTelemetry};
-use crate::rotation::{self, CredentialRuntime, Engine};
-use crate::store::InstallationStore as _;
-use crate::store::{
-    credential_specs, open_store, CredentialStore, MasterKeyNeed, SqliteStore, Store,
-};
+use crate::providers::ProviderTelemetry;
+use crate::store::{credential_specs, open_store, MasterKeyNeed, Store, StoreLocation};
 use crate::web_config::WebConfig;
 use anyhow::Context;
+use leadership::{Elector, LeaderGauges};
 use sd_notify::NotifyState;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,12 +23,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
+use work::{build_work, Runtimes, Work};
 
 /// Everything `keyrotd run` needs, resolved from the command line and the config.
 pub(crate) struct DaemonSettings {
     pub config_path: PathBuf,
     pub config: Config,
-    pub database: PathBuf,
+    /// The SQLite file or the PostgreSQL database (`[store]`).
+    pub location: StoreLocation,
     pub master_key: Option<PathBuf>,
     /// TLS and basic auth for the HTTP endpoint (`--web.config.file`), loaded at start-up.
     pub web_config: Option<Arc<WebConfig>>,
@@ -41,37 +42,54 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
+fn notify_status(status: &str) {
+    notify(&[NotifyState::Status(status)]);
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let DaemonSettings {
         config_path,
         config,
-        database,
+        location,
         master_key,
         web_config,
     } = settings;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    // Held for the daemon's lifetime: `master-key rotate` refuses while it is.
-    let _database_lock = crate::store::lock_for_daemon(&database).await?;
-    let store =
-        open_synced_store(&database, master_key.as_deref(), &config, clock.as_ref()).await?;
+    // Held for the daemon's lifetime: `master-key rotate` refuses while it is. SQLite only:
+    // replicas on PostgreSQL share no file (the store's master-key fence is what protects).
+    let _database_lock = match &location {
+        StoreLocation::Sqlite(database) => crate::store::lock_for_daemon(database).await?,
+        StoreLocation::Postgres(_) => None,
+    };
+    // Installed before anything slow, so a SIGTERM while waiting for the database stops it.
+    let mut signals = Signals::install()?;
+    let Some(store) = open_synced_store(
+        &location,
+        master_key.as_deref(),
+        &config,
+        clock.as_ref(),
+        &mut signals,
+    )
+    .await?
+    else {
+        tracing::info!("stopped while waiting for the database");
+        return Ok(());
+    };
     let listener = bind(&config.daemon).await?;
     let heartbeat = Arc::new(Heartbeat::new(clock.clone()));
     let metrics = Arc::new(Metrics::new(clock.clone(), heartbeat.clone()));
     let telemetry = ProviderTelemetry::register(metrics.registry())?;
-    let mut work = Work::start(&config, store.clone(), clock.clone(), &telemetry)?;
+    let mut work = Work::new(&config, store.clone(), clock.clone(), &telemetry)?;
     metrics
         .registry()
-        .register(Box::new(work.engine.unplaced_keys_gauge()))?;
+        .register(Box::new(work.unplaced_keys_gauge()))?;
+    let instance = config.daemon.instance();
+    let gauges = LeaderGauges::register(metrics.registry(), &instance)?;
+    let timing = config.store.leader_timing();
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the
     // whole parsed file would hold every credential's configuration a second time.
-    // Pruned at start-up and daily; a reload does not change the retention (daemon section).
-    let pruning = retention::spawn(
-        store.clone(),
-        clock.clone(),
-        config.daemon.events_retention.into(),
-    );
     let mut running = Running::from(config);
     let ticker = Ticker::start(heartbeat.clone());
     let state = HttpState {
@@ -80,12 +98,11 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         heartbeat: heartbeat.clone(),
     };
     let endpoint = Endpoint::spawn(listener, state, web_config.clone())?;
-    // Installed before READY, so a signal sent as soon as systemd sees READY is handled.
-    let mut signals = Signals::install()?;
     announce_ready(
         endpoint.address,
         web_config.as_deref(),
-        &database,
+        &location,
+        &instance,
         running.credentials,
     );
     let watchdog = sd_notify::watchdog_enabled().map(|interval| {
@@ -93,19 +110,42 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
             notify(&[NotifyState::Watchdog])
         })
     });
+    // Checks and rotations start only once this replica leads.
+    let (elector, mut acting) = Elector::new(
+        store.clone() as Arc<dyn crate::store::LeaderStore>,
+        leadership::holder_identity(&instance),
+        timing,
+        gauges,
+        Box::new(notify_status),
+    );
+    let elector = elector.spawn();
 
-    while let DaemonSignal::Reload = signals.next().await {
-        notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
-        reload_or_keep(
-            &config_path,
-            &mut running,
-            &mut work,
-            store.as_ref(),
-            clock.as_ref(),
-            &telemetry,
-        )
-        .await;
-        notify(&[NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                DaemonSignal::Stop => break,
+                DaemonSignal::Reload => {
+                    notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
+                    reload_or_keep(
+                        &config_path,
+                        &mut running,
+                        &mut work,
+                        store.as_ref(),
+                        clock.as_ref(),
+                        &telemetry,
+                    )
+                    .await;
+                    notify(&[NotifyState::Ready]);
+                }
+            },
+            changed = acting.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the leadership loop ended");
+                }
+                let term = acting.borrow_and_update().clone();
+                work.follow(term).await;
+            }
+        }
     }
 
     tracing::info!("stopping");
@@ -113,10 +153,7 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     if let Some(task) = watchdog {
         task.abort();
     }
-    if let Some(task) = pruning {
-        task.abort();
-    }
-    work.stop().await;
+    stop_leading(elector, acting, &mut work, store.as_ref(), timing).await;
     endpoint.stop().await;
     ticker.stop().await;
     store.close().await;
@@ -124,21 +161,71 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The store, opened for the daemon and brought in line with the config's credentials.
+/// SIGTERM: the work stops first, then the lease is given up, so a standby takes over at its
+/// next claim instead of after the lease runs out.
+async fn stop_leading(
+    elector: JoinHandle<()>,
+    acting: tokio::sync::watch::Receiver<Option<crate::store::LeaderToken>>,
+    work: &mut Work,
+    store: &dyn Store,
+    timing: LeaderTiming,
+) {
+    elector.abort();
+    let _ = elector.await;
+    work.stop().await;
+    let token = acting.borrow().clone();
+    if let Some(token) = token {
+        // Bounded: a store that does not answer must not hold the stop up past the lease.
+        match tokio::time::timeout(timing.renew_deadline, store.release_leadership(&token)).await {
+            Ok(Ok(())) => tracing::info!(epoch = token.epoch, "leadership released"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot release the leadership lease; a standby takes over when it expires")
+            }
+            Err(_) => tracing::warn!(
+                "releasing the leadership lease timed out; a standby takes over when it expires"
+            ),
+        }
+    }
+}
+
+/// The store, opened for the daemon and brought in line with the config's credentials;
+/// `None` if a stop signal came while the database was unreachable.
 async fn open_synced_store(
-    database: &Path,
+    location: &StoreLocation,
     master_key: Option<&Path>,
     config: &Config,
     clock: &dyn Clock,
-) -> anyhow::Result<Arc<SqliteStore>> {
-    let store = open_store(database, master_key, MasterKeyNeed::IfSecretsStored).await?;
+    signals: &mut Signals,
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    let opening = open_store_patiently(location, master_key, signals);
+    let Some(store) = opening.await? else {
+        return Ok(None);
+    };
     store
         .sync_credentials(&credential_specs(config), clock.now())
         .await?;
     // The id in the provider-side names of the keys this database issues.
-    let installation = crate::store::InstallationStore::installation_id(&store).await?;
+    let installation = store.installation_id().await?;
     tracing::info!(%installation, "store opened");
-    Ok(Arc::new(store))
+    Ok(Some(store))
+}
+
+/// Opens the store, waiting while the database is unavailable ([`patience`]); `None` if a
+/// stop signal came meanwhile.
+async fn open_store_patiently(
+    location: &StoreLocation,
+    master_key: Option<&Path>,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    let stop = async { while let DaemonSignal::Reload = signals.next().await {} };
+    let opened = patience::retry_while_unavailable(
+        || open_store(location, master_key, MasterKeyNeed::IfSecretsStored),
+        patience::BACKOFF,
+        stop,
+        notify_status,
+    )
+    .await?;
+    Ok(opened)
 }
 
 async fn bind(daemon: &DaemonConfig) -> anyhow::Result<TcpListener> {
@@ -152,7 +239,8 @@ async fn bind(daemon: &DaemonConfig) -> anyhow::Result<TcpListener> {
 fn announce_ready(
     address: SocketAddr,
     web_config: Option<&WebConfig>,
-    database: &Path,
+    location: &StoreLocation,
+    instance: &str,
     credentials: usize,
 ) {
     let tls = web_config.is_some_and(|w| w.tls_acceptor().is_some());
@@ -161,12 +249,22 @@ fn announce_ready(
         listen_address = %address,
         tls,
         basic_auth,
-        database = %database.display(),
+        store = %describe(location),
+        %instance,
         credentials,
         "keyrotd ready"
     );
-    let status = format!("serving metrics on {address}; {credentials} credentials");
+    let status = format!("serving metrics on {address}; {credentials} credentials; standby until the leadership lease is claimed");
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
+/// The store as it may be logged: the SQLite path, or the PostgreSQL URL (no password is
+/// ever in it).
+fn describe(location: &StoreLocation) -> String {
+    match location {
+        StoreLocation::Sqlite(path) => path.display().to_string(),
+        StoreLocation::Postgres(settings) => settings.describe(),
+    }
 }
 
 /// The metrics endpoint, running on its own task.
@@ -238,76 +336,11 @@ impl Signals {
     }
 }
 
-/// The checks and rotations of the running configuration, as tasks.
-struct Work {
-    checker: Arc<Checker>,
-    engine: Arc<Engine>,
-    checks: ScheduledChecks,
-    rotations: JoinHandle<()>,
-}
-
-impl Work {
-    fn start(
-        config: &Config,
-        store: Arc<SqliteStore>,
-        clock: Arc<dyn Clock>,
-        telemetry: &ProviderTelemetry,
-    ) -> anyhow::Result<Work> {
-        let store = store as Arc<dyn Store>;
-        let checker = Arc::new(Checker::new(
-            store.clone(),
-            clock.clone(),
-            config.checks.max_concurrent,
-            config.checks.jitter,
-        ));
-        let engine = Arc::new(
-            Engine::new(store, clock)
-                .with_role("daemon")
-                .with_lease(config.daemon.rotation_lease.0),
-        );
-        let (targets, runtimes) = build_work(config, telemetry)?;
-        let checks = checker.schedule(targets);
-        let rotations = spawn_rotations(&engine, runtimes);
-        Ok(Work {
-            checker,
-            engine,
-            checks,
-            rotations,
-        })
-    }
-
-    /// Swaps in the checks and rotations of a reloaded config.
-    fn replace(&mut self, targets: Vec<CheckTarget>, runtimes: Runtimes) {
-        self.checks.abort();
-        self.checks = self.checker.schedule(targets);
-        // A rotation cut short here resumes from its last committed step.
-        self.rotations.abort();
-        self.rotations = spawn_rotations(&self.engine, runtimes);
-    }
-
-    async fn stop(self) {
-        self.checks.abort();
-        self.rotations.abort();
-        self.checks.stopped().await;
-        let _ = self.rotations.await;
-    }
-}
-
-/// The check targets and rotation runtimes of `config`, sharing one set of adapters (and
-/// HTTP clients) per provider. Once built, they hold the adapters; the map is dropped.
-fn build_work(
-    config: &Config,
-    telemetry: &ProviderTelemetry,
-) -> anyhow::Result<(Vec<CheckTarget>, Runtimes)> {
-    let adapters = providers::build_all(config, telemetry)?;
-    let targets = checks::targets_from(config, &adapters);
-    let runtimes = rotation::runtimes_from(config, &adapters)?;
-    Ok((targets, runtimes))
-}
-
 /// What the daemon keeps of its config once the checks and rotations are built from it.
 struct Running {
     daemon: DaemonConfig,
+    /// Read at start-up only: a reload warns when it changed.
+    store: crate::config::StoreConfig,
     credentials: usize,
 }
 
@@ -316,6 +349,7 @@ impl From<Config> for Running {
         Running {
             credentials: config.credentials.len(),
             daemon: config.daemon,
+            store: config.store,
         }
     }
 }
@@ -363,19 +397,21 @@ async fn reload(
     if config.daemon.events_retention != running.daemon.events_retention {
         tracing::warn!("events_retention changed; it takes effect at the next restart");
     }
+    if config.daemon.instance() != running.daemon.instance() {
+        tracing::warn!("instance changed; it takes effect at the next restart");
+    }
+    if config.store != running.store {
+        tracing::warn!("[store] changed; it takes effect at the next restart");
+    }
     store
         .sync_credentials(&credential_specs(&config), clock.now())
         .await?;
     Ok((Running::from(config), targets, runtimes))
 }
 
-type Runtimes = std::collections::HashMap<String, Arc<CredentialRuntime>>;
-
-/// The rotation schedule of every credential (one task; see `rotation::pass_queue`).
-fn spawn_rotations(engine: &Arc<Engine>, runtimes: Runtimes) -> JoinHandle<()> {
-    rotation::pass_queue::spawn(engine.clone(), runtimes.into_values().collect())
-}
-
+mod leadership;
+mod patience;
 mod retention;
 #[cfg(test)]
 mod tests;
+mod work;

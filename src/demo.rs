@@ -8,10 +8,7 @@ use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::daemon::{self, DaemonSettings};
 use crate::simulator::{Op, Simulator};
-use crate::store::InstallationStore as _;
-use crate::store::{
-    credential_specs, open_store, CredentialStore, KeyStore, MasterKeyNeed, NewKey,
-};
+use crate::store::{credential_specs, open_store, MasterKeyNeed, NewKey, StoreLocation};
 use anyhow::Context;
 use rand::RngCore;
 use secrecy::SecretString;
@@ -93,7 +90,7 @@ pub(crate) async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let result = daemon::run(DaemonSettings {
         config_path,
         config,
-        database,
+        location: StoreLocation::Sqlite(database),
         master_key: Some(master_key),
         web_config: None,
     })
@@ -143,7 +140,12 @@ async fn seed_keys(
     master_key: &Path,
     simulators: &[Simulator],
 ) -> anyhow::Result<()> {
-    let store = open_store(database, Some(master_key), MasterKeyNeed::Always).await?;
+    let store = open_store(
+        &StoreLocation::Sqlite(database.to_path_buf()),
+        Some(master_key),
+        MasterKeyNeed::Always,
+    )
+    .await?;
     let now = SystemClock.now();
     store
         .sync_credentials(&credential_specs(config), now)

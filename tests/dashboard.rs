@@ -1,7 +1,9 @@
 //! The shipped Grafana dashboard (`dashboards/keyrotd.json`) only queries metrics keyrotd
 //! exports: every `keyrotd_*` name in every panel's `expr` must be documented in
 //! `docs/metrics.md` AND appear as a string literal in `src/`. Both checks, so a typo in
-//! the dashboard, the docs or the code fails here.
+//! the dashboard, the docs or the code fails here. And since every replica of a
+//! PostgreSQL installation serves the per-key series of the shared store, a panel over
+//! them must aggregate by credential, or it shows each credential once per replica.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -22,6 +24,10 @@ const REQUIRED_ON_DASHBOARD: &[&str] = &[
     "keyrotd_provider_requests_total",
     "keyrotd_provider_request_duration_seconds",
     "keyrotd_scheduler_heartbeat_timestamp_seconds",
+    "keyrotd_leader",
+    "keyrotd_leader_epoch",
+    "keyrotd_store_up",
+    "keyrotd_instance_info",
 ];
 
 fn root() -> &'static Path {
@@ -274,4 +280,129 @@ fn dashboard_is_well_formed() {
             );
         }
     }
+}
+
+/// The metric names of the tables under the `## ` headings of docs/metrics.md that start
+/// with one of `headings`.
+fn documented_in_sections(headings: &[&str]) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("docs/metrics.md")).expect("docs/metrics.md");
+    let mut inside = false;
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            inside = headings.iter().any(|h| heading.starts_with(h));
+        } else if let Some(rest) = line.strip_prefix("| `").filter(|_| inside) {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name.starts_with("keyrotd_") {
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+/// Every `<aggregator> by (<labels>)` of a PromQL expression: the aggregator, the labels,
+/// and the byte offset just past the closing parenthesis of the label list.
+fn aggregations(expr: &str) -> Vec<(String, Vec<String>, usize)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(pos) = expr[from..].find(" by (") {
+        let by = from + pos;
+        let open = by + " by (".len();
+        let Some(len) = expr[open..].find(')') else {
+            break;
+        };
+        let labels = expr[open..open + len]
+            .split(',')
+            .map(|l| l.trim().to_string())
+            .collect();
+        let aggregator: String = expr[..by]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        out.push((aggregator, labels, open + len + 1));
+        from = open + len + 1;
+    }
+    out
+}
+
+#[test]
+fn aggregations_are_found_with_their_labels() {
+    let expr = "time() - max by (credential, provider) (x) + sum by (le) (rate(y[5m]))";
+    let found = aggregations(expr);
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0].0, "max");
+    assert_eq!(found[0].1, ["credential", "provider"]);
+    assert_eq!(&expr[found[0].2..], " (x) + sum by (le) (rate(y[5m]))");
+    assert_eq!(found[1].0, "sum");
+    assert_eq!(found[1].1, ["le"]);
+}
+
+/// Every replica serves the per-key series of the one store, so a panel over them shows
+/// a credential once only if it aggregates `by (credential, …)` without `instance` (or
+/// reduces everything to one number with `min(…)`/`max(…)`), and never `sum`s them: a
+/// sum of a store total over three replicas counts each rotation three times.
+#[test]
+fn per_key_panels_show_each_credential_once() {
+    let store_backed = documented_in_sections(&["Per key", "Rotations", "Revocations"]);
+    assert!(
+        store_backed.contains("keyrotd_key_valid")
+            && store_backed.contains("keyrotd_rotations_total"),
+        "found only {store_backed:?} under the per-key headings of docs/metrics.md"
+    );
+    let starts_with_store_series = |text: &str| {
+        let mut text = text.trim_start();
+        for function in ["increase(", "rate(", "irate(", "delta("] {
+            if let Some(rest) = text.strip_prefix(function) {
+                text = rest.trim_start();
+            }
+        }
+        metric_tokens(text)
+            .first()
+            .is_some_and(|t| text.starts_with(t.as_str()) && store_backed.contains(t))
+    };
+
+    let mut problems = Vec::new();
+    for (title, expr) in exprs(&dashboard()) {
+        if !metric_tokens(&expr)
+            .iter()
+            .any(|t| store_backed.contains(t))
+        {
+            continue;
+        }
+        let found = aggregations(&expr);
+        let whole = expr.contains("min(") || expr.contains("max(");
+        let by_credential = found.iter().any(|(_, labels, _)| {
+            labels.iter().any(|l| l == "credential") && !labels.iter().any(|l| l == "instance")
+        });
+        if !whole && !by_credential {
+            problems.push(format!(
+                "panel {title:?} shows each credential once per replica: aggregate by (credential, …): {expr}"
+            ));
+        }
+        for (aggregator, _, end) in &found {
+            let after = expr[*end..].trim_start();
+            if aggregator == "sum"
+                && after
+                    .strip_prefix('(')
+                    .is_some_and(starts_with_store_series)
+            {
+                problems.push(format!(
+                    "panel {title:?} sums a store series over replicas (use max): {expr}"
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "dashboards/keyrotd.json:\n{}",
+        problems.join("\n")
+    );
 }

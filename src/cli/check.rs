@@ -7,9 +7,8 @@ use crate::checks::{self, CheckOutcome, CheckTarget, Checker};
 use crate::clock::{Clock, SystemClock};
 use crate::model::CheckStatus;
 use crate::providers::ProviderTelemetry;
-use crate::store::InstallationStore as _;
 use crate::store::MasterKeyNeed;
-use crate::store::SqliteStore;
+use crate::store::Store;
 use anyhow::bail;
 use clap::Args;
 use std::sync::Arc;
@@ -73,7 +72,7 @@ fn targets(setup: &Setup, name: Option<&str>) -> anyhow::Result<Arc<[CheckTarget
 
 /// Probes every target and records the results, a row per target in the targets' order.
 async fn sweep<'a>(
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     clock: &Arc<dyn Clock>,
     max_concurrent: usize,
     targets: &'a Arc<[CheckTarget]>,

@@ -3,7 +3,6 @@
 
 use super::{actor, Setup};
 use crate::crypto::{MasterKey, Sealer};
-use crate::store::prelude::*;
 use crate::store::MasterKeyNeed;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -34,7 +33,12 @@ pub async fn rotate(new_key: &Path, setup: &Setup) -> anyhow::Result<()> {
     let new = Sealer::new(&MasterKey::load(new_key)?);
     // Refused while a daemon runs: it would go on sealing under the old key (the store's
     // fence would refuse those writes, but the daemon could not work until restarted).
-    let _lock = crate::store::lock_exclusive(&setup.database)?;
+    // SQLite only: replicas on PostgreSQL share no file to lock; there the store's
+    // master-key fence alone stops them sealing under the old key.
+    let _lock = match setup.config.store.is_postgres() {
+        false => Some(crate::store::lock_exclusive(&setup.database)?),
+        true => None,
+    };
     let store = setup.open_store(MasterKeyNeed::Always).await?;
     let count = store
         .reseal(&new, &actor(), chrono::Utc::now().timestamp())

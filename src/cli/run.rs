@@ -11,10 +11,11 @@ pub(crate) async fn run(setup: Setup) -> anyhow::Result<()> {
     // not fix a missing ReadWritePaths= or an impossible chown).
     preflight(&setup)?;
     let web_config = setup.web_config()?;
+    let location = setup.location()?;
     daemon::run(DaemonSettings {
         config_path: setup.config_path,
         config: setup.config,
-        database: setup.database,
+        location,
         master_key: setup.master_key,
         web_config,
     })

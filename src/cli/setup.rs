@@ -1,13 +1,12 @@
-//! What every command past the config file shares: the loaded config, where the database
-//! and master key are, and the store opened on them. Loading fails with exit status 78
-//! (EX_CONFIG), so scripts and systemd tell a bad config from a failed command.
+//! What every command past the config file shares: the loaded config, where the store
+//! (an SQLite file or a PostgreSQL database) and master key are, and the store opened on
+//! them, whichever backend it is. Loading fails with exit status 78 (EX_CONFIG), so scripts
+//! and systemd tell a bad config from a failed command.
 
 use super::{ExitError, EXIT_CONFIG};
 use crate::config::{self, Config, ConfigError};
 use crate::model::UnixTime;
-use crate::store::prelude::*;
-use crate::store::SqliteStore;
-use crate::store::{credential_specs, open_store, MasterKeyNeed};
+use crate::store::{credential_specs, open_store, MasterKeyNeed, Store, StoreLocation};
 use crate::web_config::WebConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +23,7 @@ pub(crate) struct GlobalPaths {
 pub(crate) struct Setup {
     pub(crate) config_path: PathBuf,
     pub(crate) config: Config,
+    /// The SQLite file (used when the config names no PostgreSQL `[store] url`).
     pub(crate) database: PathBuf,
     pub(crate) master_key: Option<PathBuf>,
     web_config_file: Option<PathBuf>,
@@ -35,6 +35,15 @@ impl Setup {
             code: EXIT_CONFIG,
             message: error.to_string(),
         })?;
+        if paths.database.is_some() && config.store.is_postgres() {
+            return Err(ExitError {
+                code: EXIT_CONFIG,
+                message: format!(
+                    "--database names an SQLite file, but {} keeps the store in PostgreSQL (`[store] url`); drop one of them",
+                    config_path.display()
+                ),
+            });
+        }
         let database = paths
             .database
             .or_else(|| config.daemon.database.clone())
@@ -69,8 +78,20 @@ impl Setup {
             })
     }
 
-    pub(crate) async fn open_store(&self, need: MasterKeyNeed) -> anyhow::Result<SqliteStore> {
-        Ok(open_store(&self.database, self.master_key.as_deref(), need).await?)
+    /// Where the store is, with the PostgreSQL password (if any) read from its reference
+    /// now; a reference that cannot be read is a configuration error (exit 78).
+    pub(crate) fn location(&self) -> Result<StoreLocation, ExitError> {
+        self.config
+            .store
+            .location(self.database.clone())
+            .map_err(|error| ExitError {
+                code: EXIT_CONFIG,
+                message: format!("{}: `store.password`: {error}", self.config_path.display()),
+            })
+    }
+
+    pub(crate) async fn open_store(&self, need: MasterKeyNeed) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(open_store(&self.location()?, self.master_key.as_deref(), need).await?)
     }
 
     /// Opens the store and brings its credentials in line with the config, as the daemon
@@ -79,7 +100,7 @@ impl Setup {
         &self,
         need: MasterKeyNeed,
         now: UnixTime,
-    ) -> anyhow::Result<SqliteStore> {
+    ) -> anyhow::Result<Arc<dyn Store>> {
         let store = self.open_store(need).await?;
         store
             .sync_credentials(&credential_specs(&self.config), now)

@@ -20,6 +20,7 @@ mod duration;
 mod issues;
 mod provider;
 mod secret_ref;
+mod store;
 
 pub use cron::CronSchedule;
 pub(crate) use delivery::DEFAULT_KEY_ENV_VAR;
@@ -33,6 +34,7 @@ pub use provider::{
     HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
 };
 pub(crate) use secret_ref::SecretRef;
+pub use store::{LeaderTiming, StoreConfig};
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -56,6 +58,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub checks: ChecksConfig,
+    /// `[store]`: SQLite (the default) or a PostgreSQL database shared by replicas.
+    #[serde(default)]
+    pub store: StoreConfig,
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
     #[serde(default, rename = "credential")]
@@ -85,6 +90,10 @@ pub struct DaemonConfig {
     /// daemon and the CLI alike.
     #[serde(default = "default_rotation_lease")]
     pub rotation_lease: HumanDuration,
+    /// This replica's name among several on one database (logs, `keyrotd_instance_info`,
+    /// the leadership lease). Default: the host name.
+    #[serde(default)]
+    pub instance: Option<Spanned<String>>,
 }
 
 /// 400 days: a year of history plus a margin for a yearly review.
@@ -112,6 +121,7 @@ impl Default for DaemonConfig {
             web_config_file: None,
             events_retention: default_events_retention(),
             rotation_lease: default_rotation_lease(),
+            instance: None,
         }
     }
 }
@@ -123,6 +133,23 @@ impl DaemonConfig {
             .parse()
             .expect("validated at load time")
     }
+
+    /// This replica's name: `instance`, else the host name.
+    pub(crate) fn instance(&self) -> String {
+        match &self.instance {
+            Some(name) => name.get_ref().clone(),
+            None => host_name(),
+        }
+    }
+}
+
+/// The kernel's host name, or `localhost` when it cannot be read.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Where the database lives when neither config nor command line says.
@@ -315,6 +342,7 @@ impl Config {
 
     fn validate(&self, issues: &mut Issues, positions: &LazyPositions) {
         self.validate_daemon_and_checks(issues, positions);
+        self.store.validate(issues);
         let providers = self.validate_providers(issues, positions);
         self.validate_credentials(issues, &providers);
     }
@@ -344,6 +372,14 @@ impl Config {
                     MIN_ROTATION_LEASE.as_secs()
                 ),
             );
+        }
+        if let Some(instance) = &self.daemon.instance {
+            if !valid_name(instance.get_ref()) {
+                issues.push(
+                    Some(instance.span()),
+                    name_rule("instance", instance.get_ref()),
+                );
+            }
         }
         if !(0.0..=1.0).contains(&self.checks.jitter) {
             issues.push(

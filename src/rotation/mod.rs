@@ -55,7 +55,7 @@ use crate::delivery::{self, Target};
 use crate::model::Stage;
 use crate::providers::{self, Issuer, Provider, ProviderAdapters, ProviderTelemetry, Revoker};
 use crate::store::{
-    Claim, KeyVersion, Lease, Rotation, RotationKind, RotationStep, Store, StoreError,
+    Claim, KeyVersion, LeaderToken, Lease, Rotation, RotationKind, RotationStep, Store, StoreError,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -322,9 +322,10 @@ pub fn issued_key_name(installation: &str, credential: &str, rotation_id: &str) 
 pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Shared with the engines of later leadership terms ([`Engine::with_leader`]).
+    locks: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Provider keys named like keyrotd's that the orphan sweep could not place.
-    unplaced: orphans::UnplacedKeys,
+    unplaced: Arc<orphans::UnplacedKeys>,
     claim: Claim,
 }
 
@@ -333,8 +334,8 @@ impl Engine {
         Engine {
             store,
             clock,
-            locks: std::sync::Mutex::new(HashMap::new()),
-            unplaced: orphans::UnplacedKeys::default(),
+            locks: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            unplaced: Arc::new(orphans::UnplacedKeys::default()),
             claim: Claim {
                 owner: instance_identity("engine"),
                 lease_seconds: DEFAULT_LEASE.as_secs() as i64,
@@ -360,6 +361,25 @@ impl Engine {
     pub fn with_lease(mut self, lease: Duration) -> Engine {
         self.claim.lease_seconds = lease.as_secs() as i64;
         self
+    }
+
+    /// The engine of one leadership term (the daemon's leader): every rotation it plans or
+    /// takes over is written under `leader`, so the store refuses its writes once that term
+    /// is over, whatever this process still believes. It shares this engine's store, clock,
+    /// lease length, per-credential locks and unplaced-keys gauge; its owner identity is
+    /// this one's with the term's epoch, so two terms of one process never share a lease.
+    pub fn with_leader(&self, leader: LeaderToken) -> Engine {
+        Engine {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            locks: self.locks.clone(),
+            unplaced: self.unplaced.clone(),
+            claim: Claim {
+                owner: format!("{}:term{}", self.claim.owner, leader.epoch),
+                lease_seconds: self.claim.lease_seconds,
+                leader: Some(leader),
+            },
+        }
     }
 
     /// This engine's owner identity.

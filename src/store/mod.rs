@@ -139,6 +139,10 @@ pub enum StoreError {
     CheckBatchMismatch { unmatched: u64, records: usize },
     #[error("the check results were not written: {reason}")]
     ChecksNotWritten { reason: String },
+    #[error("cannot reach the database {target}: {reason}")]
+    Unavailable { target: String, reason: String },
+    #[error("{target} is a PostgreSQL database, and this build has no PostgreSQL backend")]
+    NoPostgresBackend { target: String },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("database error: {0}")]

@@ -1,12 +1,13 @@
-//! Opening the store for a command: with the master key when one is there, refusing to go
-//! on without it when the command needs it, and the config's credentials as the store
-//! records them. Shared by the daemon, the CLI and the demo, so none of them reaches into
-//! another's wiring to open a store.
+//! Opening the store for a command: whichever backend the location names, with the master
+//! key when one is there, refusing to go on without it when the command needs it, and the
+//! config's credentials as the store records them. Shared by the daemon, the CLI and the
+//! demo, so none of them reaches into another's wiring to open a store, and none of them
+//! knows which backend it holds.
 
-use super::{CredentialSpec, SqliteStore, StoreError, StoreResult};
+use super::StoreResult;
+use super::{CredentialSpec, PgSettings, SqliteStore, Store, StoreError, StoreLocation};
 use crate::config::Config;
 use crate::crypto::{MasterKey, Sealer};
-use crate::store::InstallationStore as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -40,10 +41,10 @@ pub(crate) enum MasterKeyNeed {
 /// Opens the store with the master key if one is available, and refuses to go on without
 /// it when `need` says so. A wrong key is an error here, not a failed check hours later.
 pub(crate) async fn open_store(
-    database: &Path,
+    location: &StoreLocation,
     master_key: Option<&Path>,
     need: MasterKeyNeed,
-) -> StoreResult<SqliteStore> {
+) -> StoreResult<Arc<dyn Store>> {
     let key_path = MasterKey::locate(master_key);
     let explicit = master_key.is_some();
     let sealer = if explicit || key_path.exists() {
@@ -51,7 +52,10 @@ pub(crate) async fn open_store(
     } else {
         None
     };
-    let store = SqliteStore::open(database, sealer.clone()).await?;
+    let store: Arc<dyn Store> = match location {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path, sealer.clone()).await?),
+        StoreLocation::Postgres(settings) => open_postgres(settings, sealer.clone()).await?,
+    };
     let required = match need {
         MasterKeyNeed::Never => false,
         MasterKeyNeed::IfSecretsStored => store.holds_secrets().await?,
@@ -82,4 +86,14 @@ pub(crate) async fn open_store(
             })?;
     }
     Ok(store)
+}
+
+/// The one way to a PostgreSQL store.
+async fn open_postgres(
+    settings: &PgSettings,
+    _sealer: Option<Arc<Sealer>>,
+) -> StoreResult<Arc<dyn Store>> {
+    Err(StoreError::NoPostgresBackend {
+        target: settings.describe(),
+    })
 }

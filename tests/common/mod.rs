@@ -30,6 +30,10 @@ pub const HANG_TIMEOUT: Duration = Duration::from_secs(60);
 /// The rotation lease of every test config: short, so a rotation whose process was killed
 /// is taken over within seconds rather than the default minute.
 pub const ROTATION_LEASE: &str = "rotation_lease = \"5s\"";
+/// The leadership timing of every test config: short, so a daemon started after one was
+/// killed (its lease never released) leads within seconds rather than the default 15.
+pub const LEADERSHIP: &str =
+    "[store]\nleader_lease = \"3s\"\nleader_renew_interval = \"1s\"\nleader_renew_deadline = \"2s\"\n";
 
 /// How long a daemon may take to become ready or to stop before the test calls it a hang.
 pub const START_TIMEOUT: Duration = HANG_TIMEOUT;
@@ -99,7 +103,7 @@ impl Env {
     /// Writes the config: a `[daemon]` section (port 0, the database here) plus `body`.
     pub fn write_config(&self, body: &str) {
         let text = format!(
-            "[daemon]\nlisten_address = \"127.0.0.1:0\"\ndatabase = \"{}\"\n{ROTATION_LEASE}\n\n{body}",
+            "[daemon]\nlisten_address = \"127.0.0.1:0\"\ndatabase = \"{}\"\n{ROTATION_LEASE}\n\n{LEADERSHIP}\n{body}",
             self.database.display()
         );
         write_atomically(&self.config, &text);

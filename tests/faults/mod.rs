@@ -281,6 +281,7 @@ impl Rig {
 listen_address = "127.0.0.1:0"
 database = {database}
 {lease}
+{LEADERSHIP}
 [checks]
 interval = "2s"
 

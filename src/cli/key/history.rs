@@ -2,11 +2,10 @@
 //! rolled back or revoked what, and when.
 
 use crate::cli::render;
-use crate::store::prelude::*;
-use crate::store::SqliteStore;
+use crate::store::Store;
 use anyhow::bail;
 
-pub(super) async fn run(store: &SqliteStore, name: &str, json: bool) -> anyhow::Result<()> {
+pub(super) async fn run(store: &dyn Store, name: &str, json: bool) -> anyhow::Result<()> {
     if store.credential(name).await?.is_none() {
         bail!("unknown credential {name:?}");
     }

@@ -7,17 +7,17 @@ use super::rotation_context;
 use crate::cli::actor;
 use crate::config::Config;
 use crate::model::{Stage, UnixTime};
-use crate::store::prelude::*;
-use crate::store::{KeyVersion, NewKey, SqliteStore};
+use crate::store::{KeyVersion, NewKey, Store};
 use anyhow::{bail, Context};
 use secrecy::SecretString;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 use zeroize::Zeroize;
 
 pub(super) async fn run(
     config: &Config,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     name: &str,
     from_file: Option<&Path>,
     expires_at: Option<UnixTime>,
@@ -50,7 +50,7 @@ pub(super) async fn run(
 /// The credential's first key: hand it to the consumers right away.
 async fn deliver_first_key(
     config: &Config,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     name: &str,
     version: &KeyVersion,
 ) -> anyhow::Result<()> {
@@ -65,7 +65,7 @@ async fn deliver_first_key(
 /// A replacement key: verify, deliver and promote it now, like any rotation.
 async fn promote_replacement(
     config: &Config,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     name: &str,
 ) -> anyhow::Result<()> {
     let (engine, runtime) = rotation_context(config, store, name)?;

@@ -3,8 +3,7 @@
 
 use crate::cli::render;
 use crate::model::{Stage, UnixTime};
-use crate::store::prelude::*;
-use crate::store::{CredentialRecord, KeyVersion, SqliteStore};
+use crate::store::{CredentialRecord, KeyVersion, Store};
 
 /// One line of the listing: a live key of a credential, or the credential alone when it
 /// has none.
@@ -15,7 +14,7 @@ pub(crate) struct ListedKey {
     pub(crate) attention: Option<super::show::Attention>,
 }
 
-pub(super) async fn run(store: &SqliteStore, json: bool, now: UnixTime) -> anyhow::Result<()> {
+pub(super) async fn run(store: &dyn Store, json: bool, now: UnixTime) -> anyhow::Result<()> {
     let rows = live_keys(store).await?;
     if json {
         render::print_json(&render::json::key_list(&rows, now))
@@ -25,7 +24,7 @@ pub(super) async fn run(store: &SqliteStore, json: bool, now: UnixTime) -> anyho
     }
 }
 
-async fn live_keys(store: &SqliteStore) -> anyhow::Result<Vec<ListedKey>> {
+async fn live_keys(store: &dyn Store) -> anyhow::Result<Vec<ListedKey>> {
     let snapshot = store.snapshot().await?;
     let attention = super::show::attention_by_credential(store).await?;
     let mut rows = Vec::new();

@@ -19,7 +19,7 @@ use crate::model::UnixTime;
 use crate::providers::ProviderTelemetry;
 use crate::rotation::{self, CredentialRuntime, Engine};
 use crate::store::MasterKeyNeed;
-use crate::store::SqliteStore;
+use crate::store::Store;
 use anyhow::Context;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -95,22 +95,22 @@ pub(crate) async fn run(command: KeyCommand, setup: &Setup) -> anyhow::Result<()
         KeyCommand::Rotate { name } => rotate::run(config, store, &name).await,
         KeyCommand::Rollback { name } => rollback::run(config, store, &name).await,
         KeyCommand::Revoke { name, version } => revoke::run(config, store, &name, version).await,
-        KeyCommand::List(JsonFlag { json }) => list::run(&store, json, now).await,
+        KeyCommand::List(JsonFlag { json }) => list::run(store.as_ref(), json, now).await,
         KeyCommand::Show {
             name,
             json: JsonFlag { json },
-        } => show::run(&store, &name, json, now).await,
+        } => show::run(store.as_ref(), &name, json, now).await,
         KeyCommand::History {
             name,
             json: JsonFlag { json },
-        } => history::run(&store, &name, json).await,
+        } => history::run(store.as_ref(), &name, json).await,
     }
 }
 
 /// The rotation engine over the CLI's store, and the runtime of one credential.
 fn rotation_context(
     config: &Config,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     name: &str,
 ) -> anyhow::Result<(Engine, Arc<CredentialRuntime>)> {
     let credential = config
@@ -121,7 +121,7 @@ fn rotation_context(
     let runtime = rotation::build_runtimes(&single, &ProviderTelemetry::new())?
         .remove(name)
         .with_context(|| format!("credential {name:?} has no usable provider"))?;
-    let engine = Engine::new(Arc::new(store), Arc::new(SystemClock))
+    let engine = Engine::new(store, Arc::new(SystemClock))
         .with_role("cli")
         .with_lease(config.daemon.rotation_lease.0);
     Ok((engine, runtime))

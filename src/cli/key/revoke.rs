@@ -4,13 +4,13 @@
 use super::rotation_context;
 use crate::cli::actor;
 use crate::config::Config;
-use crate::store::prelude::*;
-use crate::store::SqliteStore;
+use crate::store::Store;
 use anyhow::Context;
+use std::sync::Arc;
 
 pub(super) async fn run(
     config: &Config,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     name: &str,
     version: i64,
 ) -> anyhow::Result<()> {

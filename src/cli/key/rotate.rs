@@ -4,9 +4,10 @@
 use super::rotation_context;
 use crate::cli::actor;
 use crate::config::Config;
-use crate::store::SqliteStore;
+use crate::store::Store;
+use std::sync::Arc;
 
-pub(super) async fn run(config: &Config, store: SqliteStore, name: &str) -> anyhow::Result<()> {
+pub(super) async fn run(config: &Config, store: Arc<dyn Store>, name: &str) -> anyhow::Result<()> {
     let (engine, runtime) = rotation_context(config, store, name)?;
     let rotated = engine.rotate(&runtime, &actor()).await?;
     if let Some(previous) = &rotated.taken_over_from {

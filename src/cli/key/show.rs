@@ -3,8 +3,7 @@
 
 use crate::cli::render;
 use crate::model::UnixTime;
-use crate::store::prelude::*;
-use crate::store::SqliteStore;
+use crate::store::Store;
 use anyhow::Context;
 use std::collections::HashMap;
 
@@ -19,7 +18,7 @@ pub(crate) struct Attention {
 
 /// The rotations in attention, by credential (a read of the unfinished rotations only).
 pub(crate) async fn attention_by_credential(
-    store: &SqliteStore,
+    store: &dyn Store,
 ) -> anyhow::Result<HashMap<String, Attention>> {
     Ok(store
         .rotations_in_flight()
@@ -39,7 +38,7 @@ pub(crate) async fn attention_by_credential(
 }
 
 pub(super) async fn run(
-    store: &SqliteStore,
+    store: &dyn Store,
     name: &str,
     json: bool,
     now: UnixTime,
