@@ -33,7 +33,7 @@ pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
 pub use leadership::{LeaderClaim, LeaderStore, LeaderToken, Leadership};
 pub use location::{PgSettings, PgSslMode, StoreLocation};
 pub use open::credential_specs;
-pub(crate) use open::{open_store, MasterKeyNeed};
+pub(crate) use open::{open_backend, open_store, MasterKeyNeed};
 pub use rotations::{
     Claim, Lease, Rotation, RotationFailure, RotationKind, RotationOutlook, RotationStep,
     RotationStore,
@@ -46,7 +46,7 @@ pub use state::{CredentialState, Revocations, Snapshot, StateStore};
 pub mod prelude {
     pub use super::{
         AuditStore, CheckStore, CredentialStore, InstallationStore, KeyStore, LeaderStore,
-        RotationStore, StateStore,
+        RotationStore, StateStore, StoreCopy,
     };
 }
 
@@ -164,6 +164,7 @@ pub trait Store:
     + StateStore
     + InstallationStore
     + LeaderStore
+    + StoreCopy
 {
 }
 
@@ -176,5 +177,6 @@ impl<T> Store for T where
         + StateStore
         + InstallationStore
         + LeaderStore
+        + StoreCopy
 {
 }

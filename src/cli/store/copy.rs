@@ -1,6 +1,6 @@
 //! `keyrotd store copy --from LOCATION --to LOCATION`: moves an installation from one store
 //! to another (an SQLite file to a PostgreSQL database, or back) through the backends'
-//! [`StoreCopy`]: every row, sealed secrets as they are, the installation's identity kept.
+//! [`StoreCopy`](crate::store::StoreCopy): every row, sealed secrets as they are, the installation's identity kept.
 //!
 //! Nothing may write to either store meanwhile: on an SQLite file the command takes the
 //! lock `master-key rotate` takes (refused while a daemon holds its share), and on
@@ -8,11 +8,12 @@
 //! empty; the import checks that inside its own transaction, so a refusal writes nothing.
 
 use crate::cli::render;
-use crate::store::{lock_exclusive, DatabaseLock, Dump, SqliteStore, StoreCopy, StoreLocation};
+use crate::store::{lock_exclusive, open_backend, DatabaseLock, Dump, Store, StoreLocation};
 use anyhow::{bail, Context};
 use clap::Args;
 use secrecy::SecretString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::location;
@@ -85,7 +86,7 @@ pub(crate) async fn run(args: CopyArgs) -> anyhow::Result<()> {
 /// The copy from an open source: refused while a replica leads on it, before the target
 /// is opened (an SQLite target would be created by opening it).
 async fn copy_from(
-    source: &dyn StoreCopy,
+    source: &dyn Store,
     from: &StoreLocation,
     to: &StoreLocation,
 ) -> anyhow::Result<Dump> {
@@ -98,9 +99,9 @@ async fn copy_from(
 
 /// The copy proper, both stores open.
 async fn copy_into(
-    source: &dyn StoreCopy,
+    source: &dyn Store,
     from: &StoreLocation,
-    target: &dyn StoreCopy,
+    target: &dyn Store,
     to: &StoreLocation,
 ) -> anyhow::Result<Dump> {
     refuse_if_led(End::Target, target, to).await?;
@@ -174,25 +175,16 @@ fn lock(end: End, location: &StoreLocation) -> anyhow::Result<Option<DatabaseLoc
 }
 
 /// Opens a store without a master key: the copy never opens a sealed secret.
-async fn open(end: End, location: &StoreLocation) -> anyhow::Result<Box<dyn StoreCopy>> {
-    match location {
-        StoreLocation::Sqlite(path) => Ok(Box::new(
-            SqliteStore::open(path, None)
-                .await
-                .with_context(|| end.flag())?,
-        )),
-        StoreLocation::Postgres(settings) => bail!(
-            "{}: {}: this build of keyrotd has no PostgreSQL backend",
-            end.flag(),
-            settings.describe()
-        ),
-    }
+async fn open(end: End, location: &StoreLocation) -> anyhow::Result<Arc<dyn Store>> {
+    open_backend(location, None)
+        .await
+        .with_context(|| end.flag())
 }
 
 /// On PostgreSQL, replicas share no lock file: a live leadership lease says one is running.
 async fn refuse_if_led(
     end: End,
-    store: &dyn StoreCopy,
+    store: &dyn Store,
     location: &StoreLocation,
 ) -> anyhow::Result<()> {
     if !matches!(location, StoreLocation::Postgres(_)) {

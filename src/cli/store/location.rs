@@ -92,6 +92,8 @@ impl PgUrl {
             None => authority,
         };
         let mut ssl_mode = PgSslMode::Prefer;
+        // A Unix socket directory comes as `?host=/run/postgresql`, the authority empty.
+        let mut query_host = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
@@ -99,6 +101,7 @@ impl PgUrl {
                 "sslmode" => {
                     ssl_mode = PgSslMode::parse(value).ok_or(LocationError::BadSslMode { flag })?;
                 }
+                "host" => query_host = Some(value),
                 _ => {}
             }
         }
@@ -109,6 +112,10 @@ impl PgUrl {
                 port.parse().map_err(|_| LocationError::BadPort { flag })?,
             ),
             _ => (host_port, PG_DEFAULT_PORT),
+        };
+        let host = match query_host {
+            Some(socket) if host.is_empty() => socket,
+            _ => host,
         };
         if host.is_empty() || database.is_empty() {
             return Err(LocationError::Incomplete { flag });
@@ -246,6 +253,7 @@ mod tests {
         assert_eq!(settings.ssl_mode, PgSslMode::VerifyFull);
         assert_eq!(settings.password.unwrap().expose_secret(), "s3cret");
         assert_eq!(pg("postgres://u@h/db").ssl_mode, PgSslMode::Prefer);
+        pg("postgres://keyrotd@/keyrotd?host=/run/postgresql");
         for (text, error) in [
             (
                 "postgres://u@h/db?sslmode=maybe",
