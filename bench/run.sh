@@ -8,6 +8,8 @@
 #   SCALES="1000 10000" bench/run.sh  # some scales
 #   SCALES=1000 IDLE_SECS=5 bench/run.sh          # the smallest run
 #   KEYROTD=/path/to/other/keyrotd bench/run.sh   # benchmark another build (e.g. before a change)
+#   STORE_URL=postgres://postgres@127.0.0.1:5432/postgres SCALES=10000 bench/run.sh
+#                                     # on PostgreSQL (a scratch database per run), with a standby
 #
 # Results: bench/results/<UTC date>/<n>.json plus machine.txt; the summary goes to stdout.
 set -euo pipefail
@@ -40,6 +42,8 @@ done < <(sed -n 's/^Environment=//p' systemd/keyrotd.service)
 
 PERF=()
 if perf stat -e sched:sched_switch true >/dev/null 2>&1; then PERF=(--perf); fi
+STORE=()
+if [[ -n "${STORE_URL:-}" ]]; then STORE=(--store-url "$STORE_URL"); fi
 PYTHON=()
 if python3 -c 'import prometheus_client' 2>/dev/null; then PYTHON=(--python bench/prom_exporter.py); fi
 
@@ -62,9 +66,9 @@ for n in $SCALES; do
     "$BENCH" --n "$n" --keyrotd "$KEYROTD" --scrapes "$scrapes" \
         "${PYTHON[@]}" --python-scrapes "$py" \
         --latency-ms 50 --concurrency 256 --rotations "$rotations" --rotation-parallel 8 \
-        --idle-secs "$IDLE_SECS" "${PERF[@]}" "${UNIT_ENV[@]}" --json "$OUT/$n.json" >/dev/null
+        --idle-secs "$IDLE_SECS" "${PERF[@]}" "${UNIT_ENV[@]}" "${STORE[@]}" --json "$OUT/$n${STORE_URL:+-postgres}.json" >/dev/null
     echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-    if [[ "$n" == 10000 ]]; then
+    if [[ "$n" == 10000 && -z "${STORE_URL:-}" ]]; then
         echo "== $n credentials, footprint without the unit's environment"
         "$BENCH" --n "$n" --keyrotd "$KEYROTD" --scrapes "$scrapes" --rotations 0 --skip-sweep \
             --latency-ms 50 --concurrency 256 --idle-secs "$IDLE_SECS" "${PERF[@]}" \

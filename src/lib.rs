@@ -25,7 +25,8 @@
 //!
 //! What they stand on:
 //! - [`config`]: the TOML file, parsed with positions and validated as a whole.
-//! - [`store`]: the source of truth, one trait per concern; SQLite is the embedded backend.
+//! - [`store`]: the source of truth, one trait per concern; SQLite is the embedded backend,
+//!   PostgreSQL the one replicas share.
 //! - [`crypto`]: the master key and the sealing of secrets at rest.
 //! - [`model`]: the shared words: stages, check statuses, fingerprints.
 //! - [`clock`]: injectable time; [`due`]: one timer for many items; [`backoff`]: capped

@@ -1,27 +1,33 @@
 //! Check results written together (one batch, one transaction) must leave the store exactly
 //! as the same results written one at a time: statuses, validity (only conclusive results
-//! change it), expiry, balances, and one `check_status_changed` event per change.
+//! change it), expiry, balances, and one `check_status_changed` event per change. On every
+//! backend.
 
+mod common;
+
+use common::backends::{on_both_backends, Scratch};
 use futures::TryStreamExt;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::CheckStatus;
-use keyrotd::store::{
-    AuditStore, CheckRecord, CheckStore, CheckToRecord, CredentialSpec, CredentialStore, KeyStore,
-    NewKey, SqliteStore, StateStore,
-};
+use keyrotd::store::{CheckRecord, CheckToRecord, CredentialSpec, NewKey, Store};
 use secrecy::SecretString;
 use std::sync::Arc;
 
 const CREDENTIALS: usize = 60;
 const START: i64 = 1_800_000_000;
 
-async fn store_with_keys(dir: &std::path::Path) -> (Arc<SqliteStore>, Vec<i64>) {
+on_both_backends!(
+    results_written_together_equal_results_written_one_by_one,
+    a_bad_record_in_a_batch_fails_only_its_own_caller,
+    a_sweep_s_results_are_written_together_and_a_bad_one_fails_alone,
+    keys_read_ahead_for_a_sweep_are_the_current_ones,
+    visiting_the_states_hands_over_each_active_credential_with_its_own_key,
+    a_result_comes_back_exactly_as_recorded_whatever_its_text,
+);
+
+async fn store_with_keys(scratch: &Scratch) -> (Arc<dyn Store>, Vec<i64>) {
     let sealer = Arc::new(Sealer::new(&MasterKey::generate()));
-    let store = Arc::new(
-        SqliteStore::open(&dir.join("keyrotd.db"), Some(sealer))
-            .await
-            .unwrap(),
-    );
+    let store = scratch.open(Some(sealer)).await.unwrap();
     let specs: Vec<_> = (0..CREDENTIALS)
         .map(|i| CredentialSpec {
             name: format!("tenant-{i:03}"),
@@ -72,7 +78,7 @@ fn record(round: i64, i: usize) -> CheckRecord {
 }
 
 /// Everything a check result touches, per credential, in a comparable form.
-async fn state(store: &SqliteStore) -> Vec<String> {
+async fn state(store: &dyn Store) -> Vec<String> {
     let snapshot = store.snapshot().await.unwrap();
     let mut out = Vec::new();
     for s in snapshot.credentials {
@@ -103,11 +109,10 @@ async fn state(store: &SqliteStore) -> Vec<String> {
     out
 }
 
-#[tokio::test]
-async fn results_written_together_equal_results_written_one_by_one() {
-    let (one_dir, together_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (one, one_versions) = store_with_keys(one_dir.path()).await;
-    let (together, together_versions) = store_with_keys(together_dir.path()).await;
+async fn results_written_together_equal_results_written_one_by_one(scratch: Scratch) {
+    let other = Scratch::new(scratch.backend()).await.unwrap();
+    let (one, one_versions) = store_with_keys(&scratch).await;
+    let (together, together_versions) = store_with_keys(&other).await;
     for round in 0..4 {
         for (i, version) in one_versions.iter().enumerate() {
             one.record_check(&format!("tenant-{i:03}"), *version, &record(round, i))
@@ -132,10 +137,10 @@ async fn results_written_together_equal_results_written_one_by_one() {
             commits, 1,
             "round {round}: {commits} commits for a batch of {CREDENTIALS} results: not one write"
         );
-        assert_eq!(state(&one).await, state(&together).await, "round {round}");
+        assert_eq!(state(&*one).await, state(&*together).await, "round {round}");
     }
     // The states are not trivially equal: every kind of change happened.
-    let text = state(&together).await.join("\n");
+    let text = state(&*together).await.join("\n");
     for needle in [
         "valid=Some(false)",
         "valid=Some(true)",
@@ -146,10 +151,8 @@ async fn results_written_together_equal_results_written_one_by_one() {
     }
 }
 
-#[tokio::test]
-async fn a_bad_record_in_a_batch_fails_only_its_own_caller() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, versions) = store_with_keys(dir.path()).await;
+async fn a_bad_record_in_a_batch_fails_only_its_own_caller(scratch: Scratch) {
+    let (store, versions) = store_with_keys(&scratch).await;
     let results = futures::future::join_all((0..CREDENTIALS + 1).map(|i| {
         let store = store.clone();
         let version = versions.get(i).copied().unwrap_or(versions[0]);
@@ -180,10 +183,8 @@ async fn a_bad_record_in_a_batch_fails_only_its_own_caller() {
 
 /// A sweep's results, written in one call: one transaction for the lot, each answered in
 /// its place, and a bad one fails alone.
-#[tokio::test]
-async fn a_sweep_s_results_are_written_together_and_a_bad_one_fails_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, versions) = store_with_keys(dir.path()).await;
+async fn a_sweep_s_results_are_written_together_and_a_bad_one_fails_alone(scratch: Scratch) {
+    let (store, versions) = store_with_keys(&scratch).await;
     let checks = |round: i64, bad: Option<usize>| -> Vec<CheckToRecord> {
         (0..CREDENTIALS)
             .map(|i| CheckToRecord {
@@ -233,11 +234,9 @@ async fn a_sweep_s_results_are_written_together_and_a_bad_one_fails_alone() {
     assert!(store.record_checks(Vec::new()).await.is_empty());
 }
 
-#[tokio::test]
-async fn keys_read_ahead_for_a_sweep_are_the_current_ones() {
+async fn keys_read_ahead_for_a_sweep_are_the_current_ones(scratch: Scratch) {
     use secrecy::ExposeSecret;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = store_with_keys(dir.path()).await;
+    let (store, _) = store_with_keys(&scratch).await;
     // A replacement imported for one credential waits as pending: the sweep checks the
     // current key, not the pending one.
     let replacement = NewKey {
@@ -269,10 +268,8 @@ async fn keys_read_ahead_for_a_sweep_are_the_current_ones() {
 /// `/metrics` reads the store through `visit_states`, one credential at a time: every active
 /// credential, in name order, with its own current key (none for one never given a key, none
 /// of a removed one), its balances, and the same generation and records as `snapshot`.
-#[tokio::test]
-async fn visiting_the_states_hands_over_each_active_credential_with_its_own_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, versions) = store_with_keys(dir.path()).await;
+async fn visiting_the_states_hands_over_each_active_credential_with_its_own_key(scratch: Scratch) {
+    let (store, versions) = store_with_keys(&scratch).await;
     for (i, version) in versions.iter().enumerate() {
         store
             .record_check(&format!("tenant-{i:03}"), *version, &record(0, i))
@@ -332,12 +329,10 @@ async fn visiting_the_states_hands_over_each_active_credential_with_its_own_key(
     assert_eq!(snapshot_names, names);
 }
 
-#[tokio::test]
-async fn a_result_comes_back_exactly_as_recorded_whatever_its_text() {
-    // Results travel to SQLite as one JSON text per batch: quotes, backslashes, control
+async fn a_result_comes_back_exactly_as_recorded_whatever_its_text(scratch: Scratch) {
+    // Results travel as one JSON text (SQLite) or as arrays (PostgreSQL) per batch: quotes, backslashes, control
     // characters and non-ASCII text in a provider's detail, and large times, must survive.
-    let dir = tempfile::tempdir().unwrap();
-    let (store, versions) = store_with_keys(dir.path()).await;
+    let (store, versions) = store_with_keys(&scratch).await;
     let detail = "HTTP 401: {\"error\": \"bad \\\\ key\"}\n\tü → 🔑 '; DROP TABLE events; --";
     let at = 4_102_444_800_123; // far beyond 2^32
     let expires_at = Some(i64::MAX / 2);

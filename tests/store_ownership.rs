@@ -1,13 +1,16 @@
-//! The ownership contract of `RotationStore`, on the SQLite backend: every step is a
+//! The ownership contract of `RotationStore`, on every backend: every step is a
 //! compare-and-set on (rotation, expected step, owner epoch), a rotation is taken over only
 //! once its owner's lease expired (on the database's clock), a key bound to a rotation in
 //! flight cannot be revoked, and a rollback is a persisted rotation of its own kind.
 
+mod common;
+
+use common::backends::{on_both_backends, Scratch};
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::Stage;
 use keyrotd::store::{
-    Claim, CredentialSpec, CredentialStore, KeyStore, Lease, NewKey, RotationFailure, RotationKind,
-    RotationStep, RotationStore, SqliteStore, StoreError,
+    Claim, CredentialSpec, Lease, NewKey, RotationFailure, RotationKind, RotationStep, Store,
+    StoreError,
 };
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -32,13 +35,17 @@ fn key(secret: &str, rotation: Option<&str>) -> NewKey {
     }
 }
 
-async fn store(dir: &std::path::Path) -> Arc<SqliteStore> {
+on_both_backends!(
+    a_step_is_refused_unless_the_rotation_is_at_the_expected_step,
+    a_rotation_is_taken_over_only_once_its_lease_expired,
+    the_previous_owner_is_fenced_after_a_takeover,
+    a_version_bound_to_a_rotation_in_flight_cannot_be_revoked,
+    a_rollback_is_a_persisted_rotation_bound_to_the_previous_key,
+);
+
+async fn store(scratch: &Scratch) -> Arc<dyn Store> {
     let sealer = Arc::new(Sealer::new(&MasterKey::generate()));
-    let store = Arc::new(
-        SqliteStore::open(&dir.join("keyrotd.db"), Some(sealer))
-            .await
-            .unwrap(),
-    );
+    let store = scratch.open(Some(sealer)).await.unwrap();
     store
         .sync_credentials(
             &[CredentialSpec {
@@ -57,17 +64,15 @@ async fn store(dir: &std::path::Path) -> Arc<SqliteStore> {
     store
 }
 
-async fn advance(store: &SqliteStore, lease: &Lease, from: RotationStep, to: RotationStep) {
+async fn advance(store: &dyn Store, lease: &Lease, from: RotationStep, to: RotationStep) {
     store
         .advance_rotation(lease, from, to, "test", START)
         .await
         .unwrap_or_else(|e| panic!("{from} → {to}: {e}"));
 }
 
-#[tokio::test]
-async fn a_step_is_refused_unless_the_rotation_is_at_the_expected_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path()).await;
+async fn a_step_is_refused_unless_the_rotation_is_at_the_expected_step(scratch: Scratch) {
+    let store = store(&scratch).await;
     let (rotation, lease) = store
         .plan_rotation(CRED, "r1", "test", &claim("a", 60), START)
         .await
@@ -99,9 +104,15 @@ async fn a_step_is_refused_unless_the_rotation_is_at_the_expected_step() {
         .record_issued(&lease, key("sk-new", Some("r1")), START)
         .await
         .unwrap();
-    advance(&store, &lease, RotationStep::Issued, RotationStep::Verified).await;
     advance(
-        &store,
+        &*store,
+        &lease,
+        RotationStep::Issued,
+        RotationStep::Verified,
+    )
+    .await;
+    advance(
+        &*store,
         &lease,
         RotationStep::Verified,
         RotationStep::Delivered,
@@ -128,10 +139,8 @@ async fn a_step_is_refused_unless_the_rotation_is_at_the_expected_step() {
     assert!(store.rotations_in_flight().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn a_rotation_is_taken_over_only_once_its_lease_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path()).await;
+async fn a_rotation_is_taken_over_only_once_its_lease_expired(scratch: Scratch) {
+    let store = store(&scratch).await;
     store
         .plan_rotation(CRED, "live", "test", &claim("alive", 3600), START)
         .await
@@ -150,8 +159,8 @@ async fn a_rotation_is_taken_over_only_once_its_lease_expired() {
     assert_eq!(store.rotations_in_flight().await.unwrap()[0].owner_epoch, 1);
 
     // A lease of zero seconds has expired by the time anyone looks.
-    let dir = tempfile::tempdir().unwrap();
-    let store = self::store(dir.path()).await;
+    let scratch = Scratch::new(scratch.backend()).await.unwrap();
+    let store = self::store(&scratch).await;
     store
         .plan_rotation(CRED, "dead", "test", &claim("dead", 0), START)
         .await
@@ -173,10 +182,8 @@ async fn a_rotation_is_taken_over_only_once_its_lease_expired() {
     );
 }
 
-#[tokio::test]
-async fn the_previous_owner_is_fenced_after_a_takeover() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path()).await;
+async fn the_previous_owner_is_fenced_after_a_takeover(scratch: Scratch) {
+    let store = store(&scratch).await;
     let (_, old) = store
         .plan_rotation(CRED, "r1", "test", &claim("paused", 0), START)
         .await
@@ -231,9 +238,9 @@ async fn the_previous_owner_is_fenced_after_a_takeover() {
             )
             .await,
     );
-    advance(&store, &new, RotationStep::Issued, RotationStep::Verified).await;
+    advance(&*store, &new, RotationStep::Issued, RotationStep::Verified).await;
     advance(
-        &store,
+        &*store,
         &new,
         RotationStep::Verified,
         RotationStep::Delivered,
@@ -243,10 +250,8 @@ async fn the_previous_owner_is_fenced_after_a_takeover() {
     store.promote(&new, None, START).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_version_bound_to_a_rotation_in_flight_cannot_be_revoked() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path()).await;
+async fn a_version_bound_to_a_rotation_in_flight_cannot_be_revoked(scratch: Scratch) {
+    let store = store(&scratch).await;
     let (_, lease) = store
         .plan_rotation(CRED, "r1", "test", &claim("a", 60), START)
         .await
@@ -286,10 +291,8 @@ async fn a_version_bound_to_a_rotation_in_flight_cannot_be_revoked() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_rollback_is_a_persisted_rotation_bound_to_the_previous_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path()).await;
+async fn a_rollback_is_a_persisted_rotation_bound_to_the_previous_key(scratch: Scratch) {
+    let store = store(&scratch).await;
     let first = store.versions(CRED).await.unwrap()[0].clone();
     let (_, lease) = store
         .plan_rotation(CRED, "r1", "test", &claim("a", 60), START)
@@ -299,9 +302,15 @@ async fn a_rollback_is_a_persisted_rotation_bound_to_the_previous_key() {
         .record_issued(&lease, key("sk-second", Some("r1")), START)
         .await
         .unwrap();
-    advance(&store, &lease, RotationStep::Issued, RotationStep::Verified).await;
     advance(
-        &store,
+        &*store,
+        &lease,
+        RotationStep::Issued,
+        RotationStep::Verified,
+    )
+    .await;
+    advance(
+        &*store,
         &lease,
         RotationStep::Verified,
         RotationStep::Delivered,
@@ -337,14 +346,14 @@ async fn a_rollback_is_a_persisted_rotation_bound_to_the_previous_key() {
         Err(StoreError::RotationNotInStep { .. })
     ));
     advance(
-        &store,
+        &*store,
         &lease,
         RotationStep::Planned,
         RotationStep::Verified,
     )
     .await;
     advance(
-        &store,
+        &*store,
         &lease,
         RotationStep::Verified,
         RotationStep::Delivered,

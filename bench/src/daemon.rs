@@ -4,6 +4,10 @@
 //!
 //! The daemon is a separate process on purpose: resident memory, wake-ups and start-up time
 //! are properties of the binary and its allocator, which an in-process daemon would hide.
+//!
+//! On PostgreSQL a second replica is started once the first (the leader) was measured: it
+//! is scraped as a standby the same way, then the leader is SIGKILLed and the time until the
+//! standby reports `keyrotd_leader 1` is the failover.
 
 use crate::process::{context_switches, cpu_seconds, proc_status_kib, switches_since, Running};
 use crate::scrape::scrapes;
@@ -43,7 +47,7 @@ impl Bench {
             process: mut daemon,
             ready_ms,
             address,
-        } = self.start_daemon(args).await?;
+        } = self.start_daemon(args, "daemon").await?;
         let pid = daemon.pid();
         let rss_at_ready = proc_status_kib(pid, "VmRSS")?;
         let rss_anon_at_ready = proc_status_kib(pid, "RssAnon")?;
@@ -59,9 +63,14 @@ impl Bench {
             .scrape_daemon(args, &address, pid, cpu_after_idle)
             .await?;
 
-        let stop_started = Instant::now();
-        daemon.terminate()?;
-        let stop_ms = stop_started.elapsed().as_secs_f64() * 1e3;
+        let (standby, stop_ms) = if self.postgres.is_some() {
+            let (standby, stop_ms) = self.standby_phase(args, &address, &mut daemon).await?;
+            (Some(standby), stop_ms)
+        } else {
+            let stop_started = Instant::now();
+            daemon.terminate()?;
+            (None, stop_started.elapsed().as_secs_f64() * 1e3)
+        };
         Ok(json!({
             "environment": args
                 .daemon_env
@@ -83,17 +92,74 @@ impl Bench {
             },
             "idle": idle,
             "scrape": scrape,
+            "standby": standby,
             "stop_ms": stop_ms,
         }))
     }
 
+    /// A second replica on the same PostgreSQL database: its `/metrics` as a standby, then
+    /// the failover once `leader` is SIGKILLed. Returns its figures and the standby's stop
+    /// time (the leader is gone by then).
+    async fn standby_phase(
+        &self,
+        args: &Args,
+        leader_address: &str,
+        leader: &mut Running,
+    ) -> anyhow::Result<(Value, f64)> {
+        let ReadyDaemon {
+            process: mut standby,
+            ready_ms,
+            address,
+        } = self.start_daemon(args, "standby").await?;
+        let pid = standby.pid();
+        let leading = |address: &str| {
+            let address = address.to_string();
+            async move {
+                let series = scrapes(&address, 1, false).await?;
+                anyhow::Ok(leader_flag(&series.text))
+            }
+        };
+        if leading(leader_address).await? != Some(true) || leading(&address).await? != Some(false)
+        {
+            bail!("expected the first replica to lead and the second to stand by");
+        }
+        let cpu_before = cpu_seconds(pid)?;
+        let gzip = scrapes(&address, args.scrapes, true).await?;
+        let scrape_cpu = cpu_seconds(pid)? - cpu_before;
+
+        let killed = Instant::now();
+        leader.kill()?;
+        let deadline = killed + Duration::from_secs(120);
+        while leading(&address).await? != Some(true) {
+            if Instant::now() > deadline {
+                bail!("the standby did not lead within 120 s of the leader's SIGKILL");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let failover = killed.elapsed().as_secs_f64();
+        let stop_started = Instant::now();
+        standby.terminate()?;
+        let stop_ms = stop_started.elapsed().as_secs_f64() * 1e3;
+        Ok((
+            json!({
+                "ready_ms": ready_ms,
+                "scrape": gzip.summary(json!({
+                    "cpu_s_per_scrape": scrape_cpu / gzip.timings.len().max(1) as f64,
+                })),
+                "failover_seconds": failover,
+            }),
+            stop_ms,
+        ))
+    }
+
     /// `keyrotd run` with a notify socket of its own; returns once it sent `READY=1`.
-    async fn start_daemon(&self, args: &Args) -> anyhow::Result<ReadyDaemon> {
-        let socket_path = self.dir.join("notify.sock");
+    /// `name` names its socket and log file in the work directory.
+    async fn start_daemon(&self, args: &Args, name: &str) -> anyhow::Result<ReadyDaemon> {
+        let socket_path = self.dir.join(format!("{name}.notify.sock"));
         let _ = std::fs::remove_file(&socket_path);
         let socket = UnixDatagram::bind(&socket_path)?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let log = std::fs::File::create(self.dir.join("daemon.log"))?;
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let mut command = self.command(&self.config);
         command
             .arg("run")
@@ -264,4 +330,11 @@ fn wait_ready(socket: &UnixDatagram, started: Instant) -> anyhow::Result<(Durati
         }
     }
     bail!("no READY=1 within 300 s")
+}
+
+/// `keyrotd_leader` in an exposition: whether the replica leads.
+fn leader_flag(text: &str) -> Option<bool> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("keyrotd_leader "))
+        .map(|v| v.trim() == "1")
 }

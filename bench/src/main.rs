@@ -25,6 +25,10 @@
 //!    delivering to files, on the same (on-disk, `synchronous=FULL`) store: rotations per
 //!    second, sequentially and with `--rotation-parallel` in flight, and where the time goes.
 //!
+//! With `--store-url postgres://…` (a server where the harness may create a database) every
+//! phase runs on a PostgreSQL database instead of an SQLite file, and the daemon phase adds
+//! a second replica: its scrape as a standby, and the failover when the leader is SIGKILLed.
+//!
 //! Results are printed and written as JSON (`--json`).
 //!
 //! **Which `keyrotd` is measured.** `--keyrotd PATH`, or else the `keyrotd` next to this
@@ -115,6 +119,10 @@ struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run on PostgreSQL: a server URL (e.g. `postgres://postgres@127.0.0.1:5432/postgres`)
+    /// where the harness creates a scratch database, and drops it at the end.
+    #[arg(long)]
+    store_url: Option<String>,
 }
 
 #[tokio::main]
@@ -145,7 +153,15 @@ async fn main() -> anyhow::Result<()> {
     let bench = Bench::set_up(&args, &dir, &keyrotd, &simulator).await?;
     results.insert("seed".into(), bench.seed.clone());
     eprintln!("seeded {} credentials: {}", args.n, bench.seed);
-    run_phases(&args, &bench, &simulator, &mut results).await?;
+    results.insert(
+        "store".into(),
+        json!(if bench.postgres.is_some() { "postgres" } else { "sqlite" }),
+    );
+    let outcome = run_phases(&args, &bench, &simulator, &mut results).await;
+    if let Some(pg) = &bench.postgres {
+        pg.drop_database().await?;
+    }
+    outcome?;
 
     let results = Value::Object(results);
     println!("{}", serde_json::to_string_pretty(&results)?);

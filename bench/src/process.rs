@@ -41,6 +41,13 @@ impl Running {
         self.child.wait()?;
         bail!("the process did not stop within 15 s of SIGTERM")
     }
+
+    /// SIGKILL, as a host that dies would stop it; reaps the process.
+    pub(crate) fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
 }
 
 impl Drop for Running {

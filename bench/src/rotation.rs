@@ -18,7 +18,7 @@ use keyrotd::providers::{
 use keyrotd::rotation::{self, CredentialRuntime, Engine};
 use keyrotd::simulator::Simulator;
 use keyrotd::store::prelude::*;
-use keyrotd::store::{SqliteStore, Store};
+use keyrotd::store::Store;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,10 +36,9 @@ impl Bench {
         let count = args.rotations.min(args.n);
         let times = Arc::new(StepTimes::default());
         let runtimes = self.timed_runtimes(args, simulator, count, &times)?;
-        let sealer = Arc::new(Sealer::new(&MasterKey::load(&self.master_key)?));
-        let store = Arc::new(SqliteStore::open(&self.database, Some(sealer)).await?);
+        let store: Arc<dyn Store> = self.open_store().await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>, clock));
+        let engine = Arc::new(Engine::new(store.clone(), clock));
 
         let generation_before = store.generation().await?;
         let started = Instant::now();
@@ -90,7 +89,7 @@ impl Bench {
         std::fs::write(
             &config_path,
             config_text(
-                &self.database,
+                &self.store_lines(),
                 simulator,
                 args.concurrency,
                 count,

@@ -3,6 +3,9 @@
 //!
 //! Seeding goes through the store's own API (as `keyrotd key import` and the checker write),
 //! not SQL, so the database is exactly what a daemon of this build would have written.
+//!
+//! With `--store-url` the store is a PostgreSQL database the harness creates on that server
+//! (and drops at the end) instead of an SQLite file; every phase then runs on it.
 
 use crate::Args;
 use keyrotd::clock::{Clock, SystemClock};
@@ -10,7 +13,9 @@ use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::CheckStatus;
 use keyrotd::simulator::Simulator;
 use keyrotd::store::prelude::*;
-use keyrotd::store::{CheckRecord, CredentialSpec, NewKey, SqliteStore};
+use keyrotd::store::{
+    CheckRecord, CredentialSpec, NewKey, PgSettings, PgSslMode, PgStore, SqliteStore, Store,
+};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -34,6 +39,8 @@ pub(crate) struct Bench {
     keyrotd: PathBuf,
     pub(crate) config: PathBuf,
     pub(crate) database: PathBuf,
+    /// The PostgreSQL database in use instead of `database`, with `--store-url`.
+    pub(crate) postgres: Option<PgDatabase>,
     pub(crate) master_key: PathBuf,
     pub(crate) management_key: PathBuf,
     /// How seeding went, as JSON.
@@ -58,11 +65,38 @@ impl Bench {
         for suffix in DATABASE_FILES {
             let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
         }
+        let postgres = match &args.store_url {
+            Some(url) => Some(PgDatabase::create(url).await?),
+            None => None,
+        };
+        let location = StoreLines::of(&database, postgres.as_ref());
         let config = dir.join("daemon.toml");
         std::fs::write(
             &config,
-            config_text(&database, simulator, args.concurrency, args.n, None),
+            config_text(&location, simulator, args.concurrency, args.n, None),
         )?;
+        if let Some(pg) = &postgres {
+            let started = Instant::now();
+            let store = pg.open(&master_key).await?;
+            let sync_ms = seed_store(args, store.as_ref(), simulator).await?;
+            store.close().await;
+            let seed = json!({
+                "seconds": started.elapsed().as_secs_f64(),
+                "first_sync_ms": sync_ms,
+                "on": pg.url,
+            });
+            return Ok(Bench {
+                dir: dir.to_path_buf(),
+                keyrotd: keyrotd.to_path_buf(),
+                config,
+                database,
+                postgres,
+                master_key,
+                management_key,
+                seed,
+                exposition: std::sync::Mutex::new(String::new()),
+            });
+        }
 
         // Seed where fsync is free, then copy the database to the disk under test.
         let shm = Path::new("/dev/shm");
@@ -71,7 +105,10 @@ impl Bench {
             .tempdir_in(if shm.is_dir() { shm } else { dir })?;
         let seed_db = seed_dir.path().join("keyrotd.db");
         let started = Instant::now();
-        let sync_ms = seed_store(args, &seed_db, &master_key, simulator).await?;
+        let sealer = Arc::new(Sealer::new(&MasterKey::load(&master_key)?));
+        let store = SqliteStore::open(&seed_db, Some(sealer)).await?;
+        let sync_ms = seed_store(args, &store, simulator).await?;
+        store.close().await;
         for suffix in DATABASE_FILES {
             let from = PathBuf::from(format!("{}{suffix}", seed_db.display()));
             if from.exists() {
@@ -89,11 +126,28 @@ impl Bench {
             keyrotd: keyrotd.to_path_buf(),
             config,
             database,
+            postgres,
             master_key,
             management_key,
             seed,
             exposition: std::sync::Mutex::new(String::new()),
         })
+    }
+
+    /// The run's store, opened with its master key (for the in-process phases).
+    pub(crate) async fn open_store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match &self.postgres {
+            Some(pg) => pg.open(&self.master_key).await?,
+            None => {
+                let sealer = Arc::new(Sealer::new(&MasterKey::load(&self.master_key)?));
+                Arc::new(SqliteStore::open(&self.database, Some(sealer)).await?)
+            }
+        })
+    }
+
+    /// Where the run's store is, as config lines.
+    pub(crate) fn store_lines(&self) -> StoreLines {
+        StoreLines::of(&self.database, self.postgres.as_ref())
     }
 
     /// `keyrotd --config CONFIG --master-key …` with none of systemd's variables inherited
@@ -115,16 +169,9 @@ impl Bench {
 }
 
 /// Writes `n` credentials, each with a current key the simulator knows and a check result,
-/// into a new store at `database`; returns the ms the first credential sync took.
-async fn seed_store(
-    args: &Args,
-    database: &Path,
-    master_key: &Path,
-    simulator: &Simulator,
-) -> anyhow::Result<f64> {
+/// into a new store; returns the ms the first credential sync took.
+async fn seed_store(args: &Args, store: &dyn Store, simulator: &Simulator) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let sealer = Arc::new(Sealer::new(&MasterKey::load(master_key)?));
-    let store = SqliteStore::open(database, Some(sealer)).await?;
     let now = SystemClock.now();
     let specs: Vec<CredentialSpec> = (0..args.n)
         .map(|i| CredentialSpec {
@@ -171,22 +218,99 @@ async fn seed_store(
             )
             .await?;
     }
-    store.close().await;
     Ok(sync_ms)
+}
+
+/// A scratch PostgreSQL database on the server `--store-url` names, dropped on drop.
+pub(crate) struct PgDatabase {
+    admin: String,
+    name: String,
+    /// The database's URL (no password: the benchmark server trusts local connections).
+    pub(crate) url: String,
+}
+
+impl PgDatabase {
+    async fn create(admin: &str) -> anyhow::Result<PgDatabase> {
+        use sqlx::Connection;
+        let name = format!("keyrotd_bench_{}", random_hex());
+        let mut connection = sqlx::PgConnection::connect(admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await?;
+        connection.close().await?;
+        let base = admin.split('?').next().unwrap_or(admin);
+        let server = base.rsplit_once('/').map(|(server, _)| server).unwrap_or(base);
+        Ok(PgDatabase {
+            admin: admin.to_string(),
+            url: format!("{server}/{name}"),
+            name,
+        })
+    }
+
+    fn settings(&self) -> PgSettings {
+        PgSettings {
+            url: self.url.clone(),
+            password: None,
+            ssl_mode: PgSslMode::Disable,
+            pool_size: 8,
+            connect_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+
+    async fn open(&self, master_key: &Path) -> anyhow::Result<Arc<dyn Store>> {
+        let sealer = Arc::new(Sealer::new(&MasterKey::load(master_key)?));
+        Ok(Arc::new(PgStore::connect(&self.settings(), Some(sealer)).await?))
+    }
+
+    /// Drops the database (its connections closed by force).
+    pub(crate) async fn drop_database(&self) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(&self.admin).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut connection)
+            .await?;
+        connection.close().await?;
+        Ok(())
+    }
+}
+
+/// The config lines that name the store: the SQLite file, or a `[store]` section.
+pub(crate) struct StoreLines {
+    daemon: String,
+    section: String,
+}
+
+impl StoreLines {
+    fn of(database: &Path, postgres: Option<&PgDatabase>) -> StoreLines {
+        match postgres {
+            Some(pg) => StoreLines {
+                daemon: String::new(),
+                section: format!(
+                    "[store]\nurl = \"{}\"\nsslmode = \"disable\"\npool_size = 8\n\n",
+                    pg.url
+                ),
+            },
+            None => StoreLines {
+                daemon: format!("database = \"{}\"\n", database.display()),
+                section: String::new(),
+            },
+        }
+    }
 }
 
 /// The daemon's config: one simulated provider, `n` credentials, checks every 24 h. With
 /// `rotation`, the provider gets its management key and every credential a file target.
 pub(crate) fn config_text(
-    database: &Path,
+    store: &StoreLines,
     simulator: &Simulator,
     concurrency: usize,
     n: usize,
     rotation: Option<(&Path, &Path)>,
 ) -> String {
     let mut text = format!(
-        "[daemon]\nlisten_address = \"127.0.0.1:0\"\ndatabase = \"{}\"\n\n[checks]\ninterval = \"24h\"\njitter = 0.1\nmax_concurrent = {concurrency}\n\n[[provider]]\nname = \"{PROVIDER}\"\nkind = \"simulated\"\nbase_url = \"{}\"\nrequests_per_second = 1000000\ntimeout = \"30s\"\n",
-        database.display(),
+        "[daemon]\nlisten_address = \"127.0.0.1:0\"\n{}\n{}[checks]\ninterval = \"24h\"\njitter = 0.1\nmax_concurrent = {concurrency}\n\n[[provider]]\nname = \"{PROVIDER}\"\nkind = \"simulated\"\nbase_url = \"{}\"\nrequests_per_second = 1000000\ntimeout = \"30s\"\n",
+        store.daemon,
+        store.section,
         simulator.base_url()
     );
     if let Some((management_key, _)) = rotation {

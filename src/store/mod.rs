@@ -4,8 +4,8 @@
 //! Callers speak to [`Store`], the sum of one small trait per concern (credentials, keys,
 //! checks, rotations, the audit trail, and the state the metrics read); each concern's file
 //! holds its trait and its records. `sqlite` is the embedded backend, one file per concern
-//! as well; a second backend (PostgreSQL) implements the same traits with its own SQL and
-//! migrations. Nothing outside this folder writes SQL. Secrets cross this boundary only as
+//! as well; `postgres`, the backend several replicas share, implements the same traits with
+//! its own SQL and migrations over the same tables and columns. Nothing outside this folder writes SQL. Secrets cross this boundary only as
 //! `SecretString`; the backend seals them before they touch disk.
 
 mod audit;
@@ -17,6 +17,7 @@ mod keys;
 mod leadership;
 mod location;
 mod open;
+mod postgres;
 mod rotations;
 mod sqlite;
 mod state;
@@ -34,6 +35,7 @@ pub use leadership::{LeaderClaim, LeaderStore, LeaderToken, Leadership};
 pub use location::{PgSettings, PgSslMode, StoreLocation};
 pub use open::credential_specs;
 pub(crate) use open::{open_backend, open_store, MasterKeyNeed};
+pub use postgres::PgStore;
 pub use rotations::{
     Claim, Lease, Rotation, RotationFailure, RotationKind, RotationOutlook, RotationStep,
     RotationStore,
@@ -65,6 +67,8 @@ pub enum StoreError {
     },
     #[error("cannot create or write the database at {path}: {reason}")]
     Unwritable { path: PathBuf, reason: String },
+    #[error("the database {target} is unavailable: {reason}")]
+    Unavailable { target: String, reason: String },
     #[error("database {path} is locked by another writer for too long")]
     Busy { path: PathBuf },
     #[error("unknown credential {0:?} (is it in the config?)")]
@@ -139,10 +143,6 @@ pub enum StoreError {
     CheckBatchMismatch { unmatched: u64, records: usize },
     #[error("the check results were not written: {reason}")]
     ChecksNotWritten { reason: String },
-    #[error("cannot reach the database {target}: {reason}")]
-    Unavailable { target: String, reason: String },
-    #[error("{target} is a PostgreSQL database, and this build has no PostgreSQL backend")]
-    NoPostgresBackend { target: String },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("database error: {0}")]

@@ -100,9 +100,7 @@ pub(crate) async fn open_backend(
 /// The one way to a PostgreSQL store.
 async fn open_postgres(
     settings: &PgSettings,
-    _sealer: Option<Arc<Sealer>>,
+    sealer: Option<Arc<Sealer>>,
 ) -> StoreResult<Arc<dyn Store>> {
-    Err(StoreError::NoPostgresBackend {
-        target: settings.describe(),
-    })
+    Ok(Arc::new(super::PgStore::connect(settings, sealer).await?))
 }

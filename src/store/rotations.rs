@@ -186,7 +186,9 @@ pub struct RotationOutlook {
     /// A key imported by an operator waits to be taken into a rotation.
     pub imported_pending: bool,
     /// Seconds left on the lease of the rotation in flight, if any (zero or less: expired,
-    /// so the rotation may be taken over); measured on the database's clock.
+    /// so the rotation may be taken over); measured on the database's clock. Zero or less
+    /// as well when the rotation was planned or taken over by a leader of an earlier term
+    /// than the current one (see [`Claim::leader`]).
     pub in_flight_lease_left: Option<i64>,
     /// Earliest `stage_changed_at` of previous keys that still hold their secret.
     pub oldest_previous: Option<UnixTime>,

@@ -6,6 +6,9 @@
 //! Every test file includes this module (`mod common;`) and uses only part of it.
 #![allow(dead_code)]
 
+pub mod backends;
+pub mod pg;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -226,6 +226,8 @@ pub struct Rig {
     /// Whether invariant 1 also requires every consumer to hold the current key at the end
     /// (not after a rotation that stopped for attention with both keys live).
     pub consumers_hold_current: bool,
+    /// A `[store]` section (PostgreSQL) in place of the SQLite database, if any.
+    pub store: Option<String>,
 }
 
 impl Rig {
@@ -238,6 +240,19 @@ impl Rig {
     /// and the files their consumers read.
     pub fn with_targets(
         fake_seed: u64,
+        extra: impl FnOnce(&Path) -> (String, Vec<Consumer>),
+    ) -> Rig {
+        Rig::build(fake_seed, None, extra)
+    }
+
+    /// Like [`Rig::new`], on the store a `[store]` section names (PostgreSQL).
+    pub fn with_store(fake_seed: u64, store: String) -> Rig {
+        Rig::build(fake_seed, Some(store), |_| (String::new(), Vec::new()))
+    }
+
+    fn build(
+        fake_seed: u64,
+        store: Option<String>,
         extra: impl FnOnce(&Path) -> (String, Vec<Consumer>),
     ) -> Rig {
         let fake = FakeOpenRouter::start(fake_seed);
@@ -265,6 +280,7 @@ impl Rig {
             seed: seed.clone(),
             extra_targets,
             consumers_hold_current: true,
+            store,
         };
         rig.configure("");
         // The env file also carries a line keyrotd must keep.
@@ -279,9 +295,9 @@ impl Rig {
         let text = format!(
             r#"[daemon]
 listen_address = "127.0.0.1:0"
-database = {database}
+{database}
 {lease}
-{LEADERSHIP}
+{store}
 [checks]
 interval = "2s"
 
@@ -309,7 +325,12 @@ path = {env_file}
 variable = "{VARIABLE}"
 {extra}
 "#,
-            database = quoted(&self.env.database),
+            database = match self.store {
+                Some(_) => String::new(),
+                None => format!("database = {}", quoted(&self.env.database)),
+            },
+            // The PostgreSQL section sets its own leadership timing.
+            store = self.store.as_deref().unwrap_or(LEADERSHIP),
             lease = lease_line(),
             base = self.fake.base_url(),
             mgmt = quoted(&self.env.path().join("mgmt")),

@@ -27,7 +27,10 @@ fn leadership_from(row: LeadershipRow) -> Leadership {
 #[async_trait]
 impl LeaderStore for SqliteStore {
     async fn claim_leadership(&self, holder: &str, ttl_seconds: i64) -> StoreResult<LeaderClaim> {
-        let mut tx = self.begin_write().await?;
+        // Not `begin_write`: the lease is not state the metrics render, and moving the
+        // store's generation at every renewal would re-render every per-key series at
+        // every scrape.
+        let mut tx = self.begin_write_unseen().await?;
         sqlx::query(concat!(
             "INSERT INTO leadership (id, holder, epoch, acquired_at, expires_at)
              VALUES (1, ?1, 1, ",
@@ -65,7 +68,10 @@ impl LeaderStore for SqliteStore {
     }
 
     async fn release_leadership(&self, token: &LeaderToken) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
+        // Not `begin_write`: the lease is not state the metrics render, and moving the
+        // store's generation at every renewal would re-render every per-key series at
+        // every scrape.
+        let mut tx = self.begin_write_unseen().await?;
         sqlx::query(concat!(
             "UPDATE leadership SET expires_at = ",
             db_now!(),

@@ -55,6 +55,15 @@ impl SqliteStore {
         begin_write(&self.writer, &self.path).await
     }
 
+    /// A write transaction that leaves the store's generation alone: for writes the metrics
+    /// do not render (the leadership lease).
+    async fn begin_write_unseen(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| classify_open_error(&self.path, e))
+    }
+
     fn sealer(&self) -> StoreResult<&Sealer> {
         self.sealer.as_deref().ok_or(StoreError::MasterKeyRequired)
     }

@@ -1,12 +1,14 @@
 //! Ownership of a rotation in SQL: planning (the planner owns it), takeover once the lease
-//! expired, renewal, and the compare-and-set every step starts with. Lease times are the
-//! database's own (`strftime('%s','now')`), never the caller's clock; PostgreSQL would use
-//! `extract(epoch from now())` with the same statements otherwise.
+//! expired (or once its owner's leadership term is over), renewal, the leader fence, and
+//! the compare-and-set every step starts with. Lease times are the database's own
+//! (`strftime('%s','now')`), never the caller's clock; `store/postgres/ownership.rs` keeps
+//! the same rules with row locks where this relies on the single writer.
 
 use super::SqliteStore;
 use crate::model::UnixTime;
 use crate::store::{
-    Claim, EventKind, Lease, Rotation, RotationKind, RotationStep, StoreError, StoreResult,
+    Claim, EventKind, LeaderToken, Lease, Rotation, RotationKind, RotationStep, StoreError,
+    StoreResult,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -47,6 +49,35 @@ pub(super) struct Held {
 }
 
 impl SqliteStore {
+    /// The leader fence: a write made for a leader (`token`) is refused with
+    /// [`StoreError::Fenced`] unless that leader still holds the lease at its epoch, on the
+    /// database's clock. Inside the write transaction, which no other writer interleaves.
+    pub(super) async fn leader_fence(
+        tx: &mut Transaction<'static, Sqlite>,
+        token: Option<&LeaderToken>,
+        rotation: &str,
+        epoch: i64,
+    ) -> StoreResult<()> {
+        let Some(token) = token else { return Ok(()) };
+        let holds: bool = sqlx::query_scalar(concat!(
+            "SELECT EXISTS (SELECT 1 FROM leadership WHERE id = 1 AND holder = ? AND epoch = ? AND expires_at > ",
+            db_now!(),
+            ")"
+        ))
+        .bind(&token.holder)
+        .bind(token.epoch)
+        .fetch_one(&mut **tx)
+        .await?;
+        if holds {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced {
+                rotation: rotation.to_string(),
+                epoch,
+            })
+        }
+    }
+
     /// Inserts a rotation owned by `claim` (epoch 1) after checking none is in flight.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn insert_rotation(
@@ -59,6 +90,14 @@ impl SqliteStore {
         claim: &Claim,
         now: UnixTime,
     ) -> StoreResult<(Rotation, Lease)> {
+        let leader_epoch = claim.leader.as_ref().map(|t| t.epoch);
+        Self::leader_fence(
+            tx,
+            claim.leader.as_ref(),
+            rotation_id,
+            leader_epoch.unwrap_or_default(),
+        )
+        .await?;
         let in_flight: Option<String> = sqlx::query_scalar(
             "SELECT id FROM rotations WHERE credential_id = ? AND finished_at IS NULL",
         )
@@ -73,8 +112,8 @@ impl SqliteStore {
         }
         sqlx::query(concat!(
             "INSERT INTO rotations (id, credential_id, kind, step, new_version_id, started_at, updated_at,
-                 owner, owner_epoch, lease_expires_at)
-             VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, 1, ",
+                 owner, owner_epoch, owner_leader_epoch, lease_expires_at)
+             VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, 1, ?, ",
             db_now!(),
             " + ?)"
         ))
@@ -85,6 +124,7 @@ impl SqliteStore {
         .bind(now)
         .bind(now)
         .bind(&claim.owner)
+        .bind(leader_epoch)
         .bind(claim.lease_seconds)
         .execute(&mut **tx)
         .await?;
@@ -173,6 +213,7 @@ impl SqliteStore {
                 epoch: lease.epoch,
             });
         }
+        Self::leader_fence(tx, lease.leader.as_ref(), &lease.rotation, lease.epoch).await?;
         if finished.is_some() {
             return Err(StoreError::RotationNotInFlight {
                 rotation: lease.rotation.clone(),
@@ -210,15 +251,28 @@ impl SqliteStore {
         now: UnixTime,
     ) -> StoreResult<(Rotation, Lease)> {
         let mut tx = self.begin_write().await?;
-        // The compare-and-set: only an unfinished rotation whose lease has expired, on the
-        // database's clock.
+        let leader_epoch = claim.leader.as_ref().map(|t| t.epoch);
+        Self::leader_fence(
+            &mut tx,
+            claim.leader.as_ref(),
+            rotation_id,
+            leader_epoch.unwrap_or_default(),
+        )
+        .await?;
+        // The compare-and-set: only an unfinished rotation whose lease has expired on the
+        // database's clock, or one owned in an earlier leadership term than the claimant's
+        // (its owner is fenced by the leader epoch already, so a new leader need not wait
+        // out the rotation lease).
         let taken = sqlx::query(concat!(
-            "UPDATE rotations SET owner = ?, owner_epoch = owner_epoch + 1, updated_at = ?, lease_expires_at = ",
+            "UPDATE rotations SET owner = ?1, owner_epoch = owner_epoch + 1, owner_leader_epoch = ?2,
+                 updated_at = ?3, lease_expires_at = ",
             db_now!(),
-            " + ? WHERE id = ? AND finished_at IS NULL AND lease_expires_at <= ",
-            db_now!()
+            " + ?4 WHERE id = ?5 AND finished_at IS NULL AND (lease_expires_at <= ",
+            db_now!(),
+            " OR owner_leader_epoch < ?2)"
         ))
         .bind(&claim.owner)
+        .bind(leader_epoch)
         .bind(now)
         .bind(claim.lease_seconds)
         .bind(rotation_id)
@@ -253,7 +307,7 @@ impl SqliteStore {
             EventKind::RotationTakenOver,
             &claim.owner,
             &format!(
-                "{} {} at step {}: the previous owner's lease expired; epoch {}",
+                "{} {} at step {}: the previous owner's lease expired or its leadership term ended; epoch {}",
                 rotation.kind.as_str(),
                 rotation.id,
                 rotation.step,

@@ -487,16 +487,21 @@ impl RotationStore for SqliteStore {
 
     async fn rotation_outlooks(&self) -> StoreResult<Vec<RotationOutlook>> {
         // One pass over the credentials; the correlated sub-queries use the
-        // (credential_id, stage) index.
+        // (credential_id, stage) index. A rotation owned in an earlier leadership term than
+        // the current one may be taken over now (its owner is fenced): its lease counts as
+        // run out.
         Ok(sqlx::query(concat!(
             "SELECT c.name, c.next_rotation_at, c.last_rotated_at, c.consecutive_failures,
                     cur.created_at, cur.expires_at,
                     EXISTS (SELECT 1 FROM key_versions v WHERE v.credential_id = c.id
                             AND v.stage = 'pending' AND v.rotation_id IS NULL
                             AND v.sealed_secret IS NOT NULL),
-                    r.lease_expires_at - ",
+                    CASE WHEN r.owner_leader_epoch < (SELECT l.epoch FROM leadership l WHERE l.id = 1)
+                         THEN MIN(r.lease_expires_at - ",
             db_now!(),
-            ",
+            ", 0) ELSE r.lease_expires_at - ",
+            db_now!(),
+            " END,
                     (SELECT MIN(v.stage_changed_at) FROM key_versions v WHERE v.credential_id = c.id
                             AND v.stage = 'previous' AND v.sealed_secret IS NOT NULL),
                     (SELECT MIN(v.stage_changed_at) FROM key_versions v WHERE v.credential_id = c.id
