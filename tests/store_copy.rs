@@ -6,8 +6,7 @@
 //! that holds data, one store named twice, and a daemon on either end are refused with
 //! nothing written.
 //!
-//! The PostgreSQL round trip (SQLite → PostgreSQL → SQLite) is `store_copy_pg.rs.pending`,
-//! enabled once the PostgreSQL backend is on the branch.
+//! The PostgreSQL round trip (SQLite → PostgreSQL → SQLite) is `store_copy_pg.rs`.
 
 mod common;
 mod copy_support;

@@ -4,9 +4,6 @@
 //! secrets open there with the same master key, the identity sequences continue past the
 //! copied ids, a second copy into it is refused with nothing written, and the copy back
 //! to a new SQLite file reads back row for row and lists the same as the original.
-//!
-//! Enabled by renaming this file to `store_copy_pg.rs` once the PostgreSQL backend is on
-//! the branch (it needs `PgStore` and `tests/common/pg.rs`).
 
 mod common;
 mod copy_support;
