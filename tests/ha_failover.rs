@@ -226,10 +226,7 @@ impl Cluster {
         let text = std::fs::read_to_string(&self.rig.env.config).unwrap();
         for replica in &self.replicas {
             let own = text
-                .replace(
-                    &self.db.url(&self.db.owner),
-                    &self.db.url(&replica.role),
-                )
+                .replace(&self.db.url(&self.db.owner), &self.db.url(&replica.role))
                 .replacen(
                     "[daemon]\n",
                     &format!("[daemon]\ninstance = \"{}\"\n", replica.name),
@@ -320,7 +317,10 @@ impl Cluster {
         self.configure("");
         self.start_all();
         let mut found = Vec::new();
-        if self.wait_for_leader(&[0, 1, 2], failover_bound() * 2).is_none() {
+        if self
+            .wait_for_leader(&[0, 1, 2], failover_bound() * 2)
+            .is_none()
+        {
             found.push("no single leader after the final restart".to_string());
         }
         if !self.rig.settle() {
@@ -349,7 +349,11 @@ fn issued_twice(rig: &Rig) -> Vec<String> {
             if a.name != b.name || !a.name.starts_with("keyrotd/") {
                 continue;
             }
-            let (first, second) = if a.created <= b.created { (a, b) } else { (b, a) };
+            let (first, second) = if a.created <= b.created {
+                (a, b)
+            } else {
+                (b, a)
+            };
             if first.deleted.is_none_or(|deleted| deleted > second.created) {
                 found.push(format!(
                     "issued twice: {} has two keys live at once ({} and {})",
@@ -364,11 +368,7 @@ fn issued_twice(rig: &Rig) -> Vec<String> {
 }
 
 fn assert_no_violations(what: &str, violations: Vec<String>) {
-    assert!(
-        violations.is_empty(),
-        "{what}:\n{}",
-        violations.join("\n")
-    );
+    assert!(violations.is_empty(), "{what}:\n{}", violations.join("\n"));
 }
 
 /// Three replicas, one leader. The rotation it started is in `verify` when it is SIGKILLed;
@@ -463,7 +463,9 @@ fn a_paused_leader_is_fenced_when_it_wakes_and_steps_down() {
         .rig
         .note(format!("{} SIGCONTed", cluster.replicas[leader].name));
     let woken = &cluster.replicas[leader];
-    let stepped_down = wait_for(HANG_TIMEOUT, || (woken.leads() == Some(false)).then_some(()));
+    let stepped_down = wait_for(HANG_TIMEOUT, || {
+        (woken.leads() == Some(false)).then_some(())
+    });
     assert!(
         stepped_down.is_some(),
         "the woken leader still reports keyrotd_leader 1:\n{}",

@@ -119,8 +119,7 @@ impl Bench {
                 anyhow::Ok(leader_flag(&series.text))
             }
         };
-        if leading(leader_address).await? != Some(true) || leading(&address).await? != Some(false)
-        {
+        if leading(leader_address).await? != Some(true) || leading(&address).await? != Some(false) {
             bail!("expected the first replica to lead and the second to stand by");
         }
         let cpu_before = cpu_seconds(pid)?;

@@ -155,7 +155,11 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("seeded {} credentials: {}", args.n, bench.seed);
     results.insert(
         "store".into(),
-        json!(if bench.postgres.is_some() { "postgres" } else { "sqlite" }),
+        json!(if bench.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }),
     );
     let outcome = run_phases(&args, &bench, &simulator, &mut results).await;
     if let Some(pg) = &bench.postgres {

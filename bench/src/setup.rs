@@ -239,7 +239,10 @@ impl PgDatabase {
             .await?;
         connection.close().await?;
         let base = admin.split('?').next().unwrap_or(admin);
-        let server = base.rsplit_once('/').map(|(server, _)| server).unwrap_or(base);
+        let server = base
+            .rsplit_once('/')
+            .map(|(server, _)| server)
+            .unwrap_or(base);
         Ok(PgDatabase {
             admin: admin.to_string(),
             url: format!("{server}/{name}"),
@@ -259,16 +262,21 @@ impl PgDatabase {
 
     async fn open(&self, master_key: &Path) -> anyhow::Result<Arc<dyn Store>> {
         let sealer = Arc::new(Sealer::new(&MasterKey::load(master_key)?));
-        Ok(Arc::new(PgStore::connect(&self.settings(), Some(sealer)).await?))
+        Ok(Arc::new(
+            PgStore::connect(&self.settings(), Some(sealer)).await?,
+        ))
     }
 
     /// Drops the database (its connections closed by force).
     pub(crate) async fn drop_database(&self) -> anyhow::Result<()> {
         use sqlx::Connection;
         let mut connection = sqlx::PgConnection::connect(&self.admin).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut connection)
-            .await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut connection)
+        .await?;
         connection.close().await?;
         Ok(())
     }

@@ -207,3 +207,67 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// (table, column) pairs a statement of [`select`] reads.
+    fn read_by(statement: &str) -> Vec<(String, String)> {
+        let text = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+        let columns = text
+            .strip_prefix("SELECT ")
+            .and_then(|rest| rest.split(" FROM ").next())
+            .unwrap();
+        let table = text
+            .split(" FROM ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        columns
+            .split(',')
+            .map(|column| (table.to_string(), column.trim().to_string()))
+            .collect()
+    }
+
+    /// A column a later migration adds must be copied too, or a copy would drop it: every
+    /// column of every table is read by the export, but leadership (not copied) and the
+    /// one-row tables' fixed `id`.
+    #[tokio::test]
+    async fn the_export_reads_every_column_of_every_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db"), None)
+            .await
+            .unwrap();
+        let schema: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p
+             WHERE m.type = 'table' AND m.name NOT IN ('_sqlx_migrations', 'leadership')",
+        )
+        .fetch_all(&store.reader)
+        .await
+        .unwrap();
+        let schema: BTreeSet<_> = schema.into_iter().collect();
+        let mut read: BTreeSet<_> = [
+            select::INSTALLATION,
+            select::CREDENTIALS,
+            select::KEY_VERSIONS,
+            select::ROTATIONS,
+            select::CREDITS,
+            select::EVENTS,
+            select::COUNTERS,
+            select::EVENTS_CUTOFF,
+            select::GENERATION,
+        ]
+        .iter()
+        .flat_map(|statement| read_by(statement))
+        .collect();
+        for table in ["installation", "events_prune", "store_generation"] {
+            read.insert((table.to_string(), "id".to_string()));
+        }
+        assert_eq!(schema, read);
+        store.close_pools().await;
+    }
+}
