@@ -6,6 +6,7 @@
 //! - [`key`]: `key import|list|show|history|rotate|rollback|revoke`, a file each.
 //! - [`check`]: `check`, probe keys now.
 //! - [`master_key`]: `master-key generate|rotate`.
+//! - [`store`]: `store copy`, an installation moved between SQLite and PostgreSQL.
 //! - [`check_config`], [`run`], [`demo`]: `check-config`, `run`, `demo`.
 //! - [`setup`]: the config, database and master key every command past the config shares.
 //! - [`render`]: rows to text — tables for people, JSON for scripts (`--json`).
@@ -21,6 +22,7 @@ mod master_key;
 mod render;
 mod run;
 mod setup;
+mod store;
 
 use crate::logging::LogFormat;
 use check::CheckArgs;
@@ -30,6 +32,7 @@ use key::KeyCommand;
 use master_key::MasterKeyCommand;
 use setup::{GlobalPaths, Setup};
 use std::path::PathBuf;
+use store::StoreCommand;
 
 /// Exit status for a bad configuration (sysexits.h EX_CONFIG).
 pub(crate) const EXIT_CONFIG: i32 = 78;
@@ -85,6 +88,9 @@ enum Command {
     /// Manage the master key that seals stored secrets.
     #[command(subcommand)]
     MasterKey(MasterKeyCommand),
+    /// Operate on a whole store: copy an installation between SQLite and PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
 }
 
 #[derive(Debug, Args)]
@@ -129,7 +135,7 @@ pub fn report_usage_error(error: clap::Error) -> std::process::ExitCode {
     }
 }
 
-/// Runs a parsed command line. `master-key generate` and `demo` need no config; every
+/// Runs a parsed command line. `master-key generate`, `demo` and `store` need no config; every
 /// other command fails with [`EXIT_CONFIG`] before it starts if the config is bad.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let Cli {
@@ -149,6 +155,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::MasterKey(MasterKeyCommand::Generate { path }) => master_key::generate(&path),
         Command::Demo(args) => demo::run(args).await,
+        Command::Store(command) => store::run(command).await,
         Command::Run => run::run(Setup::load(paths)?).await,
         Command::CheckConfig(args) => check_config::run(&Setup::load(paths)?, args.preflight),
         Command::Key(command) => key::run(command, &Setup::load(paths)?).await,

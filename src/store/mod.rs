@@ -10,6 +10,7 @@
 
 mod audit;
 mod checks;
+mod copy;
 mod credentials;
 mod installation;
 mod keys;
@@ -23,13 +24,17 @@ mod state;
 
 pub use audit::{AuditStore, Counter, Event, EventKind};
 pub use checks::{CheckRecord, CheckStore, CheckToRecord};
+pub use copy::{
+    CounterRow, CredentialRow, CreditRow, Dump, EventRow, InstallationRow, KeyVersionRow,
+    RotationRow, StoreCopy,
+};
 pub use credentials::{CredentialRecord, CredentialSpec, CredentialStore};
 pub use installation::InstallationStore;
 pub use keys::{KeyStore, KeyVersion, NewKey, SealedKey};
 pub use leadership::{LeaderClaim, LeaderStore, LeaderToken, Leadership};
 pub use location::{PgSettings, PgSslMode, StoreLocation};
 pub use open::credential_specs;
-pub(crate) use open::{open_store, MasterKeyNeed};
+pub(crate) use open::{open_backend, open_store, MasterKeyNeed};
 pub use postgres::PgStore;
 pub use rotations::{
     Claim, Lease, Rotation, RotationFailure, RotationKind, RotationOutlook, RotationStep,
@@ -43,7 +48,7 @@ pub use state::{CredentialState, Revocations, Snapshot, StateStore};
 pub mod prelude {
     pub use super::{
         AuditStore, CheckStore, CredentialStore, InstallationStore, KeyStore, LeaderStore,
-        RotationStore, StateStore,
+        RotationStore, StateStore, StoreCopy,
     };
 }
 
@@ -93,6 +98,8 @@ pub enum StoreError {
     },
     #[error("a keyrotd daemon is running on {path}; stop it first (`systemctl stop keyrotd`), then run this again")]
     DaemonRunning { path: PathBuf },
+    #[error("the target store is not empty (it holds {holds}); a copy only goes into a new, empty database: nothing was written")]
+    TargetNotEmpty { holds: String },
     #[error("a key with fingerprint {0} already exists for this credential")]
     DuplicateKey(String),
     #[error("rotation {rotation} of {credential} is already in flight")]
@@ -157,6 +164,7 @@ pub trait Store:
     + StateStore
     + InstallationStore
     + LeaderStore
+    + StoreCopy
 {
 }
 
@@ -169,5 +177,6 @@ impl<T> Store for T where
         + StateStore
         + InstallationStore
         + LeaderStore
+        + StoreCopy
 {
 }

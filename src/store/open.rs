@@ -52,10 +52,7 @@ pub(crate) async fn open_store(
     } else {
         None
     };
-    let store: Arc<dyn Store> = match location {
-        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path, sealer.clone()).await?),
-        StoreLocation::Postgres(settings) => open_postgres(settings, sealer.clone()).await?,
-    };
+    let store = open_backend(location, sealer.clone()).await?;
     let required = match need {
         MasterKeyNeed::Never => false,
         MasterKeyNeed::IfSecretsStored => store.holds_secrets().await?,
@@ -86,6 +83,18 @@ pub(crate) async fn open_store(
             })?;
     }
     Ok(store)
+}
+
+/// The backend `location` names, opened with `sealer` and nothing checked about it: the
+/// master-key checks are [`open_store`]'s, and `store copy` needs no key at all.
+pub(crate) async fn open_backend(
+    location: &StoreLocation,
+    sealer: Option<Arc<Sealer>>,
+) -> StoreResult<Arc<dyn Store>> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path, sealer).await?),
+        StoreLocation::Postgres(settings) => open_postgres(settings, sealer).await?,
+    })
 }
 
 /// The one way to a PostgreSQL store.

@@ -6,7 +6,7 @@ use crate::cli::check::CheckRow;
 use crate::cli::key::list::ListedKey;
 use crate::cli::key::show::Attention;
 use crate::model::UnixTime;
-use crate::store::{CredentialRecord, Event, KeyVersion};
+use crate::store::{CredentialRecord, Event, InstallationRow, KeyVersion};
 use std::fmt::Write as _;
 
 /// `keyrotd key list`: a line per live key, or one saying a credential has none.
@@ -211,6 +211,35 @@ pub(crate) fn check(rows: &[CheckRow], now: UnixTime) -> String {
         }
     }
     table.render()
+}
+
+/// `keyrotd store copy`: what was copied, table by table, and the master key the new store
+/// needs.
+pub(crate) fn store_copy(
+    from: &str,
+    to: &str,
+    installation: &InstallationRow,
+    counts: &[(&str, usize)],
+) -> String {
+    let mut out = format!(
+        "copied installation {} from {from} to {to}\n\n",
+        installation.installation_id
+    );
+    let mut table = Table::new(&["TABLE", "ROWS"]);
+    for (name, rows) in counts {
+        table.row(vec![name.to_string(), rows.to_string()]);
+    }
+    out.push_str(&table.render());
+    match &installation.master_key_id {
+        Some(id) => {
+            let _ = writeln!(
+                out,
+                "\nsecrets stay sealed under master key {id}: install that same key wherever the new store is used"
+            );
+        }
+        None => out.push_str("\nno secret was sealed yet: the new store takes the first master key it is opened with\n"),
+    }
+    out
 }
 
 /// A plain left-aligned text table.

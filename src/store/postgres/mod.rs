@@ -34,6 +34,7 @@
 
 mod audit;
 mod checks;
+mod copy;
 mod credentials;
 mod installation;
 mod keys;

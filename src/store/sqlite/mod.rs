@@ -8,6 +8,7 @@
 
 mod audit;
 mod checks;
+mod copy;
 mod credentials;
 mod installation;
 mod keys;
