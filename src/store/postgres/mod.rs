@@ -16,7 +16,10 @@
 //! - every rotation step first locks the rotation row (`FOR UPDATE`), then its credential's
 //!   row (always in that order), and compares step and owner epoch under that lock: a
 //!   takeover (an `UPDATE` of the same row) waits for the step to commit, or the step sees
-//!   the raised epoch and is [`Fenced`](crate::store::StoreError::Fenced);
+//!   the raised epoch and is [`Fenced`](crate::store::StoreError::Fenced); a step that
+//!   changes none of the credential's keys (`verified`, `delivered`) skips the credential's
+//!   row, and a lease renewal is a single `UPDATE` of the rotation row on its usual path
+//!   (each is a round trip the owner pays before every external effect);
 //! - a write made for a leader checks the leadership row `FOR SHARE`, after those locks: a
 //!   change of leader (an upsert of that row) waits until the write commits, so no write
 //!   lands under a term that is already over;

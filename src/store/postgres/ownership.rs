@@ -193,14 +193,39 @@ impl PgStore {
         lease: &Lease,
         expected: Option<RotationStep>,
     ) -> StoreResult<Held> {
+        Self::hold_with(tx, lease, expected, KeysChange::Yes).await
+    }
+
+    /// [`PgStore::hold`] for a step that changes no key of the credential (a step marker:
+    /// `verified`, `delivered`): the credential's row is not locked, one round trip less.
+    pub(super) async fn hold_rotation(
+        tx: &mut Tx,
+        lease: &Lease,
+        expected: Option<RotationStep>,
+    ) -> StoreResult<Held> {
+        Self::hold_with(tx, lease, expected, KeysChange::No).await
+    }
+
+    async fn hold_with(
+        tx: &mut Tx,
+        lease: &Lease,
+        expected: Option<RotationStep>,
+        keys: KeysChange,
+    ) -> StoreResult<Held> {
         /// credential id and name, new version, step, owner epoch, finished at
         type HeldRow = (i64, String, Option<i64>, String, i64, Option<i64>);
-        let row: Option<HeldRow> = sqlx::query_as(
-            "SELECT c.id, c.name, r.new_version_id, r.step, r.owner_epoch, r.finished_at
-             FROM rotations r JOIN credentials c ON c.id = r.credential_id WHERE r.id = $1
-             FOR UPDATE OF r",
-        )
+        // Locks the rotation row and renews the lease in one round trip. The renewal is
+        // conditional on nothing: every refusal below returns an error, and the caller's
+        // transaction is then rolled back with it.
+        let row: Option<HeldRow> = sqlx::query_as(concat!(
+            "UPDATE rotations r SET lease_expires_at = ",
+            db_now!(),
+            " + $2
+             FROM credentials c WHERE r.id = $1 AND c.id = r.credential_id
+             RETURNING c.id, c.name, r.new_version_id, r.step, r.owner_epoch, r.finished_at"
+        ))
         .bind(&lease.rotation)
+        .bind(lease.seconds)
         .fetch_optional(&mut **tx)
         .await?;
         let Some((credential_id, credential, new_version, step, epoch, finished)) = row else {
@@ -214,11 +239,13 @@ impl PgStore {
                 epoch: lease.epoch,
             });
         }
-        // The credential's keys change under this step: writes about them take turns.
-        sqlx::query("SELECT 1 FROM credentials WHERE id = $1 FOR UPDATE")
-            .bind(credential_id)
-            .execute(&mut **tx)
-            .await?;
+        if keys == KeysChange::Yes {
+            // The credential's keys change under this step: writes about them take turns.
+            sqlx::query("SELECT 1 FROM credentials WHERE id = $1 FOR UPDATE")
+                .bind(credential_id)
+                .execute(&mut **tx)
+                .await?;
+        }
         // Last of the locks that can be waited for (see the module doc); a deposed leader
         // is fenced whatever the step, as on SQLite.
         Self::leader_fence(tx, lease.leader.as_ref(), &lease.rotation, lease.epoch).await?;
@@ -235,16 +262,6 @@ impl PgStore {
                 });
             }
         }
-        sqlx::query(concat!(
-            "UPDATE rotations SET lease_expires_at = ",
-            db_now!(),
-            " + $1 WHERE id = $2 AND owner_epoch = $3"
-        ))
-        .bind(lease.seconds)
-        .bind(&lease.rotation)
-        .bind(lease.epoch)
-        .execute(&mut **tx)
-        .await?;
         Ok(Held {
             credential_id,
             credential,
@@ -330,9 +347,41 @@ impl PgStore {
         Ok((rotation, lease))
     }
 
+    /// Renews the lease in one statement on the usual path, since the owner renews before
+    /// every external effect and each round trip to the server counts. It takes no lock on
+    /// the leadership row: a renewal that commits just after a new term began only extends
+    /// a lease the new leader does not wait for (it takes over a rotation of an earlier
+    /// term at once). The lease is not rendered state, so the generation stays. When the
+    /// statement matches nothing, the locking path says why (fenced, finished, gone).
     pub(super) async fn renew_in(&self, lease: &Lease) -> StoreResult<()> {
+        let renewed = sqlx::query(concat!(
+            "UPDATE rotations SET lease_expires_at = ",
+            db_now!(),
+            " + $1 WHERE id = $2 AND owner_epoch = $3 AND finished_at IS NULL
+               AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM leadership
+                    WHERE id = 1 AND holder = $4 AND epoch = $5 AND expires_at > ",
+            db_now!(),
+            "))"
+        ))
+        .bind(lease.seconds)
+        .bind(&lease.rotation)
+        .bind(lease.epoch)
+        .bind(lease.leader.as_ref().map(|token| token.holder.as_str()))
+        .bind(lease.leader.as_ref().map(|token| token.epoch))
+        .execute(&self.pool)
+        .await?;
+        if renewed.rows_affected() == 1 {
+            return Ok(());
+        }
         let mut tx = self.begin_write().await?;
         Self::hold(&mut tx, lease, None).await?;
         super::commit(tx).await
     }
+}
+
+/// Whether a step changes the credential's keys (and so takes the credential's row lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeysChange {
+    Yes,
+    No,
 }

@@ -227,7 +227,7 @@ impl RotationStore for PgStore {
             credential,
             new_version,
             ..
-        } = Self::hold(&mut tx, lease, Some(expected)).await?;
+        } = Self::hold_rotation(&mut tx, lease, Some(expected)).await?;
         sqlx::query(
             "UPDATE rotations SET step = $1, updated_at = $2 WHERE id = $3 AND owner_epoch = $4 AND step = $5",
         )
