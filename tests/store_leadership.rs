@@ -520,3 +520,24 @@ async fn renewing_the_lease_leaves_the_metrics_cache_alone(scratch: Scratch) {
         .unwrap();
     assert!(store.generation().await.unwrap() > before);
 }
+
+/// Replicas started at once on an empty database all come up: the schema is made once, and
+/// without a session-level advisory lock (which PgBouncer in transaction mode breaks).
+#[tokio::test]
+async fn replicas_opening_an_empty_postgres_database_at_once_all_start() {
+    use keyrotd::store::InstallationStore;
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let settings = db.settings();
+    let opens = (0..4).map(|_| PgStore::connect(&settings, None));
+    let stores = futures::future::join_all(opens).await;
+    let mut ids = Vec::new();
+    for store in stores {
+        let store = store.expect("every replica opens the database");
+        ids.push(store.installation_id().await.unwrap());
+        store.close().await;
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one installation identity: {ids:?}");
+}

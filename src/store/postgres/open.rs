@@ -44,7 +44,7 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| unavailable(&target, e))?;
-        if let Err(error) = MIGRATOR.run(&pool).await {
+        if let Err(error) = migrate(&pool).await {
             pool.close().await;
             return Err(match error {
                 sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::SchemaTooNew {
@@ -88,5 +88,24 @@ fn unavailable(target: &str, error: sqlx::Error) -> StoreError {
     StoreError::Unavailable {
         target: target.to_string(),
         reason,
+    }
+}
+
+/// Brings the schema up to date without sqlx's session-level advisory lock: behind
+/// PgBouncer in transaction mode its lock and unlock can reach different server
+/// connections and leave the lock held, so the next replica to start would wait forever.
+/// Each migration is its own transaction; when replicas migrate an empty database at once,
+/// all but one fail on the catalog (the table already exists), and their second run finds
+/// the work done.
+async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    use sqlx::migrate::MigrateError;
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.set_locking(false);
+    match migrator.run(pool).await {
+        Err(MigrateError::Execute(_) | MigrateError::ExecuteMigration(..)) => {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            migrator.run(pool).await
+        }
+        other => other,
     }
 }
