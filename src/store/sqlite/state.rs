@@ -6,19 +6,11 @@ use super::rows::{
     VERSION_COLUMNS,
 };
 use super::SqliteStore;
-use crate::store::{Counter, CredentialState, Revocations, StateStore, StoreResult};
+use crate::store::state::SideTables;
+use crate::store::{CredentialState, StateStore, StoreResult};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use sqlx::Row;
-use std::collections::HashMap;
-
-/// A credential's running totals as read for one snapshot.
-#[derive(Default)]
-struct Totals {
-    /// (succeeded, failed) rotations.
-    rotations: (u64, u64),
-    revocations: Revocations,
-}
 
 #[async_trait]
 impl StateStore for SqliteStore {
@@ -67,34 +59,7 @@ impl StateStore for SqliteStore {
         .await?
         .into_iter()
         .collect();
-        let mut totals_by_name: HashMap<String, Totals> = HashMap::new();
-        for (name, counter, value) in counter_rows {
-            let totals = totals_by_name.entry(name).or_default();
-            let value = value.max(0) as u64;
-            match Counter::parse(&counter) {
-                Some(Counter::RotationSuccess) => totals.rotations.0 = value,
-                Some(Counter::RotationFailure) => totals.rotations.1 = value,
-                Some(Counter::RevocationSuccess) => totals.revocations.succeeded = value,
-                Some(Counter::RevocationFailure) => totals.revocations.failed = value,
-                Some(Counter::RevocationRetiredLocally) => {
-                    totals.revocations.retired_locally = value
-                }
-                // Written by a newer keyrotd: not ours to show.
-                None => {}
-            }
-        }
-        for (name, count, since) in failing_rows {
-            let totals = totals_by_name.entry(name).or_default();
-            totals.revocations.past_grace = count.max(0) as u64;
-            totals.revocations.failing_since = Some(since);
-        }
-        let mut credits_by_name: HashMap<String, Vec<(String, f64)>> = HashMap::new();
-        for (name, unit, remaining) in credit_rows {
-            credits_by_name
-                .entry(name)
-                .or_default()
-                .push((unit, remaining));
-        }
+        let mut side = SideTables::from_rows(counter_rows, failing_rows, credit_rows, attention);
         // Each credential is handed over as its row arrives (at most one current key each,
         // by the unique index): the whole table of records is never held at once.
         {
@@ -109,16 +74,7 @@ impl StateStore for SqliteStore {
                 let current = row
                     .get::<Option<i64>, _>(CREDENTIAL_COLUMN_COUNT)
                     .map(|_| version_from_row_at(&row, CREDENTIAL_COLUMN_COUNT));
-                let totals = totals_by_name.remove(&credential.name).unwrap_or_default();
-                visit(CredentialState {
-                    rotations_succeeded: totals.rotations.0,
-                    rotations_failed: totals.rotations.1,
-                    revocations: totals.revocations,
-                    current,
-                    credits: credits_by_name.remove(&credential.name).unwrap_or_default(),
-                    needs_attention: attention.contains(&credential.name),
-                    credential,
-                });
+                visit(side.state_of(credential, current));
             }
         }
         tx.commit().await?;
