@@ -20,10 +20,10 @@ use super::location;
 
 #[derive(Debug, Args)]
 pub(crate) struct CopyArgs {
-    /// The store to copy: sqlite:PATH or postgres://USER@HOST[:PORT]/DATABASE.
+    /// The store to copy: sqlite:PATH or postgres://USER@HOST:PORT/DATABASE (the port optional).
     #[arg(long, value_name = "LOCATION")]
     from: String,
-    /// The new store, empty: sqlite:PATH (created if absent) or postgres://USER@HOST[:PORT]/DATABASE.
+    /// The new store, empty: sqlite:PATH (created if absent) or postgres://USER@HOST:PORT/DATABASE (the port optional).
     #[arg(long, value_name = "LOCATION")]
     to: String,
     /// File holding the password of the --from database (default: $PGPASSWORD).
