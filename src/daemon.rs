@@ -86,6 +86,7 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
         .register(Box::new(work.unplaced_keys_gauge()))?;
     let instance = config.daemon.instance();
     let gauges = LeaderGauges::register(metrics.registry(), &instance)?;
+    let reloads = reloads::ReloadGauges::register(metrics.registry(), clock.now())?;
     let timing = config.store.leader_timing();
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the
@@ -133,6 +134,7 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                         store.as_ref(),
                         clock.as_ref(),
                         &telemetry,
+                        &reloads,
                     )
                     .await;
                     notify(&[NotifyState::Ready]);
@@ -363,18 +365,31 @@ async fn reload_or_keep(
     store: &dyn Store,
     clock: &dyn Clock,
     telemetry: &ProviderTelemetry,
+    reloads: &reloads::ReloadGauges,
 ) {
     match reload(path, running, store, clock, telemetry).await {
         Ok((reloaded, targets, runtimes)) => {
             *running = reloaded;
             work.replace(targets, runtimes);
+            reloads.succeeded(clock.now());
             tracing::info!(credentials = running.credentials, "configuration reloaded");
         }
-        Err(error) => tracing::error!(
-            error = %format!("{error:#}"),
-            "reload failed; keeping the running configuration"
-        ),
+        Err(error) => {
+            reloads.failed();
+            tracing::error!(
+                error = %format!("{error:#}"),
+                "reload failed; keeping the running configuration"
+            )
+        }
     }
+}
+
+/// Builds what a reload of `config` would build (every provider's adapters, check targets,
+/// rotation runtimes) and drops it: `keyrotd reload` runs this before it signals the daemon,
+/// so a config the daemon would refuse fails the reload command itself.
+pub(crate) fn check_reloadable(config: &Config) -> anyhow::Result<()> {
+    let telemetry = ProviderTelemetry::register(&prometheus::Registry::new())?;
+    build_work(config, &telemetry).map(drop)
 }
 
 /// Reads the config again and builds its checks and rotations, changing nothing yet.
@@ -411,6 +426,7 @@ async fn reload(
 
 mod leadership;
 mod patience;
+mod reloads;
 mod retention;
 #[cfg(test)]
 mod tests;

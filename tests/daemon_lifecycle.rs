@@ -409,3 +409,72 @@ fn systemd_notifications_ready_watchdog_stopping() {
     wait_for_datagram(&socket, "STOPPING=1");
     daemon.stop_after_signal();
 }
+
+/// The value of an unlabelled series in a scrape.
+fn plain(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `keyrotd reload --pid` is what `systemctl reload` runs: a broken config fails the
+/// command itself with its position and the daemon is not even signalled; a good one is
+/// applied. A broken config that reaches the daemon anyway (SIGHUP) shows in
+/// `keyrotd_config_last_reload_successful`, and the last success keeps its time.
+#[test]
+fn reload_checks_the_config_before_it_signals_and_failures_are_a_metric() {
+    const OK: &str = "keyrotd_config_last_reload_successful";
+    const AT: &str = "keyrotd_config_last_reload_success_timestamp_seconds";
+    let env = Env::new();
+    let daemon = env.start();
+    let pid = daemon.pid().to_string();
+    let metrics = daemon.metrics();
+    assert_eq!(plain(&metrics, OK), Some(1.0), "{metrics}");
+    let started_at = plain(&metrics, AT).expect("a start-up load time");
+    assert!(started_at > 0.0);
+
+    // Broken: exit 78 with the position, no signal (no reload attempt in the log).
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    let broken = good.replace("[[credential]]", "[[credential]\n");
+    std::fs::write(&env.config, &broken).unwrap();
+    let out = env.run(&["reload", "--pid", &pid]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{}:", env.config.display())),
+        "no position: {}",
+        stderr(&out)
+    );
+    assert_eq!(plain(&daemon.metrics(), OK), Some(1.0));
+
+    // The same file by SIGHUP: the daemon refuses it, and says so on /metrics. Its log
+    // holds this one refusal only: the command above never signalled.
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("reload failed", RELOAD_TIMEOUT);
+    let metrics = daemon.wait_for_metrics("the failed reload", |m| plain(m, OK) == Some(0.0));
+    assert_eq!(plain(&metrics, AT), Some(started_at));
+    assert_eq!(
+        daemon.log().matches("reload failed").count(),
+        1,
+        "{}",
+        daemon.log()
+    );
+
+    // Good again: `keyrotd reload` signals, the daemon applies it. The success time counts
+    // whole seconds: let one pass so the new one is later than the start-up's.
+    std::thread::sleep(Duration::from_millis(1100));
+    env.write_config(&sections(&[CREDENTIAL, "or-new"]));
+    let out = env.run(&["reload", "--pid", &pid]);
+    assert_success(&out, "keyrotd reload");
+    let metrics = daemon.wait_for_metrics("the successful reload", |m| {
+        plain(m, OK) == Some(1.0) && sample(m, FAILURES, "or-new").is_some()
+    });
+    assert!(plain(&metrics, AT).unwrap() > started_at, "{metrics}");
+
+    // A pid that would signal a process group or init is refused by the parser.
+    for pid in ["0", "1"] {
+        let out = env.run(&["reload", "--pid", pid]);
+        assert_eq!(out.status.code(), Some(2), "--pid {pid}: {}", stderr(&out));
+    }
+    daemon.stop();
+}

@@ -6,9 +6,9 @@
 # 1. systemd-sysusers creates the `keyrotd` user from systemd/keyrotd.sysusers
 #    inside a scratch root (validates the sysusers file; the CI host needs no user).
 # 2. `systemd-analyze verify --root=SCRATCH` verifies systemd/keyrotd.service *as
-#    shipped* (not an edited copy): with --root, ExecStart=/usr/local/bin/keyrotd
-#    and ExecReload=/bin/kill are looked up inside the scratch root, where we put
-#    the built binary and kill(1); the scratch root also gets the host's system
+#    shipped* (not an edited copy): with --root, ExecStart= and ExecReload=
+#    (/usr/local/bin/keyrotd both) are looked up inside the scratch root, where we put
+#    the built binary; the scratch root also gets the host's system
 #    units so dependencies (network-online.target, ...) resolve. Any warning
 #    (unknown directive, bad value, missing binary) fails the test.
 # 3. `systemd-analyze security --offline=true` scores the unit file and the test
@@ -68,8 +68,6 @@ fi
 mkdir -p "$SCRATCH/usr/local/bin" "$SCRATCH/bin" "$SCRATCH/usr/lib/systemd" "$SCRATCH/etc/systemd/system"
 # hard link when possible (debug binaries are large), copy otherwise
 ln "$BIN" "$SCRATCH/usr/local/bin/keyrotd" 2>/dev/null || cp "$BIN" "$SCRATCH/usr/local/bin/keyrotd"
-KILL_BIN=$(type -P kill) || fail "kill(1) binary not found (apt-get install procps)"
-cp "$KILL_BIN" "$SCRATCH/bin/kill"
 HOST_UNITS=/usr/lib/systemd/system
 [[ -d $HOST_UNITS ]] || HOST_UNITS=/lib/systemd/system
 cp -a "$HOST_UNITS" "$SCRATCH/usr/lib/systemd/system"

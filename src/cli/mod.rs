@@ -19,6 +19,7 @@ mod check_config;
 mod demo;
 mod key;
 mod master_key;
+mod reload;
 mod render;
 mod run;
 mod setup;
@@ -77,6 +78,9 @@ enum Command {
     Run,
     /// Validate the config file; exit 0 if valid, 78 otherwise.
     CheckConfig(CheckConfigArgs),
+    /// Check the config as a reload would, then tell the running daemon (PID) to reload it;
+    /// exit 78 without signalling if the config is bad. What `systemctl reload` runs.
+    Reload(ReloadArgs),
     /// Manage key versions.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -100,6 +104,13 @@ struct CheckConfigArgs {
     /// problem.
     #[arg(long)]
     preflight: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReloadArgs {
+    /// The daemon's process id (`$MAINPID` in the unit's ExecReload=).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+    pid: u32,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +169,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Store(command) => store::run(command).await,
         Command::Run => run::run(Setup::load(paths)?).await,
         Command::CheckConfig(args) => check_config::run(&Setup::load(paths)?, args.preflight),
+        Command::Reload(args) => reload::run(&Setup::load(paths)?, args.pid),
         Command::Key(command) => key::run(command, &Setup::load(paths)?).await,
         Command::Check(args) => check::run(args, &Setup::load(paths)?).await,
         Command::MasterKey(MasterKeyCommand::Rotate { new_key }) => {
