@@ -17,6 +17,7 @@
 mod check;
 mod check_config;
 mod demo;
+mod docs;
 mod key;
 mod master_key;
 mod reload;
@@ -95,6 +96,13 @@ enum Command {
     /// Operate on a whole store: copy an installation between SQLite and PostgreSQL.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, keyrotd(1), in roff (`keyrotd man | man -l -`).
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +175,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::MasterKey(MasterKeyCommand::Generate { path }) => master_key::generate(&path),
         Command::Demo(args) => demo::run(args).await,
         Command::Store(command) => store::run(command).await,
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man => docs::man(),
         Command::Run => run::run(Setup::load(paths)?).await,
         Command::CheckConfig(args) => check_config::run(&Setup::load(paths)?, args.preflight),
         Command::Reload(args) => reload::run(&Setup::load(paths)?, args.pid),
