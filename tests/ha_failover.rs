@@ -46,18 +46,10 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-fn admin_url() -> String {
-    std::env::var("KEYROTD_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// Runs SQL through `psql` as the admin (or, with `database`, in that database); the output.
-fn psql(database: Option<&str>, sql: &str) -> Result<String, String> {
-    let mut url = admin_url();
-    if let Some(database) = database {
-        let base = url.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        url = format!("{base}/{database}");
-    }
+/// Runs SQL through `psql` as the admin (the server the other PostgreSQL tests use,
+/// [`common::pg::base_url`]); the output.
+fn psql(sql: &str) -> Result<String, String> {
+    let url = common::pg::base_url();
     let out = Command::new("psql")
         .args([&url, "-v", "ON_ERROR_STOP=1", "-tA", "-c", sql])
         .output()
@@ -80,10 +72,10 @@ struct Database {
 
 impl Database {
     fn create(replicas: usize) -> Option<Database> {
-        if let Err(error) = psql(None, "SELECT 1") {
+        if let Err(error) = psql("SELECT 1") {
             skip_or_fail(&format!(
                 "no PostgreSQL server answers at {} ({error})",
-                admin_url()
+                common::pg::base_url()
             ));
             return None;
         }
@@ -93,12 +85,12 @@ impl Database {
         let replicas: Vec<String> = (1..=replicas)
             .map(|i| format!("keyrotd_ha_{tag}_r{i}"))
             .collect();
-        psql(None, &format!("CREATE ROLE {owner} LOGIN")).unwrap();
+        psql(&format!("CREATE ROLE {owner} LOGIN")).unwrap();
         for role in &replicas {
-            psql(None, &format!("CREATE ROLE {role} LOGIN IN ROLE {owner}")).unwrap();
+            psql(&format!("CREATE ROLE {role} LOGIN IN ROLE {owner}")).unwrap();
         }
-        psql(None, &format!("CREATE DATABASE {name} OWNER {owner}")).unwrap();
-        let host_port = admin_url()
+        psql(&format!("CREATE DATABASE {name} OWNER {owner}")).unwrap();
+        let host_port = common::pg::base_url()
             .split_once('@')
             .and_then(|(_, rest)| rest.split_once('/'))
             .map(|(hp, _)| hp.to_string())
@@ -125,9 +117,8 @@ impl Database {
 
     /// Cuts `role` off: no new logins, and its open connections terminated.
     fn cut(&self, role: &str) {
-        psql(None, &format!("ALTER ROLE {role} NOLOGIN")).unwrap();
+        psql(&format!("ALTER ROLE {role} NOLOGIN")).unwrap();
         psql(
-            None,
             &format!(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{role}'"
             ),
@@ -136,18 +127,18 @@ impl Database {
     }
 
     fn reconnect(&self, role: &str) {
-        psql(None, &format!("ALTER ROLE {role} LOGIN")).unwrap();
+        psql(&format!("ALTER ROLE {role} LOGIN")).unwrap();
     }
 }
 
 impl Drop for Database {
     fn drop(&mut self) {
-        let _ = psql(
-            None,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
         for role in self.replicas.iter().chain([&self.owner]) {
-            let _ = psql(None, &format!("DROP ROLE IF EXISTS {role}"));
+            let _ = psql(&format!("DROP ROLE IF EXISTS {role}"));
         }
     }
 }
@@ -590,17 +581,17 @@ fn a_replica_waits_for_a_database_that_refuses_it_then_starts() {
         "the log does not say why the database refused:\n{}",
         log()
     );
-    psql(
-        None,
-        &format!("CREATE ROLE {late} LOGIN IN ROLE {}", cluster.db.owner),
-    )
+    psql(&format!(
+        "CREATE ROLE {late} LOGIN IN ROLE {}",
+        cluster.db.owner
+    ))
     .unwrap();
     let ready = wait_for(HANG_TIMEOUT, || {
         log().contains("keyrotd ready").then_some(())
     });
     let _ = child.kill();
     let _ = child.wait();
-    let _ = psql(None, &format!("DROP ROLE IF EXISTS {late}"));
+    let _ = psql(&format!("DROP ROLE IF EXISTS {late}"));
     assert!(
         ready.is_some(),
         "the replica did not start once its role existed:\n{}",
