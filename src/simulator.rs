@@ -11,7 +11,7 @@
 //! | request                         | auth           | answer                                        |
 //! |---------------------------------|----------------|-----------------------------------------------|
 //! | `GET /v1/key`                   | the key itself | 200 `{"data":{id,name,expires_at}}` or 401    |
-//! | `POST /v1/keys` `{"name":..}`   | management key | 201 `{id,name,key,expires_at}`                |
+//! | `POST /v1/keys` `{"name":..,"expires_at"?:..}` | management key | 201 `{id,name,key,expires_at}` |
 //! | `GET /v1/keys`                  | management key | 200 `{"data":[{id,name,disabled,created_at}]}` |
 //! | `DELETE /v1/keys/{id}`          | management key | 204, or 404 `{"error":{"code":"not_found"}}`   |
 //!
@@ -174,7 +174,13 @@ impl Shared {
     }
 
     /// Records a new key and returns its record.
-    fn create_key(&self, secret: &str, name: &str, refused: bool) -> KeyRecord {
+    fn create_key(
+        &self,
+        secret: &str,
+        name: &str,
+        requested_expiry: Option<UnixTime>,
+        refused: bool,
+    ) -> KeyRecord {
         let now = self.clock.now();
         let mut accounts = self.accounts();
         accounts.next_seq += 1;
@@ -183,7 +189,13 @@ impl Shared {
             id: format!("k_{}", random_hex(8)),
             name: name.to_owned(),
             created_at: now,
-            expires_at: accounts.ttl.map(|ttl| now + ttl.as_secs() as i64),
+            expires_at: [
+                accounts.ttl.map(|ttl| now + ttl.as_secs() as i64),
+                requested_expiry,
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             refused,
         };
         accounts.keys.insert(digest(secret), record.clone());
@@ -301,7 +313,7 @@ impl Simulator {
 
     /// Seeds a live key (named `seeded`) and returns its id.
     pub fn add_key(&self, secret: &str) -> String {
-        let record = self.shared.create_key(secret, "seeded", false);
+        let record = self.shared.create_key(secret, "seeded", None, false);
         tracing::info!(key_id = %record.id, fingerprint = %fingerprint_of(secret), "simulator: seeded key");
         record.id
     }
@@ -309,7 +321,7 @@ impl Simulator {
     /// Seeds a live key named `name` (as another keyrotd would have issued it) and returns
     /// its id.
     pub fn add_named_key(&self, secret: &str, name: &str) -> String {
-        self.shared.create_key(secret, name, false).id
+        self.shared.create_key(secret, name, None, false).id
     }
 
     /// Whether a check of `secret` would succeed now.
@@ -547,6 +559,10 @@ fn check(shared: &Shared, secret: Option<&str>) -> Reply {
 #[derive(Deserialize)]
 struct IssueRequest {
     name: String,
+    /// A provider-side expiry the issuer asks for (epoch seconds); the account's TTL, if
+    /// shorter, still wins.
+    #[serde(default)]
+    expires_at: Option<UnixTime>,
 }
 
 async fn issue(shared: &Shared, request: Request<Incoming>, refused: bool) -> Reply {
@@ -557,15 +573,15 @@ async fn issue(shared: &Shared, request: Request<Incoming>, refused: bool) -> Re
             "unreadable body",
         );
     };
-    let Ok(IssueRequest { name }) = serde_json::from_slice(&body) else {
+    let Ok(IssueRequest { name, expires_at }) = serde_json::from_slice(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "expected {\"name\": string}",
+            "expected {\"name\": string, \"expires_at\"?: epoch seconds}",
         );
     };
     let secret = format!("sim-{}", random_hex(16));
-    let record = shared.create_key(&secret, &name, refused);
+    let record = shared.create_key(&secret, &name, expires_at, refused);
     tracing::info!(key_id = %record.id, fingerprint = %fingerprint_of(&secret), refused, "simulator: issued key");
     json_reply(
         StatusCode::CREATED,

@@ -5,7 +5,7 @@
 #[macro_use]
 mod providers_support;
 
-use keyrotd::providers::{build_issuer, Issuer, ProviderError, ProviderTelemetry};
+use keyrotd::providers::{build_issuer, IssueRequest, Issuer, ProviderError, ProviderTelemetry};
 use providers_support::provider_config;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -105,7 +105,10 @@ mod openrouter {
             .await;
 
         let issuer = issuer(TOML, &server);
-        let key = issuer.issue("keyrotd/or/r1").await.unwrap();
+        let key = issuer
+            .issue(&IssueRequest::named("keyrotd/or/r1"))
+            .await
+            .unwrap();
         assert_eq!(key.secret.expose_secret(), "sk-or-v1-new-secret");
         assert_eq!(key.remote_id, "h-123");
         assert_eq!(key.expires_at, Some(1_893_456_000));
@@ -123,7 +126,11 @@ mod openrouter {
         Mock::given(method("POST")).and(path("/api/v1/keys"))
             .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {"code": 401, "message": format!("Invalid management key {ADMIN}")}})))
             .mount(&server).await;
-        let err = issuer(TOML, &server).issue("n").await.err().unwrap();
+        let err = issuer(TOML, &server)
+            .issue(&IssueRequest::named("n"))
+            .await
+            .err()
+            .unwrap();
         assert!(
             matches!(err, ProviderError::Rejected { status: 401, .. }),
             "{err:?}"
@@ -146,7 +153,7 @@ mod openrouter {
             .await;
         let issuer = issuer(TOML, &server);
         assert!(matches!(
-            issuer.issue("n").await.err().unwrap(),
+            issuer.issue(&IssueRequest::named("n")).await.err().unwrap(),
             ProviderError::Malformed(_)
         ));
         let err = issuer.revoke("h").await.unwrap_err();
@@ -195,7 +202,10 @@ mod openai {
             .await;
 
         let issuer = issuer(TOML, &server);
-        let key = issuer.issue("keyrotd/oai/r1").await.unwrap();
+        let key = issuer
+            .issue(&IssueRequest::named("keyrotd/oai/r1"))
+            .await
+            .unwrap();
         assert_eq!(key.secret.expose_secret(), "sk-svcacct-new");
         assert_eq!(key.remote_id, "svc_acct_1");
         let ids: Vec<_> = issuer
@@ -218,7 +228,11 @@ mod openai {
             .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "12")
                 .set_body_json(json!({"error": {"message": format!("slow down {ADMIN}"), "type": "requests", "code": "rate_limit_exceeded"}})))
             .mount(&server).await;
-        let err = issuer(TOML, &server).issue("n").await.err().unwrap();
+        let err = issuer(TOML, &server)
+            .issue(&IssueRequest::named("n"))
+            .await
+            .err()
+            .unwrap();
         match &err {
             ProviderError::Rejected {
                 status,
@@ -296,7 +310,10 @@ mod relay {
             .mount(&server)
             .await;
         let issuer = issuer(TOML, &server);
-        let key = issuer.issue("keyrotd/relay/r1").await.unwrap();
+        let key = issuer
+            .issue(&IssueRequest::named("keyrotd/relay/r1"))
+            .await
+            .unwrap();
         assert_eq!(key.secret.expose_secret(), "hs-new-key");
         assert_eq!(key.remote_id, "keyrotd/relay/r1");
         assert_eq!(key.expires_at, Some(1_700_604_800));
@@ -325,7 +342,10 @@ mod relay {
             .respond_with(ResponseTemplate::new(500))
             .mount(&server)
             .await;
-        let key = issuer(TOML, &server).issue("n").await.unwrap();
+        let key = issuer(TOML, &server)
+            .issue(&IssueRequest::named("n"))
+            .await
+            .unwrap();
         assert_eq!(key.secret.expose_secret(), "hs-new-key");
         assert_eq!(key.expires_at, None);
     }
@@ -361,7 +381,10 @@ mod simulated {
             .mount(&server)
             .await;
         let issuer = issuer(TOML, &server);
-        let key = issuer.issue("keyrotd/demo/r1").await.unwrap();
+        let key = issuer
+            .issue(&IssueRequest::named("keyrotd/demo/r1"))
+            .await
+            .unwrap();
         assert_eq!(
             (key.secret.expose_secret(), key.remote_id.as_str()),
             ("sim-secret", "sim_7")
@@ -426,7 +449,10 @@ success_status = [200]"#;
             .await;
         let issuer = issuer(TOML, &server);
         // A name with a quote must stay valid JSON in the body template.
-        let key = issuer.issue("keyrotd/\"q\"/r1").await.unwrap();
+        let key = issuer
+            .issue(&IssueRequest::named("keyrotd/\"q\"/r1"))
+            .await
+            .unwrap();
         assert_eq!(
             (key.secret.expose_secret(), key.remote_id.as_str()),
             ("in-house-key", "42")
@@ -474,7 +500,7 @@ esac"#;
     #[tokio::test]
     async fn issue_list_revoke_through_the_command() {
         let issuer = exec_issuer(SCRIPT);
-        let key = issuer.issue("n").await.unwrap();
+        let key = issuer.issue(&IssueRequest::named("n")).await.unwrap();
         assert_eq!(
             (
                 key.secret.expose_secret(),
@@ -492,7 +518,7 @@ esac"#;
     #[tokio::test]
     async fn garbage_output_is_malformed_without_echo() {
         let issuer = exec_issuer("read admin; echo \"oops $admin\"");
-        let err = issuer.issue("n").await.err().unwrap();
+        let err = issuer.issue(&IssueRequest::named("n")).await.err().unwrap();
         assert!(matches!(err, ProviderError::Malformed(_)), "{err:?}");
         assert_no_admin(&err);
     }
@@ -603,7 +629,7 @@ mod retry_after {
         let issuer = issuer(toml, &server);
         let before = unix_now();
         let err = issuer
-            .issue("keyrotd/ra/r1")
+            .issue(&IssueRequest::named("keyrotd/ra/r1"))
             .await
             .err()
             .expect("the issue failed");

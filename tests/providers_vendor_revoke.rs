@@ -11,7 +11,8 @@ use keyrotd::config::Config;
 use keyrotd::crypto::{MasterKey, Sealer};
 use keyrotd::model::Stage;
 use keyrotd::providers::{
-    build_issuer, build_revoker, CurrentKey, Issuer, ProviderError, ProviderTelemetry, Revoker,
+    build_issuer, build_revoker, CurrentKey, IssueRequest, Issuer, ProviderError,
+    ProviderTelemetry, Revoker,
 };
 use keyrotd::rotation::{self, Engine};
 use keyrotd::store::{AuditStore, CredentialStore, KeyStore, NewKey, SqliteStore, Store};
@@ -298,25 +299,27 @@ mod azure {
         let issuer = issuer(&server, &admin);
         let current = SecretString::from("in-use-2");
         let issued = issuer
-            .issue_after(
-                "keyrotd/az/r1",
-                Some(CurrentKey {
+            .issue(&IssueRequest {
+                name: "keyrotd/az/r1",
+                replaces: Some(CurrentKey {
                     remote_id: Some("key2"),
                     secret: Some(&current),
                 }),
-            )
+                expires_at: None,
+            })
             .await
             .unwrap();
         assert_eq!(issued.secret.expose_secret(), "new-in-slot-1");
         assert_eq!(issued.remote_id, "key1");
         let issued = issuer
-            .issue_after(
-                "keyrotd/az/r2",
-                Some(CurrentKey {
+            .issue(&IssueRequest {
+                name: "keyrotd/az/r2",
+                replaces: Some(CurrentKey {
                     remote_id: Some("key1"),
                     secret: None,
                 }),
-            )
+                expires_at: None,
+            })
             .await
             .unwrap();
         assert_eq!(issued.secret.expose_secret(), "new-in-slot-2");
@@ -341,13 +344,14 @@ mod azure {
         let issuer = issuer(&server, &admin);
         let current = SecretString::from("imported-value");
         let issued = issuer
-            .issue_after(
-                "n",
-                Some(CurrentKey {
+            .issue(&IssueRequest {
+                name: "n",
+                replaces: Some(CurrentKey {
                     remote_id: None,
                     secret: Some(&current),
                 }),
-            )
+                expires_at: None,
+            })
             .await
             .unwrap();
         assert_eq!(
@@ -357,18 +361,19 @@ mod azure {
         // Neither slot holds the key, or no current key at all: refused, nothing regenerated.
         let stranger = SecretString::from("not-in-any-slot");
         let err = issuer
-            .issue_after(
-                "n",
-                Some(CurrentKey {
+            .issue(&IssueRequest {
+                name: "n",
+                replaces: Some(CurrentKey {
                     remote_id: None,
                     secret: Some(&stranger),
                 }),
-            )
+                expires_at: None,
+            })
             .await
             .err()
             .unwrap();
         assert!(matches!(err, ProviderError::Unidentified(_)), "{err:?}");
-        let err = issuer.issue("n").await.err().unwrap();
+        let err = issuer.issue(&IssueRequest::named("n")).await.err().unwrap();
         assert!(matches!(err, ProviderError::Unidentified(_)), "{err:?}");
         assert!(issuer.list("keyrotd/").await.unwrap().is_empty());
     }

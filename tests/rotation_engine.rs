@@ -138,9 +138,12 @@ path = {key}
 async fn fixture(setup: Setup) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("out")).unwrap();
-    let (sim, _) = Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let clock = ManualClock::new(START);
+    // The provider keeps the test's time, so a provider-side expiry is judged on it.
+    let (sim, _) =
+        Simulator::start_with_clock("127.0.0.1:0".parse().unwrap(), Arc::new(clock.clone()))
+            .await
+            .unwrap();
     let text = config_text(&sim, dir.path(), &setup);
     let config = Config::parse(&dir.path().join("config.toml"), &text)
         .unwrap_or_else(|e| panic!("config does not parse: {e}\n{text}"));
@@ -150,7 +153,6 @@ async fn fixture(setup: Setup) -> Fixture {
             .await
             .unwrap(),
     );
-    let clock = ManualClock::new(START);
     store
         .sync_credentials(&keyrotd::store::credential_specs(&config), START)
         .await
@@ -674,6 +676,79 @@ async fn rotation_counters_are_running_totals_that_pruning_events_does_not_lower
 }
 
 #[tokio::test]
+async fn an_issued_key_dies_at_the_provider_after_its_planned_replacement_grace_and_margin() {
+    let f = fixture(Setup {
+        rotation: "max_age = \"30d\"\nprovider_expiry_margin = \"3d\"",
+        ..Setup::default()
+    })
+    .await;
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    let new = f.current_secret().await;
+    let expected = START + 30 * 86_400 + GRACE + 3 * 86_400;
+    assert_eq!(
+        f.current().await.expires_at,
+        Some(expected),
+        "the store records the provider-side expiry as the key's expiry"
+    );
+    f.clock.set(expected - 1);
+    assert!(f.sim.is_live(&new), "alive until the expiry it was given");
+    f.clock.set(expected);
+    assert!(!f.sim.is_live(&new), "dead at the provider on its own");
+    // The seeded key, which keyrotd did not issue, never got one.
+    assert!(f.sim.is_live(&f.old));
+}
+
+#[tokio::test]
+async fn a_provider_expiry_margin_of_off_issues_keys_that_live_until_revoked() {
+    let f = fixture(Setup {
+        rotation: "max_age = \"30d\"\nprovider_expiry_margin = \"off\"",
+        ..Setup::default()
+    })
+    .await;
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    let new = f.current_secret().await;
+    assert_eq!(f.current().await.expires_at, None);
+    f.clock.set(START + 400 * 86_400);
+    assert!(f.sim.is_live(&new));
+}
+
+#[tokio::test]
+async fn a_failed_rotation_is_retried_before_the_current_key_expires() {
+    let f = fixture(Setup {
+        rotation: "max_age = \"30d\"\nrotate_before_expiry = \"2h\"\nretry_backoff = \"12h\"\nretry_backoff_max = \"24h\"",
+        ..Setup::default()
+    })
+    .await;
+    f.engine.rotate(&f.rt, "test").await.unwrap();
+    // The key just issued expires at the provider in 30d + 1h + 3d; fail its successor's issue
+    // 4 hours before that: a 12-hour backoff would sleep through the expiry.
+    let expires = f
+        .current()
+        .await
+        .expires_at
+        .expect("a provider-side expiry");
+    f.clock.set(expires - 4 * 3600);
+    f.sim.fail_next(Op::Issue, Fault::ServerError, 1);
+    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    assert_eq!(
+        credential.next_rotation_at,
+        Some(expires - 2 * 3600),
+        "the retry is pulled in to rotate_before_expiry"
+    );
+    // Past that moment, the retry comes halfway to the expiry at the latest.
+    f.clock.set(expires - 3600);
+    f.sim.fail_next(Op::Issue, Fault::ServerError, 1);
+    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    assert_eq!(
+        credential.next_rotation_at,
+        Some(expires - 1800),
+        "retried halfway to the expiry, not after the 12h backoff"
+    );
+}
+
+#[tokio::test]
 async fn issue_failures_leave_the_old_key_and_back_off() {
     let f = fixture(Setup::default()).await;
     f.sim.fail_next(Op::Issue, Fault::ServerError, 1);
@@ -1194,7 +1269,12 @@ async fn tick_records_the_due_time_rotates_when_due_and_catches_up_once() {
     // The catch-up's previous key is inside its grace; the older ones are revoked.
     assert_eq!(f.in_stage(Stage::Previous).await.len(), 1);
     assert!(!f.sim.is_live(&f.old));
-    assert!(f.sim.is_live(&second));
+    // Keys keyrotd issues die at the provider on their own: the one issued before the
+    // downtime expired at its planned replacement plus grace plus the 7-day default margin.
+    assert!(
+        !f.sim.is_live(&second),
+        "the key issued before the downtime is dead at the provider"
+    );
     f.assert_no_orphans().await;
 }
 
@@ -1210,8 +1290,8 @@ async fn keys_expiring_inside_the_margin_rotate_at_most_once_per_min_age() {
         ..Setup::default()
     })
     .await;
-    // The simulator dates expiry on its own (wall) clock, before the manual clock's START:
-    // from the engine's view every issued key is past its margin at once.
+    // The provider's keys live an hour, less than the two-hour margin: from the engine's view
+    // every issued key is past its margin at once.
     f.sim
         .expire_after(Some(std::time::Duration::from_secs(3600)));
     let hours = 12;

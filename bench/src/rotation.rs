@@ -12,7 +12,8 @@ use keyrotd::clock::{Clock, SystemClock};
 use keyrotd::config::Config;
 use keyrotd::delivery::{Delivery, DeliveryError, Target};
 use keyrotd::providers::{
-    CheckReport, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry, RemoteKey,
+    CheckReport, IssueRequest, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry,
+    RemoteKey,
 };
 use keyrotd::rotation::{self, CredentialRuntime, Engine};
 use keyrotd::simulator::Simulator;
@@ -194,8 +195,8 @@ struct TimedIssuer(Arc<dyn Issuer>, Arc<StepTimes>);
 
 #[async_trait]
 impl Issuer for TimedIssuer {
-    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
-        StepTimes::time(&self.1.issue, self.0.issue(name)).await
+    async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedKey, ProviderError> {
+        StepTimes::time(&self.1.issue, self.0.issue(request)).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<RemoteKey>, ProviderError> {
         StepTimes::time(&self.1.list, self.0.list(prefix)).await

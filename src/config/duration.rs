@@ -106,9 +106,63 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A duration that can also be switched off: `"3d"`, or `"off"` (`provider_expiry_margin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationOrOff {
+    Off,
+    On(HumanDuration),
+}
+
+impl DurationOrOff {
+    /// The duration, or `None` when switched off.
+    pub fn get(self) -> Option<Duration> {
+        match self {
+            DurationOrOff::Off => None,
+            DurationOrOff::On(duration) => Some(duration.0),
+        }
+    }
+}
+
+impl fmt::Display for DurationOrOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DurationOrOff::Off => f.write_str("off"),
+            DurationOrOff::On(duration) => duration.fmt(f),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationOrOff {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.trim() == "off" {
+            return Ok(DurationOrOff::Off);
+        }
+        parse_duration(&text)
+            .map(|duration| DurationOrOff::On(HumanDuration(duration)))
+            .map_err(|error| serde::de::Error::custom(format!("{error}, or \"off\"")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_or_off_reads_both_and_names_off_when_wrong() {
+        #[derive(Deserialize)]
+        struct Holder {
+            margin: DurationOrOff,
+        }
+        let read = |text: &str| toml::from_str::<Holder>(&format!("margin = {text:?}"));
+        assert_eq!(read("off").unwrap().margin.get(), None);
+        assert_eq!(
+            read("3d").unwrap().margin.get(),
+            Some(Duration::from_secs(3 * 86_400))
+        );
+        let error = read("soon").err().unwrap().to_string();
+        assert!(error.contains("or \"off\""), "{error}");
+    }
 
     #[test]
     fn accepts_the_documented_units_and_sums() {

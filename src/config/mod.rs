@@ -25,7 +25,7 @@ mod store;
 pub use cron::CronSchedule;
 pub(crate) use delivery::DEFAULT_KEY_ENV_VAR;
 pub(crate) use delivery::{DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia};
-pub use duration::{format_duration, parse_duration, DurationError, HumanDuration};
+pub use duration::{format_duration, parse_duration, DurationError, DurationOrOff, HumanDuration};
 pub(crate) use issues::{span_of, Issues, LazyPositions, Position, ProviderPositions};
 pub use issues::{ConfigError, ConfigIssue};
 pub(crate) use provider::DEFAULT_RELAY_ROTATION_POLICY;
@@ -247,6 +247,10 @@ pub struct RotationPolicyConfig {
     /// long (default: see [`RotationPolicyConfig::min_age`]).
     #[serde(default)]
     pub min_age: Option<Spanned<HumanDuration>>,
+    /// How long after its planned replacement plus grace a key keyrotd issues dies on its own
+    /// at the provider, where the vendor can set an expiry (default 7d; `"off"`: never).
+    #[serde(default)]
+    pub provider_expiry_margin: Option<Spanned<DurationOrOff>>,
 }
 
 impl RotationPolicyConfig {
@@ -270,6 +274,18 @@ impl RotationPolicyConfig {
         let base = pick(&self.retry_backoff, Self::DEFAULT_RETRY_BACKOFF);
         let cap = pick(&self.retry_backoff_max, Self::DEFAULT_RETRY_BACKOFF_MAX).max(base);
         crate::backoff::Backoff::new(base, cap)
+    }
+
+    /// A week: the lead of the KeyExpiringSoon alert, so the provider-side expiry of a
+    /// healthy key never raises it; it fires once a replacement is `grace` overdue.
+    pub(crate) const DEFAULT_PROVIDER_EXPIRY_MARGIN: Duration = Duration::from_secs(7 * 86_400);
+
+    /// The margin of the provider-side expiry, `None` when switched off.
+    pub(crate) fn provider_expiry_margin(&self) -> Option<Duration> {
+        match &self.provider_expiry_margin {
+            Some(margin) => margin.get_ref().get(),
+            None => Some(Self::DEFAULT_PROVIDER_EXPIRY_MARGIN),
+        }
     }
 
     /// The longest default `min_age`.

@@ -10,7 +10,7 @@ use super::classify::{call, error_report, string_at, unexpected_body, HeaderKeyC
 use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
 use super::sanitize::sanitize;
 use super::{
-    base_url, CheckReport, CurrentKey, IssuedKey, Issuer, Provider, ProviderError,
+    base_url, CheckReport, IssueRequest, IssuedKey, Issuer, Provider, ProviderError,
     ProviderTelemetry, RemoteKey, Revoker,
 };
 use crate::config::ProviderConfig;
@@ -205,16 +205,8 @@ fn same(a: &SecretString, b: &SecretString) -> bool {
 #[async_trait]
 impl Issuer for AzureIssuer {
     /// Without knowing the slot in use, no slot is safe to regenerate.
-    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
-        self.issue_after(name, None).await
-    }
-
-    async fn issue_after(
-        &self,
-        _name: &str,
-        current: Option<CurrentKey<'_>>,
-    ) -> Result<IssuedKey, ProviderError> {
-        let Some(current) = current else {
+    async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedKey, ProviderError> {
+        let Some(current) = request.replaces else {
             return Err(ProviderError::Unidentified(
                 "the credential has no current key, so the Azure slot in use is unknown; import the key consumers use first (`keyrotd key import`)".into(),
             ));

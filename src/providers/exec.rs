@@ -325,7 +325,11 @@ impl ExecIssuer {
 
 #[async_trait]
 impl super::Issuer for ExecIssuer {
-    async fn issue(&self, name: &str) -> Result<super::IssuedKey, ProviderError> {
+    async fn issue(
+        &self,
+        request: &super::IssueRequest<'_>,
+    ) -> Result<super::IssuedKey, ProviderError> {
+        let name = request.name;
         let mut output = self.run("issue", &[("name", name)]).await?;
         let body: Result<Value, _> = serde_json::from_slice(&output.stdout);
         zeroize::Zeroize::zeroize(&mut output.stdout);

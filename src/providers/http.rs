@@ -359,7 +359,11 @@ impl HttpIssuer {
 
 #[async_trait]
 impl super::Issuer for HttpIssuer {
-    async fn issue(&self, name: &str) -> Result<super::IssuedKey, ProviderError> {
+    async fn issue(
+        &self,
+        request: &super::IssueRequest<'_>,
+    ) -> Result<super::IssuedKey, ProviderError> {
+        let name = request.name;
         let (template, ok, key_pointer, id_pointer, expires_pointer) = &self.issue;
         let request = self.build(template, &[("name", name)])?;
         let mut response = super::classify::call(

@@ -161,22 +161,37 @@ pub struct CurrentKey<'a> {
     pub secret: Option<&'a SecretString>,
 }
 
+/// What the engine asks an issuer for: a key named `name` (`keyrotd/<installation>/<credential>/<rotation id>`)
+/// that replaces `replaces` (the credential's current key, if any) and, where the vendor can
+/// set one, dies on its own at `expires_at` (see [`crate::rotation::Policy::provider_expiry`]).
+#[derive(Clone, Copy)]
+pub struct IssueRequest<'a> {
+    pub name: &'a str,
+    /// The key consumers use now. Azure needs it to pick the other slot; OpenRouter copies its
+    /// spending limit onto the new key, so a rotation never removes a cap.
+    pub replaces: Option<CurrentKey<'a>>,
+    /// The provider-side expiry to set, or `None` for a key that lives until revoked.
+    pub expires_at: Option<UnixTime>,
+}
+
+impl<'a> IssueRequest<'a> {
+    /// A key named `name`, replacing nothing, with no provider-side expiry.
+    pub fn named(name: &'a str) -> Self {
+        IssueRequest {
+            name,
+            replaces: None,
+            expires_at: None,
+        }
+    }
+}
+
 /// A provider account that can create, list and revoke keys (with a management key).
 #[async_trait]
 pub trait Issuer: Send + Sync {
-    /// Creates a key named `name` (e.g. `keyrotd/<credential>/<rotation id>`).
-    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError>;
-    /// Creates a key that replaces `current` (the credential's current key, if any). The
-    /// engine always calls this; only providers whose new key depends on the one in use
-    /// (Azure's two slots) override the default, which is [`Issuer::issue`].
-    async fn issue_after(
-        &self,
-        name: &str,
-        current: Option<CurrentKey<'_>>,
-    ) -> Result<IssuedKey, ProviderError> {
-        let _ = current;
-        self.issue(name).await
-    }
+    /// Creates the key `request` describes. An adapter whose vendor supports provider-side
+    /// expiry sets `request.expires_at` on it and reports the expiry the vendor answered in
+    /// [`IssuedKey::expires_at`]; one whose vendor does not ignores it.
+    async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedKey, ProviderError>;
     /// Keys at the provider whose name starts with `prefix` (orphan recovery).
     async fn list(&self, prefix: &str) -> Result<Vec<RemoteKey>, ProviderError>;
     /// Revokes/disables/deletes; already-gone (404) is success.

@@ -9,7 +9,8 @@ use super::classify::{bearer_get_check, list_page, take_secret_json};
 use super::classify::{call, error_report, string_at, unexpected_body, vendor_error};
 use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::{
-    base_url, CheckReport, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry, RemoteKey,
+    base_url, CheckReport, IssueRequest, IssuedKey, Issuer, Provider, ProviderError,
+    ProviderTelemetry, RemoteKey,
 };
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::model::CheckStatus;
@@ -123,7 +124,8 @@ impl OpenAiIssuer {
 
 #[async_trait]
 impl Issuer for OpenAiIssuer {
-    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
+    async fn issue(&self, issue: &IssueRequest<'_>) -> Result<IssuedKey, ProviderError> {
+        let name = issue.name;
         let request = self
             .request(reqwest::Method::POST, &self.accounts_url)?
             .json(&serde_json::json!({ "name": name }));

@@ -8,8 +8,8 @@ use super::classify::{amount, call, error_report, expiry, string_at, unexpected_
 use super::classify::{bearer_get_check, list_page, take_secret_json};
 use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::{
-    base_url, CheckReport, Credit, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry,
-    RemoteKey,
+    base_url, CheckReport, Credit, IssueRequest, IssuedKey, Issuer, Provider, ProviderError,
+    ProviderTelemetry, RemoteKey,
 };
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
@@ -127,7 +127,8 @@ impl OpenRouterIssuer {
 
 #[async_trait]
 impl Issuer for OpenRouterIssuer {
-    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
+    async fn issue(&self, issue: &IssueRequest<'_>) -> Result<IssuedKey, ProviderError> {
+        let name = issue.name;
         let request = self
             .request(reqwest::Method::POST, "keys")?
             .json(&serde_json::json!({ "name": name }));

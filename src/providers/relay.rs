@@ -12,7 +12,9 @@ use super::classify::take_secret_json;
 use super::classify::{call, expiry, json_body, string_at};
 use super::client::{encode_component, join_url, secret_header, HttpClient};
 use super::http::{CheckRules, Http, RequestTemplate};
-use super::{base_url, IssuedKey, Issuer, ProviderError, ProviderTelemetry, RemoteKey};
+use super::{
+    base_url, IssueRequest, IssuedKey, Issuer, ProviderError, ProviderTelemetry, RemoteKey,
+};
 use crate::config::ProviderConfig;
 use async_trait::async_trait;
 use reqwest::header::AUTHORIZATION;
@@ -94,7 +96,8 @@ impl RelayIssuer {
 
 #[async_trait]
 impl Issuer for RelayIssuer {
-    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
+    async fn issue(&self, issue: &IssueRequest<'_>) -> Result<IssuedKey, ProviderError> {
+        let name = issue.name;
         let request = self
             .request(Method::POST, "keys/rotate")?
             .json(&serde_json::json!({

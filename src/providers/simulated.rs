@@ -8,7 +8,8 @@ use super::classify::{bearer_get_check, take_secret_json};
 use super::classify::{call, error_report, expiry, json_body, string_at, unexpected_body};
 use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::{
-    base_url, CheckReport, IssuedKey, Issuer, Provider, ProviderError, ProviderTelemetry, RemoteKey,
+    base_url, CheckReport, IssueRequest, IssuedKey, Issuer, Provider, ProviderError,
+    ProviderTelemetry, RemoteKey,
 };
 use crate::config::ProviderConfig;
 use crate::model::CheckStatus;
@@ -102,10 +103,11 @@ impl SimulatedIssuer {
 
 #[async_trait]
 impl Issuer for SimulatedIssuer {
-    async fn issue(&self, name: &str) -> Result<IssuedKey, ProviderError> {
+    async fn issue(&self, issue: &IssueRequest<'_>) -> Result<IssuedKey, ProviderError> {
+        let name = issue.name;
         let request = self
             .request(reqwest::Method::POST, &self.keys_url)?
-            .json(&serde_json::json!({ "name": name }));
+            .json(&serde_json::json!({ "name": name, "expires_at": issue.expires_at }));
         let secret = self.management_key.as_ref();
         let mut response = call(&self.client, "issue", request, secret, &[]).await?;
         let body = take_secret_json(&mut response, "issue")?;

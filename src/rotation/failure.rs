@@ -83,7 +83,16 @@ impl Engine {
             .retry
             .delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng());
         let retry_in = (delay.as_secs_f64().ceil() as i64).max(1);
-        let retry_at = now + retry_in;
+        let expires_at = self
+            .store
+            .versions(&rt.name)
+            .await
+            .ok()
+            .and_then(|versions| versions.into_iter().find(|v| v.stage == Stage::Current))
+            .and_then(|current| current.expires_at);
+        let retry_at =
+            rt.policy
+                .retry_before_expiry(now, now + retry_in, expires_at, rt.retry.base);
         let attention = rotation.step == RotationStep::Attention;
         // From `verified` on, some targets may hold the new key (a delivery that failed
         // half-way, or succeeded but whose commit did not): put the current key back first,

@@ -4,7 +4,7 @@
 
 use super::{issued_key_name, CredentialRuntime, Engine, StepError};
 use crate::model::Stage;
-use crate::providers::CurrentKey;
+use crate::providers::{CurrentKey, IssueRequest};
 use crate::store::{KeyVersion, Lease, NewKey, Rotation};
 use secrecy::SecretString;
 
@@ -50,12 +50,17 @@ impl Engine {
         self.renew(lease, "issue").await?;
         self.delete_orphans(rt, issuer.as_ref()).await?;
         let (current, current_secret) = self.key_in_use(rt).await?;
-        let current = current.as_ref().map(|v| CurrentKey {
+        let replaces = current.as_ref().map(|v| CurrentKey {
             remote_id: v.provider_key_id.as_deref(),
             secret: current_secret.as_ref(),
         });
+        let request = IssueRequest {
+            name: &name,
+            replaces,
+            expires_at: rt.policy.provider_expiry(self.clock.now()),
+        };
         self.renew(lease, "issue").await?;
-        let issued = issuer.issue_after(&name, current).await.map_err(|e| {
+        let issued = issuer.issue(&request).await.map_err(|e| {
             if e.is_transient() {
                 StepError::transient("issue", e.to_string())
             } else {

@@ -298,6 +298,7 @@ mod tests {
             rotate_before_expiry: None,
             grace: Duration::from_secs(3_600),
             min_age: Duration::ZERO,
+            provider_expiry_margin: None,
         }
     }
 

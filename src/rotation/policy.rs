@@ -25,6 +25,9 @@ pub struct Policy {
     pub grace: Duration,
     /// The runaway guard: no rotation is due before the current key is this old.
     pub min_age: Duration,
+    /// How long after its planned replacement plus grace an issued key dies at the provider
+    /// (`None`: keys live until revoked).
+    pub provider_expiry_margin: Option<Duration>,
 }
 
 impl Policy {
@@ -39,7 +42,58 @@ impl Policy {
                 .map(|d| d.get_ref().0),
             grace: rotation.grace(),
             min_age: rotation.min_age(),
+            provider_expiry_margin: rotation.provider_expiry_margin(),
         }
+    }
+
+    /// The provider-side expiry of a key issued at `now`: its planned replacement (the next
+    /// due time of a key that becomes current now), plus grace for consumers to let go of
+    /// it, plus the margin: time for failed rotations to be retried before the key dies on
+    /// its own. `None` when the margin is off, or when no rule plans a replacement: a key
+    /// rotated only by hand must not die behind its operator's back.
+    pub(crate) fn provider_expiry(&self, now: UnixTime) -> Option<UnixTime> {
+        let margin = self.provider_expiry_margin?;
+        let planned = self.next_due(now, None, Some(now))?;
+        Some(
+            planned
+                .saturating_add(self.grace.as_secs() as i64)
+                .saturating_add(margin.as_secs() as i64),
+        )
+    }
+
+    /// When to retry a failed rotation whose backoff chose `retry_at`: never later than
+    /// the moment that still leaves the current key (expiring at `expires_at`) its
+    /// `rotate_before_expiry` margin, so a backoff cannot sleep through a provider-side
+    /// expiry. Once that moment has passed, the next retry comes no later than halfway to
+    /// the expiry nor than `retry_every` (the backoff's first step), and never sooner than a
+    /// minute: a rotation that keeps failing must not hammer the provider either.
+    pub(crate) fn retry_before_expiry(
+        &self,
+        now: UnixTime,
+        retry_at: UnixTime,
+        expires_at: Option<UnixTime>,
+        retry_every: Duration,
+    ) -> UnixTime {
+        let Some(expires_at) = expires_at else {
+            return retry_at;
+        };
+        let lead = self.rotate_before_expiry.unwrap_or_default().as_secs() as i64;
+        let deadline = expires_at.saturating_sub(lead);
+        const FLOOR: i64 = 60;
+        if retry_at <= deadline {
+            return retry_at;
+        }
+        if deadline > now {
+            return deadline;
+        }
+        let first_step = (retry_every.as_secs() as i64).max(FLOOR);
+        let left = expires_at.saturating_sub(now);
+        let step = if left > 0 {
+            (left / 2).max(FLOOR).min(first_step)
+        } else {
+            first_step
+        };
+        retry_at.min(now.saturating_add(step))
     }
 
     /// When the next rotation is due, from the store's bookkeeping: after failures the store
@@ -129,6 +183,75 @@ mod tests {
             .timestamp()
     }
 
+    #[test]
+    fn the_provider_expiry_is_the_planned_replacement_plus_grace_plus_margin() {
+        let now = at(2026, 1, 1, 0, 0);
+        let mut p = policy(None, Some(30 * 86_400), None);
+        p.provider_expiry_margin = Some(Duration::from_secs(3 * 86_400));
+        // 30 days to the replacement, one day of grace (the test policy's), three of margin.
+        assert_eq!(p.provider_expiry(now), Some(now + 34 * 86_400));
+        let mut cron = policy(Some("0 3 * * *"), None, None);
+        cron.provider_expiry_margin = Some(Duration::from_secs(3600));
+        assert_eq!(
+            cron.provider_expiry(now),
+            Some(at(2026, 1, 1, 3, 0) + 86_400 + 3600)
+        );
+        p.provider_expiry_margin = None;
+        assert_eq!(p.provider_expiry(now), None, "margin off: no expiry");
+        let mut by_hand = policy(None, None, None);
+        by_hand.provider_expiry_margin = Some(Duration::from_secs(3600));
+        assert_eq!(
+            by_hand.provider_expiry(now),
+            None,
+            "a key rotated only by hand never dies on its own"
+        );
+    }
+
+    #[test]
+    fn a_backoff_never_sleeps_through_the_provider_side_expiry() {
+        let now = 1_000_000;
+        let every = Duration::from_secs(300);
+        let p = policy(None, Some(30 * 86_400), Some(86_400));
+        let expires = now + 2 * 86_400;
+        // Far from the expiry the backoff decides.
+        assert_eq!(
+            p.retry_before_expiry(now, now + 3600, Some(expires), every),
+            now + 3600
+        );
+        // A backoff past the rotate-before-expiry moment is pulled in to it.
+        assert_eq!(
+            p.retry_before_expiry(now, now + 6 * 86_400, Some(expires), every),
+            expires - 86_400
+        );
+        // Past that moment, retries come every first backoff step, not in a tight loop.
+        let late = expires - 3600;
+        assert_eq!(
+            p.retry_before_expiry(late, late + 6 * 3600, Some(expires), every),
+            late + 300
+        );
+        assert_eq!(
+            p.retry_before_expiry(late, late + 60, Some(expires), every),
+            late + 60
+        );
+        // ... or halfway to the expiry when the first step is longer than what is left.
+        let long = Duration::from_secs(12 * 3600);
+        assert_eq!(
+            p.retry_before_expiry(late, late + 6 * 3600, Some(expires), long),
+            late + 1800
+        );
+        // ... but never in a tight loop, even seconds before the expiry.
+        let last = expires - 10;
+        assert_eq!(
+            p.retry_before_expiry(last, last + 6 * 3600, Some(expires), long),
+            last + 60
+        );
+        // A key with no expiry: the backoff alone.
+        assert_eq!(
+            p.retry_before_expiry(now, now + 6 * 86_400, None, every),
+            now + 6 * 86_400
+        );
+    }
+
     fn policy(schedule: Option<&str>, max_age: Option<u64>, before: Option<u64>) -> Policy {
         Policy {
             schedule: schedule.map(|s| Box::new(CronSchedule::parse(s).unwrap())),
@@ -136,6 +259,7 @@ mod tests {
             rotate_before_expiry: before.map(Duration::from_secs),
             grace: Duration::from_secs(86_400),
             min_age: Duration::ZERO,
+            provider_expiry_margin: None,
         }
     }
 
