@@ -48,6 +48,15 @@ fn cases() -> Vec<(&'static str, String, usize, usize, &'static str)> {
             "invalid duration \"5 minutes\"",
         ),
         (
+            "bad provider_expiry_margin",
+            with_provider(
+                "\n[[credential]]\nname = \"a\"\nprovider = \"or\"\n[credential.rotation]\nprovider_expiry_margin = \"never\"\n",
+            ),
+            9,
+            26,
+            "or \"off\"",
+        ),
+        (
             "bad listen_address",
             "[daemon]\nlisten_address = \"localhost\"\n".into(),
             2,
