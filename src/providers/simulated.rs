@@ -105,9 +105,13 @@ impl SimulatedIssuer {
 impl Issuer for SimulatedIssuer {
     async fn issue(&self, issue: &IssueRequest<'_>) -> Result<IssuedKey, ProviderError> {
         let name = issue.name;
+        let mut body = serde_json::json!({ "name": name });
+        if let Some(expires_at) = issue.expires_at {
+            body["expires_at"] = expires_at.into();
+        }
         let request = self
             .request(reqwest::Method::POST, &self.keys_url)?
-            .json(&serde_json::json!({ "name": name, "expires_at": issue.expires_at }));
+            .json(&body);
         let secret = self.management_key.as_ref();
         let mut response = call(&self.client, "issue", request, secret, &[]).await?;
         let body = take_secret_json(&mut response, "issue")?;
