@@ -170,6 +170,15 @@ pub(crate) struct ChecksPositions {
 pub(crate) struct ProviderPositions {
     pub(crate) management_key: Position,
     pub(crate) requests_per_second: Position,
+    #[serde(default)]
+    pub(crate) google: GooglePositions,
+}
+
+/// `[provider.google]` values without spans.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct GooglePositions {
+    pub(crate) token: Position,
+    pub(crate) operation_timeout: Position,
 }
 
 pub(crate) fn span_of(position: &Position) -> Option<Range<usize>> {

@@ -30,8 +30,8 @@ pub(crate) use issues::{span_of, Issues, LazyPositions, Position, ProviderPositi
 pub use issues::{ConfigError, ConfigIssue};
 pub(crate) use provider::DEFAULT_RELAY_ROTATION_POLICY;
 pub use provider::{
-    ExecAdapterConfig, ExecKeyVia, HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig,
-    HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
+    ExecAdapterConfig, ExecKeyVia, GoogleConfig, HttpAdapterConfig, HttpCheckConfig,
+    HttpIssueConfig, HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
 };
 pub(crate) use secret_ref::SecretRef;
 pub use store::{LeaderTiming, StoreConfig};

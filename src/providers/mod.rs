@@ -10,7 +10,7 @@
 //! - [`sanitize()`]: scrubbing of every piece of outside text before it is shown.
 //! - `classify`: the common check flow and vendor error parsing.
 //! - one module per kind: `openai` (also OpenAI-compatible APIs), `anthropic`, `openrouter`,
-//!   `deepseek`, `gemini`, `azure`, `relay` (a HolySheep-style relay API, a preset of `http`),
+//!   `deepseek`, `gemini` (with Google's API Keys API issuer), `azure`, `relay` (a HolySheep-style relay API, a preset of `http`),
 //!   `http` (generic, all from config), `exec` (a command), `simulated` (demo and tests).
 //!
 //! Keys travel only in the vendor's documented header, never in a URL, a body or argv.
@@ -348,9 +348,10 @@ pub fn build(
 }
 
 /// Builds the issuing adapter, or `None` where the vendor has no key-issuing API
-/// (Anthropic, DeepSeek, Gemini, OpenAI-compatible APIs) or the section does not configure
+/// (Anthropic, DeepSeek, OpenAI-compatible APIs) or the section does not configure
 /// one (`http` without `[provider.http.issue]`, `exec` without `issuer`, `azure_openai`
-/// without `subscription_id`/`resource_group`/`account_name`).
+/// without `subscription_id`/`resource_group`/`account_name`, `gemini` without
+/// `[provider.google]`).
 pub fn build_issuer(
     config: &ProviderConfig,
     telemetry: &ProviderTelemetry,
@@ -374,10 +375,9 @@ pub fn build_issuer(
         )?)),
         ProviderKind::AzureOpenai => azure::AzureIssuer::new(config, telemetry)?
             .map(|issuer| Arc::new(issuer) as Arc<dyn Issuer>),
-        ProviderKind::OpenaiCompatible
-        | ProviderKind::Anthropic
-        | ProviderKind::Deepseek
-        | ProviderKind::Gemini => None,
+        ProviderKind::Gemini => gemini::ApiKeysIssuer::new(config, telemetry)?
+            .map(|issuer| Arc::new(issuer) as Arc<dyn Issuer>),
+        ProviderKind::OpenaiCompatible | ProviderKind::Anthropic | ProviderKind::Deepseek => None,
     })
 }
 
@@ -480,10 +480,8 @@ pub fn revokes_keys(config: &ProviderConfig) -> bool {
             .as_ref()
             .is_some_and(|http| http.issue.is_some() && http.revoke.is_some()),
         ProviderKind::Exec => config.exec.as_ref().is_some_and(|e| e.issuer),
-        ProviderKind::Relay
-        | ProviderKind::OpenaiCompatible
-        | ProviderKind::Deepseek
-        | ProviderKind::Gemini => false,
+        ProviderKind::Gemini => config.google.is_some(),
+        ProviderKind::Relay | ProviderKind::OpenaiCompatible | ProviderKind::Deepseek => false,
     }
 }
 

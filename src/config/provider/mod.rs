@@ -1,12 +1,15 @@
 //! `[[provider]]` sections: an account at a vendor (kind, base URL, management key, limits).
 //!
 //! The two kinds described entirely in config have tables of their own: `[provider.http]`
-//! (`http.rs`) and `[provider.exec]` (`exec.rs`).
+//! (`http.rs`) and `[provider.exec]` (`exec.rs`); so does Google's key-issuing API for
+//! `gemini`, `[provider.google]` (`google.rs`).
 
 mod exec;
+mod google;
 mod http;
 
 pub use exec::{ExecAdapterConfig, ExecKeyVia};
+pub use google::GoogleConfig;
 pub use http::{
     HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig, HttpListConfig, HttpRevokeConfig,
 };
@@ -124,6 +127,9 @@ pub struct ProviderConfig {
     /// Command adapter (`kind = "exec"`).
     #[serde(default)]
     pub exec: Option<ExecAdapterConfig>,
+    /// Gemini keys issued through Google Cloud's API Keys v2 API (`kind = "gemini"`).
+    #[serde(default)]
+    pub google: Option<GoogleConfig>,
 }
 
 fn default_requests_per_second() -> f64 {
@@ -268,6 +274,15 @@ impl ProviderConfig {
                 );
             }
         }
+        if let (Some(google), ProviderKind::Gemini) = (&self.google, self.kind) {
+            google.validate(issues, |field| {
+                let google = &positions()?.google;
+                match field {
+                    "token" => super::span_of(&google.token),
+                    _ => super::span_of(&google.operation_timeout),
+                }
+            });
+        }
     }
 
     /// Kind-specific fields: present where they mean something, absent elsewhere, well formed.
@@ -321,6 +336,9 @@ impl ProviderConfig {
                 ),
             ),
             (None, _) => {}
+        }
+        if let (Some(google), false) = (&self.google, kind == ProviderKind::Gemini) {
+            misplaced(issues, google.project.span(), "[provider.google]", "gemini");
         }
         match (&self.exec, kind) {
             (Some(exec), ProviderKind::Exec) => exec.validate(issues),

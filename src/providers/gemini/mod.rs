@@ -3,6 +3,16 @@
 //!
 //! An invalid key is a **400** `INVALID_ARGUMENT` whose `details[].reason` is
 //! `API_KEY_INVALID`; any other 400 says nothing about the key.
+//!
+//! With `[provider.google]`, [`ApiKeysIssuer`] issues and deletes the keys through Google
+//! Cloud's API Keys v2 API (`api_keys.rs`), whose creates and deletes are long-running
+//! operations (`operation.rs`), under display names that fit Google's limit (`names.rs`).
+
+mod api_keys;
+mod names;
+mod operation;
+
+pub(crate) use api_keys::ApiKeysIssuer;
 
 use super::classify::{error_report, unexpected_body, vendor_error, HeaderKeyCheck};
 use super::client::{join_url, Response};
