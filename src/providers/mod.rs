@@ -108,6 +108,11 @@ pub enum ProviderError {
     /// several keys match it); nothing was changed.
     #[error("key not identified at the provider: {0}")]
     Unidentified(String),
+    /// The vendor's organisation or project policy on key lifetimes refused the key: the
+    /// expiry keyrotd asked for is missing or longer than the policy allows. Nothing was
+    /// created; the message names the policy and what to change in the config.
+    #[error("refused by the provider's key-expiry policy: {0}")]
+    ExpiryPolicy(String),
     /// The provider kind has no API for this operation.
     #[error("{kind} providers do not support {operation}")]
     Unsupported {
@@ -172,6 +177,9 @@ pub struct IssueRequest<'a> {
     pub replaces: Option<CurrentKey<'a>>,
     /// The provider-side expiry to set, or `None` for a key that lives until revoked.
     pub expires_at: Option<UnixTime>,
+    /// The engine's clock when `expires_at` was computed: vendors that take a lifetime
+    /// rather than a date (OpenAI's `expires_in_seconds`) count from it.
+    pub now: UnixTime,
 }
 
 impl<'a> IssueRequest<'a> {
@@ -181,6 +189,7 @@ impl<'a> IssueRequest<'a> {
             name,
             replaces: None,
             expires_at: None,
+            now: 0,
         }
     }
 }

@@ -98,6 +98,15 @@ pub struct ProviderConfig {
     /// OpenAI issuer: the project whose service accounts hold the issued keys (`proj_...`).
     #[serde(default)]
     pub project: Option<Spanned<String>>,
+    /// OpenAI issuer: issue every key as a key of this one service account
+    /// (`POST …/service_accounts/{id}/api_keys`), keeping the account and its permissions,
+    /// instead of one new service account per key.
+    #[serde(default)]
+    pub service_account: Option<Spanned<String>>,
+    /// OpenAI issuer with `service_account`: the scopes of each issued key (the vendor's
+    /// default when absent).
+    #[serde(default)]
+    pub scopes: Option<Spanned<Vec<String>>>,
     /// Relay issuer: the `rotation_policy` sent to `POST /keys/rotate` (default "30d").
     #[serde(default)]
     pub rotation_policy: Option<Spanned<String>>,
@@ -305,6 +314,7 @@ impl ProviderConfig {
                 );
             }
         }
+        self.validate_openai_fields(issues);
         if let Some(v) = &self.rotation_policy {
             if kind != ProviderKind::Relay {
                 misplaced(issues, v.span(), "rotation_policy", "relay");
@@ -402,6 +412,45 @@ impl ProviderConfig {
                     self.name()
                 ),
             );
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// `service_account` and `scopes`: openai only, scopes only with a service account.
+    fn validate_openai_fields(&self, issues: &mut Issues) {
+        let kind = self.kind;
+        if let Some(v) = &self.service_account {
+            if kind != ProviderKind::Openai {
+                issues.push(
+                    Some(v.span()),
+                    format!(
+                        "`service_account` only applies to kind openai, not {}",
+                        kind.as_str()
+                    ),
+                );
+            } else if !plain_segment(v.get_ref()) {
+                issues.push(
+                    Some(v.span()),
+                    "`service_account` must be a service account id like \"svc_acct_abc123\""
+                        .into(),
+                );
+            } else if self.project.is_none() {
+                issues.push(
+                    Some(v.span()),
+                    "`service_account` needs `project` (the project that holds the account)".into(),
+                );
+            }
+        }
+        if let Some(v) = &self.scopes {
+            if kind != ProviderKind::Openai || self.service_account.is_none() {
+                issues.push(
+                    Some(v.span()),
+                    "`scopes` only applies to kind openai with `service_account` (the scopes of each key of that account)".into(),
+                );
+            } else if v.get_ref().iter().any(|scope| scope.trim().is_empty()) {
+                issues.push(Some(v.span()), "`scopes` must not hold empty names".into());
+            }
         }
     }
 }
