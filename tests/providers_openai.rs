@@ -1,7 +1,7 @@
 //! OpenAI key management against local fakes that answer as the vendor's API reference does
 //! (errors `{"error":{"message","type","param","code"}}`): provider-side expiry with
-//! `expires_in_seconds`, the mandatory-expiry policy error, and keys of one service account,
-//! down to an engine rotation.
+//! `expires_in_seconds`, the mandatory-expiry policy error, keys of one service account,
+//! admin keys, and keyrotd rotating its own admin key end to end.
 
 #[macro_use]
 mod providers_support;
@@ -349,6 +349,101 @@ mod service_account_keys {
     }
 }
 
+mod admin_keys {
+    use super::*;
+
+    const TOML: &str = "kind = \"openai_admin\"\nbase_url = \"{base}\"";
+    const KEYS: &str = "/v1/organization/admin_api_keys";
+
+    #[tokio::test]
+    async fn admin_keys_are_created_listed_and_deleted_with_the_key_in_the_file_now() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(KEYS))
+            .and(header("authorization", format!("Bearer {ADMIN}").as_str()))
+            .and(body_json(
+                json!({"name": "keyrotd/i/admin/r1", "expires_in_seconds": 600}),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "object": "organization.admin_api_key", "id": "key_adm2",
+                "name": "keyrotd/i/admin/r1", "redacted_value": "sk-admin...xyz",
+                "value": "sk-admin-second", "created_at": NOW, "expires_at": NOW + 600,
+                "last_used_at": null,
+                "owner": {"type": "user", "object": "organization.user", "id": "user_1",
+                    "name": "Ops", "created_at": NOW, "role": "owner"}})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(KEYS))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"object": "list",
+                "data": [
+                    {"object": "organization.admin_api_key", "id": "key_adm1", "name": "ops laptop",
+                     "redacted_value": "sk-admin...abc", "created_at": NOW, "expires_at": null, "last_used_at": NOW},
+                    {"object": "organization.admin_api_key", "id": "key_adm2", "name": "keyrotd/i/admin/r1",
+                     "redacted_value": "sk-admin...xyz", "created_at": NOW, "expires_at": NOW + 600, "last_used_at": null}],
+                "first_id": "key_adm1", "last_id": "key_adm2", "has_more": false})))
+            .mount(&server)
+            .await;
+        Mock::given(method("DELETE"))
+            .and(path(format!("{KEYS}/key_adm1")))
+            .and(header("authorization", "Bearer sk-admin-second"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "object": "organization.admin_api_key.deleted", "id": "key_adm1", "deleted": true})))
+            .expect(1)
+            .mount(&server)
+            .await;
+
+        let file = admin_file(ADMIN);
+        let issuer = issuer_with(TOML, &server, file.path());
+        let issued = issuer
+            .issue(&request("keyrotd/i/admin/r1", Some(NOW + 600)))
+            .await
+            .unwrap();
+        assert_eq!(issued.secret.expose_secret(), "sk-admin-second");
+        assert_eq!(issued.remote_id, "key_adm2");
+        assert_eq!(issued.expires_at, Some(NOW + 600));
+        let found: Vec<_> = issuer.list("keyrotd/").await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].remote_id, "key_adm2");
+        // The new admin key replaces the old one in the file: the very next call uses it.
+        std::fs::write(file.path(), "sk-admin-second\n").unwrap();
+        issuer.revoke("key_adm1").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_admin_key_is_checked_by_listing_admin_keys_with_it() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(KEYS))
+            .and(query_param("limit", "1"))
+            .and(header("authorization", "Bearer sk-admin-good"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"object": "list", "data": [], "has_more": false})),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(KEYS))
+            .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {
+                "message": "Incorrect API key provided", "type": "invalid_request_error",
+                "param": null, "code": "invalid_api_key"}})))
+            .with_priority(10)
+            .mount(&server)
+            .await;
+        let config = provider_config(&format!(
+            "kind = \"openai_admin\"\nbase_url = \"{}/v1\"\nmanagement_key = {{ env = \"UNUSED\" }}",
+            server.uri()
+        ));
+        let checker = keyrotd::providers::build(&config, &ProviderTelemetry::new()).unwrap();
+        let good = checker.check(&SecretString::from("sk-admin-good")).await;
+        assert_eq!(good.status, keyrotd::model::CheckStatus::Valid, "{good:?}");
+        let project_key = checker.check(&SecretString::from("sk-proj-x")).await;
+        assert_eq!(project_key.status, keyrotd::model::CheckStatus::Invalid);
+    }
+}
+
 mod config {
     use super::*;
 
@@ -357,6 +452,39 @@ mod config {
             Ok(_) => String::new(),
             Err(err) => err.to_string(),
         }
+    }
+
+    const ADMIN_PROVIDER: &str = r#"
+[[provider]]
+name = "openai-admin"
+kind = "openai_admin"
+management_key = { file = "/etc/keyrotd/openai-admin-key" }
+"#;
+
+    #[test]
+    fn a_self_rotating_admin_key_must_be_delivered_to_the_file_it_is_read_from() {
+        let good = format!(
+            "{ADMIN_PROVIDER}\n[[credential]]\nname = \"admin\"\nprovider = \"openai-admin\"\n[[credential.deliver]]\nkind = \"file\"\npath = \"/etc/keyrotd/openai-admin-key\"\n"
+        );
+        assert_eq!(issues(&good), "", "{good}");
+        let elsewhere = good.replace(
+            "path = \"/etc/keyrotd/openai-admin-key\"\n",
+            "path = \"/run/other\"\n",
+        );
+        let err = issues(&elsewhere);
+        assert!(
+            err.contains("must deliver to /etc/keyrotd/openai-admin-key"),
+            "{err}"
+        );
+        let env = good.replace(
+            "management_key = { file = \"/etc/keyrotd/openai-admin-key\" }",
+            "management_key = { env = \"OPENAI_ADMIN_KEY\" }",
+        );
+        let err = issues(&env);
+        assert!(
+            err.contains("must be a `file` keyrotd can rewrite"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -648,4 +776,133 @@ path = {out:?}
     );
     assert!(fake.org().log.iter().any(|(verb, path, _)| verb == "DELETE"
         && path == "/v1/organization/projects/proj_abc/api_keys/key_seed"));
+}
+
+#[tokio::test]
+async fn keyrotd_rotates_its_own_admin_key_and_uses_the_new_one_from_the_next_call() {
+    let (fake, server) = FakeOpenAi::start().await;
+    fake.org().admin_keys.insert(
+        "sk-admin-first".into(),
+        ("key_adm_first".into(), "ops".into()),
+    );
+    fake.org().project_keys.insert(
+        "sk-svcacct-seed".into(),
+        ("key_seed".into(), "hand-made".into(), None),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let admin = dir.path().join("openai-admin-key");
+    std::fs::write(&admin, "sk-admin-first\n").unwrap();
+    let app_out = dir.path().join("app-key");
+    let text = format!(
+        r#"[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "{base}/v1"
+timeout = "30s"
+project = "proj_abc"
+service_account = "svc_acct_app"
+management_key = {{ file = {admin:?} }}
+
+[[provider]]
+name = "openai-admin"
+kind = "openai_admin"
+base_url = "{base}/v1"
+timeout = "30s"
+management_key = {{ file = {admin:?} }}
+
+[[credential]]
+name = "openai-admin"
+provider = "openai-admin"
+[credential.rotation]
+max_age = "30d"
+grace = "1h"
+[[credential.deliver]]
+kind = "file"
+path = {admin:?}
+
+[[credential]]
+name = "app"
+provider = "openai"
+[credential.rotation]
+max_age = "30d"
+grace = "1h"
+[[credential.deliver]]
+kind = "file"
+path = {app_out:?}
+"#,
+        base = server.uri(),
+        admin = admin.display().to_string(),
+        app_out = app_out.display().to_string(),
+    );
+    let e = engined(
+        dir,
+        &text,
+        &[
+            ("openai-admin", "sk-admin-first", "key_adm_first"),
+            ("app", "sk-svcacct-seed", "key_seed"),
+        ],
+    )
+    .await;
+
+    let admin_rt = e.runtimes["openai-admin"].clone();
+    e.engine.rotate(&admin_rt, "test").await.unwrap();
+    let (second, current) = e.current("openai-admin").await;
+    assert_ne!(second, "sk-admin-first");
+    assert!(fake.org().admin_keys.contains_key(&second));
+    assert_eq!(
+        std::fs::read_to_string(&admin).unwrap().trim(),
+        second,
+        "the file management_key reads now holds the new admin key"
+    );
+    assert!(
+        current.expires_at.is_some(),
+        "the admin key dies on its own too"
+    );
+    let issued_with: Vec<String> = fake
+        .org()
+        .log
+        .iter()
+        .filter(|(verb, path, _)| verb == "POST" && path == "/v1/organization/admin_api_keys")
+        .map(|(_, _, bearer)| bearer.clone())
+        .collect();
+    assert_eq!(
+        issued_with,
+        ["sk-admin-first"],
+        "issued with the current admin key"
+    );
+
+    // The next management call of the other provider uses the new admin key.
+    let seen = fake.org().log.len();
+    e.engine.rotate(&e.runtimes["app"], "test").await.unwrap();
+    let project_calls: Vec<String> = fake.org().log[seen..]
+        .iter()
+        .filter(|(_, path, _)| path.starts_with("/v1/organization/"))
+        .map(|(_, _, bearer)| bearer.clone())
+        .collect();
+    assert!(!project_calls.is_empty());
+    assert!(
+        project_calls.iter().all(|bearer| *bearer == second),
+        "{project_calls:?}"
+    );
+
+    // After grace the old admin key is deleted, with the new one.
+    e.clock.advance(GRACE - 1);
+    e.engine.revoke_due(&admin_rt).await.unwrap();
+    assert!(
+        fake.org().admin_keys.contains_key("sk-admin-first"),
+        "kept in grace"
+    );
+    e.clock.advance(1);
+    e.engine.revoke_due(&admin_rt).await.unwrap();
+    assert!(!fake.org().admin_keys.contains_key("sk-admin-first"));
+    let deleted_with: Vec<String> = fake
+        .org()
+        .log
+        .iter()
+        .filter(|(verb, path, _)| {
+            verb == "DELETE" && path == "/v1/organization/admin_api_keys/key_adm_first"
+        })
+        .map(|(_, _, bearer)| bearer.clone())
+        .collect();
+    assert_eq!(deleted_with, [second]);
 }

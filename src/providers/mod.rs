@@ -9,9 +9,11 @@
 //! - [`client`]: the shared HTTP client (timeout, body cap, Retry-After, telemetry).
 //! - [`sanitize()`]: scrubbing of every piece of outside text before it is shown.
 //! - `classify`: the common check flow and vendor error parsing.
-//! - one module per kind: `openai` (also OpenAI-compatible APIs), `anthropic`, `openrouter`,
-//!   `deepseek`, `gemini`, `azure`, `relay` (a HolySheep-style relay API, a preset of `http`),
-//!   `http` (generic, all from config), `exec` (a command), `simulated` (demo and tests).
+//! - one module per kind: `openai` (also OpenAI-compatible APIs, and `openai_admin`: OpenAI
+//!   admin keys, keyrotd's own management key rotated as a credential), `anthropic`,
+//!   `openrouter`, `deepseek`, `gemini`, `azure`, `relay` (a HolySheep-style relay API, a
+//!   preset of `http`), `http` (generic, all from config), `exec` (a command), `simulated`
+//!   (demo and tests).
 //!
 //! Keys travel only in the vendor's documented header, never in a URL, a body or argv.
 //! No type here that holds a key implements `Debug`.
@@ -297,6 +299,7 @@ pub mod parsers {
         };
         let mut report = match kind {
             ProviderKind::Openai => super::openai::classify(&response, false),
+            ProviderKind::OpenaiAdmin => super::openai::admin::classify(&response),
             ProviderKind::OpenaiCompatible => super::openai::classify(&response, true),
             ProviderKind::Anthropic => super::anthropic::classify(&response),
             ProviderKind::Openrouter => super::openrouter::classify(&response),
@@ -344,6 +347,9 @@ pub fn build(
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
             Arc::new(openai::OpenAi::new(config, telemetry)?)
         }
+        ProviderKind::OpenaiAdmin => {
+            Arc::new(openai::admin::AdminKeyCheck::new(config, telemetry)?)
+        }
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(config, telemetry)?),
         ProviderKind::Openrouter => Arc::new(openrouter::OpenRouter::new(config, telemetry)?),
         ProviderKind::Deepseek => Arc::new(deepseek::DeepSeek::new(config, telemetry)?),
@@ -369,6 +375,9 @@ pub fn build_issuer(
             config, telemetry,
         )?)),
         ProviderKind::Openai => Some(Arc::new(openai::OpenAiIssuer::new(config, telemetry)?)),
+        ProviderKind::OpenaiAdmin => {
+            Some(Arc::new(openai::admin::AdminKeys::new(config, telemetry)?))
+        }
         ProviderKind::Relay => Some(Arc::new(relay::RelayIssuer::new(config, telemetry)?)),
         ProviderKind::Http => match http::HttpIssuer::new(config, telemetry)? {
             Some(issuer) => Some(Arc::new(issuer)),
@@ -427,6 +436,7 @@ impl ProviderAdapters {
             config.kind,
             ProviderKind::Openrouter
                 | ProviderKind::Openai
+                | ProviderKind::OpenaiAdmin
                 | ProviderKind::Relay
                 | ProviderKind::Simulated
         );
@@ -476,9 +486,10 @@ fn by_provider(
 /// keys are retired locally and stay live at the provider, which `check-config` warns about.
 pub fn revokes_keys(config: &ProviderConfig) -> bool {
     match config.kind {
-        ProviderKind::Openrouter | ProviderKind::Openai | ProviderKind::Simulated => {
-            config.management_key.is_some()
-        }
+        ProviderKind::Openrouter
+        | ProviderKind::Openai
+        | ProviderKind::OpenaiAdmin
+        | ProviderKind::Simulated => config.management_key.is_some(),
         // Deactivation by value through the Admin API needs the admin key.
         ProviderKind::Anthropic => config.management_key.is_some(),
         ProviderKind::AzureOpenai => {

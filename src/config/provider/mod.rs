@@ -20,6 +20,9 @@ use toml::Spanned;
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     Openai,
+    /// OpenAI admin API keys (`/organization/admin_api_keys`): the credential is keyrotd's own
+    /// management key, rotated with itself and delivered to the file `management_key` reads.
+    OpenaiAdmin,
     /// Any `GET {base}/models` Bearer API: Mistral, Groq, Together, DeepSeek chat, relays.
     OpenaiCompatible,
     Anthropic,
@@ -43,6 +46,7 @@ impl ProviderKind {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Openai => "openai",
+            ProviderKind::OpenaiAdmin => "openai_admin",
             ProviderKind::OpenaiCompatible => "openai_compatible",
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Openrouter => "openrouter",
@@ -59,7 +63,7 @@ impl ProviderKind {
     /// The vendor's public endpoint, used when `base_url` is not set.
     pub(crate) fn default_base_url(self) -> Option<&'static str> {
         match self {
-            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Openai | ProviderKind::OpenaiAdmin => Some("https://api.openai.com/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
             ProviderKind::Openrouter => Some("https://openrouter.ai/api/v1"),
             ProviderKind::Deepseek => Some("https://api.deepseek.com"),
@@ -417,7 +421,8 @@ impl ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// `service_account` and `scopes`: openai only, scopes only with a service account.
+    /// `service_account` and `scopes`: openai only, scopes only with a service account;
+    /// `openai_admin` issues with its own admin key, so it needs one.
     fn validate_openai_fields(&self, issues: &mut Issues) {
         let kind = self.kind;
         if let Some(v) = &self.service_account {
@@ -451,6 +456,62 @@ impl ProviderConfig {
             } else if v.get_ref().iter().any(|scope| scope.trim().is_empty()) {
                 issues.push(Some(v.span()), "`scopes` must not hold empty names".into());
             }
+        }
+        if kind == ProviderKind::OpenaiAdmin && self.management_key.is_none() {
+            issues.push(
+                Some(self.name.span()),
+                format!(
+                    "provider {:?} of kind openai_admin needs `management_key`: the admin key it rotates, read from that file at every call",
+                    self.name()
+                ),
+            );
+        }
+    }
+
+    /// A credential of an `openai_admin` provider is the provider's own admin key: each new
+    /// key must land where `management_key` reads it, or keyrotd would go on using (and
+    /// then revoke) the old one. So `management_key` must be a `file`, and the credential
+    /// must deliver to exactly that file.
+    pub(crate) fn validate_self_rotation(
+        &self,
+        credential: &super::CredentialConfig,
+        issues: &mut Issues,
+    ) {
+        if self.kind != ProviderKind::OpenaiAdmin {
+            return;
+        }
+        let span = credential.name.span();
+        let Some(reference) = &self.management_key else {
+            return;
+        };
+        let Some(path) = &reference.file else {
+            issues.push(
+                Some(span),
+                format!(
+                    "credential {:?} rotates the admin key of provider {:?}, so its `management_key` must be a `file` keyrotd can rewrite (an env variable cannot be updated, and systemd's credentials directory is read-only to the service)",
+                    credential.name(),
+                    self.name()
+                ),
+            );
+            return;
+        };
+        let delivers_there = credential.deliver.iter().any(|target| {
+            *target.kind.get_ref() == super::DeliveryKind::File
+                && target
+                    .path
+                    .as_deref()
+                    .is_some_and(|p| p.components().eq(path.components()))
+        });
+        if !delivers_there {
+            issues.push(
+                Some(span),
+                format!(
+                    "credential {:?} rotates the admin key of provider {:?}: it must deliver to {} (a `file` target with that `path`), the file `management_key` reads, or the next call would still use the old key",
+                    credential.name(),
+                    self.name(),
+                    path.display()
+                ),
+            );
         }
     }
 }

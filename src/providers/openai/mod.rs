@@ -6,12 +6,13 @@
 //! (capacity) is transient like a 5xx.
 //!
 //! Key management with an admin key (`sk-admin-…`) lives beside the check: `accounts`
-//! issues project keys (a service account per key, or keys of one service account). It sends
-//! the admin key read from its reference at every call ([`AdminKey`]), so a replaced admin
-//! key is used from the next call, and sets a lifetime with `expires_in_seconds`
-//! ([`expires_in_seconds`]).
+//! issues project keys (a service account per key, or keys of one service account), `admin`
+//! rotates the admin key itself (kind `openai_admin`). Both send the admin key read from its
+//! reference at every call ([`AdminKey`]), so a rotated admin key is used from the next call,
+//! and both set a lifetime with `expires_in_seconds` ([`expires_in_seconds`]).
 
 mod accounts;
+pub(super) mod admin;
 
 pub(crate) use accounts::OpenAiIssuer;
 
