@@ -252,6 +252,7 @@ mod service_account_keys {
         };
         Mock::given(method("GET"))
             .and(path(format!("{PROJECT}/api_keys")))
+            .and(query_param("owner_project_access", "any"))
             .and(query_param("after", "key_b"))
             .respond_with(
                 ResponseTemplate::new(200).set_body_json(json!({"object": "list",
@@ -262,6 +263,7 @@ mod service_account_keys {
             .await;
         Mock::given(method("GET"))
             .and(path(format!("{PROJECT}/api_keys")))
+            .and(query_param("owner_project_access", "any"))
             .and(query_param("limit", "100"))
             .respond_with(
                 ResponseTemplate::new(200).set_body_json(json!({"object": "list",
@@ -565,8 +567,9 @@ impl Respond for FakeOpenAi {
             ("GET", "/v1/organization/admin_api_keys") => {
                 let data: Vec<Value> = org
                     .admin_keys
-                    .values()
-                    .map(|(id, name)| json!({"object": "organization.admin_api_key", "id": id, "name": name}))
+                    .iter()
+                    .map(|(value, (id, name))| json!({"object": "organization.admin_api_key", "id": id, "name": name,
+                        "redacted_value": format!("{}...{}", &value[..8], &value[value.len() - 3..])}))
                     .collect();
                 ResponseTemplate::new(200)
                     .set_body_json(json!({"object": "list", "data": data, "has_more": false}))
@@ -641,7 +644,12 @@ struct Engined {
     runtimes: std::collections::HashMap<String, Arc<rotation::CredentialRuntime>>,
 }
 
-async fn engined(dir: tempfile::TempDir, text: &str, seeds: &[(&str, &str, &str)]) -> Engined {
+/// Seeds are (credential, key, provider id): an imported key has no provider id.
+async fn engined(
+    dir: tempfile::TempDir,
+    text: &str,
+    seeds: &[(&str, &str, Option<&str>)],
+) -> Engined {
     let config = Config::parse(&dir.path().join("config.toml"), text)
         .unwrap_or_else(|e| panic!("config does not parse: {e}\n{text}"));
     let sealer = Arc::new(Sealer::new(&MasterKey::generate()));
@@ -661,7 +669,7 @@ async fn engined(dir: tempfile::TempDir, text: &str, seeds: &[(&str, &str, &str)
                 NewKey {
                     secret: SecretString::from(secret.to_string()),
                     expires_at: None,
-                    provider_key_id: Some(remote.to_string()),
+                    provider_key_id: remote.map(str::to_string),
                     rotation_id: None,
                 },
                 "test",
@@ -733,7 +741,7 @@ path = {out:?}
         admin = admin.display().to_string(),
         out = out.display().to_string(),
     );
-    let e = engined(dir, &text, &[("app", "sk-svcacct-seed", "key_seed")]).await;
+    let e = engined(dir, &text, &[("app", "sk-svcacct-seed", Some("key_seed"))]).await;
     let rt = e.runtimes["app"].clone();
     e.engine.rotate(&rt, "test").await.unwrap();
 
@@ -838,8 +846,9 @@ path = {app_out:?}
         dir,
         &text,
         &[
-            ("openai-admin", "sk-admin-first", "key_adm_first"),
-            ("app", "sk-svcacct-seed", "key_seed"),
+            // The operator imported the first admin key: keyrotd knows its value, not its id.
+            ("openai-admin", "sk-admin-first", None),
+            ("app", "sk-svcacct-seed", Some("key_seed")),
         ],
     )
     .await;

@@ -509,7 +509,7 @@ pub fn revokes_keys(config: &ProviderConfig) -> bool {
 
 /// Builds the deactivating adapter for keys known only by value: Anthropic with an admin key
 /// (`sk-ant-admin01-…`) as `management_key`, Azure OpenAI with its management plane
-/// configured. `None` elsewhere.
+/// configured, OpenAI admin keys (`openai_admin`). `None` elsewhere.
 pub fn build_revoker(
     config: &ProviderConfig,
     telemetry: &ProviderTelemetry,
@@ -519,6 +519,10 @@ pub fn build_revoker(
             .map(|revoker| Arc::new(revoker) as Arc<dyn Revoker>),
         ProviderKind::AzureOpenai => azure::AzureIssuer::new(config, telemetry)?
             .map(|issuer| Arc::new(issuer) as Arc<dyn Revoker>),
+        // The operator's imported admin key has no id: found by its redacted value.
+        ProviderKind::OpenaiAdmin if config.management_key.is_some() => {
+            Some(Arc::new(openai::admin::AdminKeys::new(config, telemetry)?))
+        }
         _ => None,
     })
 }

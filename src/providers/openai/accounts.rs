@@ -142,7 +142,9 @@ impl Issuer for OpenAiIssuer {
                 service_account, ..
             } => {
                 // The project's keys of every owner: only this account's are ours to judge.
-                let url = format!("{}/api_keys", self.project_url);
+                // `any`: without it the listing may leave out keys by its membership rules,
+                // and an orphan left out is never deleted.
+                let url = format!("{}/api_keys?owner_project_access=any", self.project_url);
                 list_all(&self.client, &self.admin_key, &url, |item| {
                     named(item)
                         && item

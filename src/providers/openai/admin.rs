@@ -10,6 +10,11 @@
 //! credential delivers there), used from the next call on, and the old one is deleted after
 //! grace — by the new one.
 //!
+//! The admin key an operator imported has no id in keyrotd's store, so [`AdminKeys`] is also
+//! a [`Revoker`]: it finds that key among the organisation's admin keys by its
+//! `redacted_value` (`sk-admin...xyz`: the key's first and last characters) and deletes it
+//! only when exactly one admin key matches.
+//!
 //! Not every vendor allows this: OpenRouter management keys and Anthropic admin keys cannot
 //! be created by API, so they are rotated by hand (see docs/providers.md).
 
@@ -22,10 +27,10 @@ use crate::providers::classify::{
 use crate::providers::client::{encode_component, join_url, parse_url, HttpClient, Response};
 use crate::providers::{
     base_url, CheckReport, IssueRequest, IssuedKey, Issuer, Provider, ProviderError,
-    ProviderTelemetry, RemoteKey,
+    ProviderTelemetry, RemoteKey, Revoker,
 };
 use async_trait::async_trait;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 const PATH: &str = "organization/admin_api_keys";
@@ -124,5 +129,61 @@ impl Issuer for AdminKeys {
     async fn revoke(&self, remote_id: &str) -> Result<(), ProviderError> {
         let url = format!("{}/{}", self.url, encode_component(remote_id));
         delete(&self.client, &self.admin_key, &url).await
+    }
+}
+
+/// Whether `redacted` (`sk-admin...xyz`) can be the redacted form of `key`.
+fn redacts(redacted: &str, key: &str) -> bool {
+    match redacted.split_once("...") {
+        Some((head, tail)) if !head.is_empty() && !tail.is_empty() => {
+            key.len() > head.len() + tail.len() && key.starts_with(head) && key.ends_with(tail)
+        }
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Revoker for AdminKeys {
+    /// Deletes the admin key `key`: by id when known, else the one admin key whose
+    /// `redacted_value` fits it. None fitting means it is gone already; several fitting
+    /// (the same first and last characters) is refused, as deleting the wrong admin key
+    /// could cut keyrotd off.
+    async fn deactivate(
+        &self,
+        key: &SecretString,
+        remote_id: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        if let Some(id) = remote_id {
+            return self.revoke(id).await;
+        }
+        let value = key.expose_secret();
+        let fitting = list_all(&self.client, &self.admin_key, &self.url, |item| {
+            item.get("redacted_value")
+                .and_then(Value::as_str)
+                .is_some_and(|redacted| redacts(redacted, value))
+        })
+        .await?;
+        match fitting.as_slice() {
+            [] => Ok(()),
+            [one] => self.revoke(&one.remote_id).await,
+            several => Err(ProviderError::Unidentified(format!(
+                "{} admin keys have the same redacted value; delete the old one in the OpenAI console",
+                several.len()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacts;
+
+    #[test]
+    fn a_redacted_value_fits_only_keys_with_its_ends() {
+        assert!(redacts("sk-admin...xyz", "sk-admin-1234xyz"));
+        assert!(!redacts("sk-admin...xyz", "sk-admin-1234xya"));
+        assert!(!redacts("sk-admin...xyz", "sk-proj-1234xyz"));
+        assert!(!redacts("sk-admin...", "sk-admin-1234xyz"));
+        assert!(!redacts("sk-admin-1234xyz", "sk-admin-1234xyz"));
     }
 }

@@ -204,8 +204,9 @@ fn expiry_policy(
 /// Safety net against a server that always says `has_more`.
 const MAX_PAGES: usize = 100;
 
-/// Every item of an OpenAI cursor-paged listing (`?limit=100&after={last id}` while
-/// `has_more`) that `keep` accepts, as a [`RemoteKey`] named by its `name`.
+/// Every item of an OpenAI cursor-paged listing (`limit=100&after={last id}` while
+/// `has_more`, added to any query `url` has) that `keep` accepts, as a [`RemoteKey`] named
+/// by its `name`.
 pub(super) async fn list_all(
     client: &HttpClient,
     admin: &AdminKey,
@@ -214,13 +215,14 @@ pub(super) async fn list_all(
 ) -> Result<Vec<RemoteKey>, ProviderError> {
     let mut found = Vec::new();
     let mut after: Option<String> = None;
+    let joiner = if url.contains('?') { '&' } else { '?' };
     for _ in 0..MAX_PAGES {
         let url = match &after {
             Some(id) => format!(
-                "{url}?limit=100&after={}",
+                "{url}{joiner}limit=100&after={}",
                 super::client::encode_component(id)
             ),
-            None => format!("{url}?limit=100"),
+            None => format!("{url}{joiner}limit=100"),
         };
         let (request, key) = admin.authorize(client.request(reqwest::Method::GET, &url))?;
         let (page, body) = list_page(client, request, &key).await?;
