@@ -36,8 +36,9 @@ kind = "file"
 path = "/run/app/key"
 "#;
 
-const KINDS: [ProviderKind; 11] = [
+const KINDS: [ProviderKind; 12] = [
     ProviderKind::Openai,
+    ProviderKind::OpenaiAdmin,
     ProviderKind::OpenaiCompatible,
     ProviderKind::Anthropic,
     ProviderKind::Openrouter,

@@ -142,6 +142,7 @@ async fn issue_copies_the_replaced_keys_restrictions_and_waits_for_the_operation
             }),
             // The API has no expiry: the request's is ignored, none is reported.
             expires_at: Some(2_000_000_000),
+            now: 1_900_000_000,
         })
         .await
         .unwrap();
@@ -196,6 +197,7 @@ async fn without_a_replaced_key_the_new_key_is_limited_to_the_gemini_api() {
                 secret: None,
             }),
             expires_at: None,
+            now: 1_900_000_000,
         })
         .await
         .unwrap();

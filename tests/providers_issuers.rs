@@ -18,8 +18,14 @@ const ADMIN: &str = "adm-canary-91c2";
 
 /// Builds the issuer of `toml` with the management key read from a file, as in production.
 fn issuer_from(toml: &str) -> Arc<dyn Issuer> {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), format!("{ADMIN}\n")).unwrap();
+    // One file for the whole process: an issuer that reads its key at every call (OpenAI's
+    // admin key) needs the file for as long as it lives.
+    static FILE: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("{ADMIN}\n")).unwrap();
+        file
+    });
     let config = provider_config(&format!(
         "timeout = \"30s\"\nmanagement_key = {{ file = {:?} }}\n{toml}",
         file.path().display().to_string()

@@ -306,6 +306,7 @@ mod azure {
                     secret: Some(&current),
                 }),
                 expires_at: None,
+                now: 0,
             })
             .await
             .unwrap();
@@ -319,6 +320,7 @@ mod azure {
                     secret: None,
                 }),
                 expires_at: None,
+                now: 0,
             })
             .await
             .unwrap();
@@ -351,6 +353,7 @@ mod azure {
                     secret: Some(&current),
                 }),
                 expires_at: None,
+                now: 0,
             })
             .await
             .unwrap();
@@ -368,6 +371,7 @@ mod azure {
                     secret: Some(&stranger),
                 }),
                 expires_at: None,
+                now: 0,
             })
             .await
             .err()

@@ -6,8 +6,9 @@ use keyrotd::providers::parsers::{classify_check, error_detail};
 use keyrotd::providers::sanitize::MAX_LEN;
 use libfuzzer_sys::fuzz_target;
 
-const KINDS: [ProviderKind; 11] = [
+const KINDS: [ProviderKind; 12] = [
     ProviderKind::Openai,
+    ProviderKind::OpenaiAdmin,
     ProviderKind::OpenaiCompatible,
     ProviderKind::Anthropic,
     ProviderKind::Openrouter,

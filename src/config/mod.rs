@@ -480,6 +480,7 @@ impl Config {
             credential.rotation.validate(issues);
             if let Some(provider) = providers.get(credential.provider()) {
                 credential.rotation.validate_against(provider, issues);
+                provider.validate_self_rotation(credential, issues);
             }
             for target in &credential.deliver {
                 target.validate(issues);

@@ -9,9 +9,11 @@
 //! - [`client`]: the shared HTTP client (timeout, body cap, Retry-After, telemetry).
 //! - [`sanitize()`]: scrubbing of every piece of outside text before it is shown.
 //! - `classify`: the common check flow and vendor error parsing.
-//! - one module per kind: `openai` (also OpenAI-compatible APIs), `anthropic`, `openrouter`,
-//!   `deepseek`, `gemini` (with Google's API Keys API issuer), `azure`, `relay` (a HolySheep-style relay API, a preset of `http`),
-//!   `http` (generic, all from config), `exec` (a command), `simulated` (demo and tests).
+//! - one module per kind: `openai` (also OpenAI-compatible APIs, and `openai_admin`: OpenAI
+//!   admin keys, keyrotd's own management key rotated as a credential), `anthropic`,
+//!   `openrouter`, `deepseek`, `gemini` (with Google's API Keys API issuer), `azure`, `relay` (a HolySheep-style relay API, a
+//!   preset of `http`), `http` (generic, all from config), `exec` (a command), `simulated`
+//!   (demo and tests).
 //!
 //! Keys travel only in the vendor's documented header, never in a URL, a body or argv.
 //! No type here that holds a key implements `Debug`.
@@ -108,6 +110,11 @@ pub enum ProviderError {
     /// several keys match it); nothing was changed.
     #[error("key not identified at the provider: {0}")]
     Unidentified(String),
+    /// The vendor's organisation or project policy on key lifetimes refused the key: the
+    /// expiry keyrotd asked for is missing or longer than the policy allows. Nothing was
+    /// created; the message names the policy and what to change in the config.
+    #[error("refused by the provider's key-expiry policy: {0}")]
+    ExpiryPolicy(String),
     /// The provider kind has no API for this operation.
     #[error("{kind} providers do not support {operation}")]
     Unsupported {
@@ -172,6 +179,9 @@ pub struct IssueRequest<'a> {
     pub replaces: Option<CurrentKey<'a>>,
     /// The provider-side expiry to set, or `None` for a key that lives until revoked.
     pub expires_at: Option<UnixTime>,
+    /// The engine's clock when `expires_at` was computed: vendors that take a lifetime
+    /// rather than a date (OpenAI's `expires_in_seconds`) count from it.
+    pub now: UnixTime,
 }
 
 impl<'a> IssueRequest<'a> {
@@ -181,6 +191,7 @@ impl<'a> IssueRequest<'a> {
             name,
             replaces: None,
             expires_at: None,
+            now: 0,
         }
     }
 }
@@ -288,6 +299,7 @@ pub mod parsers {
         };
         let mut report = match kind {
             ProviderKind::Openai => super::openai::classify(&response, false),
+            ProviderKind::OpenaiAdmin => super::openai::admin::classify(&response),
             ProviderKind::OpenaiCompatible => super::openai::classify(&response, true),
             ProviderKind::Anthropic => super::anthropic::classify(&response),
             ProviderKind::Openrouter => super::openrouter::classify(&response),
@@ -335,6 +347,9 @@ pub fn build(
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
             Arc::new(openai::OpenAi::new(config, telemetry)?)
         }
+        ProviderKind::OpenaiAdmin => {
+            Arc::new(openai::admin::AdminKeyCheck::new(config, telemetry)?)
+        }
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(config, telemetry)?),
         ProviderKind::Openrouter => Arc::new(openrouter::OpenRouter::new(config, telemetry)?),
         ProviderKind::Deepseek => Arc::new(deepseek::DeepSeek::new(config, telemetry)?),
@@ -361,6 +376,9 @@ pub fn build_issuer(
             config, telemetry,
         )?)),
         ProviderKind::Openai => Some(Arc::new(openai::OpenAiIssuer::new(config, telemetry)?)),
+        ProviderKind::OpenaiAdmin => {
+            Some(Arc::new(openai::admin::AdminKeys::new(config, telemetry)?))
+        }
         ProviderKind::Relay => Some(Arc::new(relay::RelayIssuer::new(config, telemetry)?)),
         ProviderKind::Http => match http::HttpIssuer::new(config, telemetry)? {
             Some(issuer) => Some(Arc::new(issuer)),
@@ -418,6 +436,7 @@ impl ProviderAdapters {
             config.kind,
             ProviderKind::Openrouter
                 | ProviderKind::Openai
+                | ProviderKind::OpenaiAdmin
                 | ProviderKind::Relay
                 | ProviderKind::Simulated
         );
@@ -467,9 +486,10 @@ fn by_provider(
 /// keys are retired locally and stay live at the provider, which `check-config` warns about.
 pub fn revokes_keys(config: &ProviderConfig) -> bool {
     match config.kind {
-        ProviderKind::Openrouter | ProviderKind::Openai | ProviderKind::Simulated => {
-            config.management_key.is_some()
-        }
+        ProviderKind::Openrouter
+        | ProviderKind::Openai
+        | ProviderKind::OpenaiAdmin
+        | ProviderKind::Simulated => config.management_key.is_some(),
         // Deactivation by value through the Admin API needs the admin key.
         ProviderKind::Anthropic => config.management_key.is_some(),
         ProviderKind::AzureOpenai => {
@@ -487,7 +507,7 @@ pub fn revokes_keys(config: &ProviderConfig) -> bool {
 
 /// Builds the deactivating adapter for keys known only by value: Anthropic with an admin key
 /// (`sk-ant-admin01-…`) as `management_key`, Azure OpenAI with its management plane
-/// configured. `None` elsewhere.
+/// configured, OpenAI admin keys (`openai_admin`). `None` elsewhere.
 pub fn build_revoker(
     config: &ProviderConfig,
     telemetry: &ProviderTelemetry,
@@ -497,6 +517,10 @@ pub fn build_revoker(
             .map(|revoker| Arc::new(revoker) as Arc<dyn Revoker>),
         ProviderKind::AzureOpenai => azure::AzureIssuer::new(config, telemetry)?
             .map(|issuer| Arc::new(issuer) as Arc<dyn Revoker>),
+        // The operator's imported admin key has no id: found by its redacted value.
+        ProviderKind::OpenaiAdmin if config.management_key.is_some() => {
+            Some(Arc::new(openai::admin::AdminKeys::new(config, telemetry)?))
+        }
         _ => None,
     })
 }

@@ -54,10 +54,12 @@ impl Engine {
             remote_id: v.provider_key_id.as_deref(),
             secret: current_secret.as_ref(),
         });
+        let now = self.clock.now();
         let request = IssueRequest {
             name: &name,
             replaces,
-            expires_at: rt.policy.provider_expiry(self.clock.now()),
+            expires_at: rt.policy.provider_expiry(now),
+            now,
         };
         self.renew(lease, "issue").await?;
         let issued = issuer.issue(&request).await.map_err(|e| {

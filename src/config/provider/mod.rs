@@ -23,6 +23,9 @@ use toml::Spanned;
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     Openai,
+    /// OpenAI admin API keys (`/organization/admin_api_keys`): the credential is keyrotd's own
+    /// management key, rotated with itself and delivered to the file `management_key` reads.
+    OpenaiAdmin,
     /// Any `GET {base}/models` Bearer API: Mistral, Groq, Together, DeepSeek chat, relays.
     OpenaiCompatible,
     Anthropic,
@@ -46,6 +49,7 @@ impl ProviderKind {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Openai => "openai",
+            ProviderKind::OpenaiAdmin => "openai_admin",
             ProviderKind::OpenaiCompatible => "openai_compatible",
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Openrouter => "openrouter",
@@ -62,7 +66,7 @@ impl ProviderKind {
     /// The vendor's public endpoint, used when `base_url` is not set.
     pub(crate) fn default_base_url(self) -> Option<&'static str> {
         match self {
-            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Openai | ProviderKind::OpenaiAdmin => Some("https://api.openai.com/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
             ProviderKind::Openrouter => Some("https://openrouter.ai/api/v1"),
             ProviderKind::Deepseek => Some("https://api.deepseek.com"),
@@ -101,6 +105,15 @@ pub struct ProviderConfig {
     /// OpenAI issuer: the project whose service accounts hold the issued keys (`proj_...`).
     #[serde(default)]
     pub project: Option<Spanned<String>>,
+    /// OpenAI issuer: issue every key as a key of this one service account
+    /// (`POST …/service_accounts/{id}/api_keys`), keeping the account and its permissions,
+    /// instead of one new service account per key.
+    #[serde(default)]
+    pub service_account: Option<Spanned<String>>,
+    /// OpenAI issuer with `service_account`: the scopes of each issued key (the vendor's
+    /// default when absent).
+    #[serde(default)]
+    pub scopes: Option<Spanned<Vec<String>>>,
     /// Relay issuer: the `rotation_policy` sent to `POST /keys/rotate` (default "30d").
     #[serde(default)]
     pub rotation_policy: Option<Spanned<String>>,
@@ -320,6 +333,7 @@ impl ProviderConfig {
                 );
             }
         }
+        self.validate_openai_fields(issues);
         if let Some(v) = &self.rotation_policy {
             if kind != ProviderKind::Relay {
                 misplaced(issues, v.span(), "rotation_policy", "relay");
@@ -418,6 +432,102 @@ impl ProviderConfig {
                 format!(
                     "provider {:?}: rotating Azure key slots needs `management_key` (an Entra bearer token for management.azure.com)",
                     self.name()
+                ),
+            );
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// `service_account` and `scopes`: openai only, scopes only with a service account;
+    /// `openai_admin` issues with its own admin key, so it needs one.
+    fn validate_openai_fields(&self, issues: &mut Issues) {
+        let kind = self.kind;
+        if let Some(v) = &self.service_account {
+            if kind != ProviderKind::Openai {
+                issues.push(
+                    Some(v.span()),
+                    format!(
+                        "`service_account` only applies to kind openai, not {}",
+                        kind.as_str()
+                    ),
+                );
+            } else if !plain_segment(v.get_ref()) {
+                issues.push(
+                    Some(v.span()),
+                    "`service_account` must be a service account id like \"svc_acct_abc123\""
+                        .into(),
+                );
+            } else if self.project.is_none() {
+                issues.push(
+                    Some(v.span()),
+                    "`service_account` needs `project` (the project that holds the account)".into(),
+                );
+            }
+        }
+        if let Some(v) = &self.scopes {
+            if kind != ProviderKind::Openai || self.service_account.is_none() {
+                issues.push(
+                    Some(v.span()),
+                    "`scopes` only applies to kind openai with `service_account` (the scopes of each key of that account)".into(),
+                );
+            } else if v.get_ref().iter().any(|scope| scope.trim().is_empty()) {
+                issues.push(Some(v.span()), "`scopes` must not hold empty names".into());
+            }
+        }
+        if kind == ProviderKind::OpenaiAdmin && self.management_key.is_none() {
+            issues.push(
+                Some(self.name.span()),
+                format!(
+                    "provider {:?} of kind openai_admin needs `management_key`: the admin key it rotates, read from that file at every call",
+                    self.name()
+                ),
+            );
+        }
+    }
+
+    /// A credential of an `openai_admin` provider is the provider's own admin key: each new
+    /// key must land where `management_key` reads it, or keyrotd would go on using (and
+    /// then revoke) the old one. So `management_key` must be a `file`, and the credential
+    /// must deliver to exactly that file.
+    pub(crate) fn validate_self_rotation(
+        &self,
+        credential: &super::CredentialConfig,
+        issues: &mut Issues,
+    ) {
+        if self.kind != ProviderKind::OpenaiAdmin {
+            return;
+        }
+        let span = credential.name.span();
+        let Some(reference) = &self.management_key else {
+            return;
+        };
+        let Some(path) = &reference.file else {
+            issues.push(
+                Some(span),
+                format!(
+                    "credential {:?} rotates the admin key of provider {:?}, so its `management_key` must be a `file` keyrotd can rewrite (an env variable cannot be updated, and systemd's credentials directory is read-only to the service)",
+                    credential.name(),
+                    self.name()
+                ),
+            );
+            return;
+        };
+        let delivers_there = credential.deliver.iter().any(|target| {
+            *target.kind.get_ref() == super::DeliveryKind::File
+                && target
+                    .path
+                    .as_deref()
+                    .is_some_and(|p| p.components().eq(path.components()))
+        });
+        if !delivers_there {
+            issues.push(
+                Some(span),
+                format!(
+                    "credential {:?} rotates the admin key of provider {:?}: it must deliver to {} (a `file` target with that `path`), the file `management_key` reads, or the next call would still use the old key",
+                    credential.name(),
+                    self.name(),
+                    path.display()
                 ),
             );
         }
