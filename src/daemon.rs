@@ -1,5 +1,7 @@
 //! The daemon's wiring: open the store (waiting while a PostgreSQL database is
-//! unreachable), bind the port, serve the endpoint, tell systemd, claim the leadership lease
+//! unreachable), bind the port, serve the endpoint, start the relay when `[relay]` is
+//! configured (on every replica; it asks the leading one's checks to look at a key an
+//! upstream refused), tell systemd, claim the leadership lease
 //! ([`leadership`]) and run the checks, the rotations and the retention pruning only while
 //! this replica leads ([`work`]), then wait for signals. SIGHUP re-reads the config (a broken
 //! one is logged and the running one stays); SIGTERM/SIGINT stop the work, release the lease
