@@ -478,11 +478,15 @@ async fn a_refused_key_leaves_the_pool_is_checked_and_never_reaches_the_client()
     .await;
     let setup = setup(&upstream, "max_attempts = 1");
     let [k1, k2] = &setup.keys;
-    // The start-up checks of both keys have gone out (and found them valid).
-    wait_for(HANG_TIMEOUT, || {
-        (upstream.checks_of(k1) >= 1 && upstream.checks_of(k2) >= 1).then_some(())
-    })
-    .expect("start-up checks");
+    // The start-up checks of both keys are done and recorded (a check asked for while one
+    // runs is not queued again).
+    setup
+        .daemon
+        .wait_for_metrics("start-up checks recorded", |m| {
+            ["k1", "k2"]
+                .iter()
+                .all(|c| sample(m, "keyrotd_key_valid", c) == Some(1.0))
+        });
     // k1 is revoked at the provider. With one attempt per request, the refusal itself is
     // forwarded, with the key the vendor echoed masked.
     refused.lock().unwrap().push(k1.clone());
@@ -720,4 +724,66 @@ clients = ["app"]
     for key in [&old, &seeded] {
         assert!(!log.contains(key.as_str()), "a key in the log");
     }
+}
+
+/// On a Unix socket, a client listed by uid needs no token; the socket file is the
+/// relay's and is gone after a stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_unix_socket_a_listed_peer_uid_is_a_client() {
+    let upstream = Upstream::start(accept_all()).await;
+    let env = Env::new();
+    let socket = env.path().join("relay.sock");
+    let uid = nix::unistd::getuid().as_raw();
+    env.write_config(&format!(
+        r#"[[provider]]
+name = "up"
+kind = "openai_compatible"
+base_url = "{url}"
+
+[[credential]]
+name = "k1"
+provider = "up"
+
+[relay]
+socket = "{socket}"
+
+[[relay.client]]
+name = "local"
+peer_uids = [{uid}]
+
+[[relay.client]]
+name = "elsewhere"
+peer_uids = [{other}]
+
+[[relay.route]]
+prefix = "{PREFIX}"
+credentials = ["k1"]
+clients = ["local"]
+"#,
+        url = upstream.url,
+        socket = socket.display(),
+        other = uid + 1,
+    ));
+    let key = canary();
+    env.import("k1", &key, &[]);
+    let daemon = env.start();
+    daemon.wait_for_log("relay listening", HANG_TIMEOUT);
+
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post(format!("{PREFIX}/chat/completions"))
+        .header("host", "relay")
+        .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains(&key));
+    assert_eq!(upstream.chat_keys(), [key]);
+    daemon.stop();
+    assert!(!socket.exists(), "the socket is removed at stop");
 }
