@@ -787,3 +787,26 @@ clients = ["local"]
     daemon.stop();
     assert!(!socket.exists(), "the socket is removed at stop");
 }
+
+/// `check-config` refuses a relay on a non-loopback address (it has no TLS), with the
+/// position, and `relay token new` refuses a name that could not be a client's.
+#[test]
+fn check_config_refuses_a_relay_off_loopback_and_token_names_are_checked() {
+    let env = Env::new();
+    env.write_config(
+        "[relay]\nlisten = \"0.0.0.0:9878\"\n\n[[relay.client]]\nname = \"app\"\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+    );
+    let out = env.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(":12:10: `listen` 0.0.0.0:9878 is not a loopback address"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["relay", "token", "new", "no spaces"]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).is_empty(),
+        "no token printed for a refused name"
+    );
+}

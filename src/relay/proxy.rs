@@ -118,7 +118,7 @@ impl Relay {
         finish: Finish,
     ) -> Response<RelayBody> {
         let (mut parts, body) = request.into_parts();
-        let uri = match headers::upstream_uri(
+        let mut uri = match headers::upstream_uri(
             &route.upstream,
             &parts.uri.path()[rest_at..],
             parts.uri.query(),
@@ -203,14 +203,21 @@ impl Relay {
                     ),
                 );
             };
+            let retry = attempt < route.max_attempts && body.retryable();
             let mut upstream = Request::new(attempt_body);
             *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = uri.clone();
-            *upstream.headers_mut() = parts.headers.clone();
+            // The last attempt takes the request's parts; only one that may be followed by
+            // another copies them.
+            if retry {
+                *upstream.uri_mut() = uri.clone();
+                *upstream.headers_mut() = parts.headers.clone();
+            } else {
+                *upstream.uri_mut() = std::mem::take(&mut uri);
+                *upstream.headers_mut() = std::mem::take(&mut parts.headers);
+            }
             upstream
                 .headers_mut()
                 .insert(route.header.name(), key.header.clone());
-            let retry = attempt < route.max_attempts && body.retryable();
             let sent = tokio::time::timeout(
                 self.limits.first_byte_timeout,
                 self.upstream.request(upstream),
