@@ -35,7 +35,7 @@ struct UpstreamState {
     accepts: Accepts,
     /// Answers to give a key's next chat requests, in order; then the default (200 JSON).
     scripts: Mutex<HashMap<String, VecDeque<Script>>>,
-    /// Every request: (path, key it carried, every header name and value).
+    /// Every request: (path, key it carried, its URI and every header).
     seen: Mutex<Vec<(String, Option<String>, String)>>,
     /// Lets a stream send its next chunk.
     release: Notify,
@@ -149,8 +149,12 @@ async fn answer(state: &Arc<UpstreamState>, request: Request<Incoming>) -> Respo
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| {
+            let value = request.headers().get("x-goog-api-key")?;
+            value.to_str().ok()
+        })
         .map(str::to_string);
-    let headers = format!("{:?}", request.headers());
+    let headers = format!("{} {:?}", request.uri(), request.headers());
     state
         .seen
         .lock()
@@ -809,4 +813,60 @@ fn check_config_refuses_a_relay_off_loopback_and_token_names_are_checked() {
         stdout(&out).is_empty(),
         "no token printed for a refused name"
     );
+}
+
+/// A Gemini route: the SDK's `?key=` parameter carries the relay token, which never goes
+/// upstream; the pool's key goes in `x-goog-api-key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_route_takes_the_token_from_the_key_parameter_and_sends_the_key_in_its_header() {
+    let upstream = Upstream::start(accept_all()).await;
+    let env = Env::new();
+    let (token, app) = new_token(&env, "app");
+    env.write_config(&format!(
+        r#"[[provider]]
+name = "g"
+kind = "gemini"
+base_url = "{url}"
+
+[[credential]]
+name = "g1"
+provider = "g"
+
+[relay]
+listen = "127.0.0.1:0"
+
+{app}
+[[relay.route]]
+prefix = "/gemini/v1beta"
+credentials = ["g1"]
+clients = ["app"]
+"#,
+        url = upstream.url,
+    ));
+    let key = canary();
+    env.import("g1", &key, &[]);
+    let daemon = env.start();
+    let relay = relay_url(&daemon);
+    let response = client()
+        .post(format!(
+            "{relay}/gemini/v1beta/models/m:generateContent?key={token}&alt=json"
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.state.seen.lock().unwrap().clone();
+    let (path, sent_key, request) = seen
+        .iter()
+        .rfind(|(p, _, _)| p.ends_with(":generateContent"))
+        .expect("the request upstream");
+    assert_eq!(path, "/v1/models/m:generateContent");
+    assert_eq!(sent_key.as_deref(), Some(key.as_str()));
+    assert!(request.contains("?alt=json "), "{request}");
+    assert!(
+        !request.contains(&token),
+        "the relay token went upstream: {request}"
+    );
+    daemon.stop();
 }

@@ -70,15 +70,19 @@ impl Clients {
         self.clients.iter().position(|c| c.name == name)
     }
 
-    /// Who sent these headers (or connected as `peer_uid`), within its rate limit.
+    /// Who sent these headers (or `query_key`, the `key=` parameter of a Gemini route's
+    /// URL, where Google's REST examples put the API key; or connected as `peer_uid`),
+    /// within its rate limit.
     pub(crate) fn authenticate(
         &self,
         headers: &HeaderMap,
+        query_key: Option<&str>,
         peer_uid: Option<u32>,
         now: Instant,
     ) -> Result<ClientId, Refusal> {
-        let id = self
-            .by_token(headers)
+        let token = presented_token(headers).or(query_key.map(str::as_bytes));
+        let id = token
+            .and_then(|token| self.by_token(token))
             .or_else(|| {
                 let uid = peer_uid?;
                 self.clients.iter().position(|c| c.peer_uids.contains(&uid))
@@ -90,8 +94,7 @@ impl Clients {
         Ok(id)
     }
 
-    fn by_token(&self, headers: &HeaderMap) -> Option<ClientId> {
-        let token = presented_token(headers)?;
+    fn by_token(&self, token: &[u8]) -> Option<ClientId> {
         let hash: [u8; 32] = Sha256::digest(token).into();
         // Every client is compared, matched or not: the time does not tell which one matched.
         let mut found = None;
@@ -209,25 +212,34 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(name, HeaderValue::from_str(&value).unwrap());
             let fresh = self::clients(&hash);
-            assert_eq!(fresh.authenticate(&headers, None, now), Ok(0), "{name}");
+            assert_eq!(
+                fresh.authenticate(&headers, None, None, now),
+                Ok(0),
+                "{name}"
+            );
         }
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_static("Bearer krr-nope"));
         assert_eq!(
-            clients.authenticate(&headers, None, now),
+            clients.authenticate(&headers, None, None, now),
             Err(Refusal::Unauthenticated)
         );
         assert_eq!(
-            clients.authenticate(&HeaderMap::new(), None, now),
+            clients.authenticate(&HeaderMap::new(), None, None, now),
             Err(Refusal::Unauthenticated)
+        );
+        // A Gemini route's `key=` parameter, when no header carries a token.
+        assert_eq!(
+            clients.authenticate(&HeaderMap::new(), Some(token.expose_secret()), None, now),
+            Ok(0)
         );
         // A peer uid names a client only when it is listed.
         assert_eq!(
-            clients.authenticate(&HeaderMap::new(), Some(1000), now),
+            clients.authenticate(&HeaderMap::new(), None, Some(1000), now),
             Ok(1)
         );
         assert_eq!(
-            clients.authenticate(&HeaderMap::new(), Some(1001), now),
+            clients.authenticate(&HeaderMap::new(), None, Some(1001), now),
             Err(Refusal::Unauthenticated)
         );
     }

@@ -56,34 +56,35 @@ impl Relay {
                 None,
             );
         };
-        let client =
-            match self
-                .clients
-                .authenticate(request.headers(), peer_uid, started.into_std())
-            {
-                Ok(client) => client,
-                Err(Refusal::Unauthenticated) => {
-                    route.series.credential(None).answered(401);
-                    return error(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_api_key",
-                        "the relay needs a client token (Authorization: Bearer <token>)",
+        let client = match self.clients.authenticate(
+            request.headers(),
+            query_key(route, request.uri().query()),
+            peer_uid,
+            started.into_std(),
+        ) {
+            Ok(client) => client,
+            Err(Refusal::Unauthenticated) => {
+                route.series.credential(None).answered(401);
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_api_key",
+                    "the relay needs a client token (Authorization: Bearer <token>)",
+                    None,
+                );
+            }
+            Err(Refusal::RateLimited(wait)) => {
+                route.series.credential(None).answered(429);
+                return with_retry_after(
+                    error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limit_exceeded",
+                        "this client is over its relay rate limit",
                         None,
-                    );
-                }
-                Err(Refusal::RateLimited(wait)) => {
-                    route.series.credential(None).answered(429);
-                    return with_retry_after(
-                        error(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limit_exceeded",
-                            "this client is over its relay rate limit",
-                            None,
-                        ),
-                        wait,
-                    );
-                }
-            };
+                    ),
+                    wait,
+                );
+            }
+        };
         if !route.allows(client) {
             route.series.credential(None).answered(403);
             return error(
@@ -324,6 +325,15 @@ impl Relay {
         parts.headers.remove(CONTENT_LENGTH);
         Response::from_parts(parts, RelayBody::full(clean, Some(finish)))
     }
+}
+
+/// The `key=` parameter of a Gemini route's query (never of another route's: it is
+/// stripped from the upstream URL only on Gemini routes).
+fn query_key<'q>(route: &Route, query: Option<&'q str>) -> Option<&'q str> {
+    if route.header != KeyHeader::XGoogApiKey {
+        return None;
+    }
+    query?.split('&').find_map(|pair| pair.strip_prefix("key="))
 }
 
 /// Reads at most [`MAX_ERROR_BODY`] bytes of an upstream body, giving up on a stall.
