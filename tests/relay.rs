@@ -42,6 +42,8 @@ struct UpstreamState {
     /// A stream's client (the relay) went away before the stream ended.
     stream_cancelled: AtomicBool,
     chats: AtomicU64,
+    /// Bytes of the last request body received.
+    last_body: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -61,6 +63,7 @@ impl Upstream {
             release: Notify::new(),
             stream_cancelled: AtomicBool::new(false),
             chats: AtomicU64::new(0),
+            last_body: AtomicU64::new(0),
         });
         let shared = state.clone();
         tokio::spawn(async move {
@@ -160,7 +163,10 @@ async fn answer(state: &Arc<UpstreamState>, request: Request<Incoming>) -> Respo
         .lock()
         .unwrap()
         .push((path.clone(), key.clone(), headers));
-    let _ = request.into_body().collect().await;
+    if let Ok(body) = request.into_body().collect().await {
+        let length = body.to_bytes().len() as u64;
+        state.last_body.store(length, Ordering::SeqCst);
+    }
     let key = key.unwrap_or_default();
     if !(state.accepts)(&key) {
         // As OpenAI does: the error names the key it refused.
@@ -868,5 +874,47 @@ clients = ["app"]
         !request.contains(&token),
         "the relay token went upstream: {request}"
     );
+    daemon.stop();
+}
+
+/// A body larger than the retry buffer streams through once: a 500 is forwarded, not
+/// retried, and the upstream got the whole body. A small body is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_retry_buffer_is_sent_once_without_retry() {
+    let upstream = Upstream::start(accept_all()).await;
+    let setup = setup(&upstream, "");
+    let config = std::fs::read_to_string(&setup._env.config).unwrap();
+    let config = config.replace("[relay]\n", "[relay]\nmax_retry_body_bytes = 1024\n");
+    setup.daemon.stop();
+    write_atomically(&setup._env.config, &config);
+    let daemon = setup._env.start();
+    let relay = relay_url(&daemon);
+    let [k1, _] = &setup.keys;
+    upstream.script(k1, &[Script::Status(500, None)]);
+    let big = "x".repeat(4096);
+    let response = client()
+        .post(format!("{relay}{PREFIX}/chat/completions"))
+        .bearer_auth(&setup.token)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        upstream.state.chats.load(Ordering::SeqCst),
+        1,
+        "not retried"
+    );
+    assert_eq!(upstream.state.last_body.load(Ordering::SeqCst), 4096);
+    upstream.script(k1, &[Script::Status(500, None)]);
+    let response = client()
+        .post(format!("{relay}{PREFIX}/chat/completions"))
+        .bearer_auth(&setup.token)
+        .body("x".repeat(1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "a body that fits is retried");
+    assert_eq!(upstream.state.last_body.load(Ordering::SeqCst), 1024);
     daemon.stop();
 }
