@@ -1,5 +1,7 @@
 //! The daemon's wiring: open the store (waiting while a PostgreSQL database is
-//! unreachable), bind the port, serve the endpoint, tell systemd, claim the leadership lease
+//! unreachable), bind the port, serve the endpoint, start the relay when `[relay]` is
+//! configured (on every replica; it asks the leading one's checks to look at a key an
+//! upstream refused), tell systemd, claim the leadership lease
 //! ([`leadership`]) and run the checks, the rotations and the retention pruning only while
 //! this replica leads ([`work`]), then wait for signals. SIGHUP re-reads the config (a broken
 //! one is logged and the running one stays); SIGTERM/SIGINT stop the work, release the lease
@@ -12,6 +14,7 @@ use crate::heartbeat::{self, Heartbeat, Ticker};
 use crate::metrics::server::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::providers::ProviderTelemetry;
+use crate::relay::CheckRequests;
 use crate::store::{credential_specs, open_store, MasterKeyNeed, Store, StoreLocation};
 use crate::web_config::WebConfig;
 use anyhow::Context;
@@ -87,6 +90,18 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let instance = config.daemon.instance();
     let gauges = LeaderGauges::register(metrics.registry(), &instance)?;
     let reloads = reloads::ReloadGauges::register(metrics.registry(), clock.now())?;
+    let (check_requests, mut checks_requested) = CheckRequests::channel();
+    let relay = crate::relay::start(
+        &config,
+        store.clone(),
+        clock.clone(),
+        metrics.registry(),
+        check_requests,
+    )
+    .await?;
+    if let Some(relay) = &relay {
+        tracing::info!(relay_address = %relay.address, "relay listening");
+    }
     let timing = config.store.leader_timing();
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the
@@ -147,6 +162,7 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                 let term = acting.borrow_and_update().clone();
                 work.follow(term).await;
             }
+            Some(credential) = checks_requested.recv() => work.check_now(&credential),
         }
     }
 
@@ -154,6 +170,9 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     notify(&[NotifyState::Stopping]);
     if let Some(task) = watchdog {
         task.abort();
+    }
+    if let Some(relay) = relay {
+        relay.stop().await;
     }
     stop_leading(elector, acting, &mut work, store.as_ref(), timing).await;
     endpoint.stop().await;
@@ -343,6 +362,8 @@ struct Running {
     daemon: DaemonConfig,
     /// Read at start-up only: a reload warns when it changed.
     store: crate::config::StoreConfig,
+    /// Read at start-up only, like `store`.
+    relay: Option<crate::config::RelayConfig>,
     credentials: usize,
 }
 
@@ -350,6 +371,7 @@ impl From<Config> for Running {
     fn from(config: Config) -> Running {
         Running {
             credentials: config.credentials.len(),
+            relay: config.relay.map(|r| r.into_inner()),
             daemon: config.daemon,
             store: config.store,
         }
@@ -414,6 +436,9 @@ async fn reload(
     }
     if config.daemon.instance() != running.daemon.instance() {
         tracing::warn!("instance changed; it takes effect at the next restart");
+    }
+    if config.relay() != running.relay.as_ref() {
+        tracing::warn!("[relay] changed; it takes effect at the next restart");
     }
     if config.store != running.store {
         tracing::warn!("[store] changed; it takes effect at the next restart");

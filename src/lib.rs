@@ -17,6 +17,8 @@
 //! - [`delivery`]: targets that hand a key to its consumers, behind the `Target` trait.
 //! - [`providers`]: one adapter per vendor behind the `Provider`/`Issuer`/`Revoker` traits,
 //!   and the sanitiser that keeps keys out of anything that leaves.
+//! - [`relay`]: the local relay: applications call it without a key; it injects a pooled
+//!   credential's key, streams the answer and fails over across keys.
 //! - [`heartbeat`]: the daemon's proof of life, followed by `/readyz`, a gauge and the
 //!   systemd watchdog.
 //! - [`metrics`]: the Prometheus exposition and its HTTP endpoint (`metrics::server`);
@@ -57,6 +59,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod providers;
+pub mod relay;
 pub mod rotation;
 pub mod simulator;
 pub mod store;

@@ -24,6 +24,9 @@ use tokio::time::Instant;
 pub(crate) struct ScheduledChecks {
     task: JoinHandle<()>,
     recorder: JoinHandle<()>,
+    /// Moves a credential's next check to now (the relay saw its key refused).
+    moves: due::DueHandle,
+    items: HashMap<Arc<str>, usize>,
 }
 
 impl ScheduledChecks {
@@ -31,6 +34,14 @@ impl ScheduledChecks {
     /// still written.
     pub(crate) fn abort(&self) {
         self.task.abort();
+    }
+
+    /// Checks `credential` now instead of at its next due time; ignored while its check
+    /// runs, or for a credential not in the schedule.
+    pub(crate) fn check_now(&self, credential: &str) {
+        if let Some(&item) = self.items.get(credential) {
+            self.moves.reschedule(item, Some(Instant::now()));
+        }
     }
 
     /// Waits until the schedule has stopped and every result it handed over is written.
@@ -51,6 +62,12 @@ impl Checker {
     pub(crate) fn schedule(self: &Arc<Self>, targets: Vec<CheckTarget>) -> ScheduledChecks {
         let checker = self.clone();
         let (recorder, recording) = Recorder::spawn(self.store.clone(), Batching::CHECKS);
+        let items = targets
+            .iter()
+            .enumerate()
+            .map(|(item, target)| (target.credential.clone(), item))
+            .collect();
+        let (handle, moves) = due::channel();
         let task = tokio::spawn(async move {
             let first = checker.first_checks(&targets).await;
             // Not the permits free now: a schedule a reload is aborting may still hold some.
@@ -71,13 +88,13 @@ impl Checker {
                     Some(Instant::now() + delay)
                 })
             };
-            // Checks are never moved from outside; the handle only keeps the channel open.
-            let (_moves, moves) = due::channel();
             due::run("check", first, parallel, work, moves).await;
         });
         ScheduledChecks {
             task,
             recorder: recording,
+            moves: handle,
+            items,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`key`]: `key import|list|show|history|rotate|rollback|revoke`, a file each.
 //! - [`check`]: `check`, probe keys now.
 //! - [`master_key`]: `master-key generate|rotate`.
+//! - [`relay`]: `relay token new`, a relay client's token and its config lines.
 //! - [`store`]: `store copy`, an installation moved between SQLite and PostgreSQL.
 //! - [`check_config`], [`run`], [`demo`]: `check-config`, `run`, `demo`.
 //! - [`setup`]: the config, database and master key every command past the config shares.
@@ -20,6 +21,7 @@ mod demo;
 mod docs;
 mod key;
 mod master_key;
+mod relay;
 mod reload;
 mod render;
 mod run;
@@ -32,6 +34,7 @@ use clap::{Args, Parser, Subcommand};
 use demo::DemoArgs;
 use key::KeyCommand;
 use master_key::MasterKeyCommand;
+use relay::RelayCommand;
 use setup::{GlobalPaths, Setup};
 use std::path::PathBuf;
 use store::StoreCommand;
@@ -96,6 +99,9 @@ enum Command {
     /// Operate on a whole store: copy an installation between SQLite and PostgreSQL.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The local relay: `relay token new NAME` makes a client token and its config lines.
+    #[command(subcommand)]
+    Relay(RelayCommand),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -154,7 +160,7 @@ pub fn report_usage_error(error: clap::Error) -> std::process::ExitCode {
     }
 }
 
-/// Runs a parsed command line. `master-key generate`, `demo` and `store` need no config; every
+/// Runs a parsed command line. `master-key generate`, `demo`, `store` and `relay` need no config; every
 /// other command fails with [`EXIT_CONFIG`] before it starts if the config is bad.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let Cli {
@@ -175,6 +181,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::MasterKey(MasterKeyCommand::Generate { path }) => master_key::generate(&path),
         Command::Demo(args) => demo::run(args).await,
         Command::Store(command) => store::run(command).await,
+        Command::Relay(command) => relay::run(command),
         Command::Completions { shell } => docs::completions(shell),
         Command::Man => docs::man(),
         Command::Run => run::run(Setup::load(paths)?).await,

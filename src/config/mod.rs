@@ -19,6 +19,7 @@ mod delivery;
 mod duration;
 mod issues;
 mod provider;
+mod relay;
 mod secret_ref;
 mod store;
 
@@ -33,6 +34,7 @@ pub use provider::{
     ExecAdapterConfig, ExecKeyVia, GoogleConfig, HttpAdapterConfig, HttpCheckConfig,
     HttpIssueConfig, HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
 };
+pub use relay::{ClientConfig, KeyHeader, RelayConfig, RelayListen, RouteConfig, Strategy};
 pub(crate) use secret_ref::SecretRef;
 pub use store::{LeaderTiming, StoreConfig};
 
@@ -65,6 +67,9 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     #[serde(default, rename = "credential")]
     pub credentials: Vec<CredentialConfig>,
+    /// `[relay]`: the local relay, when configured.
+    #[serde(default)]
+    pub relay: Option<Spanned<RelayConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -361,6 +366,21 @@ impl Config {
         self.store.validate(issues);
         let providers = self.validate_providers(issues, positions);
         self.validate_credentials(issues, &providers);
+        if let Some(relay) = &self.relay {
+            let credential_providers = self
+                .credentials
+                .iter()
+                .map(|c| (c.name(), c.provider()))
+                .collect();
+            relay
+                .get_ref()
+                .validate(issues, &providers, &credential_providers, relay.span());
+        }
+    }
+
+    /// `[relay]`, when configured.
+    pub fn relay(&self) -> Option<&RelayConfig> {
+        self.relay.as_ref().map(|r| r.get_ref())
     }
 
     /// `[daemon]` and `[checks]`.

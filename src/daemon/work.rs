@@ -117,6 +117,13 @@ impl Work {
         }
     }
 
+    /// Checks `credential` now, if this replica leads (else the leader's schedule will).
+    pub(super) fn check_now(&self, credential: &str) {
+        if let Some(acting) = &self.acting {
+            acting.checks.check_now(credential);
+        }
+    }
+
     /// Aborts the term's tasks, if any, and waits until they are gone.
     pub(super) async fn stop(&mut self) {
         let Some(acting) = self.acting.take() else {

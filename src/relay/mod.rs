@@ -1,0 +1,412 @@
+//! The local relay: applications send their provider requests here without a key; the
+//! relay authenticates the application by its own token (or, on a Unix socket, its uid),
+//! injects the key of a credential pool, streams the answer back and fails over across keys.
+//! Applications point their SDK's `base_url` at it and never hold a key.
+//!
+//! Not to be confused with `providers/relay.rs`, the provider kind for third-party relay
+//! *APIs* (a vendor keyrotd checks and rotates keys at).
+//!
+//! # Layout
+//!
+//! - this file: the relay as the daemon starts and stops it, its routes, and the accept
+//!   loop (TCP on loopback or a Unix socket, a bounded number of connections, HTTP/1.1);
+//! - [`auth`]: clients, their tokens' hashes, peer uids and rate limits;
+//! - [`pool`]: a route's keys and their health (cool-down after 429, out after 401/403);
+//! - [`refresh`]: the pools' view of the store, re-read when its generation moves;
+//! - [`proxy`]: one request: route, client, key, upstream, failover, answer;
+//! - [`body`], [`headers`]: bodies streamed frame by frame, headers and URLs for upstream;
+//! - [`metrics`]: the `keyrotd_relay_*` series.
+//!
+//! The relay runs inside the daemon, on every replica (it reads keys, it changes nothing),
+//! whether or not the replica leads.
+
+mod auth;
+mod body;
+mod headers;
+mod metrics;
+mod pool;
+mod proxy;
+mod refresh;
+
+pub use auth::new_token;
+
+use crate::clock::Clock;
+use crate::config::{Config, KeyHeader, RelayConfig, RelayListen};
+use crate::store::Store;
+use anyhow::Context;
+use auth::{ClientId, Clients};
+use body::UpstreamBody;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics::{CooldownGauge, RelayMetrics, RouteSeries};
+use pool::Pool;
+use refresh::{Known, PooledCredential};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+/// How long a stop waits for requests in flight (streams included) before closing them.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How long to wait before accepting again after an accept error (EMFILE and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Asks the daemon to check a credential now (its key was refused upstream). The daemon's
+/// check schedule takes it; a replica that does not lead drops it (the leader's own
+/// schedule checks the key, and the relay's pool has taken it out already).
+#[derive(Clone)]
+pub struct CheckRequests(mpsc::UnboundedSender<Arc<str>>);
+
+impl CheckRequests {
+    pub fn channel() -> (CheckRequests, mpsc::UnboundedReceiver<Arc<str>>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (CheckRequests(sender), receiver)
+    }
+
+    fn request(&self, credential: &Arc<str>) {
+        let _ = self.0.send(credential.clone());
+    }
+}
+
+/// One `[[relay.route]]`, resolved.
+pub(crate) struct Route {
+    prefix: Box<str>,
+    /// The upstream base URL, without a trailing slash.
+    upstream: Box<str>,
+    header: KeyHeader,
+    pub(crate) credentials: Vec<Arc<str>>,
+    /// Indexed by [`ClientId`].
+    allowed: Vec<bool>,
+    max_attempts: u32,
+    pub(crate) pool: Arc<Pool>,
+    series: Arc<RouteSeries>,
+}
+
+impl Route {
+    fn allows(&self, client: ClientId) -> bool {
+        self.allowed.get(client).copied().unwrap_or(false)
+    }
+}
+
+/// Limits and timeouts a request is served under.
+struct Limits {
+    max_retry_body: u64,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+    max_cooldown: Duration,
+}
+
+/// What every request shares.
+pub(crate) struct Relay {
+    routes: Arc<[Route]>,
+    clients: Clients,
+    upstream: Upstream,
+    clock: Arc<dyn Clock>,
+    checks: CheckRequests,
+    limits: Limits,
+}
+
+/// The running relay.
+pub struct RelayHandle {
+    /// Where it listens, for the log.
+    pub address: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: JoinHandle<()>,
+    refresher: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Stops accepting, lets requests in flight finish (bounded), stops following the store.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        self.refresher.abort();
+        let _ = self.refresher.await;
+    }
+}
+
+/// Binds the relay of `config` (if it has a `[relay]`), loads its pools from the store and
+/// starts serving.
+pub async fn start(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    registry: &prometheus::Registry,
+    checks: CheckRequests,
+) -> anyhow::Result<Option<RelayHandle>> {
+    let Some(relay_config) = config.relay() else {
+        return Ok(None);
+    };
+    let listener = Listener::bind(relay_config).await?;
+    let metrics = RelayMetrics::register(registry)?;
+    let clients = Clients::new(&relay_config.clients);
+    let routes: Arc<[Route]> = relay_config
+        .routes
+        .iter()
+        .map(|route| resolve_route(config, route, &clients, &metrics))
+        .collect();
+    let pools = routes.iter().map(|r| r.pool.clone()).collect();
+    registry.register(Box::new(CooldownGauge::new(pools, clock.clone())))?;
+    let credentials = pooled_credentials(config, &routes);
+    let mut known = Known::default();
+    let generation = store.generation().await?;
+    refresh::load(&*store, &*clock, &credentials, &routes, &mut known)
+        .await
+        .context("cannot read the relay's keys")?;
+    let relay = Arc::new(Relay {
+        routes: routes.clone(),
+        clients,
+        upstream: upstream_client(relay_config)?,
+        clock: clock.clone(),
+        checks,
+        limits: Limits {
+            max_retry_body: *relay_config.max_retry_body_bytes.get_ref(),
+            first_byte_timeout: relay_config.first_byte_timeout.0,
+            idle_timeout: relay_config.idle_timeout.0,
+            max_cooldown: relay_config.max_cooldown.0,
+        },
+    });
+    let refresher = tokio::spawn(refresh::follow(
+        store,
+        clock,
+        credentials,
+        routes,
+        known,
+        Some(generation),
+        relay_config.refresh_interval.0,
+    ));
+    let address = listener.describe();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(serve(
+        listener,
+        relay,
+        ServeLimits::of(relay_config),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(Some(RelayHandle {
+        address,
+        stop,
+        server,
+        refresher,
+    }))
+}
+
+fn resolve_route(
+    config: &Config,
+    route: &crate::config::RouteConfig,
+    clients: &Clients,
+    metrics: &RelayMetrics,
+) -> Route {
+    let credentials: Vec<Arc<str>> = route.credentials().map(Arc::from).collect();
+    let provider = config
+        .credential(&credentials[0])
+        .and_then(|c| config.provider(c.provider()))
+        .expect("validated at load time");
+    let mut allowed = vec![false; clients.len()];
+    for name in route.clients() {
+        if let Some(id) = clients.id(name) {
+            allowed[id] = true;
+        }
+    }
+    Route {
+        prefix: route.prefix().into(),
+        upstream: route.upstream(provider).trim_end_matches('/').into(),
+        header: KeyHeader::of(provider.kind).expect("validated at load time"),
+        series: Arc::new(metrics.route(route.prefix(), &credentials)),
+        credentials,
+        allowed,
+        max_attempts: route.max_attempts(),
+        pool: Arc::new(Pool::new(route.strategy)),
+    }
+}
+
+/// Every credential some route pools, once, with its grace period.
+fn pooled_credentials(config: &Config, routes: &[Route]) -> Vec<PooledCredential> {
+    let mut pooled: Vec<PooledCredential> = Vec::new();
+    for name in routes.iter().flat_map(|r| r.credentials.iter()) {
+        if pooled.iter().any(|p| p.name == *name) {
+            continue;
+        }
+        let grace = config
+            .credential(name)
+            .map(|c| c.rotation.grace())
+            .unwrap_or_default();
+        pooled.push(PooledCredential {
+            name: name.clone(),
+            grace,
+        });
+    }
+    pooled
+}
+
+/// The pooled upstream client: keep-alive connections per host, rustls with the webpki
+/// roots, the connect timeout, `TCP_NODELAY` (a request's small writes must not wait).
+fn upstream_client(config: &RelayConfig) -> anyhow::Result<Upstream> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout.0));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.idle_timeout.0)
+        .build(https))
+}
+
+/// Where the relay accepts connections.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    async fn bind(config: &RelayConfig) -> anyhow::Result<Listener> {
+        Ok(match config.listen() {
+            RelayListen::Tcp(address) => Listener::Tcp(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("relay: cannot listen on {address}"))?,
+            ),
+            RelayListen::Unix(path) => {
+                // A socket left by an earlier run refuses the bind; nothing else may be there.
+                if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if meta.file_type().is_socket() {
+                        std::fs::remove_file(&path).with_context(|| {
+                            format!("relay: cannot remove the old socket {}", path.display())
+                        })?;
+                    }
+                }
+                let listener = tokio::net::UnixListener::bind(&path)
+                    .with_context(|| format!("relay: cannot listen on {}", path.display()))?;
+                Listener::Unix(listener, path)
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(listener) => listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            Listener::Unix(_, path) => path.display().to_string(),
+        }
+    }
+
+    /// The next connection and its peer's uid (Unix sockets only).
+    async fn accept(&self) -> std::io::Result<(Box<dyn Io>, Option<u32>)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok((Box::new(stream), None))
+            }
+            Listener::Unix(listener, _) => {
+                let (stream, _) = listener.accept().await?;
+                let uid = stream.peer_cred().ok().map(|cred| cred.uid());
+                Ok((Box::new(stream), uid))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What the accept loop enforces.
+struct ServeLimits {
+    max_connections: usize,
+    max_header: usize,
+    idle_timeout: Duration,
+}
+
+impl ServeLimits {
+    fn of(config: &RelayConfig) -> ServeLimits {
+        ServeLimits {
+            max_connections: *config.max_connections.get_ref() as usize,
+            max_header: *config.max_header_bytes.get_ref() as usize,
+            idle_timeout: config.idle_timeout.0,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, at most `max_connections` at once (more wait in
+/// the kernel's backlog), a task each; then drains them for at most [`DRAIN`].
+async fn serve(
+    listener: Listener,
+    relay: Arc<Relay>,
+    limits: ServeLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        // hyper's smallest buffer is 8 KiB; the head must fit in it.
+        .max_buf_size(limits.max_header.max(8192));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+            _ = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let (io, peer_uid) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "relay: accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let relay = relay.clone();
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let relay = relay.clone();
+            async move { Ok::<_, Infallible>(relay.handle(request, peer_uid).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = watched.await {
+                tracing::debug!(%error, "relay: connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("relay: requests still open after the drain period; closing them");
+    }
+}
