@@ -98,6 +98,10 @@ pub struct ProviderConfig {
     /// OpenAI issuer: the project whose service accounts hold the issued keys (`proj_...`).
     #[serde(default)]
     pub project: Option<Spanned<String>>,
+    /// OpenRouter issuer: the workspace keys are created in and listed from (`workspace_id`);
+    /// unset = the account's default workspace.
+    #[serde(default)]
+    pub workspace_id: Option<Spanned<String>>,
     /// Relay issuer: the `rotation_policy` sent to `POST /keys/rotate` (default "30d").
     #[serde(default)]
     pub rotation_policy: Option<Spanned<String>>,
@@ -160,6 +164,11 @@ impl ProviderConfig {
             .as_ref()
             .map(|u| u.get_ref().as_str())
             .or(self.kind.default_base_url())
+    }
+
+    /// OpenRouter: the workspace keys are created in and listed from.
+    pub(crate) fn workspace_id(&self) -> Option<&str> {
+        self.workspace_id.as_ref().map(|v| v.get_ref().as_str())
     }
 
     /// Per-request timeout.
@@ -303,6 +312,13 @@ impl ProviderConfig {
                     Some(v.span()),
                     "`project` must be a project id like \"proj_abc123\"".into(),
                 );
+            }
+        }
+        if let Some(v) = &self.workspace_id {
+            if kind != ProviderKind::Openrouter {
+                misplaced(issues, v.span(), "workspace_id", "openrouter");
+            } else if v.get_ref().trim().is_empty() {
+                issues.push(Some(v.span()), "`workspace_id` must not be empty".into());
             }
         }
         if let Some(v) = &self.rotation_policy {
