@@ -9,6 +9,7 @@ use crate::checks::CheckTarget;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DaemonConfig, LeaderTiming};
 use crate::heartbeat::{self, Heartbeat, Ticker};
+use crate::metrics::management_keys::{management_keys, ManagementKeyAges, ManagementKeyRef};
 use crate::metrics::server::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::providers::ProviderTelemetry;
@@ -87,6 +88,10 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let instance = config.daemon.instance();
     let gauges = LeaderGauges::register(metrics.registry(), &instance)?;
     let reloads = reloads::ReloadGauges::register(metrics.registry(), clock.now())?;
+    let management_key_ages = ManagementKeyAges::new(management_keys(&config));
+    metrics
+        .registry()
+        .register(Box::new(management_key_ages.clone()))?;
     let timing = config.store.leader_timing();
     // Only the daemon section is consulted again (a reload warns about what needs a
     // restart): the credentials and providers live on in their runtimes, and keeping the
@@ -137,6 +142,7 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                         &reloads,
                     )
                     .await;
+                    management_key_ages.track(&running.management_keys);
                     notify(&[NotifyState::Ready]);
                 }
             },
@@ -344,11 +350,14 @@ struct Running {
     /// Read at start-up only: a reload warns when it changed.
     store: crate::config::StoreConfig,
     credentials: usize,
+    /// Whose files the management-key age gauge looks at.
+    management_keys: Vec<ManagementKeyRef>,
 }
 
 impl From<Config> for Running {
     fn from(config: Config) -> Running {
         Running {
+            management_keys: management_keys(&config),
             credentials: config.credentials.len(),
             daemon: config.daemon,
             store: config.store,
