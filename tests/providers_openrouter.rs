@@ -4,8 +4,10 @@
 //! shape `{error:{code,message,metadata}}`.
 //!
 //! The adapter tests pin each request's exact JSON; the engine tests run whole rotations
-//! against a stateful fake OpenRouter (a wiremock server with a key book behind it).
+//! against a stateful fake OpenRouter (a wiremock server with a key book behind it); the
+//! real daemon exports a key's limit left and its spend per period from one check.
 
+mod common;
 #[macro_use]
 mod providers_support;
 
@@ -601,4 +603,51 @@ async fn a_rotation_that_cannot_read_the_cap_issues_nothing_and_retries() {
         rig.fake.key(&hash).unwrap()["limit_reset"],
         json!("monthly")
     );
+}
+
+/// One check of the real daemon reads the key's limit left and its spend this day, week and
+/// month; `/metrics` exports them as two families, and the spend never passes for credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_exports_limit_remaining_and_usage_per_period() {
+    let key = common::canary();
+    let fake = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/key"))
+        .and(header("authorization", format!("Bearer {key}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": {
+            "label": "sk-or-v1-can...ary", "limit": 20, "limit_remaining": 12.5,
+            "limit_reset": "monthly", "include_byok_in_limit": false, "usage": 7.5,
+            "usage_daily": 0.25, "usage_weekly": 1.5, "usage_monthly": 7.5,
+            "is_free_tier": false, "is_management_key": false, "expires_at": null}})))
+        .mount(&fake)
+        .await;
+    let env = common::Env::new();
+    env.write_config(&format!(
+        "[checks]\ninterval = \"1h\"\n\n[[provider]]\nname = \"or\"\nkind = \"openrouter\"\nbase_url = \"{}/api/v1\"\n\n[[credential]]\nname = \"app\"\nprovider = \"or\"\n",
+        fake.uri()
+    ));
+    env.import("app", &key, &[]);
+    let daemon = env.start();
+    let usage = |m: &str, period: &str| {
+        common::series(
+            m,
+            "keyrotd_key_usage",
+            &[("credential", "app"), ("period", period), ("unit", "usd")],
+        )
+    };
+    let metrics = daemon.wait_for_metrics("the usage series", |m| usage(m, "monthly").is_some());
+    assert_eq!(usage(&metrics, "daily"), Some(0.25), "{metrics}");
+    assert_eq!(usage(&metrics, "weekly"), Some(1.5), "{metrics}");
+    assert_eq!(usage(&metrics, "monthly"), Some(7.5), "{metrics}");
+    let credit: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("keyrotd_key_credit_remaining{"))
+        .collect();
+    assert_eq!(
+        credit,
+        ["keyrotd_key_credit_remaining{credential=\"app\",provider=\"or\",unit=\"usd\"} 12.5"],
+        "{metrics}"
+    );
+    let log = daemon.stop();
+    assert!(!log.contains(&key), "the key leaked into the log");
 }

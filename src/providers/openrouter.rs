@@ -1,8 +1,10 @@
 //! OpenRouter: `GET {base}/key` with `Authorization: Bearer`.
 //!
 //! The answer carries the key's spending limit (`limit` null = unlimited, so no credit entry;
-//! otherwise `limit_remaining` in USD) and its `expires_at` (ISO-8601 or null). 401 means
-//! invalid or disabled; 402 is out of credits (account or key limit).
+//! otherwise `limit_remaining` in USD), its spend this UTC day, week and month
+//! (`usage_daily/weekly/monthly`, usage entries beside the credit) and its `expires_at`
+//! (ISO-8601 or null). 401 means invalid or disabled; 402 is out of credits (account or key
+//! limit).
 
 use super::classify::{amount, call, error_report, expiry, string_at, unexpected_body};
 use super::classify::{bearer_get_check, list_page, take_secret_json};
@@ -63,9 +65,15 @@ pub(super) fn classify(response: &Response) -> CheckReport {
             None => return unexpected_body(response),
         }
     }
+    let spent = credit.first().is_some_and(|c| c.remaining <= 0.0);
+    for period in ["daily", "weekly", "monthly"] {
+        if let Some(used) = data.get(format!("usage_{period}")).and_then(amount) {
+            credit.push(Credit::usage("usd", period, used));
+        }
+    }
     let (status, detail) = if data.get("disabled").and_then(Value::as_bool) == Some(true) {
         (CheckStatus::Invalid, "key is disabled".to_string())
-    } else if credit.first().is_some_and(|c| c.remaining <= 0.0) {
+    } else if spent {
         (
             CheckStatus::Exhausted,
             "key limit reached (limit_remaining <= 0)".to_string(),

@@ -94,7 +94,12 @@ pub(crate) fn key_show(
     if !credits.is_empty() {
         let balances: Vec<String> = credits
             .iter()
-            .map(|(unit, remaining)| format!("{remaining} {unit}"))
+            .map(
+                |(unit, amount)| match crate::model::split_usage_unit(unit) {
+                    Some((unit, period)) => format!("{amount} {unit} used {period}"),
+                    None => format!("{amount} {unit}"),
+                },
+            )
             .collect();
         let _ = writeln!(out, "credit:       {}", balances.join(", "));
     }
