@@ -297,6 +297,45 @@ mod adapter {
         }
     }
 
+    /// A key imported by value that OpenRouter no longer accepts cannot have its cap read:
+    /// nothing is issued, and the error tells the operator what to do instead.
+    #[tokio::test]
+    async fn a_refused_imported_key_says_how_to_replace_it_by_hand() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/api/v1/key"))
+            .respond_with(ResponseTemplate::new(401).set_body_json(
+                json!({"error": {"code": 401, "message": "User not found.", "metadata": null}}),
+            ))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/api/v1/keys"))
+            .respond_with(created("h-new", json!({})))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let imported = SecretString::from("sk-or-v1-disabled");
+        let err = issuer(&server, "")
+            .issue(&IssueRequest {
+                name: "n",
+                replaces: Some(CurrentKey {
+                    remote_id: None,
+                    secret: Some(&imported),
+                }),
+                expires_at: None,
+            })
+            .await
+            .err()
+            .unwrap();
+        let text = err.to_string();
+        assert!(text.contains("imported without its hash"), "{text}");
+        assert!(text.contains("keyrotd key import"), "{text}");
+        assert!(text.contains("HTTP 401 401: User not found."), "{text}");
+        assert!(!text.contains("sk-or-v1-disabled"), "{text}");
+        assert!(err.is_transient());
+    }
+
     #[test]
     fn workspace_id_is_an_openrouter_field() {
         let text = "[[provider]]\nname = \"p\"\nkind = \"openai\"\nworkspace_id = \"ws\"\n";

@@ -94,7 +94,7 @@ impl Provider for OpenRouter {
     }
 }
 
-/// OpenRouter key management with a management key (the vendor's word since late 2025;
+/// OpenRouter key management with a management key (the vendor's current word;
 /// formerly "provisioning key"): `POST /keys` → 201 `{data:{hash,...}, key}`,
 /// `GET /keys/{hash}`, `GET /keys?offset=&include_disabled=true[&workspace_id=]`,
 /// `DELETE /keys/{hash}` (404 = already gone).
@@ -216,7 +216,18 @@ impl OpenRouterIssuer {
                 .client
                 .request(reqwest::Method::GET, join_url(&self.base, "key"))
                 .header(reqwest::header::AUTHORIZATION, auth);
-            let response = call(&self.client, "read_limit", request, Some(secret), &[]).await?;
+            let response = call(&self.client, "read_limit", request, Some(secret), &[])
+                .await
+                .map_err(|error| match error {
+                    // Only the key itself can name a key imported without its hash: once
+                    // OpenRouter refuses it (disabled, deleted), nothing can read its cap.
+                    ProviderError::Rejected {
+                        status: 401 | 403, ..
+                    } => ProviderError::Unidentified(format!(
+                        "the replaced key was imported without its hash and OpenRouter refuses it ({error}), so its spending limit cannot be read: create its successor with that limit at OpenRouter and `keyrotd key import` it"
+                    )),
+                    other => other,
+                })?;
             (response, Some(secret))
         } else {
             return Err(ProviderError::Unidentified(

@@ -80,7 +80,8 @@ pub struct ProviderConfig {
     /// Base URL of the API (defaults per kind; required for compatible, azure, relay, http).
     #[serde(default)]
     pub base_url: Option<Spanned<String>>,
-    /// Management / provisioning / admin key used to issue and revoke keys.
+    /// Management key (OpenRouter; formerly "provisioning key") or admin key (OpenAI,
+    /// Anthropic), or the Entra token (Azure), used to issue and revoke keys.
     #[serde(default)]
     pub management_key: Option<SecretRef>,
     /// Upper bound on requests per second to this provider (checks and rotation together).
