@@ -689,4 +689,34 @@ async fn the_daemon_exports_limit_remaining_and_usage_per_period() {
     );
     let log = daemon.stop();
     assert!(!log.contains(&key), "the key leaked into the log");
+
+    // The CLI keeps the two apart too: credit left, and spend as `used`.
+    let usage = json!([
+        {"unit": "usd", "period": "daily", "used": 0.25},
+        {"unit": "usd", "period": "weekly", "used": 1.5},
+        {"unit": "usd", "period": "monthly", "used": 7.5},
+    ]);
+    let out = env.run(&["key", "show", "app", "--json"]);
+    common::assert_success(&out, "key show --json");
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["credit"], json!([{"unit": "usd", "remaining": 12.5}]));
+    // As stored: by unit.
+    assert_eq!(
+        shown["usage"],
+        json!([usage[0].clone(), usage[2].clone(), usage[1].clone()])
+    );
+    let out = env.run(&["key", "show", "app"]);
+    assert!(
+        common::stdout(&out).contains("credit:       12.5 usd, 0.25 usd used daily"),
+        "{}",
+        common::stdout(&out)
+    );
+    let out = env.run(&["check", "--json"]);
+    common::assert_success(&out, "check --json");
+    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        checked[0]["credit"],
+        json!([{"unit": "usd", "remaining": 12.5}])
+    );
+    assert_eq!(checked[0]["usage"], usage);
 }

@@ -188,15 +188,21 @@ pub(crate) fn check(rows: &[CheckRow], now: UnixTime) -> String {
                 t.provider_name.to_string(),
                 o.fingerprint.clone(),
                 o.report.status.to_string(),
-                if o.report.credit.is_empty() {
-                    "-".into()
-                } else {
-                    o.report
+                {
+                    // The credit column shows what is left; a period's spend is in
+                    // `--json` and `key show`.
+                    let left: Vec<String> = o
+                        .report
                         .credit
                         .iter()
+                        .filter(|c| crate::model::split_usage_unit(&c.unit).is_none())
                         .map(|c| format!("{:.2} {}", c.remaining, c.unit))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                        .collect();
+                    if left.is_empty() {
+                        "-".into()
+                    } else {
+                        left.join(", ")
+                    }
                 },
                 o.report
                     .expires_at
