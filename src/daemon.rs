@@ -11,6 +11,7 @@ use crate::checks::CheckTarget;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DaemonConfig, LeaderTiming};
 use crate::heartbeat::{self, Heartbeat, Ticker};
+use crate::metrics::management_keys::{management_keys, ManagementKeyAges, ManagementKeyRef};
 use crate::metrics::server::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::providers::ProviderTelemetry;
@@ -90,6 +91,10 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
     let instance = config.daemon.instance();
     let gauges = LeaderGauges::register(metrics.registry(), &instance)?;
     let reloads = reloads::ReloadGauges::register(metrics.registry(), clock.now())?;
+    let management_key_ages = ManagementKeyAges::new(management_keys(&config));
+    metrics
+        .registry()
+        .register(Box::new(management_key_ages.clone()))?;
     let (check_requests, mut checks_requested) = CheckRequests::channel();
     let relay = crate::relay::start(
         &config,
@@ -152,6 +157,7 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                         &reloads,
                     )
                     .await;
+                    management_key_ages.track(&running.management_keys);
                     notify(&[NotifyState::Ready]);
                 }
             },
@@ -365,11 +371,14 @@ struct Running {
     /// Read at start-up only, like `store`.
     relay: Option<crate::config::RelayConfig>,
     credentials: usize,
+    /// Whose files the management-key age gauge looks at.
+    management_keys: Vec<ManagementKeyRef>,
 }
 
 impl From<Config> for Running {
     fn from(config: Config) -> Running {
         Running {
+            management_keys: management_keys(&config),
             credentials: config.credentials.len(),
             relay: config.relay.map(|r| r.into_inner()),
             daemon: config.daemon,

@@ -124,6 +124,19 @@ impl FromStr for CheckStatus {
 #[error("unknown value {0:?}")]
 pub struct UnknownVariant(pub String);
 
+/// A provider's spend in the current period (OpenRouter's `usage_daily/weekly/monthly`)
+/// travels and is stored with the balances, one entry per check like them, under the unit
+/// `<unit>/<period>` ("usd/daily"): a currency never contains `/`. The metrics export it as
+/// `keyrotd_key_usage{unit,period}`, apart from the balances.
+pub fn usage_unit(unit: &str, period: &str) -> String {
+    format!("{unit}/{period}")
+}
+
+/// `(unit, period)` of a usage entry made by [`usage_unit`]; `None` for a balance.
+pub fn split_usage_unit(unit: &str) -> Option<(&str, &str)> {
+    unit.split_once('/')
+}
+
 /// Short SHA-256 prefix of a key: the only identifier of a key in logs, metrics and CLI output.
 /// 12 hex digits (48 bits) tell keys apart without helping anyone guess one.
 pub fn fingerprint(secret: &SecretString) -> String {

@@ -285,6 +285,15 @@ async fn openrouter(issued: &[(&str, &str)]) -> wiremock::MockServer {
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"data": []})))
         .mount(&server)
         .await;
+    // The replaced key's cap, read before each issue: none.
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(r"^/api/v1/keys/[^/]+$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "data": {"name": "keyrotd", "limit": null, "limit_reset": null,
+                     "include_byok_in_limit": false, "disabled": false}
+        })))
+        .mount(&server)
+        .await;
     server
 }
 

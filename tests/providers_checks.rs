@@ -308,14 +308,19 @@ mod openrouter {
     adapter_suite!(spec());
 
     #[tokio::test]
-    async fn reports_limit_remaining_and_expiry() {
+    async fn reports_limit_remaining_usage_and_expiry() {
         let report = providers_support::valid(&spec()).await;
         assert_eq!(
             report.credit,
-            vec![Credit {
-                unit: "usd".into(),
-                remaining: 7.25
-            }]
+            vec![
+                Credit {
+                    unit: "usd".into(),
+                    remaining: 7.25
+                },
+                Credit::usage("usd", "daily", 0.5),
+                Credit::usage("usd", "weekly", 1.0),
+                Credit::usage("usd", "monthly", 2.75),
+            ]
         );
         assert_eq!(report.expires_at, Some(1_893_456_000));
     }

@@ -18,9 +18,11 @@
 //! unchanged store is then: one `SELECT` of the generation, compressing the small registry,
 //! and the cached chunks handed to the response as shared `Bytes`.
 //!
-//! [`server`] serves it over HTTP with `/healthz` and `/readyz`.
+//! [`server`] serves it over HTTP with `/healthz` and `/readyz`. [`management_keys`] is a
+//! process-level collector the daemon registers: the age of each provider's management key.
 
 mod gzip;
+pub(crate) mod management_keys;
 mod per_key;
 mod registry;
 pub mod server;

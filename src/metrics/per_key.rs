@@ -12,7 +12,7 @@
 
 use super::gzip::{Chunk, ChunkWriter};
 use super::text::{escape_label, FamilyWriter, Value};
-use crate::model::{CheckStatus, UnixTime};
+use crate::model::{split_usage_unit, CheckStatus, UnixTime};
 use crate::store::{CredentialState, Revocations};
 
 /// A per-key family that changes only when the store does.
@@ -27,6 +27,7 @@ pub(crate) enum KeyFamily {
     LastRotation,
     ConsecutiveFailures,
     CreditRemaining,
+    Usage,
     RotationsTotal,
     RevocationsTotal,
     PreviousKeysPastGrace,
@@ -35,7 +36,7 @@ pub(crate) enum KeyFamily {
 
 impl KeyFamily {
     /// Every store-dependent family, in the order served.
-    pub(crate) const ALL: [KeyFamily; 13] = [
+    pub(crate) const ALL: [KeyFamily; 14] = [
         KeyFamily::Created,
         KeyFamily::Expiry,
         KeyFamily::Valid,
@@ -45,6 +46,7 @@ impl KeyFamily {
         KeyFamily::LastRotation,
         KeyFamily::ConsecutiveFailures,
         KeyFamily::CreditRemaining,
+        KeyFamily::Usage,
         KeyFamily::RotationsTotal,
         KeyFamily::RevocationsTotal,
         KeyFamily::PreviousKeysPastGrace,
@@ -62,6 +64,7 @@ impl KeyFamily {
             KeyFamily::LastRotation => "keyrotd_key_last_rotation_timestamp_seconds",
             KeyFamily::ConsecutiveFailures => "keyrotd_rotation_consecutive_failures",
             KeyFamily::CreditRemaining => "keyrotd_key_credit_remaining",
+            KeyFamily::Usage => "keyrotd_key_usage",
             KeyFamily::RotationsTotal => "keyrotd_rotations_total",
             KeyFamily::RevocationsTotal => "keyrotd_revocations_total",
             KeyFamily::PreviousKeysPastGrace => "keyrotd_previous_keys_past_grace",
@@ -85,6 +88,9 @@ impl KeyFamily {
             KeyFamily::ConsecutiveFailures => "Failed rotation attempts since the last success.",
             KeyFamily::CreditRemaining => {
                 "Balance or limit remaining as reported by the provider, in `unit`."
+            }
+            KeyFamily::Usage => {
+                "Spend of the current key in the current UTC `period` (daily, weekly, monthly) as reported by the provider, in `unit`."
             }
             KeyFamily::RotationsTotal => "Finished rotations by result (success or failure).",
             KeyFamily::RevocationsTotal => {
@@ -135,7 +141,22 @@ impl KeyFamily {
             }
             KeyFamily::CreditRemaining => {
                 for (unit, remaining) in &row.credits {
-                    out.sample(labels, Some(("unit", unit)), Value::Float(*remaining));
+                    if split_usage_unit(unit).is_none() {
+                        out.sample(labels, Some(("unit", unit)), Value::Float(*remaining));
+                    }
+                }
+                None
+            }
+            KeyFamily::Usage => {
+                for (unit, used) in &row.credits {
+                    if let Some((unit, period)) = split_usage_unit(unit) {
+                        let mut with_period = String::with_capacity(labels.len() + 24);
+                        with_period.push_str(labels);
+                        with_period.push_str(",period=\"");
+                        escape_label(&mut with_period, period);
+                        with_period.push('"');
+                        out.sample(&with_period, Some(("unit", unit)), Value::Float(*used));
+                    }
                 }
                 None
             }

@@ -11,6 +11,11 @@ use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::TextEncoder;
 use std::io::Read;
 
+/// The reference's own reading of a usage entry's unit, so a change to the encoding shows.
+fn keyrotd_usage(unit: &str) -> Option<(&str, &str)> {
+    unit.split_once('/')
+}
+
 fn state(name: &str, checked: bool, credits: bool) -> CredentialState {
     CredentialState {
         credential: CredentialRecord {
@@ -52,7 +57,11 @@ fn state(name: &str, checked: bool, credits: bool) -> CredentialState {
             failing_since: Some(150),
         },
         credits: if credits {
-            vec![("usd".into(), 12.5)]
+            vec![
+                ("usd".into(), 12.5),
+                (crate::model::usage_unit("usd", "daily"), 0.75),
+                (crate::model::usage_unit("usd", "monthly"), 30.0),
+            ]
         } else {
             Vec::new()
         },
@@ -146,10 +155,19 @@ fn reference(snapshot: &Snapshot, now: UnixTime) -> Vec<String> {
             g,
             vec![(base(), c.consecutive_failures as f64)],
         );
-        for (unit, remaining) in &s.credits {
+        for (unit, value) in &s.credits {
             let mut l = base();
-            l.push(label("unit", unit));
-            push(KeyFamily::CreditRemaining.name(), g, vec![(l, *remaining)]);
+            match keyrotd_usage(unit) {
+                Some((unit, period)) => {
+                    l.push(label("period", period));
+                    l.push(label("unit", unit));
+                    push(KeyFamily::Usage.name(), g, vec![(l, *value)]);
+                }
+                None => {
+                    l.push(label("unit", unit));
+                    push(KeyFamily::CreditRemaining.name(), g, vec![(l, *value)]);
+                }
+            }
         }
         let mut ok = base();
         ok.push(label("result", "success"));

@@ -42,12 +42,24 @@ use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a provider reports about a remaining balance or limit.
+/// What a provider reports about a remaining balance or limit, or (see [`Credit::usage`])
+/// its spend in the current period.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Credit {
-    /// `usd`, `cny`, `credits`, ... (lower case).
+    /// `usd`, `cny`, `credits`, ... (lower case); `usd/daily` for a usage entry.
     pub unit: String,
     pub remaining: f64,
+}
+
+impl Credit {
+    /// The spend in the current `period` (`daily`, `weekly`, `monthly`), in `unit`
+    /// ([`crate::model::usage_unit`]).
+    pub fn usage(unit: &str, period: &str, used: f64) -> Credit {
+        Credit {
+            unit: crate::model::usage_unit(unit, period),
+            remaining: used,
+        }
+    }
 }
 
 /// The classified result of one validity check.

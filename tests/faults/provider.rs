@@ -366,6 +366,7 @@ fn answer(inner: &Arc<Inner>, request: &Request) -> (u16, Value) {
         (_, p) if p.starts_with("/api/v1/keys") && !managed => error(401, "Invalid management key"),
         ("POST", "/api/v1/keys") => issue(inner, &request.body),
         ("GET", "/api/v1/keys") => list(inner, &request.query),
+        ("GET", p) if p.starts_with("/api/v1/keys/") => read(inner, &p["/api/v1/keys/".len()..]),
         ("DELETE", p) if p.starts_with("/api/v1/keys/") => {
             delete(inner, &p["/api/v1/keys/".len()..])
         }
@@ -408,6 +409,19 @@ fn issue(inner: &Arc<Inner>, body: &[u8]) -> (u16, Value) {
     }
     let key = book.insert(&name, &secret);
     (201, json!({ "data": key_object(&key), "key": secret }))
+}
+
+/// `GET /keys/{hash}`: the key object (the issuer reads the replaced key's cap with it).
+fn read(inner: &Arc<Inner>, hash: &str) -> (u16, Value) {
+    let book = inner.book.lock().unwrap();
+    match book
+        .keys
+        .iter()
+        .find(|k| k.hash == hash && k.deleted.is_none())
+    {
+        Some(key) => (200, json!({ "data": key_object(key) })),
+        None => error(404, "Key not found"),
+    }
 }
 
 fn list(inner: &Arc<Inner>, query: &str) -> (u16, Value) {

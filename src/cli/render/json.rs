@@ -29,6 +29,21 @@ pub(crate) fn key_list(rows: &[ListedKey], now: UnixTime) -> Value {
         .collect()
 }
 
+/// Balances as `{unit, remaining}` and a period's spend ([`crate::model::usage_unit`]) as
+/// `{unit, period, used}`, apart: a spend must never read as credit left.
+fn credit_and_usage<'a>(entries: impl Iterator<Item = (&'a str, f64)>) -> (Vec<Value>, Vec<Value>) {
+    let (mut credit, mut usage) = (Vec::new(), Vec::new());
+    for (unit, amount) in entries {
+        match crate::model::split_usage_unit(unit) {
+            Some((unit, period)) => {
+                usage.push(json!({ "unit": unit, "period": period, "used": amount }))
+            }
+            None => credit.push(json!({ "unit": unit, "remaining": amount })),
+        }
+    }
+    (credit, usage)
+}
+
 /// `keyrotd key show --json`.
 pub(crate) fn key_show(
     credential: &CredentialRecord,
@@ -37,10 +52,7 @@ pub(crate) fn key_show(
     attention: Option<&Attention>,
 ) -> Value {
     let items: Vec<_> = versions.iter().map(version).collect();
-    let credits: Vec<_> = credits
-        .iter()
-        .map(|(unit, remaining)| json!({ "unit": unit, "remaining": remaining }))
-        .collect();
+    let (credits, usage) = credit_and_usage(credits.iter().map(|(u, v)| (u.as_str(), *v)));
     json!({
         "credential": credential.name,
         "provider": credential.provider,
@@ -52,6 +64,7 @@ pub(crate) fn key_show(
         "last_rotated_at": credential.last_rotated_at,
         "consecutive_failures": credential.consecutive_failures,
         "credit": credits,
+        "usage": usage,
         "needs_attention": attention.map(|a| json!({"rotation": a.rotation, "reason": a.reason})),
         "versions": items,
     })
@@ -99,7 +112,8 @@ pub(crate) fn check(rows: &[CheckRow]) -> Value {
                 "detail": detail,
                 "http_status": o.and_then(|o| o.report.http_status),
                 "retry_after_seconds": o.and_then(|o| o.report.retry_after).map(|d| d.as_secs()),
-                "credit": o.map(|o| o.report.credit.iter().map(|c| json!({"unit": c.unit, "remaining": c.remaining})).collect::<Vec<_>>()),
+                "credit": o.map(|o| credit_and_usage(o.report.credit.iter().map(|c| (c.unit.as_str(), c.remaining))).0),
+                "usage": o.map(|o| credit_and_usage(o.report.credit.iter().map(|c| (c.unit.as_str(), c.remaining))).1),
                 "expires_at": o.and_then(|o| o.report.expires_at),
             })
         })

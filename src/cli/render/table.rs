@@ -94,7 +94,12 @@ pub(crate) fn key_show(
     if !credits.is_empty() {
         let balances: Vec<String> = credits
             .iter()
-            .map(|(unit, remaining)| format!("{remaining} {unit}"))
+            .map(
+                |(unit, amount)| match crate::model::split_usage_unit(unit) {
+                    Some((unit, period)) => format!("{amount} {unit} used {period}"),
+                    None => format!("{amount} {unit}"),
+                },
+            )
             .collect();
         let _ = writeln!(out, "credit:       {}", balances.join(", "));
     }
@@ -183,15 +188,21 @@ pub(crate) fn check(rows: &[CheckRow], now: UnixTime) -> String {
                 t.provider_name.to_string(),
                 o.fingerprint.clone(),
                 o.report.status.to_string(),
-                if o.report.credit.is_empty() {
-                    "-".into()
-                } else {
-                    o.report
+                {
+                    // The credit column shows what is left; a period's spend is in
+                    // `--json` and `key show`.
+                    let left: Vec<String> = o
+                        .report
                         .credit
                         .iter()
+                        .filter(|c| crate::model::split_usage_unit(&c.unit).is_none())
                         .map(|c| format!("{:.2} {}", c.remaining, c.unit))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                        .collect();
+                    if left.is_empty() {
+                        "-".into()
+                    } else {
+                        left.join(", ")
+                    }
                 },
                 o.report
                     .expires_at

@@ -87,7 +87,8 @@ pub struct ProviderConfig {
     /// Base URL of the API (defaults per kind; required for compatible, azure, relay, http).
     #[serde(default)]
     pub base_url: Option<Spanned<String>>,
-    /// Management / provisioning / admin key used to issue and revoke keys.
+    /// Management key (OpenRouter; formerly "provisioning key") or admin key (OpenAI,
+    /// Anthropic), or the Entra token (Azure), used to issue and revoke keys.
     #[serde(default)]
     pub management_key: Option<SecretRef>,
     /// Upper bound on requests per second to this provider (checks and rotation together).
@@ -114,6 +115,10 @@ pub struct ProviderConfig {
     /// default when absent).
     #[serde(default)]
     pub scopes: Option<Spanned<Vec<String>>>,
+    /// OpenRouter issuer: the workspace keys are created in and listed from (`workspace_id`);
+    /// unset = the account's default workspace.
+    #[serde(default)]
+    pub workspace_id: Option<Spanned<String>>,
     /// Relay issuer: the `rotation_policy` sent to `POST /keys/rotate` (default "30d").
     #[serde(default)]
     pub rotation_policy: Option<Spanned<String>>,
@@ -179,6 +184,11 @@ impl ProviderConfig {
             .as_ref()
             .map(|u| u.get_ref().as_str())
             .or(self.kind.default_base_url())
+    }
+
+    /// OpenRouter: the workspace keys are created in and listed from.
+    pub(crate) fn workspace_id(&self) -> Option<&str> {
+        self.workspace_id.as_ref().map(|v| v.get_ref().as_str())
     }
 
     /// Per-request timeout.
@@ -334,6 +344,13 @@ impl ProviderConfig {
             }
         }
         self.validate_openai_fields(issues);
+        if let Some(v) = &self.workspace_id {
+            if kind != ProviderKind::Openrouter {
+                misplaced(issues, v.span(), "workspace_id", "openrouter");
+            } else if v.get_ref().trim().is_empty() {
+                issues.push(Some(v.span()), "`workspace_id` must not be empty".into());
+            }
+        }
         if let Some(v) = &self.rotation_policy {
             if kind != ProviderKind::Relay {
                 misplaced(issues, v.span(), "rotation_policy", "relay");
