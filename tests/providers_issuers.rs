@@ -522,6 +522,23 @@ esac"#;
     }
 
     #[tokio::test]
+    async fn the_command_is_told_the_provider_side_expiry_when_there_is_one() {
+        let issuer = exec_issuer(
+            r#"read admin; printf '{"key":"k","id":"i","expires_at":%s}' "${KEYROTD_EXPIRES_AT:-null}""#,
+        );
+        let request = IssueRequest {
+            expires_at: Some(1_900_000_000),
+            ..IssueRequest::named("n")
+        };
+        assert_eq!(
+            issuer.issue(&request).await.unwrap().expires_at,
+            Some(1_900_000_000)
+        );
+        let unset = issuer.issue(&IssueRequest::named("n")).await.unwrap();
+        assert_eq!(unset.expires_at, None, "no variable without an expiry");
+    }
+
+    #[tokio::test]
     async fn garbage_output_is_malformed_without_echo() {
         let issuer = exec_issuer("read admin; echo \"oops $admin\"");
         let err = issuer.issue(&IssueRequest::named("n")).await.err().unwrap();

@@ -283,8 +283,9 @@ impl Provider for Exec {
 /// Issue / list / revoke through the same command (`issuer = true`). The management key, if
 /// configured, is handed over like a checked key (stdin or `key_env`).
 ///
-/// - `issue` (`$KEYROTD_NAME`) prints `{"key": …, "id": …, "expires_at": …}` (id defaults to
-///   the name);
+/// - `issue` (`$KEYROTD_NAME`, and `$KEYROTD_EXPIRES_AT`, the provider-side expiry to set
+///   in epoch seconds, when there is one) prints `{"key": …, "id": …, "expires_at": …}` (id
+///   defaults to the name);
 /// - `list` (`$KEYROTD_PREFIX`) prints `[{"id": …, "name": …}]` or `{"keys": [...]}`;
 /// - `revoke` (`$KEYROTD_REMOTE_ID`) exits 0 when the key is gone (already gone included).
 pub(crate) struct ExecIssuer {
@@ -330,7 +331,12 @@ impl super::Issuer for ExecIssuer {
         request: &super::IssueRequest<'_>,
     ) -> Result<super::IssuedKey, ProviderError> {
         let name = request.name;
-        let mut output = self.run("issue", &[("name", name)]).await?;
+        let expires_at = request.expires_at.map(|at| at.to_string());
+        let mut vars = vec![("name", name)];
+        if let Some(at) = &expires_at {
+            vars.push(("expires_at", at));
+        }
+        let mut output = self.run("issue", &vars).await?;
         let body: Result<Value, _> = serde_json::from_slice(&output.stdout);
         zeroize::Zeroize::zeroize(&mut output.stdout);
         let body =
