@@ -556,9 +556,11 @@ fn a_paused_owner_that_continues_after_a_takeover_changes_nothing() {
     let daemon = rig.start_daemon();
     let taken_over = rig.settle();
     rig.note(format!("the daemon finished the rotation: {taken_over}"));
+    // Asked before SIGCONT: once continued, the CLI may end before this thread runs again
+    // on a loaded machine, which says nothing about whether it was really paused.
+    let finished = rotate.finished();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     rig.note(format!("SIGCONT `key rotate` pid {pid}"));
-    let finished = rotate.finished();
     let ended = rig.reap(rotate);
     rig.note(format!(
         "the CLI ended with {:?} (it was still running at SIGCONT: {})",
