@@ -7,7 +7,7 @@
 #   3. a config with a simulated provider (and a drop-in with a delivery directory in
 #      ReadWritePaths=); the operator imports a first key as root before starting it;
 #   4. the service starts (it was neither enabled nor started by the package);
-#   5. READY, the status text, /metrics, the journal's fields;
+#   5. READY, the status text, /metrics, the journal's fields (PRIORITY= from the level);
 #   6. a good reload takes effect; a bad one fails `systemctl reload` with the file's
 #      line:column and the running daemon keeps its config (same PID, still serving);
 #   7. delivery into a ReadWritePaths= directory works; one elsewhere is refused naming
@@ -285,7 +285,8 @@ uid=$(C id -u keyrotd)
 entries=$(C journalctl -u keyrotd -o json --no-pager)
 ready=$(grep '"MESSAGE":"[^"]*keyrotd ready' <<<"$entries" | tail -n 1)
 for field in '"_SYSTEMD_UNIT":"keyrotd.service"' "\"_PID\":\"$main_pid\"" "\"_UID\":\"$uid\"" \
-    '"SYSLOG_IDENTIFIER":"keyrotd"' '"_TRANSPORT":"stdout"' "listen_address=127.0.0.1:$PORT" \
+    '"SYSLOG_IDENTIFIER":"keyrotd"' '"_TRANSPORT":"stdout"' '"PRIORITY":"6"' \
+    "listen_address=127.0.0.1:$PORT" \
     'credentials=1'; do
     grep -qF -- "$field" <<<"$ready" || fail "the journal's 'keyrotd ready' entry lacks $field: $ready"
 done
@@ -366,6 +367,10 @@ unlisted=$(grep -F '/srv/unlisted' <<<"$unlisted" || true)
 grep -qF 'ReadWritePaths=/srv/unlisted' <<<"$unlisted" ||
     fail "the refusal does not name ReadWritePaths=/srv/unlisted: $unlisted"
 [[ ! -e $WORK/root/srv/unlisted/key ]] || fail "keyrotd wrote outside ReadWritePaths="
+# Logged at its level: `journalctl -p err` shows the refusal.
+errors=$(journal -p err --since "-30s")
+grep -qF 'delivery preflight' <<<"$errors" ||
+    fail "journalctl -p err does not show the refusal (PRIORITY= not set from the level): $errors"
 [[ $(prop MainPID) == "$main_pid" ]] || fail "the refused reload changed the main PID"
 ok "7. a delivery into /srv/unlisted is refused: $(grep -m1 -o 'read-only.*' <<<"$unlisted" | head -c 140)"
 write_config </dev/null
