@@ -93,6 +93,24 @@ has_metric() {
 }
 # The journal of the keyrotd unit, one message a line; extra journalctl arguments.
 journal() { C journalctl -u keyrotd --no-pager -o cat "$@"; }
+# The entries of the unit's journal in FORMAT (journalctl -o) that contain NEEDLE, extra
+# journalctl arguments after it; waited for up to 10 s, since journald takes a stream's
+# lines asynchronously (`systemctl reload` can return before its command's output is in).
+# Empty if none came.
+journal_grep() {
+    local format=$1 needle=$2
+    shift 2
+    local deadline=$((SECONDS + 10)) lines
+    while :; do
+        lines=$(C journalctl -u keyrotd --no-pager -o "$format" "$@") || lines=""
+        lines=$(grep -F -- "$needle" <<<"$lines" || true)
+        if [[ -n $lines ]] || ((SECONDS >= deadline)); then
+            printf '%s' "$lines"
+            return
+        fi
+        sleep 0.2
+    done
+}
 
 cleanup() {
     local status=$?
@@ -282,8 +300,7 @@ main_pid=$(prop MainPID)
 has_metric 'keyrotd_leader 1' || fail "/metrics does not say keyrotd_leader 1: $(metrics)"
 has_metric 'keyrotd_config_last_reload_successful 1' || fail "/metrics: no successful config"
 uid=$(C id -u keyrotd)
-entries=$(C journalctl -u keyrotd -o json --no-pager)
-ready=$(grep '"MESSAGE":"[^"]*keyrotd ready' <<<"$entries" | tail -n 1)
+ready=$(journal_grep json 'keyrotd ready' | tail -n 1)
 for field in '"_SYSTEMD_UNIT":"keyrotd.service"' "\"_PID\":\"$main_pid\"" "\"_UID\":\"$uid\"" \
     '"SYSLOG_IDENTIFIER":"keyrotd"' '"_TRANSPORT":"stdout"' '"PRIORITY":"6"' \
     "listen_address=127.0.0.1:$PORT" \
@@ -344,9 +361,8 @@ sed -i '3s/.*/rotation_lease = = "5s"/' "$WORK/root/etc/keyrotd/keyrotd.toml"
 if out=$(C systemctl reload keyrotd 2>&1); then
     fail "systemctl reload succeeded with a syntax error in the config: $out"
 fi
-reload_log=$(journal --since "-30s")
-reload_log=$(grep -F 'keyrotd.toml:3:' <<<"$reload_log" || true)
-[[ -n $reload_log ]] || fail "the failed reload's message names no keyrotd.toml:3:COLUMN: $(C journalctl -u keyrotd --no-pager -n 10)"
+reload_log=$(journal_grep cat 'keyrotd.toml:3:' --since "-30s")
+[[ -n $reload_log ]] || fail "the failed reload's message names no keyrotd.toml:3:COLUMN"
 [[ $(prop MainPID) == "$main_pid" && $(prop ActiveState) == active ]] ||
     fail "the bad reload disturbed the daemon: MainPID $(prop MainPID), $(prop ActiveState)"
 has_metric 'keyrotd_config_last_reload_successful 1' ||
@@ -362,14 +378,13 @@ EOF
 if out=$(C systemctl reload keyrotd 2>&1); then
     fail "systemctl reload accepted a delivery into /srv/unlisted, outside ReadWritePaths=: $out"
 fi
-unlisted=$(journal --since "-30s")
-unlisted=$(grep -F '/srv/unlisted' <<<"$unlisted" || true)
+unlisted=$(journal_grep cat 'ReadWritePaths=/srv/unlisted' --since "-30s")
 grep -qF 'ReadWritePaths=/srv/unlisted' <<<"$unlisted" ||
     fail "the refusal does not name ReadWritePaths=/srv/unlisted: $unlisted"
 [[ ! -e $WORK/root/srv/unlisted/key ]] || fail "keyrotd wrote outside ReadWritePaths="
 # Logged at its level: `journalctl -p err` shows the refusal.
-errors=$(journal -p err --since "-30s")
-grep -qF 'delivery preflight' <<<"$errors" ||
+errors=$(journal_grep cat 'delivery preflight' -p err --since "-30s")
+[[ -n $errors ]] ||
     fail "journalctl -p err does not show the refusal (PRIORITY= not set from the level): $errors"
 [[ $(prop MainPID) == "$main_pid" ]] || fail "the refused reload changed the main PID"
 ok "7. a delivery into /srv/unlisted is refused: $(grep -m1 -o 'read-only.*' <<<"$unlisted" | head -c 140)"
@@ -388,7 +403,7 @@ restarted() {
 }
 wait_until 120 restarted || fail "no watchdog restart within 120 s: MainPID $(prop MainPID), $(prop ActiveState)/$(prop SubState)"
 [[ $(prop NRestarts) == $((restarts + 1)) ]] || fail "NRestarts $(prop NRestarts), not $((restarts + 1))"
-grep -q 'Watchdog timeout' <<<"$(journal)" ||
+[[ -n $(journal_grep cat 'Watchdog timeout') ]] ||
     fail "the journal does not say the watchdog fired"
 main_pid=$(prop MainPID)
 wait_until 60 leading || fail "the restarted daemon does not lead: '$(prop StatusText)'"
@@ -407,11 +422,13 @@ ok "9. live systemd-analyze security exposure $score (README.md: $max_exposure)"
 # --- 10. stop --------------------------------------------------------------------------
 # Judged from the journal: once inactive, the unit (disabled, unreferenced) is unloaded and
 # its properties (Result=, ExecMainStatus=) read as defaults.
-seen=$(journal | wc -l)
+# The watchdog's kill was RestartSec (5 s) and more before this second.
+since="@$(date +%s)"
 stop_started=$SECONDS
 out=$(C systemctl stop keyrotd 2>&1) || fail "systemctl stop: $out"
 took=$((SECONDS - stop_started))
-stop_log=$(journal | tail -n "+$((seen + 1))")
+journal_grep cat 'Deactivated successfully' --since "$since" >/dev/null
+stop_log=$(journal --since "$since")
 grep -qE ': stopped$' <<<"$stop_log" || fail "the daemon did not log its graceful stop: $stop_log"
 grep -qF 'keyrotd.service: Deactivated successfully.' <<<"$stop_log" ||
     fail "systemd does not report a clean stop: $stop_log"
