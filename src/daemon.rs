@@ -4,7 +4,7 @@
 //! upstream refused), tell systemd, claim the leadership lease
 //! ([`leadership`]) and run the checks, the rotations and the retention pruning only while
 //! this replica leads ([`work`]), then wait for signals. SIGHUP re-reads the config (a broken
-//! one is logged and the running one stays); SIGTERM/SIGINT stop the work, release the lease
+//! one, or one with a delivery target that cannot work, is logged and the running one stays); SIGTERM/SIGINT stop the work, release the lease
 //! and stop. `retention.rs` prunes the audit trail past `[daemon] events_retention`.
 
 use crate::checks::CheckTarget;
@@ -434,6 +434,18 @@ async fn reload(
     let config = Config::load(path)?;
     // Build everything before changing anything, so a bad provider section changes nothing.
     let (targets, runtimes) = build_work(&config, telemetry)?;
+    // A target that cannot work is refused here as at start-up, not found at the next
+    // rotation. A few file-system calls per target, on this task: the reload blocks the
+    // signal loop anyway.
+    let problems = crate::delivery::preflight::preflight(&config);
+    if !problems.is_empty() {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::bail!(
+            "{} delivery target problem(s): {}",
+            problems.len(),
+            problems.join("; ")
+        );
+    }
     if config.daemon.listen_address() != running.daemon.listen_address() {
         tracing::warn!("listen_address changed; it takes effect at the next restart");
     }

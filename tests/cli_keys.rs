@@ -345,3 +345,35 @@ fn a_database_created_by_root_belongs_to_the_owner_of_its_directory() {
     assert_eq!(std::fs::metadata(&database).unwrap().uid(), 65534);
     assert_eq!(std::fs::metadata(&database).unwrap().gid(), 65534);
 }
+
+/// A first key imported by root into a directory the service user owns leaves files that
+/// user can still use: the key file, the env file (read back at the next delivery) and the
+/// lock files beside them (opened read-write by every later delivery) belong to the
+/// directory's owner, not to root.
+#[test]
+fn files_root_delivers_into_a_service_directory_belong_to_its_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        skip_or_fail("needs root to create a file for another user");
+        return;
+    }
+    let env = Env::new();
+    let app = env.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::os::unix::fs::chown(&app, Some(65534), Some(65534)).unwrap();
+    env.write_config(&format!(
+        "{}deliver = [{{ kind = \"file\", path = {:?} }}, {{ kind = \"env_file\", path = {:?}, variable = \"K\" }}]\n",
+        sections(&[CREDENTIAL]),
+        app.join("key").to_str().unwrap(),
+        app.join("env").to_str().unwrap(),
+    ));
+    env.import(CREDENTIAL, &canary(), &[]);
+    for name in ["key", ".key.keyrotd.lock", "env", ".env.keyrotd.lock"] {
+        let meta = std::fs::metadata(app.join(name)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{name} is not the directory owner's"
+        );
+    }
+}

@@ -135,6 +135,51 @@ fn the_daemon_refuses_to_start_when_a_target_cannot_work() {
     assert!(!database.exists(), "refused before the store was opened");
 }
 
+/// A reload checks the targets as the start-up does: `keyrotd reload` (the unit's
+/// `ExecReload=`, run in the service's sandbox) refuses a config with a target that cannot
+/// work, naming it, and does not signal the daemon; the daemon refuses it too when SIGHUP
+/// comes directly, and keeps the running config.
+#[test]
+fn a_reload_refuses_a_target_that_cannot_work() {
+    const OK: &str = "keyrotd_config_last_reload_successful 1";
+    let env = Env::new();
+    let daemon = env.start();
+    let pid = daemon.pid().to_string();
+    assert!(daemon.metrics().lines().any(|l| l == OK));
+
+    let missing = env.path().join("missing");
+    env.write_config(&format!(
+        "{}deliver = [{{ kind = \"file\", path = {} }}]\n",
+        sections(&[CREDENTIAL]),
+        toml_path(&missing.join("key"))
+    ));
+    let out = env.run(&["reload", "--pid", &pid]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&format!(
+            "credential \"{CREDENTIAL}\": file target: {}: the directory does not exist",
+            missing.display()
+        )),
+        "{err}"
+    );
+
+    // The same file by SIGHUP: refused by the daemon. Its log holds this one refusal only:
+    // the command above never signalled.
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    let log = daemon.wait_for_log("reload failed", HANG_TIMEOUT);
+    assert_eq!(log.matches("reload failed").count(), 1, "{log}");
+    assert!(
+        log.contains("the directory does not exist"),
+        "the daemon's refusal names no target: {log}"
+    );
+    daemon.wait_for_metrics("the refused reload", |m| {
+        m.lines()
+            .any(|l| l == "keyrotd_config_last_reload_successful 0")
+    });
+    daemon.stop();
+}
+
 #[test]
 fn a_read_only_directory_is_named_with_read_write_paths() {
     let dir = tempfile::tempdir().unwrap();

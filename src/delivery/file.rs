@@ -6,6 +6,9 @@
 //! sees the old content or the new one, never a half-written key, and a crash leaves at worst
 //! a stray temporary file, never a truncated key file.
 //!
+//! Without an `owner` or `group`, a file root writes into another user's directory belongs
+//! to that directory's owner and group (see [`super::lock::hand_to_directory_owner`]).
+//!
 //! Renaming replaces the path itself: if the path is a symlink, the link is replaced by a
 //! regular file rather than its target being written through.
 
@@ -120,6 +123,11 @@ impl AtomicWriter {
             .map_err(io(format!("setting the mode of {}", temp.display())))?;
         if uid.is_some() || gid.is_some() {
             std::os::unix::fs::fchown(&file, uid, gid)
+                .map_err(io(format!("changing the owner of {}", temp.display())))?;
+        } else {
+            // The file a root `keyrotd key import` delivers must stay usable by the service
+            // (an env file is read back and merged at the next delivery).
+            super::lock::hand_to_directory_owner(&file, &temp)
                 .map_err(io(format!("changing the owner of {}", temp.display())))?;
         }
         file.write_all(contents)

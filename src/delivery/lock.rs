@@ -62,6 +62,16 @@ pub(crate) fn lock(path: &Path, target: &str, wait: Duration) -> Result<FileLock
             action: format!("opening lock file {}", lock_path.display()),
             source,
         })?;
+    // Made by root (an operator's `keyrotd key import`), a 0600 lock file would lock the
+    // service user out of every later delivery to this file (EACCES).
+    hand_to_directory_owner(&file, &lock_path).map_err(|source| DeliveryError::Io {
+        target: target.to_string(),
+        action: format!(
+            "handing lock file {} to its directory's owner",
+            lock_path.display()
+        ),
+        source,
+    })?;
     let started = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
@@ -86,6 +96,26 @@ pub(crate) fn lock(path: &Path, target: &str, wait: Duration) -> Result<FileLock
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// When root writes into a directory another user owns (the service user's, or a consumer's
+/// setgid directory), the new file `file` at `path` is given to the directory's owner and
+/// group: a root-owned file there would shut the service, which runs as that user, out of
+/// it. Files that are not root's, or in root's directories, are left alone.
+pub(crate) fn hand_to_directory_owner(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if file.metadata()?.uid() != 0 {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::metadata(dir)?;
+    if dir.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()))
 }
 
 #[cfg(test)]
