@@ -467,6 +467,18 @@ async fn a_429_cools_the_key_down_and_fails_over_until_every_key_cools() {
         .unwrap()
     };
     assert!(cooldown("k1") > 20.0 && cooldown("k2") > 0.0, "{metrics}");
+    let keys = |state| {
+        series(
+            &metrics,
+            "keyrotd_relay_route_keys",
+            &[("route", PREFIX), ("state", state)],
+        )
+    };
+    assert_eq!(
+        (keys("usable"), keys("cooling"), keys("out")),
+        (Some(0.0), Some(2.0), Some(0.0)),
+        "{metrics}"
+    );
     assert_eq!(
         series(
             &metrics,
@@ -511,6 +523,19 @@ async fn a_refused_key_leaves_the_pool_is_checked_and_never_reaches_the_client()
     let (status, body, _) = chat(&setup, Some(&setup.token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(upstream.chat_keys().last(), Some(k2));
+    let metrics = setup.daemon.metrics();
+    let keys = |state| {
+        series(
+            &metrics,
+            "keyrotd_relay_route_keys",
+            &[("route", PREFIX), ("state", state)],
+        )
+    };
+    assert_eq!(
+        (keys("usable"), keys("cooling"), keys("out")),
+        (Some(1.0), Some(0.0), Some(1.0)),
+        "{metrics}"
+    );
     // And the daemon checked k1 at once instead of in an hour.
     wait_for(HANG_TIMEOUT, || (upstream.checks_of(k1) >= 2).then_some(()))
         .expect("an immediate check of the refused key");
