@@ -531,9 +531,11 @@ async fn a_refused_key_leaves_the_pool_is_checked_and_never_reaches_the_client()
             &[("route", PREFIX), ("state", state)],
         )
     };
-    assert_eq!(
-        (keys("usable"), keys("cooling"), keys("out")),
-        (Some(1.0), Some(0.0), Some(1.0)),
+    // k1 counts as out until its immediate check is recorded invalid; then the pool
+    // follows the store and drops it.
+    assert_eq!(keys("usable"), Some(1.0), "{metrics}");
+    assert!(
+        keys("out") == Some(1.0) || sample(&metrics, "keyrotd_key_valid", "k1") == Some(0.0),
         "{metrics}"
     );
     // And the daemon checked k1 at once instead of in an hour.
@@ -1047,8 +1049,26 @@ async fn a_key_revoked_at_the_provider_under_load_fails_no_request_while_another
         "k1 served before it was revoked"
     );
     refused.lock().unwrap().push(k1.clone());
-    let revoked_at = upstream.chat_keys().len();
     load.serve_more(100);
+    // The relay asked for a check of k1 at once; once it is recorded invalid, the pool
+    // follows the store and holds k2 alone. (Before that, a 401 in the same second as k1's
+    // last valid check can let a refresh take k1 back: its next 401 is failed over again.)
+    let metrics = setup
+        .daemon
+        .wait_for_metrics("k1 found invalid and out of the pool", |m| {
+            let keys = |state| {
+                series(
+                    m,
+                    "keyrotd_relay_route_keys",
+                    &[("route", PREFIX), ("state", state)],
+                )
+            };
+            sample(m, "keyrotd_key_valid", "k1") == Some(0.0)
+                && keys("usable") == Some(1.0)
+                && keys("out") == Some(0.0)
+        });
+    let settled_from = upstream.chat_keys().len();
+    load.serve_more(50);
     let failures = load.finish().await;
     assert!(
         failures.is_empty(),
@@ -1057,26 +1077,13 @@ async fn a_key_revoked_at_the_provider_under_load_fails_no_request_while_another
         &failures[..failures.len().min(5)],
         setup.daemon.log()
     );
-    // The load met the revoked key (its 401s were failed over), then k1 left the pool:
-    // requests in flight when it went out were the last to reach it.
-    let after: Vec<String> = upstream.chat_keys()[revoked_at..].to_vec();
-    let settled = &after[after.len() - 50..];
+    // Only requests already in flight when k1 left may still have reached it.
+    let settled = &upstream.chat_keys()[settled_from + 10..];
     assert!(
-        settled.iter().all(|k| k == k2),
-        "k1 still in the pool: {} of the last 50 attempts",
-        settled.iter().filter(|k| *k == k1).count()
-    );
-    let metrics = setup.daemon.wait_for_metrics("k1 found invalid", |m| {
-        sample(m, "keyrotd_key_valid", "k1") == Some(0.0)
-    });
-    assert_eq!(
-        series(
-            &metrics,
-            "keyrotd_relay_route_keys",
-            &[("route", PREFIX), ("state", "usable")]
-        ),
-        Some(1.0),
-        "{metrics}"
+        settled.len() >= 40 && settled.iter().all(|k| k == k2),
+        "k1 still in the pool: {} of {} attempts",
+        settled.iter().filter(|k| *k == k1).count(),
+        settled.len()
     );
     assert!(
         series(
