@@ -1,7 +1,9 @@
 //! `keyrotd demo`: the whole product on one machine with no network and no config, like
 //! `vault server -dev`. Two simulated providers on loopback (one steady, one that fails now
 //! and then), two credentials rotated every minute and checked every 10 s, keys delivered to
-//! files, metrics live. Everything lives in a throw-away directory unless `--dir` is given.
+//! files, metrics live, and a relay route over `demo-app` with a client token of its own, so
+//! the printed `curl` reaches the simulator through the relay with whatever key is current.
+//! Everything lives in a throw-away directory unless `--dir` is given.
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -24,6 +26,9 @@ const CREDENTIALS: [(&str, &str, u64); 2] = [
     ("demo-app", "demo-steady", 0),
     ("demo-batch", "demo-flaky", 4),
 ];
+
+/// The relay route's prefix: `demo-app`'s simulator under it, OpenAI-style.
+const RELAY_PREFIX: &str = "/demo-app/v1";
 
 /// How often the demo rotates by default: every minute.
 pub(crate) const DEFAULT_SCHEDULE: &str = "* * * * *";
@@ -72,10 +77,17 @@ pub(crate) async fn run(options: DemoOptions) -> anyhow::Result<()> {
     if !master_key.exists() {
         MasterKey::generate().write_new(&master_key)?;
     }
+    let relay = DemoRelay::prepare(&dir)?;
     let config_path = dir.join("keyrotd.toml");
     std::fs::write(
         &config_path,
-        demo_config(&dir, &simulators, options.listen_address, &options.schedule),
+        demo_config(
+            &dir,
+            &simulators,
+            options.listen_address,
+            &options.schedule,
+            &relay,
+        ),
     )?;
     let config = Config::load(&config_path)?;
     let database = dir.join("keyrotd.db");
@@ -86,6 +98,7 @@ pub(crate) async fn run(options: DemoOptions) -> anyhow::Result<()> {
         options.listen_address,
         temporary.is_some(),
         &options.schedule,
+        relay.address,
     );
     let result = daemon::run(DaemonSettings {
         config_path,
@@ -102,7 +115,41 @@ pub(crate) async fn run(options: DemoOptions) -> anyhow::Result<()> {
     result
 }
 
-fn demo_config(dir: &Path, simulators: &[Simulator], listen: SocketAddr, schedule: &str) -> String {
+/// The demo's relay: where it listens and the hash of the client token it made.
+struct DemoRelay {
+    address: SocketAddr,
+    token_sha256: String,
+}
+
+impl DemoRelay {
+    /// A free loopback port for the relay, and a new client token. The token goes to a
+    /// 0600 file as a header line, so the printed `curl -H @FILE` puts it in no argv.
+    fn prepare(dir: &Path) -> anyhow::Result<DemoRelay> {
+        use secrecy::ExposeSecret;
+        // The daemon binds the relay's address itself; the port is free now and nothing
+        // else on loopback is racing the demo for it.
+        let address = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .context("cannot find a free port for the demo's relay")?;
+        let (token, token_sha256) = crate::relay::new_token();
+        write_private(
+            &dir.join("relay.header"),
+            &format!("Authorization: Bearer {}\n", token.expose_secret()),
+        )?;
+        Ok(DemoRelay {
+            address,
+            token_sha256,
+        })
+    }
+}
+
+fn demo_config(
+    dir: &Path,
+    simulators: &[Simulator],
+    listen: SocketAddr,
+    schedule: &str,
+    relay: &DemoRelay,
+) -> String {
     let mut text = format!(
         "# Written by `keyrotd demo`.\n[daemon]\nlisten_address = \"{listen}\"\ndatabase = \"{}\"\n\n[checks]\ninterval = \"10s\"\njitter = 0.1\n",
         dir.join("keyrotd.db").display()
@@ -130,6 +177,26 @@ deliver = [{{ kind = "file", path = "{target}" }}]
             target = dir.join(format!("{credential}.key")).display(),
         ));
     }
+    text.push_str(&format!(
+        r#"
+[relay]
+listen = "{address}"
+
+[[relay.client]]
+name = "demo"
+token_sha256 = "{hash}"
+
+[[relay.route]]
+prefix = "{RELAY_PREFIX}"
+upstream = "{upstream}/v1"
+credentials = ["{credential}"]
+clients = ["demo"]
+"#,
+        address = relay.address,
+        hash = relay.token_sha256,
+        upstream = simulators[0].base_url(),
+        credential = CREDENTIALS[0].0,
+    ));
     text
 }
 
@@ -196,7 +263,13 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(dir: &Path, listen: SocketAddr, temporary: bool, schedule: &str) {
+fn print_banner(
+    dir: &Path,
+    listen: SocketAddr,
+    temporary: bool,
+    schedule: &str,
+    relay: SocketAddr,
+) {
     let keyrotd = command_name();
     let file = |name: &str| shell_quote(&dir.join(name).to_string_lossy());
     println!(
@@ -212,6 +285,7 @@ Try, in another terminal:
   {keyrotd} --config {config} key list
   {keyrotd} --config {config} --master-key {master_key} key history demo-batch
   cat {delivered} | wc -c     # the delivered key file (0600), replaced atomically
+  curl -s -H @{header} http://{relay}{RELAY_PREFIX}/models   # through the relay: demo-app's current key
 
 Press Ctrl-C to stop.
 "#,
@@ -224,6 +298,7 @@ Press Ctrl-C to stop.
         config = file("keyrotd.toml"),
         master_key = file("master.key"),
         delivered = file("demo-app.key"),
+        header = file("relay.header"),
     );
 }
 

@@ -14,6 +14,7 @@
 //! | `POST /v1/keys` `{"name":..,"expires_at"?:..}` | management key | 201 `{id,name,key,expires_at}` |
 //! | `GET /v1/keys`                  | management key | 200 `{"data":[{id,name,disabled,created_at}]}` |
 //! | `DELETE /v1/keys/{id}`          | management key | 204, or 404 `{"error":{"code":"not_found"}}`   |
+//! | `GET /v1/models`                | the key itself | 200 OpenAI's model list, or 401 (`openai.rs`) |
 //!
 //! State lives in memory. Keys are stored only as SHA-256 digests, and logs carry key ids and
 //! fingerprints, never key material. Management requests with a wrong key get 401 before any
@@ -46,6 +47,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod latency;
+mod openai;
 pub(crate) use latency::HeldAnswers;
 use latency::Latency;
 
@@ -60,7 +62,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// One of the four things the API does; faults and counters are kept per operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// `GET /v1/key`: is this key live?
+    /// `GET /v1/key`: is this key live? (Also `GET /v1/models`, the key's own use.)
     Check,
     /// `POST /v1/keys`: issue a new key.
     Issue,
@@ -425,6 +427,7 @@ enum Route {
     Issue,
     List,
     Revoke(String),
+    Models,
 }
 
 impl Route {
@@ -433,6 +436,7 @@ impl Route {
             (&Method::GET, "/v1/key") => Some(Route::Check),
             (&Method::POST, "/v1/keys") => Some(Route::Issue),
             (&Method::GET, "/v1/keys") => Some(Route::List),
+            (&Method::GET, "/v1/models") => Some(Route::Models),
             (&Method::DELETE, _) => path
                 .strip_prefix("/v1/keys/")
                 .filter(|id| !id.is_empty())
@@ -443,7 +447,7 @@ impl Route {
 
     fn op(&self) -> Op {
         match self {
-            Route::Check => Op::Check,
+            Route::Check | Route::Models => Op::Check,
             Route::Issue => Op::Issue,
             Route::List => Op::List,
             Route::Revoke(_) => Op::Revoke,
@@ -484,6 +488,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     }
     match route {
         Route::Check => check(shared, bearer.as_deref()),
+        Route::Models => openai::models(shared, bearer.as_deref()),
         Route::Issue => issue(shared, request, fault == Some(Fault::RejectNewKey)).await,
         Route::List => list(shared),
         Route::Revoke(id) => revoke(shared, &id),

@@ -28,6 +28,13 @@ const REQUIRED_ON_DASHBOARD: &[&str] = &[
     "keyrotd_leader_epoch",
     "keyrotd_store_up",
     "keyrotd_instance_info",
+    "keyrotd_relay_requests_total",
+    "keyrotd_relay_request_duration_seconds",
+    "keyrotd_relay_retries_total",
+    "keyrotd_relay_key_cooldown_seconds",
+    "keyrotd_relay_route_keys",
+    "keyrotd_relay_in_flight",
+    "keyrotd_relay_tokens_total",
 ];
 
 fn root() -> &'static Path {

@@ -285,3 +285,62 @@ fn demo_prints_the_bare_name_when_keyrotd_on_the_path_is_this_binary() {
         "{banner}"
     );
 }
+
+#[test]
+fn demo_prints_a_curl_that_reaches_the_simulator_through_the_relay() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("demo state");
+    let (_demo, banner) = start_demo(&dir, PATH_WITHOUT_KEYROTD);
+    let command = banner
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("curl ") && line.contains("/models"))
+        .unwrap_or_else(|| panic!("no relay curl in the banner:\n{banner}"));
+    // The token is in a 0600 header file, not on the command line.
+    let header = std::fs::read_to_string(dir.join("relay.header")).unwrap();
+    let token = header
+        .trim()
+        .strip_prefix("Authorization: Bearer ")
+        .unwrap_or_else(|| panic!("not a header line: {header}"));
+    assert!(!banner.contains(token), "the relay token is in the banner");
+    let mode = std::fs::metadata(dir.join("relay.header"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // As a user would run it, comment included. The banner comes before the daemon is
+    // ready: retried until the relay answers, bounded.
+    let run = || {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .env_clear()
+            .env("PATH", PATH_WITHOUT_KEYROTD)
+            .current_dir(parent.path())
+            .output()
+            .expect("run /bin/sh");
+        stdout(&out)
+    };
+    let answer = wait_for(common::START_TIMEOUT, || {
+        let answer = run();
+        (!answer.is_empty()).then_some(answer)
+    })
+    .unwrap_or_else(|| panic!("the relay never answered {command}"));
+    assert!(
+        answer.contains(r#""object":"list""#) && answer.contains("sim-small"),
+        "{command}\n{answer}\n{}",
+        std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+    );
+    // Without the token the relay refuses, before any upstream call.
+    let url = command
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap();
+    let out = run_command(
+        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]),
+        "",
+    );
+    assert_eq!(stdout(&out), "401");
+}

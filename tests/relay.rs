@@ -467,6 +467,18 @@ async fn a_429_cools_the_key_down_and_fails_over_until_every_key_cools() {
         .unwrap()
     };
     assert!(cooldown("k1") > 20.0 && cooldown("k2") > 0.0, "{metrics}");
+    let keys = |state| {
+        series(
+            &metrics,
+            "keyrotd_relay_route_keys",
+            &[("route", PREFIX), ("state", state)],
+        )
+    };
+    assert_eq!(
+        (keys("usable"), keys("cooling"), keys("out")),
+        (Some(0.0), Some(2.0), Some(0.0)),
+        "{metrics}"
+    );
     assert_eq!(
         series(
             &metrics,
@@ -511,6 +523,21 @@ async fn a_refused_key_leaves_the_pool_is_checked_and_never_reaches_the_client()
     let (status, body, _) = chat(&setup, Some(&setup.token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(upstream.chat_keys().last(), Some(k2));
+    let metrics = setup.daemon.metrics();
+    let keys = |state| {
+        series(
+            &metrics,
+            "keyrotd_relay_route_keys",
+            &[("route", PREFIX), ("state", state)],
+        )
+    };
+    // k1 counts as out until its immediate check is recorded invalid; then the pool
+    // follows the store and drops it.
+    assert_eq!(keys("usable"), Some(1.0), "{metrics}");
+    assert!(
+        keys("out") == Some(1.0) || sample(&metrics, "keyrotd_key_valid", "k1") == Some(0.0),
+        "{metrics}"
+    );
     // And the daemon checked k1 at once instead of in an hour.
     wait_for(HANG_TIMEOUT, || (upstream.checks_of(k1) >= 2).then_some(()))
         .expect("an immediate check of the refused key");
@@ -917,4 +944,251 @@ async fn a_body_over_the_retry_buffer_is_sent_once_without_retry() {
     assert_eq!(response.status(), 200, "a body that fits is retried");
     assert_eq!(upstream.state.last_body.load(Ordering::SeqCst), 1024);
     daemon.stop();
+}
+
+/// Clients that post chat requests through the relay back to back until stopped, counting
+/// what was served and keeping every failure (status and body, or the transport error).
+struct Load {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(relay: &str, token: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+                let (url, token) = (
+                    format!("{relay}{PREFIX}/chat/completions"),
+                    token.to_string(),
+                );
+                tokio::spawn(async move {
+                    let client = client();
+                    while !stop.load(Ordering::SeqCst) {
+                        match client
+                            .post(&url)
+                            .bearer_auth(&token)
+                            .body("{}")
+                            .send()
+                            .await
+                        {
+                            Ok(r) if r.status() == StatusCode::OK => {
+                                served.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(r) => {
+                                let failure = format!(
+                                    "{}: {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                );
+                                failures.lock().unwrap().push(failure);
+                            }
+                            Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            served,
+            failures,
+            tasks,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until `more` requests past the count now were served.
+    fn serve_more(&self, more: u64) {
+        let until = self.served() + more;
+        wait_for(HANG_TIMEOUT, || (self.served() >= until).then_some(()))
+            .expect("requests served through the relay");
+    }
+
+    /// Stops the clients and answers the failures they saw.
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        failures
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_at_the_provider_under_load_fails_no_request_while_another_key_is_healthy() {
+    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    let list = refused.clone();
+    let upstream = Upstream::start(Arc::new(move |key| {
+        !list.lock().unwrap().iter().any(|k| k == key)
+    }))
+    .await;
+    // Round robin, so that k1 carries half the load when it is revoked.
+    let setup = setup(&upstream, "strategy = \"round_robin\"");
+    let [k1, k2] = &setup.keys;
+    setup
+        .daemon
+        .wait_for_metrics("start-up checks recorded", |m| {
+            ["k1", "k2"]
+                .iter()
+                .all(|c| sample(m, "keyrotd_key_valid", c) == Some(1.0))
+        });
+    let load = Load::start(&setup.relay, &setup.token, 4);
+    load.serve_more(40);
+    assert!(
+        upstream.chat_keys().contains(k1),
+        "k1 served before it was revoked"
+    );
+    refused.lock().unwrap().push(k1.clone());
+    load.serve_more(100);
+    // The relay asked for a check of k1 at once; once it is recorded invalid, the pool
+    // follows the store and holds k2 alone. (Before that, a 401 in the same second as k1's
+    // last valid check can let a refresh take k1 back: its next 401 is failed over again.)
+    let metrics = setup
+        .daemon
+        .wait_for_metrics("k1 found invalid and out of the pool", |m| {
+            let keys = |state| {
+                series(
+                    m,
+                    "keyrotd_relay_route_keys",
+                    &[("route", PREFIX), ("state", state)],
+                )
+            };
+            sample(m, "keyrotd_key_valid", "k1") == Some(0.0)
+                && keys("usable") == Some(1.0)
+                && keys("out") == Some(0.0)
+        });
+    let settled_from = upstream.chat_keys().len();
+    load.serve_more(50);
+    let failures = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed requests after k1 was revoked: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        setup.daemon.log()
+    );
+    // Only requests already in flight when k1 left may still have reached it.
+    let settled = &upstream.chat_keys()[settled_from + 10..];
+    assert!(
+        settled.len() >= 40 && settled.iter().all(|k| k == k2),
+        "k1 still in the pool: {} of {} attempts",
+        settled.iter().filter(|k| *k == k1).count(),
+        settled.len()
+    );
+    assert!(
+        series(
+            &metrics,
+            "keyrotd_relay_retries_total",
+            &[("route", PREFIX), ("reason", "unauthorized")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the load never met the revoked key: {metrics}"
+    );
+    assert_no_secret_leaked(&setup, &[]);
+    setup.daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_every_second_under_load_fails_no_request() {
+    let (sim, _) = Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let live = sim.clone();
+    let upstream = Upstream::start(Arc::new(move |key| live.is_live(key))).await;
+    let env = Env::new();
+    let (token, app) = new_token(&env, "app");
+    let management = env.path().join("mgmt");
+    std::fs::write(&management, sim.management_key()).unwrap();
+    env.write_config(&format!(
+        r#"[[provider]]
+name = "sim"
+kind = "simulated"
+base_url = "{base}"
+management_key = {{ file = {mgmt:?} }}
+
+[[credential]]
+name = "{CREDENTIAL}"
+provider = "sim"
+
+[relay]
+listen = "127.0.0.1:0"
+refresh_interval = "100ms"
+
+{app}
+[[relay.route]]
+prefix = "{PREFIX}"
+upstream = "{url}"
+credentials = ["{CREDENTIAL}"]
+clients = ["app"]
+"#,
+        base = sim.base_url(),
+        mgmt = management.display().to_string(),
+        url = upstream.url,
+    ));
+    let seeded = canary();
+    sim.add_key(&seeded);
+    env.import(CREDENTIAL, &seeded, &[]);
+    let daemon = env.start();
+    let relay = relay_url(&daemon);
+    let load = Load::start(&relay, &token, 4);
+    load.serve_more(20);
+
+    // Every second: a new key through `keyrotd key rotate`, and as soon as the relay uses
+    // it, the key before it revoked at the provider, so nothing can lean on an old key.
+    const ROTATIONS: i64 = 5;
+    let mut pace = tokio::time::interval(std::time::Duration::from_secs(1));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut old = seeded.clone();
+    for version in 2..2 + ROTATIONS {
+        pace.tick().await;
+        let out = env.run(&["key", "rotate", CREDENTIAL]);
+        assert_success(&out, "key rotate");
+        let new = wait_for(HANG_TIMEOUT, || {
+            upstream
+                .chat_keys()
+                .last()
+                .filter(|key| **key != old)
+                .cloned()
+        })
+        .expect("the new key in use");
+        if version > 2 {
+            // The imported key (version 1) is not the simulator's to revoke by id.
+            let previous = (version - 1).to_string();
+            let out = env.run(&["key", "revoke", CREDENTIAL, "--version", &previous]);
+            assert_success(&out, "key revoke");
+            assert!(!sim.is_live(&old), "{}", stdout(&out));
+        }
+        old = new;
+    }
+    load.serve_more(20);
+    let served = load.served();
+    let failures = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failures.len(),
+        served + failures.len() as u64,
+        &failures[..failures.len().min(5)],
+        daemon.log()
+    );
+    let distinct: std::collections::HashSet<String> = upstream.chat_keys().into_iter().collect();
+    assert!(
+        distinct.len() as i64 > ROTATIONS,
+        "every rotated key served: {} keys",
+        distinct.len()
+    );
+    let log = daemon.stop();
+    for key in &distinct {
+        assert!(!log.contains(key.as_str()), "a key in the log");
+    }
 }

@@ -554,3 +554,34 @@ async fn unknown_endpoints_and_bad_bodies() {
     assert_eq!(error_code(response).await, "invalid_request");
     assert!(sim.live_keys().is_empty());
 }
+
+#[tokio::test]
+async fn a_live_key_lists_models_as_openai_does_and_a_revoked_one_gets_401() {
+    let (sim, base) = start().await;
+    let (id, key) = issue(&sim, &base, "keyrotd/demo/r1").await;
+    let models = |key: String| {
+        let url = format!("{base}/v1/models");
+        async move {
+            Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("models request")
+        }
+    };
+    let response = models(key.clone()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][0]["object"], "model");
+    let checks = sim.request_count(Op::Check);
+    assert!(checks >= 1, "counted as the key's own use");
+
+    revoke(&sim, &base, &id).await;
+    let response = models(key).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(response).await, "invalid_api_key");
+    let response = models(sim.management_key()).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}

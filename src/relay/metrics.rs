@@ -7,11 +7,14 @@
 //!   from upstream) and `total` (last byte sent);
 //! - `keyrotd_relay_retries_total{route,reason}`;
 //! - `keyrotd_relay_key_cooldown_seconds{credential}`: read from the pools at scrape time;
+//! - `keyrotd_relay_route_keys{route,state}`: a route's keys by health (`usable`, `cooling`,
+//!   `out`), read from the pools at scrape time, so an alert can see a route left with no
+//!   key before its clients do;
 //! - `keyrotd_relay_in_flight{route}`;
 //! - `keyrotd_relay_tokens_total{route,credential,kind}`: from the `usage` of non-streamed
 //!   JSON answers (a streamed answer's usage is not read yet).
 
-use super::pool::{cooldowns, Pool};
+use super::pool::{cooldowns, key_states, Pool};
 use crate::clock::Clock;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -242,6 +245,50 @@ impl Collector for CooldownGauge {
         self.gauge.reset();
         for (credential, left) in longest {
             self.gauge.with_label_values(&[&*credential]).set(left);
+        }
+        self.gauge.collect()
+    }
+}
+
+/// `keyrotd_relay_route_keys{route,state}`, read from the pools at each scrape. Every state
+/// of every route is exported, zeros included, so `== 0` works in an alert rule without
+/// `absent()`.
+pub(crate) struct RouteKeysGauge {
+    routes: Vec<(Arc<str>, Arc<Pool>)>,
+    clock: Arc<dyn Clock>,
+    gauge: IntGaugeVec,
+}
+
+impl RouteKeysGauge {
+    pub(crate) fn new(routes: Vec<(Arc<str>, Arc<Pool>)>, clock: Arc<dyn Clock>) -> RouteKeysGauge {
+        let gauge = IntGaugeVec::new(
+            Opts::new(
+                "keyrotd_relay_route_keys",
+                "Keys of a relay route by state: usable, cooling (after a 429), out (after a 401/403, until a check finds the key valid).",
+            ),
+            &["route", "state"],
+        )
+        .expect("valid metric");
+        RouteKeysGauge {
+            routes,
+            clock,
+            gauge,
+        }
+    }
+}
+
+impl Collector for RouteKeysGauge {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = self.clock.now();
+        for (route, pool) in &self.routes {
+            let counts = key_states(pool, now);
+            for (state, count) in ["usable", "cooling", "out"].into_iter().zip(counts) {
+                self.gauge.with_label_values(&[route, state]).set(count);
+            }
         }
         self.gauge.collect()
     }

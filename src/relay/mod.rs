@@ -43,7 +43,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use metrics::{CooldownGauge, RelayMetrics, RouteSeries};
+use metrics::{CooldownGauge, RelayMetrics, RouteKeysGauge, RouteSeries};
 use pool::Pool;
 use refresh::{Known, PooledCredential};
 use std::convert::Infallible;
@@ -156,6 +156,11 @@ pub async fn start(
         .collect();
     let pools = routes.iter().map(|r| r.pool.clone()).collect();
     registry.register(Box::new(CooldownGauge::new(pools, clock.clone())))?;
+    let route_pools = routes
+        .iter()
+        .map(|r| (Arc::<str>::from(&*r.prefix), r.pool.clone()))
+        .collect();
+    registry.register(Box::new(RouteKeysGauge::new(route_pools, clock.clone())))?;
     let credentials = pooled_credentials(config, &routes);
     let mut known = Known::default();
     let generation = store.generation().await?;

@@ -197,6 +197,24 @@ pub(crate) fn cooldowns(pool: &Pool, clock: &dyn Clock, into: &mut Vec<(Arc<str>
     }
 }
 
+/// How many of a pool's keys (the previous keys in grace included) are usable, cooling
+/// down, and out, for `keyrotd_relay_route_keys`. A key both out and cooling counts as out:
+/// the cool-down ending does not bring it back.
+pub(crate) fn key_states(pool: &Pool, now: i64) -> [i64; 3] {
+    let mut counts = [0; 3];
+    for key in pool.keys().iter() {
+        let state = if key.health.is_out() {
+            2
+        } else if key.health.cooling_left(now) > 0 {
+            1
+        } else {
+            0
+        };
+        counts[state] += 1;
+    }
+    counts
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -285,5 +303,27 @@ pub(crate) mod tests {
         assert_eq!(fresh.cool_down(0, None, cap), Duration::from_secs(2));
         fresh.answered();
         assert_eq!(fresh.cool_down(0, None, cap), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn key_states_count_usable_cooling_and_out_with_out_winning() {
+        let pool = Pool::new(Strategy::Failover);
+        pool.replace(vec![key(0, 1, false), key(1, 2, false), key(0, 3, true)]);
+        assert_eq!(key_states(&pool, 100), [3, 0, 0]);
+        let keys = pool.keys();
+        keys[1]
+            .health
+            .cool_down(100, Some(Duration::from_secs(10)), Duration::from_secs(60));
+        assert_eq!(key_states(&pool, 100), [2, 1, 0]);
+        keys[0].health.take_out(100);
+        keys[0]
+            .health
+            .cool_down(100, Some(Duration::from_secs(10)), Duration::from_secs(60));
+        assert_eq!(key_states(&pool, 100), [1, 1, 1]);
+        assert_eq!(
+            key_states(&pool, 110),
+            [2, 0, 1],
+            "cool-downs end, out stays"
+        );
     }
 }
