@@ -218,6 +218,15 @@ async fn answer(state: &Arc<UpstreamState>, request: Request<Incoming>) -> Respo
                     return;
                 }
                 let _ = tx.send(Ok(Bytes::from_static(b"data: two\n\n"))).await;
+                // OpenAI's final chunk with `stream_options.include_usage`, split mid-line.
+                let _ = tx
+                    .send(Ok(Bytes::from_static(b"data: {\"choices\":[],\"usa")))
+                    .await;
+                let _ = tx
+                    .send(Ok(Bytes::from_static(
+                        b"ge\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n",
+                    )))
+                    .await;
                 let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
             });
             Response::builder()
@@ -610,7 +619,23 @@ async fn streams_pass_chunk_by_chunk_and_end_as_the_upstream_ends_them() {
     while let Some(chunk) = next_chunk(&mut response).await.unwrap() {
         rest.extend_from_slice(&chunk);
     }
-    assert_eq!(rest, b"data: two\n\ndata: [DONE]\n\n");
+    assert_eq!(
+        rest,
+        b"data: two\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n"
+    );
+    // The stream's usage is counted from its final chunk, with nothing held back.
+    setup.daemon.wait_for_metrics("streamed token usage", |m| {
+        ["prompt", "completion"]
+            .iter()
+            .zip([3.0, 2.0])
+            .all(|(kind, count)| {
+                series(
+                    m,
+                    "keyrotd_relay_tokens_total",
+                    &[("route", PREFIX), ("credential", "k1"), ("kind", kind)],
+                ) == Some(count)
+            })
+    });
 
     // An upstream that breaks off mid-stream: the client sees the break, not a clean end.
     let mut response = stream(&setup, "stream-cut").await;

@@ -9,7 +9,8 @@
 //! the last byte has gone, or when the client went away first (the body is dropped, and
 //! with it the upstream connection).
 
-use super::metrics::{CredentialSeries, RouteSeries, TokenKind};
+use super::metrics::RouteSeries;
+use super::usage::UsageReader;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -187,13 +188,10 @@ pub(crate) struct Streaming {
     body: Incoming,
     idle: Pin<Box<Sleep>>,
     idle_for: Duration,
-    /// The JSON body so far, while its `usage` is to be read (non-streamed JSON only).
-    usage: Option<(BytesMut, usize)>,
+    /// The answer's usage reader, and the credential slot its tokens count for.
+    usage: Option<(UsageReader, usize)>,
     finish: Finish,
 }
-
-/// Largest JSON answer whose `usage` is read.
-const MAX_USAGE_BODY: usize = 4 * 1024 * 1024;
 
 impl RelayBody {
     pub(crate) fn full(data: Bytes, finish: Option<Finish>) -> RelayBody {
@@ -203,18 +201,17 @@ impl RelayBody {
         }
     }
 
-    /// The upstream body; `usage_slot` names the credential whose tokens a JSON answer's
-    /// `usage` is counted for.
+    /// The upstream body of an answer with this content type; `usage_slot` names the
+    /// credential whose tokens its usage is counted for.
     pub(crate) fn upstream(
         body: Incoming,
         idle_for: Duration,
-        usage_slot: Option<usize>,
+        content_type: &[u8],
+        usage_slot: usize,
         finish: Finish,
     ) -> RelayBody {
-        let usage = usage_slot.map(|slot| {
-            let expected = body.size_hint().exact().unwrap_or(0) as usize;
-            (BytesMut::with_capacity(expected.min(MAX_USAGE_BODY)), slot)
-        });
+        let usage = UsageReader::for_content_type(content_type, body.size_hint().exact())
+            .map(|reader| (reader, usage_slot));
         RelayBody::Upstream(Box::new(Streaming {
             body,
             idle: Box::pin(tokio::time::sleep(idle_for)),
@@ -229,10 +226,9 @@ impl Drop for Streaming {
     /// hyper stops polling a body whose length it knows once the last byte is in: a body
     /// that ended is counted here if it was not when it ended.
     fn drop(&mut self) {
-        if let Some((buffer, slot)) = self.usage.take() {
-            if self.body.is_end_stream() {
-                count_usage(&buffer, self.finish.series.credential(Some(slot)));
-            }
+        if let Some((reader, slot)) = self.usage.take() {
+            let complete = self.body.is_end_stream();
+            reader.count(complete, self.finish.series.credential(Some(slot)));
         }
     }
 }
@@ -257,10 +253,8 @@ impl Body for RelayBody {
                     .idle
                     .as_mut()
                     .reset(Instant::now() + streaming.idle_for);
-                if let (Some(data), Some((buffer, _))) = (frame.data_ref(), &mut streaming.usage) {
-                    if buffer.len() + data.len() <= MAX_USAGE_BODY {
-                        buffer.extend_from_slice(data);
-                    } else {
+                if let (Some(data), Some((reader, _))) = (frame.data_ref(), &mut streaming.usage) {
+                    if !reader.feed(data) {
                         streaming.usage = None;
                     }
                 }
@@ -268,8 +262,8 @@ impl Body for RelayBody {
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => {
-                if let Some((buffer, slot)) = streaming.usage.take() {
-                    count_usage(&buffer, streaming.finish.series.credential(Some(slot)));
+                if let Some((reader, slot)) = streaming.usage.take() {
+                    reader.count(true, streaming.finish.series.credential(Some(slot)));
                 }
                 Poll::Ready(None)
             }
@@ -296,49 +290,5 @@ impl Body for RelayBody {
             }
             RelayBody::Upstream(streaming) => streaming.body.size_hint(),
         }
-    }
-}
-
-/// The token counts of an OpenAI-, Anthropic- or Gemini-shaped JSON answer.
-#[derive(serde::Deserialize)]
-struct UsageDocument {
-    usage: Option<Usage>,
-    #[serde(rename = "usageMetadata")]
-    usage_metadata: Option<GeminiUsage>,
-}
-
-#[derive(serde::Deserialize)]
-struct Usage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
-#[derive(serde::Deserialize)]
-struct GeminiUsage {
-    #[serde(rename = "promptTokenCount")]
-    prompt: Option<u64>,
-    #[serde(rename = "candidatesTokenCount")]
-    candidates: Option<u64>,
-}
-
-fn count_usage(body: &[u8], series: &CredentialSeries) {
-    let Ok(document) = serde_json::from_slice::<UsageDocument>(body) else {
-        return;
-    };
-    let (prompt, completion) = match (document.usage, document.usage_metadata) {
-        (Some(usage), _) => (
-            usage.prompt_tokens.or(usage.input_tokens),
-            usage.completion_tokens.or(usage.output_tokens),
-        ),
-        (None, Some(gemini)) => (gemini.prompt, gemini.candidates),
-        (None, None) => return,
-    };
-    if let Some(count) = prompt {
-        series.tokens(TokenKind::Prompt, count);
-    }
-    if let Some(count) = completion {
-        series.tokens(TokenKind::Completion, count);
     }
 }

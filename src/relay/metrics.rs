@@ -11,8 +11,8 @@
 //!   `out`), read from the pools at scrape time, so an alert can see a route left with no
 //!   key before its clients do;
 //! - `keyrotd_relay_in_flight{route}`;
-//! - `keyrotd_relay_tokens_total{route,credential,kind}`: from the `usage` of non-streamed
-//!   JSON answers (a streamed answer's usage is not read yet).
+//! - `keyrotd_relay_tokens_total{route,credential,kind}`: from the `usage` of
+//!   JSON answers and of event streams (see [`super::usage`]).
 
 use super::pool::{cooldowns, key_states, Pool};
 use crate::clock::Clock;
@@ -105,7 +105,7 @@ impl RelayMetrics {
         let tokens = IntCounterVec::new(
             Opts::new(
                 "keyrotd_relay_tokens_total",
-                "Tokens the upstream reported in the usage of non-streamed JSON answers, by route, credential and kind (prompt, completion).",
+                "Tokens the upstream reported in the usage of its answers (JSON, and event streams as they pass), by route, credential and kind (prompt, completion).",
             ),
             &["route", "credential", "kind"],
         )?;

@@ -15,6 +15,7 @@
 //! - [`refresh`]: the pools' view of the store, re-read when its generation moves;
 //! - [`proxy`]: one request: route, client, key, upstream, failover, answer;
 //! - [`body`], [`headers`]: bodies streamed frame by frame, headers and URLs for upstream;
+//! - [`usage`]: token usage read from JSON answers and event streams as they pass;
 //! - [`metrics`]: the `keyrotd_relay_*` series.
 //!
 //! The relay runs inside the daemon, on every replica (it reads keys, it changes nothing),
@@ -27,6 +28,7 @@ mod metrics;
 mod pool;
 mod proxy;
 mod refresh;
+mod usage;
 
 pub use auth::new_token;
 

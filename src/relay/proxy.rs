@@ -306,14 +306,12 @@ impl Relay {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         if parts.status.is_success() || parts.status.is_redirection() {
-            let json = parts
-                .headers
-                .get(CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            let content_type = parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
             let body = RelayBody::upstream(
                 body,
                 self.limits.idle_timeout,
-                json.then_some(key.slot),
+                content_type.unwrap_or_default(),
+                key.slot,
                 finish,
             );
             return Response::from_parts(parts, body);
