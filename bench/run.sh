@@ -10,6 +10,7 @@
 #   KEYROTD=/path/to/other/keyrotd bench/run.sh   # benchmark another build (e.g. before a change)
 #   STORE_URL=postgres://postgres@127.0.0.1:5432/postgres SCALES=10000 bench/run.sh
 #                                     # on PostgreSQL (a scratch database per run), with a standby
+#   bench/run.sh --relay              # the relay alone: latency, throughput, SSE, memory
 #
 # Results: bench/results/<UTC date>/<n>.json plus machine.txt; the summary goes to stdout.
 set -euo pipefail
@@ -55,6 +56,16 @@ if python3 -c 'import prometheus_client' 2>/dev/null; then PYTHON=(--python benc
     echo "uptime: $(uptime)"
     echo "keyrotd: $KEYROTD ($(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 } | tee "$OUT/machine.txt"
+
+if [[ "${1:-}" == "--relay" ]]; then
+    # A route over 4 credentials to the harness's own upstream, the daemon as systemd runs it.
+    echo "== relay (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+    "$BENCH" --relay --n 4 --fresh-checks --keyrotd "$KEYROTD" "${UNIT_ENV[@]}" \
+        --json "$OUT/relay.json" >/dev/null
+    echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "results in $OUT"
+    exit 0
+fi
 
 for n in $SCALES; do
     case "$n" in

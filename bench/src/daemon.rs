@@ -17,12 +17,13 @@ use anyhow::{bail, Context};
 use keyrotd::simulator::{Op, Simulator};
 use serde_json::{json, Value};
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A daemon that has sent `READY=1`.
-struct ReadyDaemon {
-    process: Running,
+pub(crate) struct ReadyDaemon {
+    pub(crate) process: Running,
     ready_ms: f64,
     /// The metrics listener, from the `STATUS=` sent with `READY=1`.
     address: String,
@@ -47,7 +48,7 @@ impl Bench {
             process: mut daemon,
             ready_ms,
             address,
-        } = self.start_daemon(args, "daemon").await?;
+        } = self.start_daemon(args, "daemon", &self.config).await?;
         let pid = daemon.pid();
         let rss_at_ready = proc_status_kib(pid, "VmRSS")?;
         let rss_anon_at_ready = proc_status_kib(pid, "RssAnon")?;
@@ -110,7 +111,7 @@ impl Bench {
             process: mut standby,
             ready_ms,
             address,
-        } = self.start_daemon(args, "standby").await?;
+        } = self.start_daemon(args, "standby", &self.config).await?;
         let pid = standby.pid();
         let leading = |address: &str| {
             let address = address.to_string();
@@ -151,15 +152,20 @@ impl Bench {
         ))
     }
 
-    /// `keyrotd run` with a notify socket of its own; returns once it sent `READY=1`.
-    /// `name` names its socket and log file in the work directory.
-    async fn start_daemon(&self, args: &Args, name: &str) -> anyhow::Result<ReadyDaemon> {
+    /// `keyrotd run` on `config` with a notify socket of its own; returns once it sent
+    /// `READY=1`. `name` names its socket and log file in the work directory.
+    pub(crate) async fn start_daemon(
+        &self,
+        args: &Args,
+        name: &str,
+        config: &Path,
+    ) -> anyhow::Result<ReadyDaemon> {
         let socket_path = self.dir.join(format!("{name}.notify.sock"));
         let _ = std::fs::remove_file(&socket_path);
         let socket = UnixDatagram::bind(&socket_path)?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let mut command = self.command(&self.config);
+        let mut command = self.command(config);
         command
             .arg("run")
             .envs(args.daemon_env.iter().map(|(name, value)| (name, value)))

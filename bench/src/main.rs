@@ -29,6 +29,10 @@
 //! phase runs on a PostgreSQL database instead of an SQLite file, and the daemon phase adds
 //! a second replica: its scrape as a standby, and the failover when the leader is SIGKILLed.
 //!
+//! With `--relay`, none of these run: [`relay`] measures the relay instead (added latency,
+//! throughput, SSE forwarding delay, memory with many open streams) against a local upstream,
+//! over the `--n` credentials seeded the same way.
+//!
 //! Results are printed and written as JSON (`--json`).
 //!
 //! **Which `keyrotd` is measured.** `--keyrotd PATH`, or else the `keyrotd` next to this
@@ -41,6 +45,7 @@
 mod daemon;
 mod process;
 mod python;
+mod relay;
 mod rotation;
 mod scrape;
 mod setup;
@@ -119,6 +124,34 @@ struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run the relay benchmark instead of the scale phases: a `[relay]` route over the
+    /// `--n` credentials to a local upstream, measured against that upstream called directly.
+    #[arg(long)]
+    relay: bool,
+    /// Requests per second of the relay's added-latency measurement (open-loop).
+    #[arg(long, default_value_t = 2000.0)]
+    relay_rate: f64,
+    /// Requests per target (direct, relay) of the added-latency measurement.
+    #[arg(long, default_value_t = 20_000)]
+    relay_requests: usize,
+    /// Connections of the relay's throughput measurement.
+    #[arg(long, default_value_t = 64)]
+    relay_connections: usize,
+    /// Length of each throughput measurement (direct, relay), seconds.
+    #[arg(long, default_value_t = 10.0)]
+    relay_throughput_secs: f64,
+    /// SSE streams at once in the streaming measurement.
+    #[arg(long, default_value_t = 20)]
+    relay_sse_streams: usize,
+    /// Events per SSE stream.
+    #[arg(long, default_value_t = 100)]
+    relay_sse_chunks: usize,
+    /// Interval between a stream's events, ms.
+    #[arg(long, default_value_t = 10)]
+    relay_sse_interval_ms: u64,
+    /// Streams held open through the relay for its resident memory.
+    #[arg(long, default_value_t = 1000)]
+    relay_streams: usize,
     /// Run on PostgreSQL: a server URL (e.g. `postgres://postgres@127.0.0.1:5432/postgres`)
     /// where the harness creates a scratch database, and drops it at the end.
     #[arg(long)]
@@ -161,7 +194,17 @@ async fn main() -> anyhow::Result<()> {
             "sqlite"
         }),
     );
-    let outcome = run_phases(&args, &bench, &simulator, &mut results).await;
+    let outcome = if args.relay {
+        match bench.relay_phase(&args, &simulator).await {
+            Ok(relay) => {
+                results.insert("relay".into(), relay);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        run_phases(&args, &bench, &simulator, &mut results).await
+    };
     if let Some(pg) = &bench.postgres {
         pg.drop_database().await?;
     }

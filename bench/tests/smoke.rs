@@ -1,6 +1,7 @@
 //! The benchmark harness (`bench/src`, `bench/run.sh`) at a tiny scale, so it cannot rot:
 //! 50 credentials, a few scrapes, one sweep, two rotations, and every figure BENCHMARKS.md
-//! reports comes out as a number.
+//! reports comes out as a number; and the relay benchmark (`--relay`) with a few hundred
+//! requests and twenty held streams.
 //!
 //! The daemon under test is the `keyrotd` binary of this workspace. Cargo gives a test the
 //! path of its own package's binaries only (`CARGO_BIN_EXE_keyrotd-bench`), so the daemon is
@@ -118,6 +119,60 @@ fn the_benchmark_harness_produces_numbers() {
     assert!(number("/rotation/sequential/per_second") > 0.0);
     assert!(number("/rotation/parallel/per_second") > 0.0);
     assert!(number("/rotation/sequential/write_transactions_per_rotation") >= 1.0);
+}
+
+#[test]
+fn the_relay_benchmark_produces_numbers() {
+    let keyrotd = keyrotd_binary();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("relay.json");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyrotd-bench"));
+    command
+        .args(["--relay", "--n", "2", "--fresh-checks"])
+        .args(["--relay-rate", "500", "--relay-requests", "100"])
+        .args(["--relay-connections", "4", "--relay-throughput-secs", "0.3"])
+        .args(["--relay-sse-streams", "2", "--relay-sse-chunks", "5"])
+        .args(["--relay-sse-interval-ms", "2", "--relay-streams", "20"])
+        .arg("--keyrotd")
+        .arg(&keyrotd)
+        .arg("--dir")
+        .arg(dir.path().join("work"))
+        .arg("--json")
+        .arg(&json);
+    let out = output_unless_hung(&mut command);
+    assert!(
+        out.status.success(),
+        "keyrotd-bench --relay failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("results written"))
+            .expect("results are JSON");
+    let number = |pointer: &str| {
+        results
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{pointer} missing in {results:#}"))
+    };
+    // Every request answered, through the relay and direct, and each timed.
+    assert_eq!(number("/relay/latency/failed"), 0.0);
+    assert_eq!(number("/relay/latency/relay/count"), 100.0);
+    assert_eq!(number("/relay/latency/direct/count"), 100.0);
+    assert!(number("/relay/latency/relay/p50_us") > 0.0);
+    assert!(number("/relay/latency/relay/p99_us") >= number("/relay/latency/relay/p50_us"));
+    assert!(number("/relay/latency/added_p50_us").is_finite());
+    assert!(number("/relay/throughput/relay_per_second") > 0.0);
+    assert!(number("/relay/throughput/direct_per_second") > 0.0);
+    assert_eq!(number("/relay/throughput/relay_failed"), 0.0);
+    assert!(number("/relay/throughput/daemon_cpu_us_per_request") >= 0.0);
+    // Every event of every stream arrived, with its delay.
+    assert_eq!(number("/relay/streaming/relay/count"), 10.0);
+    assert_eq!(number("/relay/streaming/direct/count"), 10.0);
+    assert!(number("/relay/streaming/relay/max_us") > 0.0);
+    // The held streams all opened and ended cleanly, and the daemon's memory was read.
+    assert_eq!(number("/relay/memory/failed"), 0.0);
+    assert!(number("/relay/memory/rss_with_streams_kib") > 0.0);
+    assert!(number("/relay/memory/rss_before_streams_kib") > 0.0);
 }
 
 /// How long the smoke run may take before the test calls it a hang. Not a judgement of its

@@ -397,8 +397,12 @@ async fn serve(
         };
         let relay = relay.clone();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
-            let relay = relay.clone();
-            async move { Ok::<_, Infallible>(relay.handle(request, peer_uid).await) }
+            // Boxed: hyper keeps a connection's slot for its request future allocated for
+            // as long as the connection lives, so an unboxed future would hold its full size
+            // for every open stream; boxed, the slot is a pointer and the future's memory is
+            // freed once the answer's head is out (1,000 streams: see BENCHMARKS.md "Relay").
+            let handled = Box::pin(relay.clone().handle(request, peer_uid));
+            async move { Ok::<_, Infallible>(handled.await) }
         });
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let watched = graceful.watch(connection);
