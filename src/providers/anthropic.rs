@@ -8,11 +8,10 @@
 //! in `GET /organizations/api_keys` and sends `POST /organizations/api_keys/{id}`
 //! `{"status":"inactive"}`.
 
-use super::classify::{call, error_report, list_page, string_at, unexpected_body, HeaderKeyCheck};
-use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
+use super::classify::{call, data_list_report, list_page, string_at, HeaderKeyCheck};
+use super::client::{encode_component, join_url, secret_header, HttpClient};
 use super::{base_url, CheckReport, Provider, ProviderError, ProviderTelemetry, Revoker};
 use crate::config::ProviderConfig;
-use crate::model::CheckStatus;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -33,24 +32,12 @@ impl Anthropic {
     }
 }
 
-pub(super) fn classify(response: &Response) -> CheckReport {
-    match response.status {
-        200..=299 => match response.json() {
-            Some(Value::Object(body)) if body.get("data").is_some_and(Value::is_array) => {
-                CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status))
-            }
-            _ => unexpected_body(response),
-        },
-        // A 429 is `rate_limit_error`, with or without `retry-after`: running out of credit
-        // is a 402 `billing_error` (exhausted by the default table).
-        _ => error_report(response),
-    }
-}
-
 #[async_trait]
 impl Provider for Anthropic {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        self.check.run(key, classify).await
+        // A 429 is `rate_limit_error`, with or without `retry-after`: running out of credit
+        // is a 402 `billing_error` (exhausted by the default table).
+        self.check.run(key, data_list_report).await
     }
 }
 

@@ -6,15 +6,14 @@
 //! With the management plane configured, [`AzureIssuer`] rotates the two slots through ARM.
 
 use super::classify::take_secret_json;
-use super::classify::{call, error_report, string_at, unexpected_body, HeaderKeyCheck};
-use super::client::{encode_component, join_url, secret_header, HttpClient, Response};
+use super::classify::{call, data_list_report, string_at, HeaderKeyCheck};
+use super::client::{encode_component, join_url, secret_header, HttpClient};
 use super::sanitize::sanitize;
 use super::{
     base_url, CheckReport, IssueRequest, IssuedKey, Issuer, Provider, ProviderError,
     ProviderTelemetry, RemoteKey, Revoker,
 };
 use crate::config::ProviderConfig;
-use crate::model::CheckStatus;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -39,22 +38,10 @@ impl Azure {
     }
 }
 
-pub(super) fn classify(response: &Response) -> CheckReport {
-    match response.status {
-        200..=299 => match response.json() {
-            Some(Value::Object(body)) if body.get("data").is_some_and(Value::is_array) => {
-                CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status))
-            }
-            _ => unexpected_body(response),
-        },
-        _ => error_report(response),
-    }
-}
-
 #[async_trait]
 impl Provider for Azure {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        self.check.run(key, classify).await
+        self.check.run(key, data_list_report).await
     }
 }
 

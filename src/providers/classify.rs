@@ -166,6 +166,21 @@ pub(crate) fn error_report(response: &Response) -> CheckReport {
     CheckReport::new(default_status(response.status), detail)
 }
 
+/// The check of a listing endpoint (Anthropic's and Azure's `/models`, OpenAI's admin keys):
+/// a 2xx with a `data` array is valid, another 2xx body is unexpected, an error status goes
+/// by [`error_report`].
+pub(crate) fn data_list_report(response: &Response) -> CheckReport {
+    match response.status {
+        200..=299 => match response.json() {
+            Some(Value::Object(body)) if body.get("data").is_some_and(Value::is_array) => {
+                CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status))
+            }
+            _ => unexpected_body(response),
+        },
+        _ => error_report(response),
+    }
+}
+
 /// Report for a success status whose body is not what the vendor documents.
 pub(crate) fn unexpected_body(response: &Response) -> CheckReport {
     let what = if response.json().is_some() {

@@ -311,13 +311,13 @@ pub mod parsers {
         };
         let mut report = match kind {
             ProviderKind::Openai => super::openai::classify(&response, false),
-            ProviderKind::OpenaiAdmin => super::openai::admin::classify(&response),
             ProviderKind::OpenaiCompatible => super::openai::classify(&response, true),
-            ProviderKind::Anthropic => super::anthropic::classify(&response),
+            ProviderKind::OpenaiAdmin | ProviderKind::Anthropic | ProviderKind::AzureOpenai => {
+                super::classify::data_list_report(&response)
+            }
             ProviderKind::Openrouter => super::openrouter::classify(&response),
             ProviderKind::Deepseek => super::deepseek::classify(&response),
             ProviderKind::Gemini => super::gemini::classify(&response),
-            ProviderKind::AzureOpenai => super::azure::classify(&response),
             ProviderKind::Simulated => super::simulated::classify(&response),
             ProviderKind::Relay => super::relay::check_rules().classify(&response),
             ProviderKind::Http => {

@@ -20,11 +20,8 @@
 
 use super::{create, delete, expires_in_seconds, issued_expiry, list_all, AdminKey};
 use crate::config::ProviderConfig;
-use crate::model::CheckStatus;
-use crate::providers::classify::{
-    bearer_get_check, error_report, string_at, take_secret_json, unexpected_body,
-};
-use crate::providers::client::{encode_component, join_url, parse_url, HttpClient, Response};
+use crate::providers::classify::{bearer_get_check, data_list_report, string_at, take_secret_json};
+use crate::providers::client::{encode_component, join_url, parse_url, HttpClient};
 use crate::providers::{
     base_url, CheckReport, IssueRequest, IssuedKey, Issuer, Provider, ProviderError,
     ProviderTelemetry, RemoteKey, Revoker,
@@ -57,22 +54,10 @@ impl AdminKeyCheck {
     }
 }
 
-pub(crate) fn classify(response: &Response) -> CheckReport {
-    match response.status {
-        200..=299 => match response.json() {
-            Some(Value::Object(body)) if body.get("data").is_some_and(Value::is_array) => {
-                CheckReport::new(CheckStatus::Valid, format!("HTTP {}", response.status))
-            }
-            _ => unexpected_body(response),
-        },
-        _ => error_report(response),
-    }
-}
-
 #[async_trait]
 impl Provider for AdminKeyCheck {
     async fn check(&self, key: &SecretString) -> CheckReport {
-        bearer_get_check(&self.client, &self.url, key, classify).await
+        bearer_get_check(&self.client, &self.url, key, data_list_report).await
     }
 }
 
