@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 /// A scripted upstream answer.
@@ -25,6 +26,8 @@ use tokio::sync::{mpsc, Notify};
 enum Script {
     /// A status, an optional `Retry-After`, and a JSON error body.
     Status(u16, Option<u64>),
+    /// The usual answer, after this long (a slow upstream).
+    Delay(Duration),
 }
 
 /// Which keys the fake accepts.
@@ -187,7 +190,9 @@ async fn answer(state: &Arc<UpstreamState>, request: Request<Incoming>) -> Respo
         .unwrap()
         .get_mut(&key)
         .and_then(VecDeque::pop_front);
-    if let Some(Script::Status(status, retry_after)) = scripted {
+    if let Some(Script::Delay(delay)) = scripted {
+        tokio::time::sleep(delay).await;
+    } else if let Some(Script::Status(status, retry_after)) = scripted {
         let mut response = reply(
             status,
             format!(r#"{{"error":{{"message":"scripted {status} for {key}","type":"error"}}}}"#),
@@ -275,6 +280,11 @@ struct Setup {
 }
 
 fn setup(upstream: &Upstream, route_extra: &str) -> Setup {
+    setup_with(upstream, "", route_extra)
+}
+
+/// [`setup`] with extra `[relay]` lines.
+fn setup_with(upstream: &Upstream, relay_extra: &str, route_extra: &str) -> Setup {
     let env = Env::new();
     let (token, app) = new_token(&env, "app");
     let (other_token, other) = new_token(&env, "other");
@@ -300,7 +310,7 @@ provider = "up"
 listen = "127.0.0.1:0"
 refresh_interval = "200ms"
 max_cooldown = "60s"
-
+{relay_extra}
 {app}
 {other}
 [[relay.route]]
@@ -332,6 +342,50 @@ fn client() -> reqwest::Client {
         .timeout(HANG_TIMEOUT)
         .build()
         .unwrap()
+}
+
+/// A slow upstream: a key whose answer has not begun within `first_byte_timeout` is given
+/// up on and the request retried on the other key; an answer slow but within it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_is_waited_for_up_to_first_byte_timeout_then_failed_over() {
+    let upstream = Upstream::start(accept_all()).await;
+    let setup = setup_with(&upstream, "first_byte_timeout = \"2s\"", "");
+    let served = |metrics: &str, credential| {
+        series(
+            metrics,
+            "keyrotd_relay_requests_total",
+            &[
+                ("route", PREFIX),
+                ("credential", credential),
+                ("code", "200"),
+            ],
+        )
+    };
+    let timeouts = |metrics: &str| {
+        series(
+            metrics,
+            "keyrotd_relay_retries_total",
+            &[("route", PREFIX), ("reason", "connect_error")],
+        )
+    };
+
+    // Slow, but within the timeout: k1 (first in failover order) answers, nothing retried.
+    upstream.script(&setup.keys[0], &[Script::Delay(Duration::from_millis(300))]);
+    let (status, body, _) = chat(&setup, Some(&setup.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = setup.daemon.metrics();
+    assert_eq!(served(&metrics, "k1"), Some(1.0), "{metrics}");
+    assert_eq!(timeouts(&metrics), Some(0.0));
+
+    // Past it: k1's attempt is given up and k2 answers the same request.
+    upstream.script(&setup.keys[0], &[Script::Delay(Duration::from_secs(60))]);
+    let (status, body, _) = chat(&setup, Some(&setup.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = setup.daemon.metrics();
+    assert_eq!(served(&metrics, "k2"), Some(1.0), "{metrics}");
+    assert_eq!(timeouts(&metrics), Some(1.0), "{metrics}");
+    assert_no_secret_leaked(&setup, &[body]);
+    setup.daemon.stop();
 }
 
 async fn chat(setup: &Setup, token: Option<&str>) -> (u16, String, reqwest::header::HeaderMap) {
