@@ -361,6 +361,10 @@ impl ServeLimits {
     }
 }
 
+/// The smallest `max_buf_size` hyper's HTTP/1 server accepts (it panics below it): a
+/// `max_header_bytes` below it lets request heads up to this size through.
+const HYPER_MIN_BUF_SIZE: usize = 8192;
+
 /// Accepts connections until `shutdown`, at most `max_connections` at once (more wait in
 /// the kernel's backlog), a task each; then drains them for at most [`DRAIN`].
 async fn serve(
@@ -375,8 +379,7 @@ async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.idle_timeout)
-        // hyper's smallest buffer is 8 KiB; the head must fit in it.
-        .max_buf_size(limits.max_header.max(8192));
+        .max_buf_size(limits.max_header.max(HYPER_MIN_BUF_SIZE));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
