@@ -723,10 +723,18 @@ async fn streams_pass_chunk_by_chunk_and_end_as_the_upstream_ends_them() {
     setup.daemon.stop();
 }
 
-/// `keyrotd key rotate` from the CLI beside the daemon while clients keep calling, then
-/// the old key revoked at the provider: no client request fails, and the new key serves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotation_by_the_cli_under_load_fails_no_request() {
+/// A relay route over one credential of the simulated provider (which can issue and
+/// revoke), to an upstream that accepts the keys the simulator holds live; the credential
+/// seeded with an imported key.
+struct SimRoute {
+    sim: Simulator,
+    upstream: Upstream,
+    env: Env,
+    token: String,
+    seeded: String,
+}
+
+async fn sim_route() -> SimRoute {
     let (sim, _) = Simulator::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -765,48 +773,33 @@ clients = ["app"]
     let seeded = canary();
     sim.add_key(&seeded);
     env.import(CREDENTIAL, &seeded, &[]);
+    SimRoute {
+        sim,
+        upstream,
+        env,
+        token,
+        seeded,
+    }
+}
+
+/// `keyrotd key rotate` from the CLI beside the daemon while clients keep calling, then
+/// the old key revoked at the provider: no client request fails, and the new key serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_by_the_cli_under_load_fails_no_request() {
+    let SimRoute {
+        sim,
+        upstream,
+        env,
+        token,
+        seeded,
+    } = sim_route().await;
     // A key the provider issued (version 2), so that the provider can revoke it later.
     assert_success(&env.run(&["key", "rotate", CREDENTIAL]), "first key rotate");
     let daemon = env.start();
     let relay = relay_url(&daemon);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let served = Arc::new(AtomicU64::new(0));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
-        let (url, token) = (format!("{relay}{PREFIX}/chat/completions"), token.clone());
-        load.push(tokio::spawn(async move {
-            let client = client();
-            while !stop.load(Ordering::SeqCst) {
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .body("{}")
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        served.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(r) => {
-                        let failure =
-                            format!("{}: {}", r.status(), r.text().await.unwrap_or_default());
-                        failures.lock().unwrap().push(failure);
-                    }
-                    Err(e) => failures.lock().unwrap().push(e.to_string()),
-                }
-            }
-        }));
-    }
-    let served_at_least = |n: u64| {
-        wait_for(HANG_TIMEOUT, || {
-            (served.load(Ordering::SeqCst) >= n).then_some(())
-        })
-        .expect("requests served")
-    };
-    served_at_least(20);
+    let load = Load::start(&relay, &token, 4);
+    load.serve_more(20);
     let old = upstream.chat_keys().last().cloned().unwrap();
     assert_ne!(old, seeded);
     let out = env.run(&["key", "rotate", CREDENTIAL]);
@@ -824,13 +817,8 @@ clients = ["app"]
     let out = env.run(&["key", "revoke", CREDENTIAL, "--version", "2"]);
     assert_success(&out, "key revoke");
     assert!(!sim.is_live(&old), "{}", stdout(&out));
-    let after = served.load(Ordering::SeqCst);
-    served_at_least(after + 20);
-    stop.store(true, Ordering::SeqCst);
-    for task in load {
-        task.await.unwrap();
-    }
-    let failures = failures.lock().unwrap().clone();
+    load.serve_more(20);
+    let failures = load.finish().await;
     assert!(
         failures.is_empty(),
         "failed requests: {failures:?}\n{}",
@@ -1179,44 +1167,13 @@ async fn a_key_revoked_at_the_provider_under_load_fails_no_request_while_another
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_every_second_under_load_fails_no_request() {
-    let (sim, _) = Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let live = sim.clone();
-    let upstream = Upstream::start(Arc::new(move |key| live.is_live(key))).await;
-    let env = Env::new();
-    let (token, app) = new_token(&env, "app");
-    let management = env.path().join("mgmt");
-    std::fs::write(&management, sim.management_key()).unwrap();
-    env.write_config(&format!(
-        r#"[[provider]]
-name = "sim"
-kind = "simulated"
-base_url = "{base}"
-management_key = {{ file = {mgmt:?} }}
-
-[[credential]]
-name = "{CREDENTIAL}"
-provider = "sim"
-
-[relay]
-listen = "127.0.0.1:0"
-refresh_interval = "100ms"
-
-{app}
-[[relay.route]]
-prefix = "{PREFIX}"
-upstream = "{url}"
-credentials = ["{CREDENTIAL}"]
-clients = ["app"]
-"#,
-        base = sim.base_url(),
-        mgmt = management.display().to_string(),
-        url = upstream.url,
-    ));
-    let seeded = canary();
-    sim.add_key(&seeded);
-    env.import(CREDENTIAL, &seeded, &[]);
+    let SimRoute {
+        sim,
+        upstream,
+        env,
+        token,
+        seeded,
+    } = sim_route().await;
     let daemon = env.start();
     let relay = relay_url(&daemon);
     let load = Load::start(&relay, &token, 4);
