@@ -563,8 +563,8 @@ async fn a_refused_key_leaves_the_pool_is_checked_and_never_reaches_the_client()
     .await;
     let setup = setup(&upstream, "max_attempts = 1");
     let [k1, k2] = &setup.keys;
-    // The start-up checks of both keys are done and recorded (a check asked for while one
-    // runs is not queued again).
+    // The start-up checks of both keys are done and recorded, so that k1's next check is
+    // the one its refusal asks for.
     setup
         .daemon
         .wait_for_metrics("start-up checks recorded", |m| {
