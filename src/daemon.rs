@@ -168,7 +168,7 @@ pub(crate) async fn run(settings: DaemonSettings) -> anyhow::Result<()> {
                 let term = acting.borrow_and_update().clone();
                 work.follow(term).await;
             }
-            Some(credential) = checks_requested.recv() => work.check_now(&credential),
+            Some(credential) = checks_requested.next() => work.check_now(&credential),
         }
     }
 

@@ -9,9 +9,15 @@
 //! per item and one timer.
 //!
 //! An item is never worked on twice at once: it leaves the set while its work runs and
-//! returns with the time its work answered. [`DueHandle::reschedule`] moves an item that is
-//! waiting (a periodic re-read of the store found it due earlier or later); an item whose
-//! work is running keeps the time its work will answer.
+//! returns with the time its work answered. Two ways to move an item from outside:
+//!
+//! - [`DueHandle::reschedule`] moves an item that is waiting (a periodic re-read of the
+//!   store found it due earlier or later); an item whose work is running keeps the time its
+//!   work will answer, since that work has just read what the re-read saw.
+//! - [`DueHandle::run_no_later_than`] asks for a run by a deadline (something outside saw a
+//!   reason to look at the item again); it only ever brings an item forward, and one asked
+//!   for while the item's work runs is remembered and applied when the work answers: a run
+//!   already under way may have started before the reason appeared, so it does not count.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -23,22 +29,39 @@ use tokio::time::Instant;
 /// How long an item waits after its work panicked (a bug, logged), before it is tried again.
 const AFTER_PANIC: Duration = Duration::from_secs(60);
 
+/// A move asked for through a [`DueHandle`].
+enum Move {
+    /// [`DueHandle::reschedule`].
+    Reschedule(usize, Option<Instant>),
+    /// [`DueHandle::run_no_later_than`].
+    RunNoLaterThan(usize, Instant),
+}
+
 /// Moves items of a running queue. Cloneable; dropping every handle does not stop the queue.
 #[derive(Clone)]
 pub(crate) struct DueHandle {
-    moves: mpsc::UnboundedSender<(usize, Option<Instant>)>,
+    moves: mpsc::UnboundedSender<Move>,
 }
 
 impl DueHandle {
     /// Makes a waiting item due at `at` instead, or takes it out of the queue (`None`);
     /// ignored while the item's work runs (its work answers when it is due next).
     pub(crate) fn reschedule(&self, item: usize, at: Option<Instant>) {
-        let _ = self.moves.send((item, at));
+        let _ = self.moves.send(Move::Reschedule(item, at));
+    }
+
+    /// Makes sure the item's work starts no later than `at`: a waiting item due later (or
+    /// not due at all) becomes due at `at`, one due earlier keeps its time. While the
+    /// item's work runs, the request is kept and applied when the work answers: the item is
+    /// then due at the earlier of its answer and `at`, so a run that began before the
+    /// request never stands in for it.
+    pub(crate) fn run_no_later_than(&self, item: usize, at: Instant) {
+        let _ = self.moves.send(Move::RunNoLaterThan(item, at));
     }
 }
 
 /// The receiving end of a [`DueHandle`], given to [`run`].
-pub(crate) struct Moves(mpsc::UnboundedReceiver<(usize, Option<Instant>)>);
+pub(crate) struct Moves(mpsc::UnboundedReceiver<Move>);
 
 pub(crate) fn channel() -> (DueHandle, Moves) {
     let (moves, moved) = mpsc::unbounded_channel();
@@ -47,7 +70,7 @@ pub(crate) fn channel() -> (DueHandle, Moves) {
 
 /// Runs the queue until the future is dropped (which aborts the work in flight too).
 /// `first` gives each item's first due time (an item left out waits for a
-/// [`DueHandle::reschedule`]); `work(item)` runs when the item is due and answers when it is
+/// [`DueHandle`] to move it); `work(item)` runs when the item is due and answers when it is
 /// due next (`None`: not until rescheduled).
 pub(crate) async fn run<W, F>(
     name: &'static str,
@@ -88,6 +111,9 @@ struct Queue {
     /// (0..n), so a vector holds them in less than a hash map would with its spare
     /// capacity.
     due_at: Vec<Option<Instant>>,
+    /// The earliest [`DueHandle::run_no_later_than`] asked for each item whose work is
+    /// running, applied when that work answers. At most `parallel` entries.
+    asked_while_running: HashMap<usize, Instant>,
 }
 
 impl Queue {
@@ -96,6 +122,7 @@ impl Queue {
         let mut queue = Queue {
             waiting: BTreeSet::new(),
             due_at: vec![None; items],
+            asked_while_running: HashMap::new(),
         };
         for (item, at) in first {
             queue.put(item, Some(at));
@@ -114,6 +141,32 @@ impl Queue {
             self.due_at[item] = Some(at);
             self.waiting.insert((at, item));
         }
+    }
+
+    /// Brings a waiting item forward to `at` if it is due later or not at all.
+    fn bring_forward(&mut self, item: usize, at: Instant) {
+        let due = self.due_at.get(item).copied().flatten();
+        if due.is_none_or(|due| at < due) {
+            self.put(item, Some(at));
+        }
+    }
+
+    /// Remembers a deadline asked for while the item's work runs (the earliest one wins).
+    fn ask_while_running(&mut self, item: usize, at: Instant) {
+        self.asked_while_running
+            .entry(item)
+            .and_modify(|asked| *asked = (*asked).min(at))
+            .or_insert(at);
+    }
+
+    /// Puts back an item whose work answered `next`, no later than a deadline asked for
+    /// while it ran.
+    fn answered(&mut self, item: usize, next: Option<Instant>) {
+        let next = match (next, self.asked_while_running.remove(&item)) {
+            (Some(next), Some(asked)) => Some(next.min(asked)),
+            (next, asked) => next.or(asked),
+        };
+        self.put(item, next);
     }
 
     /// The earliest item if it is due at `now`.
@@ -136,7 +189,7 @@ impl Queue {
         name: &'static str,
         parallel: usize,
         work: W,
-        mut moved: mpsc::UnboundedReceiver<(usize, Option<Instant>)>,
+        mut moved: mpsc::UnboundedReceiver<Move>,
     ) where
         W: Fn(usize) -> F + Send + Sync + 'static,
         F: Future<Output = Option<Instant>> + Send + 'static,
@@ -165,25 +218,35 @@ impl Queue {
                 Some(joined) = running.join_next_with_id(), if !running.is_empty() => match joined {
                     Ok((id, (item, next))) => {
                         running_items.remove(&id);
-                        self.put(item, next);
+                        self.answered(item, next);
                     }
                     Err(error) => {
                         if let Some(item) = running_items.remove(&error.id()) {
                             if error.is_panic() {
                                 tracing::error!(queue = name, item, "scheduled work panicked; trying again in a minute");
                             }
-                            self.put(item, Some(Instant::now() + AFTER_PANIC));
+                            self.answered(item, Some(Instant::now() + AFTER_PANIC));
                         }
                     }
                 },
-                next = moved.recv(), if moves_open => match next {
-                    Some((item, at)) => {
-                        if !running_items.values().any(|&running| running == item) {
-                            self.put(item, at);
+                next = moved.recv(), if moves_open => {
+                    let is_running = |item| running_items.values().any(|&running| running == item);
+                    match next {
+                        Some(Move::Reschedule(item, at)) => {
+                            if !is_running(item) {
+                                self.put(item, at);
+                            }
                         }
+                        Some(Move::RunNoLaterThan(item, at)) => {
+                            if is_running(item) {
+                                self.ask_while_running(item, at);
+                            } else {
+                                self.bring_forward(item, at);
+                            }
+                        }
+                        None => moves_open = false,
                     }
-                    None => moves_open = false,
-                },
+                }
                 // Nothing waiting, nothing running, and nobody left to add anything.
                 else => return,
             }
@@ -282,6 +345,78 @@ mod tests {
         assert_eq!(
             *log.lock().unwrap(),
             vec![(1, 0), (0, 5), (1, AFTER_PANIC.as_secs())]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_no_later_than_asked_while_the_work_runs_is_applied_when_it_answers() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        let first = (0..4).map(|item| (item, start)).collect();
+        let (task, handle) = spawn("test", first, 4, move |item| {
+            let seen = seen.clone();
+            async move {
+                let elapsed = start.elapsed().as_secs();
+                seen.lock().unwrap().push((item, elapsed));
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if item == 3 && elapsed == 0 {
+                    panic!("first pass of item 3 fails");
+                }
+                Some(Instant::now() + Duration::from_secs(1000))
+            }
+        });
+        // Every item's work runs from 0 s to 10 s.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Asked twice: the earlier deadline wins, already past when the work answers.
+        handle.run_no_later_than(0, at(7));
+        handle.run_no_later_than(0, at(5));
+        // The old move is still ignored while the work runs.
+        handle.reschedule(1, Some(at(5)));
+        // A deadline after the answer: due then, not at the answer's 1010 s.
+        handle.run_no_later_than(2, at(50));
+        // A panic's minute of rest is cut short too.
+        handle.run_no_later_than(3, at(5));
+        tokio::time::sleep(Duration::from_secs(98)).await;
+        task.abort();
+        let mut runs = log.lock().unwrap().clone();
+        runs.sort_by_key(|&(item, elapsed)| (elapsed, item));
+        assert_eq!(
+            runs,
+            vec![(0, 0), (1, 0), (2, 0), (3, 0), (0, 10), (3, 10), (2, 50)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_no_later_than_brings_a_waiting_item_forward_never_back() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        let (task, handle) = spawn(
+            "test",
+            vec![(0, at(100)), (1, at(100)), (2, start)],
+            4,
+            move |item| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push((item, start.elapsed().as_secs()));
+                    // Item 2 leaves the queue after each run.
+                    (item != 2).then(|| Instant::now() + Duration::from_secs(10_000))
+                }
+            },
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        handle.run_no_later_than(0, at(200));
+        handle.run_no_later_than(1, at(30));
+        tokio::time::sleep(Duration::from_secs(39)).await;
+        handle.run_no_later_than(2, at(60));
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        task.abort();
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(2, 0), (1, 30), (2, 60), (0, 100)]
         );
     }
 

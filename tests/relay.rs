@@ -563,8 +563,8 @@ async fn a_refused_key_leaves_the_pool_is_checked_and_never_reaches_the_client()
     .await;
     let setup = setup(&upstream, "max_attempts = 1");
     let [k1, k2] = &setup.keys;
-    // The start-up checks of both keys are done and recorded (a check asked for while one
-    // runs is not queued again).
+    // The start-up checks of both keys are done and recorded, so that k1's next check is
+    // the one its refusal asks for.
     setup
         .daemon
         .wait_for_metrics("start-up checks recorded", |m| {
@@ -601,10 +601,54 @@ async fn a_refused_key_leaves_the_pool_is_checked_and_never_reaches_the_client()
         keys("out") == Some(1.0) || sample(&metrics, "keyrotd_key_valid", "k1") == Some(0.0),
         "{metrics}"
     );
-    // And the daemon checked k1 at once instead of in an hour.
+    // And the daemon checked k1 a second later instead of in an hour.
     wait_for(HANG_TIMEOUT, || (upstream.checks_of(k1) >= 2).then_some(()))
         .expect("an immediate check of the refused key");
     assert_no_secret_leaked(&setup, &[body]);
+    setup.daemon.stop();
+}
+
+/// A key refused once (a vendor blip, or a key re-enabled at once) is back in the pool as
+/// soon as the check the refusal asked for finds it valid: that check begins in a later
+/// second than the refusal, so its result counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_refused_once_is_back_in_the_pool_when_its_check_finds_it_valid() {
+    let upstream = Upstream::start(accept_all()).await;
+    let setup = setup(&upstream, "");
+    let [k1, k2] = &setup.keys;
+    setup
+        .daemon
+        .wait_for_metrics("start-up checks recorded", |m| {
+            ["k1", "k2"]
+                .iter()
+                .all(|c| sample(m, "keyrotd_key_valid", c) == Some(1.0))
+        });
+    let checks_before = upstream.checks_of(k1);
+    upstream.script(k1, &[Script::Status(401, None)]);
+    // Failover: k1 first, refused, then k2.
+    let (status, body, _) = chat(&setup, Some(&setup.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream.chat_keys(), [k1.clone(), k2.clone()]);
+    let keys = |metrics: &str, state| {
+        series(
+            metrics,
+            "keyrotd_relay_route_keys",
+            &[("route", PREFIX), ("state", state)],
+        )
+    };
+    setup
+        .daemon
+        .wait_for_metrics("k1 checked and back in the pool", |m| {
+            keys(m, "usable") == Some(2.0) && keys(m, "out") == Some(0.0)
+        });
+    assert_eq!(
+        upstream.checks_of(k1),
+        checks_before + 1,
+        "one check for the refusal"
+    );
+    let (status, body, _) = chat(&setup, Some(&setup.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream.chat_keys().last(), Some(k1), "k1 serves again");
     setup.daemon.stop();
 }
 
@@ -1117,9 +1161,8 @@ async fn a_key_revoked_at_the_provider_under_load_fails_no_request_while_another
     );
     refused.lock().unwrap().push(k1.clone());
     load.serve_more(100);
-    // The relay asked for a check of k1 at once; once it is recorded invalid, the pool
-    // follows the store and holds k2 alone. (Before that, a 401 in the same second as k1's
-    // last valid check can let a refresh take k1 back: its next 401 is failed over again.)
+    // The relay asked for a check of k1; once it is recorded invalid, the pool follows the
+    // store and holds k2 alone.
     let metrics = setup
         .daemon
         .wait_for_metrics("k1 found invalid and out of the pool", |m| {

@@ -161,6 +161,10 @@ impl Checker {
                 .ok_or_else(|| CheckError::NoCurrentKey(target.credential.to_string()))?,
         };
         target.pacer.wait().await;
+        // The check's time is when its probe went out, not when the answer came: a valid
+        // answer says nothing about the key after that moment (the relay takes a key back
+        // into its pool only on a check begun after it refused the key).
+        let sent_at = self.clock.now();
         let report = target.provider.check(&secret).await;
         // The permit goes as soon as the answer is in: recording waits for the writer, and
         // the next check need not wait for that.
@@ -169,7 +173,7 @@ impl Checker {
         let record = CheckRecord {
             status: report.status,
             detail: report.detail.clone(),
-            at: self.clock.now(),
+            at: sent_at,
             credits: report
                 .credit
                 .iter()

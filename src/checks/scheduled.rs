@@ -24,7 +24,7 @@ use tokio::time::Instant;
 pub(crate) struct ScheduledChecks {
     task: JoinHandle<()>,
     recorder: JoinHandle<()>,
-    /// Moves a credential's next check to now (the relay saw its key refused).
+    /// Asks for a credential's check now (the relay saw its key refused).
     moves: due::DueHandle,
     items: HashMap<Arc<str>, usize>,
 }
@@ -36,11 +36,13 @@ impl ScheduledChecks {
         self.task.abort();
     }
 
-    /// Checks `credential` now instead of at its next due time; ignored while its check
-    /// runs, or for a credential not in the schedule.
+    /// Checks `credential` now instead of at its next due time. While a check of it runs,
+    /// another one follows as soon as that one answers: the running check may have sent its
+    /// probe before whatever made the caller ask. Ignored for a credential not in the
+    /// schedule.
     pub(crate) fn check_now(&self, credential: &str) {
         if let Some(&item) = self.items.get(credential) {
-            self.moves.reschedule(item, Some(Instant::now()));
+            self.moves.run_no_later_than(item, Instant::now());
         }
     }
 

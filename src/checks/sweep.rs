@@ -341,4 +341,47 @@ mod tests {
         drop(recorder);
         task.await.unwrap();
     }
+
+    /// A provider whose answer takes `takes` seconds of the manual clock.
+    struct SlowProvider {
+        clock: crate::clock::ManualClock,
+        takes: i64,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::providers::Provider for SlowProvider {
+        async fn check(&self, _key: &secrecy::SecretString) -> crate::providers::CheckReport {
+            self.clock.advance(self.takes);
+            crate::providers::CheckReport::new(CheckStatus::Valid, "ok")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_is_dated_when_its_probe_went_out_not_when_the_answer_came() {
+        use crate::checks::{CheckTarget, Checker, Pacer};
+        use crate::clock::Clock;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, versions) = store_with_two_keys(dir.path()).await;
+        let clock = crate::clock::ManualClock::new(5_000);
+        let checker = Checker::new(store, Arc::new(clock.clone()), 1, 0.0);
+        let target = CheckTarget {
+            credential: Arc::from("c0"),
+            provider_name: Arc::from("sim"),
+            provider: Arc::new(SlowProvider {
+                clock: clock.clone(),
+                takes: 3,
+            }),
+            pacer: Arc::new(Pacer::new(1_000.0)),
+            interval: Duration::from_secs(300),
+        };
+        let permit = checker.permit().await;
+        let probed = checker.probe(&target, permit, None).await.unwrap();
+        assert_eq!(probed.outcome.version_id, versions[0]);
+        assert_eq!(probed.record.status, CheckStatus::Valid);
+        assert_eq!(
+            probed.record.at, 5_000,
+            "dated when the probe went out, not when the answer came"
+        );
+        assert_eq!(clock.now(), 5_003);
+    }
 }

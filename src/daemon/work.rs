@@ -117,7 +117,10 @@ impl Work {
         }
     }
 
-    /// Checks `credential` now, if this replica leads (else the leader's schedule will).
+    /// Checks `credential` now (after the check of it under way, if any), if this replica
+    /// leads. A standby does nothing: it runs no checks, and the request is not passed to
+    /// the leader, whose own schedule (or its own relay's request) decides when the key is
+    /// checked next.
     pub(super) fn check_now(&self, credential: &str) {
         if let Some(acting) = &self.acting {
             acting.checks.check_now(credential);

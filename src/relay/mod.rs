@@ -54,6 +54,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// How long a stop waits for requests in flight (streams included) before closing them.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -62,20 +63,56 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// Asks the daemon to check a credential now (its key was refused upstream). The daemon's
-/// check schedule takes it; a replica that does not lead drops it (the leader's own
-/// schedule checks the key, and the relay's pool has taken it out already).
+/// How long after a key is taken out of a pool its check is asked for. Check times are
+/// whole seconds and only a check begun in a later second than the take-out brings the key
+/// back ([`pool`]): a check sent sooner could find the key valid and still leave it out
+/// until the next scheduled one.
+const CHECK_AFTER_TAKE_OUT: Duration = Duration::from_secs(1);
+
+/// Asks the daemon to check a credential whose key was refused upstream, a second after the
+/// refusal ([`CHECK_AFTER_TAKE_OUT`]). The leader's check schedule takes it, and runs it
+/// after the check of that credential under way, if any. A replica that does not lead (a
+/// standby, in HA) does not act on it, nor pass it on: the leader's schedule decides when
+/// the key is checked next, and until a check begun after the refusal finds it valid the
+/// key stays out of this replica's pool.
 #[derive(Clone)]
-pub struct CheckRequests(mpsc::UnboundedSender<Arc<str>>);
+pub struct CheckRequests(mpsc::UnboundedSender<(Arc<str>, Instant)>);
 
 impl CheckRequests {
-    pub fn channel() -> (CheckRequests, mpsc::UnboundedReceiver<Arc<str>>) {
-        let (sender, receiver) = mpsc::unbounded_channel();
+    pub fn channel() -> (CheckRequests, RequestedChecks) {
+        let (sender, requests) = mpsc::unbounded_channel();
+        let receiver = RequestedChecks {
+            requests,
+            waiting: None,
+        };
         (CheckRequests(sender), receiver)
     }
 
     fn request(&self, credential: &Arc<str>) {
-        let _ = self.0.send(credential.clone());
+        let at = Instant::now() + CHECK_AFTER_TAKE_OUT;
+        let _ = self.0.send((credential.clone(), at));
+    }
+}
+
+/// The daemon's end of [`CheckRequests`].
+pub struct RequestedChecks {
+    requests: mpsc::UnboundedReceiver<(Arc<str>, Instant)>,
+    /// A request taken from the channel, waiting for its time.
+    waiting: Option<(Arc<str>, Instant)>,
+}
+
+impl RequestedChecks {
+    /// The next credential to check, once its time has come; `None` once no relay can ask.
+    /// Requests come in the order of their times (each waits as long). Cancel-safe, for a
+    /// `select!`: a request taken from the channel stays here until it is handed over.
+    pub async fn next(&mut self) -> Option<Arc<str>> {
+        if self.waiting.is_none() {
+            self.waiting = Some(self.requests.recv().await?);
+        }
+        if let Some((_, at)) = &self.waiting {
+            tokio::time::sleep_until(*at).await;
+        }
+        self.waiting.take().map(|(credential, _)| credential)
     }
 }
 
@@ -422,5 +459,31 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("relay: requests still open after the drain period; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_is_handed_over_a_second_after_it_was_asked_for_and_never_lost() {
+        let start = Instant::now();
+        let (checks, mut requested) = CheckRequests::channel();
+        checks.request(&Arc::from("a"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        checks.request(&Arc::from("b"));
+        // Given up on while "a" waits for its time, as a `select!` does: "a" is kept.
+        let early = tokio::time::timeout(Duration::from_millis(400), requested.next()).await;
+        assert!(early.is_err(), "handed over early: {early:?}");
+        assert_eq!(requested.next().await.as_deref(), Some("a"));
+        assert_eq!(start.elapsed(), CHECK_AFTER_TAKE_OUT);
+        assert_eq!(requested.next().await.as_deref(), Some("b"));
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(500) + CHECK_AFTER_TAKE_OUT
+        );
+        drop(checks);
+        assert_eq!(requested.next().await, None);
     }
 }

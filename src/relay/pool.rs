@@ -5,7 +5,13 @@
 //! a request holds the `Arc` of the key it started with, so a rotation never changes the
 //! key under a request in flight. Health is kept per key version and carried across swaps,
 //! so a refresh does not forgive a key its cool-down. Time is the injectable clock's (whole
-//! seconds, like `Retry-After`).
+//! seconds, like `Retry-After`, and like the check times in the store).
+//!
+//! A key out after a 401/403 comes back only on a check that certainly began after it was
+//! taken out: a check found valid at the take-out's own second may have sent its probe
+//! just before the key was revoked, and would put a dead key back. A check's time is when
+//! its probe went out, and only one in a later second counts; the check the relay asks for
+//! starts a second after the take-out ([`super::CheckRequests`]) so that its result does.
 //!
 //! Picking reads an `Arc` under a read lock held for a clone, and atomics: no lock is held
 //! across an await and nothing is allocated.
@@ -44,7 +50,7 @@ pub(crate) struct Health {
     /// 429s in a row without a `Retry-After`: the backoff grows with them.
     strikes: AtomicU32,
     /// Unix second the key was taken out after a 401/403 (0: in the pool). It comes back
-    /// when a check after that time finds it valid.
+    /// when a check begun in a later second finds it valid.
     out_since: AtomicI64,
 }
 
@@ -77,17 +83,21 @@ impl Health {
         }
     }
 
-    /// A 401/403: out of the pool until a later check finds it valid.
-    pub(crate) fn take_out(&self, now: i64) {
-        let _ =
-            self.out_since
-                .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    /// A 401/403: out of the pool until a later check finds it valid. Answers whether
+    /// this call took it out (it was in the pool), so that one check is asked for per
+    /// take-out, not one per request refused with it.
+    pub(crate) fn take_out(&self, now: i64) -> bool {
+        self.out_since
+            .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
-    /// A check at `checked_at` found the key valid: back in, unless it was taken out after.
+    /// A check whose probe went out at `checked_at` found the key valid: back in if that
+    /// was in a later second than the take-out. One in the same second proves nothing: it
+    /// may have gone out before the key was revoked.
     pub(crate) fn checked_valid(&self, checked_at: i64) {
         let out = self.out_since.load(Ordering::Relaxed);
-        if out != 0 && checked_at >= out {
+        if out != 0 && checked_at > out {
             let _ = self
                 .out_since
                 .compare_exchange(out, 0, Ordering::Relaxed, Ordering::Relaxed);
@@ -218,6 +228,7 @@ pub(crate) fn key_states(pool: &Pool, now: i64) -> [i64; 3] {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     pub(crate) fn key(slot: usize, version: i64, fallback: bool) -> Arc<PoolKey> {
         Arc::new(PoolKey {
@@ -264,6 +275,38 @@ pub(crate) mod tests {
         );
         keys[0].health.checked_valid(101);
         assert_eq!(pool.pick(&keys, 0, 131), Ok(0));
+    }
+
+    #[test]
+    fn only_a_check_begun_in_a_later_second_than_the_take_out_brings_a_key_back() {
+        let clock = ManualClock::new(1_000);
+        let health = Health::default();
+        assert!(health.take_out(clock.now()), "the first 401 takes it out");
+        clock.advance(5);
+        assert!(
+            !health.take_out(clock.now()),
+            "a later 401 of a key already out asks for no other check"
+        );
+        // A check probed in the take-out's second may have gone out before the revoke.
+        health.checked_valid(1_000);
+        assert!(
+            health.is_out(),
+            "a check in the take-out's second does not count"
+        );
+        health.checked_valid(999);
+        assert!(health.is_out());
+        health.checked_valid(1_001);
+        assert!(!health.is_out(), "a check a second later brings it back");
+        // Out again: the take-out's time is the new one, not the first.
+        assert!(health.take_out(clock.now()));
+        health.checked_valid(1_001);
+        assert!(
+            health.is_out(),
+            "an old valid check is not read again as new"
+        );
+        clock.advance(1);
+        health.checked_valid(clock.now());
+        assert!(!health.is_out());
     }
 
     #[test]

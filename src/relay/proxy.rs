@@ -265,9 +265,13 @@ impl Relay {
                     }
                 }
                 401 | 403 => {
-                    key.health.take_out(now);
-                    tracing::warn!(credential = %key.credential, version = key.version, status = status.as_u16(), "relay: key refused by the upstream; out of the pool, check requested");
-                    self.checks.request(&key.credential);
+                    if key.health.take_out(now) {
+                        tracing::warn!(credential = %key.credential, version = key.version, status = status.as_u16(), "relay: key refused by the upstream; out of the pool, check requested");
+                        self.checks.request(&key.credential);
+                    } else {
+                        // A request sent with the key before it was taken out.
+                        tracing::debug!(credential = %key.credential, version = key.version, status = status.as_u16(), "relay: key refused by the upstream again; already out of the pool");
+                    }
                     if retry {
                         route.series.retried(RetryReason::Unauthorized);
                         continue;

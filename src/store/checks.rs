@@ -12,6 +12,7 @@ use std::collections::HashMap;
 pub struct CheckRecord {
     pub status: CheckStatus,
     pub detail: String,
+    /// When the check's probe went out: the earliest the provider can have judged the key.
     pub at: UnixTime,
     /// Balances the provider reported; replaces the stored set when non-empty.
     pub credits: Vec<(String, f64)>,
