@@ -1163,6 +1163,48 @@ async fn a_restore_that_keeps_failing_is_retried_with_a_growing_backoff() {
     database.close().await;
 }
 
+/// A takeover the store cannot record (here a trigger refuses it) fails the pass, and the
+/// daemon's next pass comes a minute later as after any pass the store failed, not at once:
+/// looking again at once would try, fail and log the takeover every second.
+#[tokio::test]
+async fn a_takeover_the_store_refuses_is_not_retried_every_second() {
+    let f = fixture(Setup {
+        file_dir: Some("missing"),
+        rotation: "retry_backoff = \"1s\"",
+        ..Setup::default()
+    })
+    .await;
+    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    f.assert_needs_attention().await;
+    let database = f.database().await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_takeover BEFORE UPDATE OF owner_epoch ON rotations
+         BEGIN SELECT RAISE(ABORT, 'injected: the takeover cannot be written'); END",
+    )
+    .execute(&database)
+    .await
+    .unwrap();
+    let before = f.epoch_in_flight().await;
+    let passes = f.run_passes_for(&database, 600).await;
+    assert!(takeovers(before, &passes).is_empty(), "{passes:?}");
+    assert!(
+        passes.len() <= 11,
+        "{} passes in ten minutes: {passes:?}",
+        passes.len()
+    );
+    assert!(passes.iter().skip(1).all(|p| p.failed), "{passes:?}");
+    // Once the store takes writes again, the restore is retried and, with the target
+    // fixed, the rotation is wound up.
+    sqlx::raw_sql("DROP TRIGGER refuse_takeover")
+        .execute(&database)
+        .await
+        .unwrap();
+    std::fs::create_dir(f.dir.path().join("missing")).unwrap();
+    f.run_passes_until_cleared(&database, 120).await;
+    f.assert_failed_cleanly(1, &f.old).await;
+    database.close().await;
+}
+
 #[tokio::test]
 async fn two_rotations_of_one_credential_never_run_at_once() {
     let f = fixture(Setup::default()).await;
@@ -1583,7 +1625,12 @@ async fn the_scheduler_takes_over_a_rotation_whose_owner_s_lease_expired() {
         .await
         .unwrap();
     f.clock.set(START + 86_400);
-    f.engine.tick(&f.rt).await.unwrap();
+    let wake = f.engine.tick(&f.rt).await.unwrap();
+    assert_eq!(
+        wake,
+        f.clock.now(),
+        "after a takeover, what is due is looked at again at once"
+    );
     assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
     let new = f.current_secret().await;
     assert_ne!(new, f.old, "the abandoned rotation was not completed");
