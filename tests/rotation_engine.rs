@@ -80,6 +80,30 @@ struct Setup {
     no_issuer: bool,
 }
 
+/// One of the daemon's passes over the credential ([`Fixture::run_passes_for`]).
+#[derive(Debug)]
+struct Pass {
+    /// When it began, on the engine's clock.
+    at: i64,
+    /// It answered an error (the daemon's next pass then waits a minute).
+    failed: bool,
+    /// The owner epoch of the rotation in flight after it.
+    epoch: Option<i64>,
+}
+
+/// When the rotation in flight was taken over (its epoch rose) during `passes`, from
+/// `epoch` before them.
+fn takeovers(mut epoch: Option<i64>, passes: &[Pass]) -> Vec<i64> {
+    let mut at = Vec::new();
+    for pass in passes {
+        if pass.epoch.is_some() && pass.epoch > epoch {
+            at.push(pass.at);
+        }
+        epoch = pass.epoch;
+    }
+    at
+}
+
 fn toml_str(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
@@ -366,6 +390,83 @@ impl Fixture {
         assert!(cleared.is_ok(), "the rotation in attention never cleared");
         let snapshot = self.store.snapshot().await.unwrap();
         assert!(!snapshot.credentials[0].needs_attention);
+    }
+
+    /// The test's own connection to the fixture's database, for what no store API does:
+    /// moving leases, injecting a write the database refuses.
+    async fn database(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            self.dir.path().join("keyrotd.db").display()
+        ))
+        .await
+        .unwrap()
+    }
+
+    /// The owner epoch of the credential's rotation in flight; it rises at every takeover.
+    async fn epoch_in_flight(&self) -> Option<i64> {
+        let in_flight = self.store.rotations_in_flight().await.unwrap();
+        in_flight
+            .into_iter()
+            .find(|r| r.credential == CRED)
+            .map(|r| r.owner_epoch)
+    }
+
+    /// Runs the daemon's passes over the credential for `seconds` of the engine's clock,
+    /// each when the one before asked for it (the pass queue's own rule,
+    /// [`pass_queue::next_pass`]); answers what each pass saw. Leases are judged on the
+    /// database's clock, which the test cannot move: every lease in flight is moved back by
+    /// as much as the engine's clock moves forward, which is the same to every lease
+    /// comparison.
+    async fn run_passes_for(&self, database: &sqlx::SqlitePool, seconds: i64) -> Vec<Pass> {
+        self.run_passes(database, seconds, |_| false).await
+    }
+
+    /// [`Fixture::run_passes_for`] until a pass winds up the rotation in flight, within
+    /// `seconds`.
+    async fn run_passes_until_cleared(&self, database: &sqlx::SqlitePool, seconds: i64) {
+        let passes = self
+            .run_passes(database, seconds, |pass| pass.epoch.is_none())
+            .await;
+        assert!(
+            passes.last().is_some_and(|pass| pass.epoch.is_none()),
+            "the rotation in flight was not wound up within {seconds}s: {passes:?}"
+        );
+    }
+
+    async fn run_passes(
+        &self,
+        database: &sqlx::SqlitePool,
+        seconds: i64,
+        stop: impl Fn(&Pass) -> bool,
+    ) -> Vec<Pass> {
+        let end = self.clock.now() + seconds;
+        let mut passes = Vec::new();
+        while self.clock.now() < end {
+            let began = self.clock.now();
+            let answer = self.engine.tick(&self.rt).await;
+            passes.push(Pass {
+                at: began,
+                failed: answer.is_err(),
+                epoch: self.epoch_in_flight().await,
+            });
+            if passes.last().is_some_and(&stop) {
+                break;
+            }
+            let Some(next) = pass_queue::next_pass(began, &answer, self.clock.now()) else {
+                break;
+            };
+            let next = next.min(end);
+            sqlx::query(
+                "UPDATE rotations SET lease_expires_at = lease_expires_at - ? WHERE finished_at IS NULL",
+            )
+            .bind(next - self.clock.now())
+            .execute(database)
+            .await
+            .unwrap();
+            self.clock.set(next);
+        }
+        passes
     }
 
     /// A retry after the fault cleared succeeds and leaves the new key delivered.
@@ -1009,6 +1110,101 @@ command = ["sh", "-c", "test -e {dir}/hook-ok || { mv {dir}/out {dir}/gone; exit
     f.assert_retry_succeeds().await;
 }
 
+/// A restore that keeps failing is retried at its retry time, and that backs off further
+/// at every failed restore, as failed rotations do, up to `retry_backoff_max`. Each retry
+/// takes the rotation over (its lease is the backoff; its epoch rises), so a backoff that
+/// stayed at its first step would take the rotation over, log and bump its epoch every
+/// second or two for as long as the target stays broken.
+#[tokio::test]
+async fn a_restore_that_keeps_failing_is_retried_with_a_growing_backoff() {
+    let f = fixture(Setup {
+        file_dir: Some("missing"),
+        rotation: "retry_backoff = \"1s\"\nretry_backoff_max = \"1h\"",
+        ..Setup::default()
+    })
+    .await;
+    let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    assert!(
+        matches!(&error, RotationError::NeedsAttention { .. }),
+        "{error}"
+    );
+    let database = f.database().await;
+    let before = f.epoch_in_flight().await;
+    let passes = f.run_passes_for(&database, 600).await;
+    let retries = takeovers(before, &passes);
+    assert!(passes.iter().all(|p| !p.failed), "{passes:?}");
+    // The n-th retry comes a second after a wait of 2^(n-1)..2^n s (equal jitter on a
+    // ceiling doubling from 1s), so ten minutes hold nine or ten; a backoff stuck at its
+    // first step, about 300.
+    assert!(
+        (8..=11).contains(&retries.len()),
+        "{} retries of the restore in ten minutes at {retries:?}; {} passes",
+        retries.len(),
+        passes.len()
+    );
+    let gaps: Vec<i64> = retries.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] >= g[0]) && gaps.last().is_some_and(|&g| g >= 64),
+        "the waits between retries do not grow: {gaps:?}"
+    );
+    // Each pass between two retries is the retry's own: none looks in between.
+    assert!(
+        passes.len() <= retries.len() + 2,
+        "{} passes for {} retries: {passes:?}",
+        passes.len(),
+        retries.len()
+    );
+    f.assert_needs_attention().await;
+    // Once the target is fixed, the next retry (at most `retry_backoff_max` away) winds
+    // the rotation up.
+    std::fs::create_dir(f.dir.path().join("missing")).unwrap();
+    f.run_passes_until_cleared(&database, 3600 + 60).await;
+    f.assert_failed_cleanly(1, &f.old).await;
+    database.close().await;
+}
+
+/// A takeover the store cannot record (here a trigger refuses it) fails the pass, and the
+/// daemon's next pass comes a minute later as after any pass the store failed, not at once:
+/// looking again at once would try, fail and log the takeover every second.
+#[tokio::test]
+async fn a_takeover_the_store_refuses_is_not_retried_every_second() {
+    let f = fixture(Setup {
+        file_dir: Some("missing"),
+        rotation: "retry_backoff = \"1s\"",
+        ..Setup::default()
+    })
+    .await;
+    f.engine.rotate(&f.rt, "test").await.unwrap_err();
+    f.assert_needs_attention().await;
+    let database = f.database().await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_takeover BEFORE UPDATE OF owner_epoch ON rotations
+         BEGIN SELECT RAISE(ABORT, 'injected: the takeover cannot be written'); END",
+    )
+    .execute(&database)
+    .await
+    .unwrap();
+    let before = f.epoch_in_flight().await;
+    let passes = f.run_passes_for(&database, 600).await;
+    assert!(takeovers(before, &passes).is_empty(), "{passes:?}");
+    assert!(
+        passes.len() <= 11,
+        "{} passes in ten minutes: {passes:?}",
+        passes.len()
+    );
+    assert!(passes.iter().skip(1).all(|p| p.failed), "{passes:?}");
+    // Once the store takes writes again, the restore is retried and, with the target
+    // fixed, the rotation is wound up.
+    sqlx::raw_sql("DROP TRIGGER refuse_takeover")
+        .execute(&database)
+        .await
+        .unwrap();
+    std::fs::create_dir(f.dir.path().join("missing")).unwrap();
+    f.run_passes_until_cleared(&database, 120).await;
+    f.assert_failed_cleanly(1, &f.old).await;
+    database.close().await;
+}
+
 #[tokio::test]
 async fn two_rotations_of_one_credential_never_run_at_once() {
     let f = fixture(Setup::default()).await;
@@ -1429,7 +1625,12 @@ async fn the_scheduler_takes_over_a_rotation_whose_owner_s_lease_expired() {
         .await
         .unwrap();
     f.clock.set(START + 86_400);
-    f.engine.tick(&f.rt).await.unwrap();
+    let wake = f.engine.tick(&f.rt).await.unwrap();
+    assert_eq!(
+        wake,
+        f.clock.now(),
+        "after a takeover, what is due is looked at again at once"
+    );
     assert!(f.store.rotations_in_flight().await.unwrap().is_empty());
     let new = f.current_secret().await;
     assert_ne!(new, f.old, "the abandoned rotation was not completed");

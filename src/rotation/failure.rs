@@ -5,7 +5,8 @@
 //! Restore comes before discard: when a target does not take the current key back, the
 //! rotation is not wound up but waits in [`RotationStep::Attention`] with both keys live
 //! and nothing revoked; the restore is retried with the retry backoff (the lease ends when
-//! the retry is due) until every target confirms, and only then is the new key discarded.
+//! the retry is due), one step further after each failed restore, until every target
+//! confirms, and only then is the new key discarded.
 
 use super::{is_fenced, CredentialRuntime, Engine, RotationError, StepError};
 use crate::delivery::Delivery;
@@ -79,20 +80,12 @@ impl Engine {
         // Rounded up and at least a second: truncating a sub-second jittered delay (a
         // `retry_backoff` of 1s draws 0.5..1s) would give `retry_at == now`, an immediate
         // retry.
-        let delay = rt
-            .retry
-            .delay(failures.clamp(0, 30) as u32, &mut rand::thread_rng());
-        let retry_in = (delay.as_secs_f64().ceil() as i64).max(1);
-        let expires_at = self
-            .store
-            .versions(&rt.name)
-            .await
-            .ok()
-            .and_then(|versions| versions.into_iter().find(|v| v.stage == Stage::Current))
-            .and_then(|current| current.expires_at);
-        let retry_at =
-            rt.policy
-                .retry_before_expiry(now, now + retry_in, expires_at, rt.retry.base);
+        let backoff = |attempt: i64| {
+            let delay = rt
+                .retry
+                .delay(attempt.clamp(0, 30) as u32, &mut rand::thread_rng());
+            (delay.as_secs_f64().ceil() as i64).max(1)
+        };
         let attention = rotation.step == RotationStep::Attention;
         // From `verified` on, some targets may hold the new key (a delivery that failed
         // half-way, or succeeded but whose commit did not): put the current key back first,
@@ -101,6 +94,11 @@ impl Engine {
         // its consumer off, so the rotation waits in `attention` with both keys live.
         if rotation.step >= RotationStep::Verified {
             if let Err(failed) = self.restore_current(rt).await {
+                // The credential's failure count moves only when the rotation is wound up,
+                // so each failed restore backs off one step further on its own count: at the
+                // first step for ever, a target broken for days would have the rotation
+                // taken over, restored and logged every `retry_backoff`.
+                let retry_in = backoff(failures.saturating_add(rotation.attempts));
                 let detail = if attention {
                     format!("current key not restored on: {failed}")
                 } else {
@@ -135,6 +133,16 @@ impl Engine {
                 tracing::info!(credential = %rt.name, rotation = %rotation.id, "every target holds the current key again; winding up the rotation that needed attention");
             }
         }
+        let expires_at = self
+            .store
+            .versions(&rt.name)
+            .await
+            .ok()
+            .and_then(|versions| versions.into_iter().find(|v| v.stage == Stage::Current))
+            .and_then(|current| current.expires_at);
+        let retry_at =
+            rt.policy
+                .retry_before_expiry(now, now + backoff(failures), expires_at, rt.retry.base);
         // A key we issued is discarded on any failure (the retry issues a fresh one); an
         // operator's key is kept for a retry unless the provider refused it.
         let ours = rt.issuer.is_some() && rotation.step == RotationStep::Planned

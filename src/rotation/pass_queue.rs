@@ -11,7 +11,7 @@
 //! the CLI) is picked up by a re-read of every credential once an hour ([`SURVEY_EVERY`]),
 //! the same survey as at start-up: one query and one wake-up an hour, not one per credential.
 
-use super::{CredentialRuntime, Engine, Policy, MAX_SLEEP};
+use super::{CredentialRuntime, Engine, Policy, RotationError, MAX_SLEEP};
 use crate::due::{self, DueHandle};
 use crate::model::UnixTime;
 use crate::store::{RotationOutlook, StoreError};
@@ -26,6 +26,9 @@ pub(crate) const SURVEY_EVERY: Duration = MAX_SLEEP;
 /// Passes at once: rotations talk to providers and targets, and each commits several times
 /// through the one writer; more in parallel would only queue on it.
 const PARALLEL_PASSES: usize = 16;
+/// How long after a pass that failed (the store could not be read or written) the next one
+/// comes.
+const AFTER_FAILED_PASS: Duration = Duration::from_secs(60);
 
 /// When a credential's rotation is due and when it needs a pass, judged from its
 /// bookkeeping.
@@ -160,20 +163,32 @@ async fn pass(engine: &Engine, rt: &CredentialRuntime, resume: bool) -> Option<I
             tracing::warn!(credential = %rt.name, %error, "resumed rotation did not complete");
         }
     }
-    let now = engine.clock.now();
-    let wake = match engine.tick(rt).await {
-        Ok(wake) => wake,
-        Err(error) => {
-            tracing::error!(credential = %rt.name, %error, "rotation scheduling failed; retrying in a minute");
-            now + 60
-        }
+    let began = engine.clock.now();
+    let answer = engine.tick(rt).await;
+    if let Err(error) = &answer {
+        tracing::error!(credential = %rt.name, %error, "rotation scheduling failed; retrying in a minute");
+    }
+    next_pass(began, &answer, engine.clock.now()).map(|at| instant_at(engine, at))
+}
+
+/// When a credential needs its next pass, after one that began at `began` and answered
+/// `answer` (what [`Engine::tick`] returned) at `now`; `None` when that is beyond what a
+/// pass looks ahead (the hourly survey decides then).
+pub fn next_pass(
+    began: UnixTime,
+    answer: &Result<UnixTime, RotationError>,
+    now: UnixTime,
+) -> Option<UnixTime> {
+    let wake = match answer {
+        Ok(wake) => *wake,
+        Err(_) => began + AFTER_FAILED_PASS.as_secs() as i64,
     };
     // `tick` looks at most MAX_SLEEP ahead; beyond that the survey decides.
-    if wake - now >= MAX_SLEEP.as_secs() as i64 {
+    if wake - began >= MAX_SLEEP.as_secs() as i64 {
         return None;
     }
     // A zero wait after a rotation re-reads the store once; never spin.
-    Some(instant_at(engine, wake.max(engine.clock.now() + 1)))
+    Some(wake.max(now + 1))
 }
 
 /// The runtimes in name order: an item is an index into them, and a credential's item is

@@ -8,7 +8,10 @@ use crate::model::{Stage, UnixTime};
 
 impl Engine {
     /// One scheduling pass for a credential: record the next due time, rotate when due (or
-    /// when an imported key waits), revoke what is due. Returns when to look again.
+    /// when an imported key waits), revoke what is due. Returns when to look again: at once
+    /// after a rotation was taken over and driven to its end (what is due may have changed);
+    /// an error when the store failed, a takeover included (the daemon's pass queue then
+    /// waits before the next pass rather than trying again at once).
     pub async fn tick(&self, rt: &CredentialRuntime) -> Result<UnixTime, RotationError> {
         let now = self.clock.now();
         let Some(credential) = self.store.credential(&rt.name).await? else {
@@ -17,15 +20,18 @@ impl Engine {
         // A rotation in flight under another process's live lease: look again just after
         // the lease would run out (its owner may die), whatever else is due.
         let mut attention = false;
-        let lease_ends = match self.take_over_abandoned(rt).await? {
-            TakeOver::Done => return Ok(self.clock.now()),
-            TakeOver::Live { left } => Some(now + left.max(0) + 1),
+        let taken_over = self.take_over_abandoned(rt).await?;
+        // `left` counts from the end of the takeover, which may have run a restore.
+        let after = self.clock.now();
+        let lease_ends = match taken_over {
+            TakeOver::Done => return Ok(after),
+            TakeOver::Live { left } => Some(after + left.max(0) + 1),
             TakeOver::Nothing => None,
             // The restore is retried when the lease (the backoff) ends; no rotation can
             // start meanwhile, and what is due for revocation still is revoked.
             TakeOver::Attention { left } => {
                 attention = true;
-                Some(now + left.max(0) + 1)
+                Some(after + left.max(0) + 1)
             }
         };
         let versions = self.store.versions(&rt.name).await?;
@@ -98,7 +104,10 @@ impl Engine {
 
     /// A rotation left in flight by a process that died (a killed `key rotate`, a previous
     /// run) would block every later rotation of the credential: take it over once its
-    /// owner's lease has expired. One under a live lease is its owner's.
+    /// owner's lease has expired. One under a live lease is its owner's. A store error
+    /// (the takeover could not be tried or recorded) is the pass's error: answered as
+    /// [`TakeOver::Done`], the pass would look again at once, fail the same way, and so
+    /// every second for as long as the store does.
     async fn take_over_abandoned(&self, rt: &CredentialRuntime) -> Result<TakeOver, RotationError> {
         let lock = self.lock_for(&rt.name);
         let _guard = lock.lock().await;
@@ -107,6 +116,8 @@ impl Engine {
             Err(RotationError::InFlight { left, .. }) => Ok(TakeOver::Live { left }),
             Err(RotationError::NeedsAttention { left, .. }) => Ok(TakeOver::Attention { left }),
             Ok(Some(_)) => Ok(TakeOver::Done),
+            Err(error @ RotationError::Store(_)) => Err(error),
+            // Driven to a failure (wound up, or fenced by a newer owner): look again now.
             Err(error) => {
                 tracing::warn!(credential = %rt.name, %error, "abandoned rotation did not complete");
                 Ok(TakeOver::Done)
@@ -119,11 +130,12 @@ impl Engine {
 enum TakeOver {
     /// None in flight.
     Nothing,
-    /// Taken over and driven to its end (or its failure).
+    /// Taken over and driven to its end (or its failure, or until a newer owner fenced it).
     Done,
     /// Another process's lease on it is live for `left` more seconds.
     Live { left: i64 },
-    /// It needs attention (a target did not take the current key back); the restore is
-    /// retried in `left` seconds.
+    /// It needs attention (a target did not take the current key back): under a live
+    /// lease, or taken over and its restore failed again; the restore is retried in `left`
+    /// seconds, when the lease (the backoff) ends.
     Attention { left: i64 },
 }

@@ -123,6 +123,9 @@ pub struct Rotation {
     pub owner_epoch: i64,
     /// When the owner's lease ends, in Unix seconds on the database's clock.
     pub lease_expires_at: UnixTime,
+    /// Failures recorded against it: while it is unfinished, how many restores failed
+    /// (each [`RotationStore::hold_for_attention`]), which the next restore backs off by.
+    pub attempts: i64,
 }
 
 /// Who asks to own a rotation, and for how long at a time.
@@ -306,10 +309,10 @@ pub trait RotationStore: Send + Sync {
     /// the current key could not be put back on every target, so the new key is neither
     /// discarded nor revoked and the rotation stays unfinished. Records `detail` (which
     /// targets failed and why; never secrets) as its error and in a `needs_attention`
-    /// event (the credential's failure count moves only when the rotation is wound up), and
-    /// sets the lease to end in `retry_after` seconds
-    /// (on the database's clock): the lease doubles as the retry backoff, so whichever
-    /// process takes it over after that retries the restore.
+    /// event, counts the failed restore in [`Rotation::attempts`] (the credential's failure
+    /// count moves only when the rotation is wound up), and sets the lease to end in
+    /// `retry_after` seconds (on the database's clock): the lease doubles as the retry
+    /// backoff, so whichever process takes it over after that retries the restore.
     async fn hold_for_attention(
         &self,
         lease: &Lease,

@@ -23,7 +23,7 @@ pub(super) use db_now;
 
 /// The columns of a [`Rotation`], read from `rotations r JOIN credentials c`.
 pub(super) const ROTATION_COLUMNS: &str = "r.id, c.name, r.kind, r.step, r.new_version_id,
-    r.started_at, r.updated_at, r.error, r.owner, r.owner_epoch, r.lease_expires_at";
+    r.started_at, r.updated_at, r.error, r.owner, r.owner_epoch, r.lease_expires_at, r.attempts";
 
 pub(super) fn rotation_from_row(row: &SqliteRow) -> Rotation {
     Rotation {
@@ -38,6 +38,7 @@ pub(super) fn rotation_from_row(row: &SqliteRow) -> Rotation {
         owner: row.get(8),
         owner_epoch: row.get(9),
         lease_expires_at: row.get(10),
+        attempts: row.get(11),
     }
 }
 
