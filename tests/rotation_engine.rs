@@ -1111,7 +1111,8 @@ command = ["sh", "-c", "test -e {dir}/hook-ok || { mv {dir}/out {dir}/gone; exit
 }
 
 /// A restore that keeps failing is retried at its retry time, and that backs off further
-/// at every failed restore, as failed rotations do, up to `retry_backoff_max`. Each retry
+/// at every failed restore, as failed rotations do, up to `retry_backoff_max` but never
+/// past 15 minutes (a fixed target must clear soon, whatever the backoff's cap). Each retry
 /// takes the rotation over (its lease is the backoff; its epoch rises), so a backoff that
 /// stayed at its first step would take the rotation over, log and bump its epoch every
 /// second or two for as long as the target stays broken.
@@ -1119,7 +1120,7 @@ command = ["sh", "-c", "test -e {dir}/hook-ok || { mv {dir}/out {dir}/gone; exit
 async fn a_restore_that_keeps_failing_is_retried_with_a_growing_backoff() {
     let f = fixture(Setup {
         file_dir: Some("missing"),
-        rotation: "retry_backoff = \"1s\"\nretry_backoff_max = \"1h\"",
+        rotation: "retry_backoff = \"1s\"\nretry_backoff_max = \"6h\"",
         ..Setup::default()
     })
     .await;
@@ -1154,11 +1155,30 @@ async fn a_restore_that_keeps_failing_is_retried_with_a_growing_backoff() {
         passes.len(),
         retries.len()
     );
+    // Two hours on, the waits have stopped growing at the restore's 15-minute cap (a
+    // retry comes a second after its wait), far below the 6h `retry_backoff_max`.
+    let last_before = *retries.last().unwrap();
+    let later = takeovers(
+        passes.last().unwrap().epoch,
+        &f.run_passes_for(&database, 7200).await,
+    );
+    let later_gaps: Vec<i64> = std::iter::once(last_before)
+        .chain(later.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .collect();
+    assert!(
+        later_gaps.len() >= 6
+            && later_gaps.iter().all(|&g| g <= 15 * 60 + 2)
+            && later_gaps.iter().any(|&g| g >= 15 * 60 - 1),
+        "the waits between restores are not capped at 15 minutes: {later_gaps:?}"
+    );
     f.assert_needs_attention().await;
-    // Once the target is fixed, the next retry (at most `retry_backoff_max` away) winds
-    // the rotation up.
+    // Once the target is fixed, the next retry (at most 15 minutes away) winds the
+    // rotation up.
     std::fs::create_dir(f.dir.path().join("missing")).unwrap();
-    f.run_passes_until_cleared(&database, 3600 + 60).await;
+    f.run_passes_until_cleared(&database, 15 * 60 + 60).await;
     f.assert_failed_cleanly(1, &f.old).await;
     database.close().await;
 }

@@ -5,13 +5,18 @@
 //! Restore comes before discard: when a target does not take the current key back, the
 //! rotation is not wound up but waits in [`RotationStep::Attention`] with both keys live
 //! and nothing revoked; the restore is retried with the retry backoff (the lease ends when
-//! the retry is due), one step further after each failed restore, until every target
-//! confirms, and only then is the new key discarded.
+//! the retry is due), one step further after each failed restore (at most 15 minutes
+//! apart), until every target confirms, and only then is the new key discarded.
 
 use super::{is_fenced, CredentialRuntime, Engine, RotationError, StepError};
 use crate::delivery::Delivery;
 use crate::model::Stage;
 use crate::store::{Lease, Rotation, RotationFailure, RotationKind, RotationStep};
+
+/// Longest wait between two restores of a rotation in `attention`, whatever
+/// `retry_backoff_max` says: a restore is a local write, and an operator who has fixed the
+/// target expects the rotation to clear within minutes, not after a six-hour backoff step.
+const RESTORE_RETRY_MAX_SECONDS: i64 = 15 * 60;
 
 impl Engine {
     /// After a failed delivery some targets may hold the new key, which is about to be
@@ -98,7 +103,8 @@ impl Engine {
                 // so each failed restore backs off one step further on its own count: at the
                 // first step for ever, a target broken for days would have the rotation
                 // taken over, restored and logged every `retry_backoff`.
-                let retry_in = backoff(failures.saturating_add(rotation.attempts));
+                let retry_in = backoff(failures.saturating_add(rotation.attempts))
+                    .min(RESTORE_RETRY_MAX_SECONDS);
                 let detail = if attention {
                     format!("current key not restored on: {failed}")
                 } else {
