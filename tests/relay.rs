@@ -1159,6 +1159,44 @@ async fn a_socket_group_the_daemon_is_not_in_stops_it_with_the_reason() {
     assert!(!socket.exists(), "the socket is removed");
 }
 
+/// systemd's `PrivateUsers=yes` maps only root and the service's user: any other user's
+/// connection arrives as the overflow uid. A daemon in such a user namespace warns about
+/// the peer uids it cannot see, and a listed user is indeed not its client (a 401, not the
+/// key). Root only (a user namespace mapping root alone, and `setpriv`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_user_namespace_without_the_peer_uid_the_daemon_warns_and_refuses_it() {
+    if !can_switch_users() || !tool_available("unshare") {
+        return;
+    }
+    let upstream = Upstream::start(accept_all()).await;
+    let env = Env::new();
+    let dir = shared_dir();
+    let socket = dir.path().join("relay.sock");
+    env.write_config(&socket_config(
+        &upstream,
+        &socket,
+        "socket_mode = \"0666\"",
+        &[("member", MEMBER)],
+    ));
+    env.import("k1", &canary(), &[]);
+    let daemon = Daemon::start(through(
+        &["unshare", "--user", "--map-root-user"],
+        &env.command(),
+    ));
+    let log = daemon.wait_for_log("relay listening", HANG_TIMEOUT);
+    assert!(
+        log.contains("this peer uid is not mapped in the daemon's user namespace")
+            && log.contains(&format!("uid={MEMBER}")),
+        "{log}"
+    );
+    assert_eq!(
+        curl_as(MEMBER, None, &socket).await,
+        (Some(0), "401".to_string())
+    );
+    assert!(upstream.chat_keys().is_empty());
+    daemon.stop();
+}
+
 /// `check-config` warns (and passes) when the socket's mode lets every local user connect.
 #[test]
 fn check_config_warns_about_a_socket_every_user_may_connect_to() {

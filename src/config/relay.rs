@@ -74,6 +74,11 @@ pub struct RelayConfig {
 /// else connect either, since connecting needs write).
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
+/// The uid the kernel reports for a peer whose uid the receiving process's user namespace
+/// does not map (the default of /proc/sys/kernel/overflowuid). Under systemd's
+/// `PrivateUsers=yes`, every user but root and the service's own connects as this uid.
+pub const OVERFLOW_UID: u32 = 65534;
+
 fn default_max_retry_body() -> Spanned<u64> {
     Spanned::new(0..0, 1024 * 1024)
 }
@@ -153,7 +158,7 @@ pub struct ClientConfig {
     pub token_sha256: Option<Spanned<String>>,
     /// On a Unix socket: the uids whose connections are this client, token or not.
     #[serde(default)]
-    pub peer_uids: Vec<u32>,
+    pub peer_uids: Vec<Spanned<u32>>,
     /// Sustained requests per second this client may make (bursts up to one second's worth).
     #[serde(default)]
     pub requests_per_second: Option<Spanned<f64>>,
@@ -381,6 +386,18 @@ impl RelayConfig {
                     format!("relay client {name:?} needs `token_sha256` or `peer_uids`"),
                 ),
                 None => {}
+            }
+            for uid in &client.peer_uids {
+                // Anyone the daemon's user namespace does not map connects as this uid, so
+                // it names no one: as good as no authentication at all.
+                if *uid.get_ref() == OVERFLOW_UID {
+                    issues.push(
+                        Some(uid.span()),
+                        format!(
+                            "relay client {name:?}: peer uid {OVERFLOW_UID} is the kernel's overflow uid: in a user namespace (the shipped systemd unit's PrivateUsers=yes) every user it does not map connects as {OVERFLOW_UID}, so it would let any local user in; give this client a token instead"
+                        ),
+                    );
+                }
             }
             if !client.peer_uids.is_empty() && self.socket.is_none() {
                 issues.push(
@@ -753,5 +770,27 @@ token_sha256 = "0000000000000000000000000000000000000000000000000000000000000000
             );
             assert!(rendered.contains(&expected), "{expected}\n{rendered}");
         }
+    }
+
+    /// The overflow uid is who every user a user namespace does not map connects as: as a
+    /// peer uid it would admit them all, as a non-loopback `listen` would admit the network.
+    #[test]
+    fn the_overflow_uid_is_refused_as_a_peer_uid() {
+        let text =
+            socket_relay("\n[[relay.client]]\nname = \"local\"\npeer_uids = [1000, 65534]\n");
+        let error = parse(&text).unwrap_err();
+        let rendered = error.to_string();
+        assert_eq!(error.issues.len(), 1, "{rendered}");
+        let expected = format!(
+            "{}: relay client \"local\": peer uid 65534 is the kernel's overflow uid",
+            at(&text, "65534")
+        );
+        assert!(rendered.contains(&expected), "{expected}\n{rendered}");
+        let text = socket_relay("\n[[relay.client]]\nname = \"local\"\npeer_uids = [1000]\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            *config.relay().unwrap().clients[0].peer_uids[0].get_ref(),
+            1000
+        );
     }
 }

@@ -34,7 +34,7 @@ mod usage;
 pub use auth::new_token;
 
 use crate::clock::Clock;
-use crate::config::{Config, KeyHeader, RelayConfig, RelayListen};
+use crate::config::{ClientConfig, Config, KeyHeader, RelayConfig, RelayListen, OVERFLOW_UID};
 use crate::store::Store;
 use anyhow::Context;
 use auth::{ClientId, Clients};
@@ -152,6 +152,9 @@ pub async fn start(
         return Ok(None);
     };
     let listener = Listener::bind(relay_config).await?;
+    if matches!(listener, Listener::Unix(..)) {
+        warn_unmapped_peer_uids(&relay_config.clients);
+    }
     let metrics = RelayMetrics::register(registry)?;
     let clients = Clients::new(&relay_config.clients);
     let routes: Arc<[Route]> = relay_config
@@ -393,6 +396,44 @@ fn socket_gid(name: &str) -> anyhow::Result<u32> {
     }
 }
 
+/// Warns about every listed peer uid that does not exist in this process's user namespace:
+/// the kernel reports a peer it cannot map as [`OVERFLOW_UID`], so such an entry matches no
+/// one. systemd's `PrivateUsers=yes` (the shipped unit) maps only root and the service's own
+/// user.
+fn warn_unmapped_peer_uids(clients: &[ClientConfig]) {
+    let Ok(uid_map) = std::fs::read_to_string("/proc/self/uid_map") else {
+        return;
+    };
+    for client in clients {
+        for uid in &client.peer_uids {
+            let uid = *uid.get_ref();
+            if !is_mapped(&uid_map, uid) {
+                tracing::warn!(
+                    client = %client.name.get_ref(),
+                    uid,
+                    "relay: this peer uid is not mapped in the daemon's user namespace (PrivateUsers=), so that user connects as uid {OVERFLOW_UID} and is not this client; give the client a token, or run keyrotd with PrivateUsers=no"
+                );
+            }
+        }
+    }
+}
+
+/// Whether `uid`, as this process sees uids, exists in the user namespace whose
+/// /proc/PID/uid_map is `uid_map` (per line: first uid inside, first uid outside, count).
+/// Peer uids are reported, and so compared, as the namespace sees them.
+fn is_mapped(uid_map: &str, uid: u32) -> bool {
+    let uid = u64::from(uid);
+    uid_map.lines().any(|line| {
+        let mut fields = line.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(inside)), Some(Ok(_outside)), Some(Ok(count))) => {
+                (inside..inside.saturating_add(count)).contains(&uid)
+            }
+            _ => false,
+        }
+    })
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Listener::Unix(_, path) = self {
@@ -482,5 +523,29 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("relay: requests still open after the drain period; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_mapped;
+
+    #[test]
+    fn a_peer_uid_counts_only_where_the_user_namespace_maps_it() {
+        // No user namespace of its own: every uid exists.
+        let host = "         0          0 4294967295\n";
+        assert!(is_mapped(host, 1000));
+        assert!(is_mapped(host, 0));
+        // systemd's PrivateUsers=yes: root and the service's user (here 998) only.
+        let private = "         0          0          1\n       998        998          1\n";
+        assert!(is_mapped(private, 998));
+        assert!(is_mapped(private, 0));
+        assert!(!is_mapped(private, 1000));
+        assert!(!is_mapped(private, 999));
+        // A container's shifted range: uids are configured as the container sees them.
+        let shifted = "         0     100000      65536\n";
+        assert!(is_mapped(shifted, 1000));
+        assert!(!is_mapped(shifted, 100_000));
+        assert!(!is_mapped("", 1000));
     }
 }
