@@ -14,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use keyrotd::simulator::Simulator;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -934,6 +935,335 @@ clients = ["local"]
     assert_eq!(upstream.chat_keys(), [key]);
     daemon.stop();
     assert!(!socket.exists(), "the socket is removed at stop");
+}
+
+/// `command` run through `prefix`, a command that execs its arguments (`sh -c '...; exec
+/// "$0" "$@"'`, `setpriv ...`, `unshare ...`): same program, arguments and environment.
+fn through(prefix: &[&str], command: &std::process::Command) -> std::process::Command {
+    let mut wrapped = std::process::Command::new(prefix[0]);
+    wrapped
+        .args(&prefix[1..])
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(name, value),
+            None => wrapped.env_remove(name),
+        };
+    }
+    wrapped
+}
+
+/// Runs the program with this umask (tests may not use `unsafe`, so no `pre_exec`).
+fn with_umask(umask: &str) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("umask {umask}; exec \"$0\" \"$@\""),
+    ]
+}
+
+/// A relay on the Unix socket `socket` in front of `upstream` (credential `k1`), with the
+/// `[relay]` lines `relay_extra` and one client per `(name, peer uid)`, all allowed.
+fn socket_config(
+    upstream: &Upstream,
+    socket: &Path,
+    relay_extra: &str,
+    clients: &[(&str, u32)],
+) -> String {
+    let mut text = format!(
+        r#"[[provider]]
+name = "up"
+kind = "openai_compatible"
+base_url = "{url}"
+
+[[credential]]
+name = "k1"
+provider = "up"
+
+[relay]
+socket = "{socket}"
+{relay_extra}
+"#,
+        url = upstream.url,
+        socket = socket.display(),
+    );
+    for (name, uid) in clients {
+        text.push_str(&format!(
+            "\n[[relay.client]]\nname = \"{name}\"\npeer_uids = [{uid}]\n"
+        ));
+    }
+    let names: Vec<String> = clients
+        .iter()
+        .map(|(name, _)| format!("{name:?}"))
+        .collect();
+    text.push_str(&format!(
+        "\n[[relay.route]]\nprefix = \"{PREFIX}\"\ncredentials = [\"k1\"]\nclients = [{}]\n",
+        names.join(", ")
+    ));
+    text
+}
+
+/// The permission bits of the relay's socket.
+fn socket_mode(socket: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The socket gets `socket_mode` (default 0660) whatever the umask the daemon runs under:
+/// wider than the unit's `UMask=0077` leaves it, narrower than a umask of 0 would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_has_its_configured_mode_whatever_the_umask() {
+    let upstream = Upstream::start(accept_all()).await;
+    let env = Env::new();
+    let socket = env.path().join("relay.sock");
+    let uid = nix::unistd::getuid().as_raw();
+    env.write_config(&socket_config(&upstream, &socket, "", &[("local", uid)]));
+    env.import("k1", &canary(), &[]);
+    for (umask, relay_extra, expected) in [
+        ("077", "", 0o660),
+        ("000", "socket_mode = \"0600\"", 0o600),
+        ("077", "socket_mode = \"0666\"", 0o666),
+    ] {
+        env.write_config(&socket_config(
+            &upstream,
+            &socket,
+            relay_extra,
+            &[("local", uid)],
+        ));
+        let prefix = with_umask(umask);
+        let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        let daemon = Daemon::start(through(&prefix, &env.command()));
+        daemon.wait_for_log("relay listening", HANG_TIMEOUT);
+        assert_eq!(
+            socket_mode(&socket),
+            expected,
+            "umask {umask}, {relay_extra:?}: mode {:o}",
+            socket_mode(&socket)
+        );
+        daemon.stop();
+    }
+}
+
+/// A POST through the relay's socket by `curl`, as `uid` with the supplementary `groups`;
+/// answers curl's exit status and the HTTP status it printed ("000" when it could not
+/// connect).
+async fn curl_as(uid: u32, groups: Option<u32>, socket: &Path) -> (Option<i32>, String) {
+    let mut command = tokio::process::Command::new("setpriv");
+    command
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"));
+    match groups {
+        Some(gid) => command.arg(format!("--groups={gid}")),
+        None => command.arg("--clear-groups"),
+    };
+    let out = command
+        .args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg("--unix-socket")
+        .arg(socket)
+        .args(["-H", "content-type: application/json", "-d", "{}"])
+        .arg(format!("http://relay{PREFIX}/chat/completions"))
+        .output()
+        .await
+        .expect("run setpriv curl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// Whether the test can act as other users: root, with `setpriv` and `curl`. Otherwise it
+/// says why (a failure under `KEYROTD_REQUIRE_TOOLS`).
+fn can_switch_users() -> bool {
+    if !is_root() {
+        skip_or_fail("needs root to connect to the relay as other uids (setpriv)");
+        return false;
+    }
+    tool_available("setpriv") && tool_available("curl")
+}
+
+/// A directory other users can reach a socket in (a temp dir is 0700).
+fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+const MEMBER: u32 = 4243;
+const STRANGER: u32 = 4244;
+const SOCKET_GID: u32 = 4242;
+
+/// Another local user reaches the relay through the socket's group and mode: a member of
+/// `socket_group` connects and is the client its uid names; a user outside the group cannot
+/// even connect, though it is listed as a client too (the file's mode is what stops it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_connects_through_the_socket_group_and_is_known_by_uid() {
+    if !can_switch_users() {
+        return;
+    }
+    let upstream = Upstream::start(accept_all()).await;
+    let env = Env::new();
+    let dir = shared_dir();
+    let socket = dir.path().join("relay.sock");
+    env.write_config(&socket_config(
+        &upstream,
+        &socket,
+        &format!("socket_group = \"{SOCKET_GID}\""),
+        &[("member", MEMBER), ("stranger", STRANGER)],
+    ));
+    let key = canary();
+    env.import("k1", &key, &[]);
+    let prefix = with_umask("077");
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(through(&prefix, &env.command()));
+    daemon.wait_for_log("relay listening", HANG_TIMEOUT);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&socket).unwrap();
+        assert_eq!(meta.gid(), SOCKET_GID);
+        assert_eq!(meta.mode() & 0o7777, 0o660);
+    }
+
+    assert_eq!(
+        curl_as(MEMBER, Some(SOCKET_GID), &socket).await,
+        (Some(0), "200".to_string())
+    );
+    assert_eq!(upstream.chat_keys(), std::slice::from_ref(&key));
+    let (status, http) = curl_as(STRANGER, None, &socket).await;
+    // curl's 7: could not connect (EACCES on the socket file).
+    assert_eq!((status, http.as_str()), (Some(7), "000"));
+    assert_eq!(
+        upstream.chat_keys(),
+        [key],
+        "the stranger reached no upstream"
+    );
+    daemon.stop();
+}
+
+/// A `socket_group` the daemon may not hand its socket to stops it at start-up with the
+/// reason and what to do instead, and leaves no socket behind. As root, the daemon runs
+/// without CAP_CHOWN, which is what the shipped unit withholds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_group_the_daemon_is_not_in_stops_it_with_the_reason() {
+    let upstream = Upstream::start(accept_all()).await;
+    let env = Env::new();
+    let socket = env.path().join("relay.sock");
+    let uid = nix::unistd::getuid().as_raw();
+    let mine: Vec<u32> = nix::unistd::getgroups()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_raw())
+        .chain([nix::unistd::getegid().as_raw()])
+        .collect();
+    let foreign = (SOCKET_GID..).find(|gid| !mine.contains(gid)).unwrap();
+    env.write_config(&socket_config(
+        &upstream,
+        &socket,
+        &format!("socket_group = \"{foreign}\""),
+        &[("local", uid)],
+    ));
+    env.import("k1", &canary(), &[]);
+    let mut command = env.command();
+    if is_root() {
+        if !tool_available("setpriv") {
+            return;
+        }
+        command = through(
+            &["setpriv", "--inh-caps=-chown", "--bounding-set=-chown"],
+            &command,
+        );
+    }
+    let out = run_command(command.arg("run"), "");
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    for needle in [
+        &format!(
+            "relay: cannot give the socket {} to group \"{foreign}\"",
+            socket.display()
+        ),
+        "a process may only hand a file to a group it is a member of",
+        "leave `socket_group` unset",
+    ] {
+        assert!(log.contains(needle), "{needle}: {log}");
+    }
+    assert!(!socket.exists(), "the socket is removed");
+}
+
+/// systemd's `PrivateUsers=yes` maps only root and the service's user: any other user's
+/// connection arrives as the overflow uid. A daemon in such a user namespace warns about
+/// the peer uids it cannot see, and a listed user is indeed not its client (a 401, not the
+/// key). Root only (a user namespace mapping root alone, and `setpriv`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_user_namespace_without_the_peer_uid_the_daemon_warns_and_refuses_it() {
+    if !can_switch_users() || !tool_available("unshare") {
+        return;
+    }
+    let upstream = Upstream::start(accept_all()).await;
+    let env = Env::new();
+    let dir = shared_dir();
+    let socket = dir.path().join("relay.sock");
+    env.write_config(&socket_config(
+        &upstream,
+        &socket,
+        "socket_mode = \"0666\"",
+        &[("member", MEMBER)],
+    ));
+    env.import("k1", &canary(), &[]);
+    let daemon = Daemon::start(through(
+        &["unshare", "--user", "--map-root-user"],
+        &env.command(),
+    ));
+    let log = daemon.wait_for_log("relay listening", HANG_TIMEOUT);
+    assert!(
+        log.contains("this peer uid is not mapped in the daemon's user namespace")
+            && log.contains(&format!("uid={MEMBER}")),
+        "{log}"
+    );
+    assert_eq!(
+        curl_as(MEMBER, None, &socket).await,
+        (Some(0), "401".to_string())
+    );
+    assert!(upstream.chat_keys().is_empty());
+    daemon.stop();
+}
+
+/// `check-config` warns (and passes) when the socket's mode lets every local user connect.
+#[test]
+fn check_config_warns_about_a_socket_every_user_may_connect_to() {
+    let env = Env::new();
+    let socket = env.path().join("relay.sock");
+    for (mode, warned) in [("0666", true), ("0660", false)] {
+        env.write_config(&format!(
+            "[relay]\nsocket = \"{}\"\nsocket_mode = \"{mode}\"\n\n[[relay.client]]\nname = \"app\"\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+            socket.display()
+        ));
+        let out = env.run(&["check-config"]);
+        assert_success(&out, "check-config");
+        let warning = format!(
+            "warning: relay `socket_mode` 0666 lets every local user connect to {}",
+            socket.display()
+        );
+        assert_eq!(
+            stderr(&out).contains(&warning),
+            warned,
+            "{mode}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 /// `check-config` refuses a relay on a non-loopback address (it has no TLS), with the

@@ -2,8 +2,8 @@
 //! starting anything, so a deployment can test a change before reloading the daemon. A
 //! bad file has already failed with exit status 78 by the time this runs. `--preflight`
 //! also tries every delivery target as this process ([`crate::delivery::preflight`]).
-//! Valid but risky choices (a provider that cannot revoke replaced keys) are warned
-//! about on stderr.
+//! Valid but risky choices (a provider that cannot revoke replaced keys, a relay socket
+//! every local user may connect to) are warned about on stderr.
 
 use super::Setup;
 
@@ -14,7 +14,10 @@ pub(crate) fn run(setup: &Setup, preflight: bool) -> anyhow::Result<()> {
     if let Some(web) = setup.web_config()? {
         println!("{}: ok", web.file().display());
     }
-    for warning in revocation_warnings(&setup.config) {
+    let warnings = revocation_warnings(&setup.config)
+        .into_iter()
+        .chain(relay_socket_warning(&setup.config));
+    for warning in warnings {
         eprintln!("warning: {warning}");
     }
     println!(
@@ -49,4 +52,19 @@ fn revocation_warnings(config: &crate::config::Config) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// A relay socket whose mode lets every local user connect. Valid: each request still needs a
+/// client's token or a listed peer uid, exactly as on the loopback `listen`, which every
+/// local user can reach too. But it is wider than the default, so the operator should know.
+fn relay_socket_warning(config: &crate::config::Config) -> Option<String> {
+    let relay = config.relay()?;
+    let socket = relay.socket.as_ref()?;
+    let mode = relay.socket_mode();
+    (mode & 0o002 != 0).then(|| {
+        format!(
+            "relay `socket_mode` {mode:04o} lets every local user connect to {}: as on a loopback `listen`, only a client token or a listed peer uid stands between them and the pooled keys (\"0660\" limits connections to the socket's group)",
+            socket.get_ref().display()
+        )
+    })
 }

@@ -390,7 +390,7 @@ fn valid_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn valid_account(name: &str) -> bool {
+pub(super) fn valid_account(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

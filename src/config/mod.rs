@@ -34,7 +34,9 @@ pub use provider::{
     ExecAdapterConfig, ExecKeyVia, GoogleConfig, HttpAdapterConfig, HttpCheckConfig,
     HttpIssueConfig, HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
 };
-pub use relay::{ClientConfig, KeyHeader, RelayConfig, RelayListen, RouteConfig, Strategy};
+pub use relay::{
+    ClientConfig, KeyHeader, RelayConfig, RelayListen, RouteConfig, Strategy, OVERFLOW_UID,
+};
 pub(crate) use secret_ref::SecretRef;
 pub use store::{LeaderTiming, StoreConfig};
 

@@ -1,13 +1,14 @@
 //! `[relay]`: the local relay that takes an application's provider request without a key,
 //! authenticates the application by its own token, and injects a pooled credential's key.
 //!
-//! The section names where the relay listens (a loopback TCP address or a Unix socket), its
-//! limits and timeouts, its `[[relay.route]]`s (a path prefix, an upstream, a pool of
+//! The section names where the relay listens (a loopback TCP address or a Unix socket, with
+//! the socket's mode and group), its limits and timeouts, its `[[relay.route]]`s (a path prefix, an upstream, a pool of
 //! credentials of one provider kind, a strategy, the clients allowed) and its
 //! `[[relay.client]]`s (a name, the SHA-256 of the client's token, peer uids on a socket, a
 //! rate limit). Validation ties routes to credentials and providers, so a route the relay
 //! could not serve is refused with the file position of what is wrong.
 
+use super::delivery::valid_account;
 use super::{name_rule, valid_name, HumanDuration, Issues, ProviderConfig, ProviderKind};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
@@ -26,6 +27,14 @@ pub struct RelayConfig {
     /// A Unix socket path (clients may then also be told apart by peer uid).
     #[serde(default)]
     pub socket: Option<Spanned<PathBuf>>,
+    /// On a `socket`: its permission bits, an octal string (default [`DEFAULT_SOCKET_MODE`]).
+    /// Connecting needs write permission on the socket file.
+    #[serde(default)]
+    pub socket_mode: Option<Spanned<String>>,
+    /// On a `socket`: the group it is handed to once created, a name or a numeric gid (the
+    /// daemon must be a member, or hold CAP_CHOWN).
+    #[serde(default)]
+    pub socket_group: Option<Spanned<String>>,
     /// Largest request body kept in memory so the request can be retried on another key;
     /// a larger body streams through once, without retry.
     #[serde(default = "default_max_retry_body")]
@@ -57,6 +66,18 @@ pub struct RelayConfig {
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientConfig>,
 }
+
+/// The socket's mode when `socket_mode` is not set: the daemon's user and the socket's group
+/// may connect, nobody else (the convention of group-shared daemon sockets such as
+/// docker.sock). A fixed default rather than whatever the umask leaves: under the shipped
+/// unit's `UMask=0077` that would be owner-only, elsewhere usually 0755 (which lets nobody
+/// else connect either, since connecting needs write).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+/// The uid the kernel reports for a peer whose uid the receiving process's user namespace
+/// does not map (the default of /proc/sys/kernel/overflowuid). Under systemd's
+/// `PrivateUsers=yes`, every user but root and the service's own connects as this uid.
+pub const OVERFLOW_UID: u32 = 65534;
 
 fn default_max_retry_body() -> Spanned<u64> {
     Spanned::new(0..0, 1024 * 1024)
@@ -137,7 +158,7 @@ pub struct ClientConfig {
     pub token_sha256: Option<Spanned<String>>,
     /// On a Unix socket: the uids whose connections are this client, token or not.
     #[serde(default)]
-    pub peer_uids: Vec<u32>,
+    pub peer_uids: Vec<Spanned<u32>>,
     /// Sustained requests per second this client may make (bursts up to one second's worth).
     #[serde(default)]
     pub requests_per_second: Option<Spanned<f64>>,
@@ -195,6 +216,19 @@ impl RelayConfig {
             (None, Some(path)) => RelayListen::Unix(path.get_ref().clone()),
             (None, None) => unreachable!("validated at load time"),
         }
+    }
+
+    /// The socket's permission bits (validated at load time).
+    pub fn socket_mode(&self) -> u32 {
+        self.socket_mode
+            .as_ref()
+            .and_then(|mode| parse_socket_mode(mode.get_ref()).ok())
+            .unwrap_or(DEFAULT_SOCKET_MODE)
+    }
+
+    /// The group the socket is handed to, if any.
+    pub fn socket_group(&self) -> Option<&str> {
+        self.socket_group.as_ref().map(|g| g.get_ref().as_str())
     }
 
     pub(super) fn validate(
@@ -272,6 +306,54 @@ impl RelayConfig {
                 );
             }
         }
+        self.validate_socket_access(issues);
+    }
+
+    /// `socket_mode` and `socket_group`: only on a socket, a plain mode, a plausible group
+    /// that the mode lets connect.
+    fn validate_socket_access(&self, issues: &mut Issues) {
+        for (field, value) in [
+            ("socket_mode", &self.socket_mode),
+            ("socket_group", &self.socket_group),
+        ] {
+            if let (Some(value), None) = (value, &self.socket) {
+                issues.push(
+                    Some(value.span()),
+                    format!(
+                        "`{field}` only applies to a Unix `socket`, and the relay listens on TCP"
+                    ),
+                );
+            }
+        }
+        let mode = match &self.socket_mode {
+            Some(text) => match parse_socket_mode(text.get_ref()) {
+                Ok(mode) => mode,
+                Err(message) => {
+                    issues.push(Some(text.span()), message);
+                    return;
+                }
+            },
+            None => DEFAULT_SOCKET_MODE,
+        };
+        if let Some(group) = &self.socket_group {
+            if !valid_account(group.get_ref()) {
+                issues.push(
+                    Some(group.span()),
+                    format!(
+                        "`socket_group` {:?} is not a group name or a numeric gid",
+                        group.get_ref()
+                    ),
+                );
+            } else if mode & 0o020 == 0 {
+                issues.push(
+                    Some(group.span()),
+                    format!(
+                        "`socket_group` {:?} could not connect: `socket_mode` {mode:04o} gives the group no write permission, which connecting to a socket needs (e.g. \"0660\")",
+                        group.get_ref()
+                    ),
+                );
+            }
+        }
     }
 
     /// Every `[[relay.client]]`; returns their names.
@@ -304,6 +386,18 @@ impl RelayConfig {
                     format!("relay client {name:?} needs `token_sha256` or `peer_uids`"),
                 ),
                 None => {}
+            }
+            for uid in &client.peer_uids {
+                // Anyone the daemon's user namespace does not map connects as this uid, so
+                // it names no one: as good as no authentication at all.
+                if *uid.get_ref() == OVERFLOW_UID {
+                    issues.push(
+                        Some(uid.span()),
+                        format!(
+                            "relay client {name:?}: peer uid {OVERFLOW_UID} is the kernel's overflow uid: in a user namespace (the shipped systemd unit's PrivateUsers=yes) every user it does not map connects as {OVERFLOW_UID}, so it would let any local user in; give this client a token instead"
+                        ),
+                    );
+                }
             }
             if !client.peer_uids.is_empty() && self.socket.is_none() {
                 issues.push(
@@ -465,6 +559,21 @@ impl RouteConfig {
     }
 }
 
+/// Parses a socket's octal mode such as `"0660"` or `"666"`. Only permission bits: setuid,
+/// setgid and sticky mean nothing on a socket and are refused as a likely typo.
+pub(crate) fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    let fail =
+        |why: &str| format!("`socket_mode` {text:?} {why} (expected an octal mode like \"0660\")");
+    if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(fail("is not an octal permission mode"));
+    }
+    let mode = u32::from_str_radix(text, 8).map_err(|_| fail("is not an octal permission mode"))?;
+    if mode & !0o777 != 0 {
+        return Err(fail("must not set setuid, setgid or sticky bits"));
+    }
+    Ok(mode)
+}
+
 fn check_upstream(url: &str) -> Result<(), String> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err("`upstream` must start with http:// or https://".into());
@@ -577,5 +686,111 @@ token_sha256 = "0000000000000000000000000000000000000000000000000000000000000000
         ] {
             assert!(rendered.contains(needle), "{needle}: {rendered}");
         }
+    }
+    /// `test.toml:LINE:COLUMN` of the first `needle` in `text`.
+    fn at(text: &str, needle: &str) -> String {
+        let offset = text.find(needle).expect("needle in text");
+        let line = text[..offset].matches('\n').count() + 1;
+        let column = offset - text[..offset].rfind('\n').map_or(0, |n| n + 1) + 1;
+        format!("test.toml:{line}:{column}")
+    }
+
+    fn socket_relay(lines: &str) -> String {
+        format!("{PROVIDERS}\n[relay]\nsocket = \"/run/keyrotd/relay.sock\"\n{lines}\n{CLIENT}")
+    }
+
+    #[test]
+    fn the_socket_mode_defaults_to_0660_and_takes_octal_strings() {
+        let config = parse(&socket_relay("")).unwrap();
+        assert_eq!(config.relay().unwrap().socket_mode(), 0o660);
+        assert_eq!(config.relay().unwrap().socket_group(), None);
+        for (text, mode) in [("0666", 0o666), ("660", 0o660), ("0770", 0o770)] {
+            let config = parse(&socket_relay(&format!(
+                "socket_mode = \"{text}\"\nsocket_group = \"apps\""
+            )))
+            .unwrap();
+            let relay = config.relay().unwrap();
+            assert_eq!(relay.socket_mode(), mode, "{text}");
+            assert_eq!(relay.socket_group(), Some("apps"));
+        }
+        for (text, mode) in [("0600", 0o600), ("0", 0)] {
+            let config = parse(&socket_relay(&format!("socket_mode = \"{text}\""))).unwrap();
+            assert_eq!(config.relay().unwrap().socket_mode(), mode, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_socket_mode_or_group_is_refused_with_its_position() {
+        for (value, why) in [
+            ("\"0x66\"", "is not an octal permission mode"),
+            ("\"0668\"", "is not an octal permission mode"),
+            ("\"00660\"", "is not an octal permission mode"),
+            ("\"\"", "is not an octal permission mode"),
+            ("\"1666\"", "must not set setuid, setgid or sticky bits"),
+            ("\"4660\"", "must not set setuid, setgid or sticky bits"),
+        ] {
+            let text = socket_relay(&format!("socket_mode = {value}"));
+            let rendered = parse(&text).unwrap_err().to_string();
+            let expected = format!("{}: `socket_mode` {value} {why}", at(&text, value));
+            assert!(rendered.contains(&expected), "{expected}\n{rendered}");
+        }
+        // A number, not a string: 660 in TOML is decimal, so it is refused rather than guessed.
+        let text = socket_relay("socket_mode = 660");
+        assert!(parse(&text).is_err());
+
+        let text = socket_relay("socket_group = \"no spaces\"");
+        let rendered = parse(&text).unwrap_err().to_string();
+        let expected = format!(
+            "{}: `socket_group` \"no spaces\" is not a group name or a numeric gid",
+            at(&text, "\"no spaces\"")
+        );
+        assert!(rendered.contains(&expected), "{expected}\n{rendered}");
+
+        let text = socket_relay("socket_mode = \"0604\"\nsocket_group = \"apps\"");
+        let rendered = parse(&text).unwrap_err().to_string();
+        let expected = format!(
+            "{}: `socket_group` \"apps\" could not connect: `socket_mode` 0604 gives the group no write permission",
+            at(&text, "\"apps\"")
+        );
+        assert!(rendered.contains(&expected), "{expected}\n{rendered}");
+    }
+
+    #[test]
+    fn socket_mode_and_group_on_a_tcp_listener_are_refused() {
+        let text = format!(
+            "{PROVIDERS}\n[relay]\nlisten = \"127.0.0.1:9878\"\nsocket_mode = \"0660\"\nsocket_group = \"apps\"\n{CLIENT}"
+        );
+        let error = parse(&text).unwrap_err();
+        let rendered = error.to_string();
+        assert_eq!(error.issues.len(), 2, "{rendered}");
+        for (field, value) in [("socket_mode", "\"0660\""), ("socket_group", "\"apps\"")] {
+            let expected = format!(
+                "{}: `{field}` only applies to a Unix `socket`, and the relay listens on TCP",
+                at(&text, value)
+            );
+            assert!(rendered.contains(&expected), "{expected}\n{rendered}");
+        }
+    }
+
+    /// The overflow uid is who every user a user namespace does not map connects as: as a
+    /// peer uid it would admit them all, as a non-loopback `listen` would admit the network.
+    #[test]
+    fn the_overflow_uid_is_refused_as_a_peer_uid() {
+        let text =
+            socket_relay("\n[[relay.client]]\nname = \"local\"\npeer_uids = [1000, 65534]\n");
+        let error = parse(&text).unwrap_err();
+        let rendered = error.to_string();
+        assert_eq!(error.issues.len(), 1, "{rendered}");
+        let expected = format!(
+            "{}: relay client \"local\": peer uid 65534 is the kernel's overflow uid",
+            at(&text, "65534")
+        );
+        assert!(rendered.contains(&expected), "{expected}\n{rendered}");
+        let text = socket_relay("\n[[relay.client]]\nname = \"local\"\npeer_uids = [1000]\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            *config.relay().unwrap().clients[0].peer_uids[0].get_ref(),
+            1000
+        );
     }
 }

@@ -51,7 +51,7 @@ impl Clients {
                     hex::decode_to_slice(hash.get_ref(), &mut bytes).expect("validated");
                     bytes
                 }),
-                peer_uids: config.peer_uids.clone(),
+                peer_uids: config.peer_uids.iter().map(|uid| *uid.get_ref()).collect(),
                 limit: config
                     .requests_per_second
                     .as_ref()

@@ -9,7 +9,8 @@
 //! # Layout
 //!
 //! - this file: the relay as the daemon starts and stops it, its routes, and the accept
-//!   loop (TCP on loopback or a Unix socket, a bounded number of connections, HTTP/1.1);
+//!   loop (TCP on loopback or a Unix socket given its mode and group, a bounded number of
+//!   connections, HTTP/1.1);
 //! - [`auth`]: clients, their tokens' hashes, peer uids and rate limits;
 //! - [`pool`]: a route's keys and their health (cool-down after 429, out after 401/403);
 //! - [`refresh`]: the pools' view of the store, re-read when its generation moves;
@@ -33,7 +34,7 @@ mod usage;
 pub use auth::new_token;
 
 use crate::clock::Clock;
-use crate::config::{Config, KeyHeader, RelayConfig, RelayListen};
+use crate::config::{ClientConfig, Config, KeyHeader, RelayConfig, RelayListen, OVERFLOW_UID};
 use crate::store::Store;
 use anyhow::Context;
 use auth::{ClientId, Clients};
@@ -49,6 +50,8 @@ use metrics::{CooldownGauge, RelayMetrics, RouteKeysGauge, RouteSeries};
 use pool::Pool;
 use refresh::{Known, PooledCredential};
 use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -186,6 +189,9 @@ pub async fn start(
         return Ok(None);
     };
     let listener = Listener::bind(relay_config).await?;
+    if matches!(listener, Listener::Unix(..)) {
+        warn_unmapped_peer_uids(&relay_config.clients);
+    }
     let metrics = RelayMetrics::register(registry)?;
     let clients = Clients::new(&relay_config.clients);
     let routes: Arc<[Route]> = relay_config
@@ -337,8 +343,13 @@ impl Listener {
                     }
                 }
                 let listener = tokio::net::UnixListener::bind(&path)
-                    .with_context(|| format!("relay: cannot listen on {}", path.display()))?;
-                Listener::Unix(listener, path)
+                    .map_err(|error| cannot_bind(&path, error))?;
+                // Made before the socket is opened up, so a failure below removes it (Drop).
+                let listener = Listener::Unix(listener, path);
+                if let Listener::Unix(_, path) = &listener {
+                    open_socket(path, config.socket_mode(), config.socket_group())?;
+                }
+                listener
             }
         })
     }
@@ -368,6 +379,96 @@ impl Listener {
             }
         }
     }
+}
+
+/// Why the socket could not be created, with what to do under the shipped unit, where every
+/// directory but the runtime one is read-only.
+fn cannot_bind(path: &Path, error: std::io::Error) -> anyhow::Error {
+    let hint = match error.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem => "; the directory is read-only for this process: under the shipped systemd unit (ProtectSystem=strict) put the socket in /run/keyrotd, its RuntimeDirectory",
+        std::io::ErrorKind::NotFound => "; the directory does not exist (under the shipped systemd unit, /run/keyrotd does: RuntimeDirectory=keyrotd)",
+        _ => "",
+    };
+    anyhow::anyhow!("relay: cannot listen on {}: {error}{hint}", path.display())
+}
+
+/// Gives the freshly bound socket its group, then its mode. Until then it has the mode the
+/// umask left (owner-only under the shipped unit's `UMask=0077`): the window errs on the side
+/// of fewer users, never more. The group comes first so the wider mode never applies to an
+/// interim group. By path, not by descriptor: `fchmod` on a listening socket changes the
+/// socket's own inode, not the file clients open.
+fn open_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<()> {
+    if let Some(name) = group {
+        let gid = socket_gid(name)?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|error| {
+            let mut gids: Vec<u32> = nix::unistd::getgroups()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| g.as_raw())
+                .collect();
+            gids.push(nix::unistd::getegid().as_raw());
+            gids.sort_unstable();
+            gids.dedup();
+            let groups = gids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+            anyhow::anyhow!(
+                "relay: cannot give the socket {} to group {name:?} (gid {gid}): {error}; a process may only hand a file to a group it is a member of (this one: {groups}) unless it has CAP_CHOWN, and under the shipped systemd unit it cannot change a file's group at all (chown is filtered, PrivateUsers= maps no other group): leave `socket_group` unset and open the socket with `socket_mode` instead",
+                path.display()
+            )
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("relay: cannot set mode {mode:04o} on {}", path.display()))
+}
+
+/// `socket_group`: a numeric gid, or a group name looked up in the system's group database.
+fn socket_gid(name: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => anyhow::bail!("relay: `socket_group` {name:?}: no such group"),
+        Err(errno) => Err(anyhow::Error::from(errno)
+            .context(format!("relay: cannot look up `socket_group` {name:?}"))),
+    }
+}
+
+/// Warns about every listed peer uid that does not exist in this process's user namespace:
+/// the kernel reports a peer it cannot map as [`OVERFLOW_UID`], so such an entry matches no
+/// one. systemd's `PrivateUsers=yes` (the shipped unit) maps only root and the service's own
+/// user.
+fn warn_unmapped_peer_uids(clients: &[ClientConfig]) {
+    let Ok(uid_map) = std::fs::read_to_string("/proc/self/uid_map") else {
+        return;
+    };
+    for client in clients {
+        for uid in &client.peer_uids {
+            let uid = *uid.get_ref();
+            if !is_mapped(&uid_map, uid) {
+                tracing::warn!(
+                    client = %client.name.get_ref(),
+                    uid,
+                    "relay: this peer uid is not mapped in the daemon's user namespace (PrivateUsers=), so that user connects as uid {OVERFLOW_UID} and is not this client; give the client a token, or run keyrotd with PrivateUsers=no"
+                );
+            }
+        }
+    }
+}
+
+/// Whether `uid`, as this process sees uids, exists in the user namespace whose
+/// /proc/PID/uid_map is `uid_map` (per line: first uid inside, first uid outside, count).
+/// Peer uids are reported, and so compared, as the namespace sees them.
+fn is_mapped(uid_map: &str, uid: u32) -> bool {
+    let uid = u64::from(uid);
+    uid_map.lines().any(|line| {
+        let mut fields = line.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(inside)), Some(Ok(_outside)), Some(Ok(count))) => {
+                (inside..inside.saturating_add(count)).contains(&uid)
+            }
+            _ => false,
+        }
+    })
 }
 
 impl Drop for Listener {
@@ -485,5 +586,24 @@ mod tests {
         );
         drop(checks);
         assert_eq!(requested.next().await, None);
+    }
+
+    #[test]
+    fn a_peer_uid_counts_only_where_the_user_namespace_maps_it() {
+        // No user namespace of its own: every uid exists.
+        let host = "         0          0 4294967295\n";
+        assert!(is_mapped(host, 1000));
+        assert!(is_mapped(host, 0));
+        // systemd's PrivateUsers=yes: root and the service's user (here 998) only.
+        let private = "         0          0          1\n       998        998          1\n";
+        assert!(is_mapped(private, 998));
+        assert!(is_mapped(private, 0));
+        assert!(!is_mapped(private, 1000));
+        assert!(!is_mapped(private, 999));
+        // A container's shifted range: uids are configured as the container sees them.
+        let shifted = "         0     100000      65536\n";
+        assert!(is_mapped(shifted, 1000));
+        assert!(!is_mapped(shifted, 100_000));
+        assert!(!is_mapped("", 1000));
     }
 }
