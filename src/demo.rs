@@ -78,16 +78,11 @@ pub(crate) async fn run(options: DemoOptions) -> anyhow::Result<()> {
         MasterKey::generate().write_new(&master_key)?;
     }
     let relay = DemoRelay::prepare(&dir)?;
+    let listen = printable_listen_address(options.listen_address)?;
     let config_path = dir.join("keyrotd.toml");
     std::fs::write(
         &config_path,
-        demo_config(
-            &dir,
-            &simulators,
-            options.listen_address,
-            &options.schedule,
-            &relay,
-        ),
+        demo_config(&dir, &simulators, listen, &options.schedule, &relay),
     )?;
     let config = Config::load(&config_path)?;
     let database = dir.join("keyrotd.db");
@@ -95,7 +90,7 @@ pub(crate) async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
     print_banner(
         &dir,
-        options.listen_address,
+        listen,
         temporary.is_some(),
         &options.schedule,
         relay.address,
@@ -113,6 +108,19 @@ pub(crate) async fn run(options: DemoOptions) -> anyhow::Result<()> {
     }
     drop(temporary);
     result
+}
+
+/// The metrics address to configure and print: `--listen-address` with port 0 becomes a
+/// free port now, so the banner's `curl …/metrics` lines name a port that answers. The
+/// port is free now and nothing else on loopback is racing the demo for it (as for the
+/// relay's).
+fn printable_listen_address(requested: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if requested.port() != 0 {
+        return Ok(requested);
+    }
+    std::net::TcpListener::bind(requested)
+        .and_then(|listener| listener.local_addr())
+        .with_context(|| format!("cannot find a free port on {}", requested.ip()))
 }
 
 /// The demo's relay: where it listens and the hash of the client token it made.

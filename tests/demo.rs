@@ -287,6 +287,34 @@ fn demo_prints_the_bare_name_when_keyrotd_on_the_path_is_this_binary() {
 }
 
 #[test]
+fn demo_prints_metrics_commands_with_the_port_it_listens_on() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("state");
+    // Started with `--listen-address 127.0.0.1:0`: the banner must not say `:0`.
+    let (_demo, banner) = start_demo(&dir, PATH_WITHOUT_KEYROTD);
+    let url = banner
+        .lines()
+        .map(str::trim)
+        .find_map(|line| {
+            let rest = line.strip_prefix("curl -s http://")?;
+            Some(rest.split_whitespace().next()?.to_string())
+        })
+        .unwrap_or_else(|| panic!("no metrics curl in the banner:\n{banner}"));
+    let (address, path) = url.split_once('/').expect("a host:port/path");
+    assert_eq!(path, "metrics", "{banner}");
+    let address: std::net::SocketAddr = address.parse().expect("host:port");
+    assert_ne!(address.port(), 0, "{banner}");
+    // The banner comes before the daemon listens: wait for the port, then for the series.
+    let metrics = wait_for(common::HANG_TIMEOUT, || {
+        std::net::TcpStream::connect(address).ok()?;
+        let (status, body) = common::http_get(address.port(), "/metrics");
+        (status == 200 && body.contains("keyrotd_key_age_seconds")).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("the banner's {url} does not answer with metrics"));
+    assert!(metrics.contains("demo-app"), "{metrics}");
+}
+
+#[test]
 fn demo_prints_a_curl_that_reaches_the_simulator_through_the_relay() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("demo state");
