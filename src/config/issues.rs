@@ -156,6 +156,7 @@ pub(crate) type Position = Option<Spanned<toml::Value>>;
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct DaemonPositions {
+    pub(crate) events_retention: Position,
     pub(crate) rotation_lease: Position,
 }
 

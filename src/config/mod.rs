@@ -88,7 +88,7 @@ pub struct DaemonConfig {
     #[serde(default)]
     pub web_config_file: Option<PathBuf>,
     /// How long audit events are kept: older ones are pruned at start-up and daily. `0s`
-    /// keeps them forever. The counters in the metrics are kept apart and never drop.
+    /// keeps them forever; otherwise at least a day. The counters in the metrics are kept apart and never drop.
     #[serde(default = "default_events_retention")]
     pub events_retention: HumanDuration,
     /// How long a process owns a rotation it drives without renewing (it renews every third
@@ -107,6 +107,11 @@ pub struct DaemonConfig {
 fn default_events_retention() -> HumanDuration {
     HumanDuration(Duration::from_secs(400 * 86_400))
 }
+
+/// Shortest `events_retention` other than `0s` (forever): the audit trail is what an
+/// operator reads after an incident, and pruning runs daily, so a shorter retention would
+/// delete the record of yesterday's rotations before anyone looked.
+pub const MIN_EVENTS_RETENTION: Duration = Duration::from_secs(86_400);
 
 /// Shortest `rotation_lease`: below it a busy database could make an owner lose a lease it
 /// is renewing.
@@ -402,6 +407,14 @@ impl Config {
                 ),
             );
         }
+        let retention = self.daemon.events_retention.0;
+        if !retention.is_zero() && retention < MIN_EVENTS_RETENTION {
+            issues.push(
+                span_of(&positions.get().daemon.events_retention),
+                "`daemon.events_retention` must be at least 1d, or \"0s\" to keep every event"
+                    .to_string(),
+            );
+        }
         if self.daemon.rotation_lease.0 < MIN_ROTATION_LEASE {
             issues.push(
                 span_of(&positions.get().daemon.rotation_lease),
@@ -666,6 +679,26 @@ mod tests {
             DEFAULT_LISTEN_ADDRESS
         );
         assert_eq!(config.checks.interval.0, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn events_retention_is_forever_or_at_least_a_day() {
+        assert_eq!(
+            parse("").unwrap().daemon.events_retention.0,
+            Duration::from_secs(400 * 86_400)
+        );
+        for kept in ["0s", "1d", "30d"] {
+            parse(&format!("[daemon]\nevents_retention = \"{kept}\"\n")).unwrap();
+        }
+        let rendered = parse("[daemon]\nevents_retention = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            rendered.contains(
+                "test.toml:2:20: `daemon.events_retention` must be at least 1d, or \"0s\" to keep every event"
+            ),
+            "{rendered}"
+        );
     }
 
     #[test]
