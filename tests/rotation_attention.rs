@@ -96,6 +96,31 @@ command = ["sh", "-c", {hook:?}]
         "{}",
         stdout(&show)
     );
+    // Who holds the rotation, and until when.
+    let in_flight = stdout(&show)
+        .lines()
+        .find(|line| line.starts_with("in flight:"))
+        .unwrap_or_else(|| panic!("no in-flight line:\n{}", stdout(&show)))
+        .to_string();
+    assert!(
+        in_flight.contains("step attention")
+            && in_flight.contains("owned by ")
+            && in_flight.contains("lease "),
+        "{in_flight}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_slice(&env.run(&["key", "show", CRED, "--json"]).stdout).unwrap();
+    assert_eq!(shown["in_flight"]["step"], "attention", "{shown}");
+    assert!(
+        shown["in_flight"]["owner"]
+            .as_str()
+            .is_some_and(|o| !o.is_empty()),
+        "{shown}"
+    );
+    assert!(
+        shown["in_flight"]["lease_expires_at"].as_i64().is_some(),
+        "{shown}"
+    );
     let list = env.run(&["key", "list", "--json"]);
     assert!(
         stdout(&list).contains("\"needs_attention\": true")
@@ -128,5 +153,9 @@ command = ["sh", "-c", {hook:?}]
         wait_for(HANG_TIMEOUT, || (!sim.is_live(&held)).then_some(())).is_some(),
         "the discarded key was never revoked"
     );
+    // Wound up: nothing is in flight any more.
+    let shown: serde_json::Value =
+        serde_json::from_slice(&env.run(&["key", "show", CRED, "--json"]).stdout).unwrap();
+    assert!(shown["in_flight"].is_null(), "{shown}");
     daemon.stop();
 }

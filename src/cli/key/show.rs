@@ -1,5 +1,6 @@
-//! `keyrotd key show NAME`: one credential in full — its check and rotation state and
-//! every key version it ever had, revoked ones included.
+//! `keyrotd key show NAME`: one credential in full — its check and rotation state, the
+//! rotation in flight with the process that owns it and its lease, and every key version it
+//! ever had, revoked ones included.
 
 use crate::cli::render;
 use crate::model::UnixTime;
@@ -50,17 +51,32 @@ pub(super) async fn run(
     let versions = store.versions(name).await?;
     let credits = store.credits(name).await?;
     let attention = attention_by_credential(store).await?.remove(name);
+    // Who drives the credential's rotation now, and until when: what an operator asks when a
+    // `key rotate` answers that another process's rotation is in flight.
+    let in_flight = store
+        .rotations_in_flight()
+        .await?
+        .into_iter()
+        .find(|r| r.credential == name);
     if json {
         render::print_json(&render::json::key_show(
             &credential,
             &versions,
             &credits,
             attention.as_ref(),
+            in_flight.as_ref(),
         ))
     } else {
         print!(
             "{}",
-            render::table::key_show(&credential, &versions, &credits, attention.as_ref(), now)
+            render::table::key_show(
+                &credential,
+                &versions,
+                &credits,
+                attention.as_ref(),
+                in_flight.as_ref(),
+                now
+            )
         );
         Ok(())
     }

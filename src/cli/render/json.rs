@@ -5,7 +5,7 @@ use crate::cli::check::CheckRow;
 use crate::cli::key::list::ListedKey;
 use crate::cli::key::show::Attention;
 use crate::model::UnixTime;
-use crate::store::{CredentialRecord, Event, KeyVersion};
+use crate::store::{CredentialRecord, Event, KeyVersion, Rotation};
 use serde_json::{json, Value};
 
 /// `keyrotd key list --json`.
@@ -50,6 +50,7 @@ pub(crate) fn key_show(
     versions: &[KeyVersion],
     credits: &[(String, f64)],
     attention: Option<&Attention>,
+    in_flight: Option<&Rotation>,
 ) -> Value {
     let items: Vec<_> = versions.iter().map(version).collect();
     let (credits, usage) = credit_and_usage(credits.iter().map(|(u, v)| (u.as_str(), *v)));
@@ -66,6 +67,15 @@ pub(crate) fn key_show(
         "credit": credits,
         "usage": usage,
         "needs_attention": attention.map(|a| json!({"rotation": a.rotation, "reason": a.reason})),
+        "in_flight": in_flight.map(|r| json!({
+            "rotation": r.id,
+            "kind": r.kind.as_str(),
+            "step": r.step.as_str(),
+            "started_at": r.started_at,
+            "owner": r.owner,
+            "owner_epoch": r.owner_epoch,
+            "lease_expires_at": r.lease_expires_at,
+        })),
         "versions": items,
     })
 }

@@ -6,7 +6,7 @@ use crate::cli::check::CheckRow;
 use crate::cli::key::list::ListedKey;
 use crate::cli::key::show::Attention;
 use crate::model::UnixTime;
-use crate::store::{CredentialRecord, Event, InstallationRow, KeyVersion};
+use crate::store::{CredentialRecord, Event, InstallationRow, KeyVersion, Rotation};
 use std::fmt::Write as _;
 
 /// `keyrotd key list`: a line per live key, or one saying a credential has none.
@@ -73,6 +73,7 @@ pub(crate) fn key_show(
     versions: &[KeyVersion],
     credits: &[(String, f64)],
     attention: Option<&Attention>,
+    in_flight: Option<&Rotation>,
     now: UnixTime,
 ) -> String {
     let mut out = String::new();
@@ -102,6 +103,28 @@ pub(crate) fn key_show(
             )
             .collect();
         let _ = writeln!(out, "credit:       {}", balances.join(", "));
+    }
+    if let Some(rotation) = in_flight {
+        // The lease is judged on the database's clock; `now` is this host's, close enough
+        // for a person to read.
+        let lease = if rotation.lease_expires_at > now {
+            format!("lease ends {}", relative(now, rotation.lease_expires_at))
+        } else {
+            format!(
+                "lease expired {} ago: any process may take it over",
+                human_age(now - rotation.lease_expires_at)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "in flight:    rotation {} ({}, step {}, started {} ago), owned by {} (epoch {}), {lease}",
+            rotation.id,
+            rotation.kind.as_str(),
+            rotation.step.as_str(),
+            human_age(now - rotation.started_at),
+            rotation.owner,
+            rotation.owner_epoch,
+        );
     }
     if let Some(needs) = attention {
         let _ = writeln!(
