@@ -1,7 +1,9 @@
 //! OpenAI key management against local fakes that answer as the vendor's API reference does
 //! (errors `{"error":{"message","type","param","code"}}`): provider-side expiry with
-//! `expires_in_seconds`, the mandatory-expiry policy error, keys of one service account,
-//! admin keys, and keyrotd rotating its own admin key end to end.
+//! `expires_in_seconds`, the mandatory-expiry policy error, a service account per key (the
+//! orphan sweep over the paged account listing, accounts in use, deletion after grace),
+//! keys of one service account, admin keys, and keyrotd rotating its own admin key end to
+//! end.
 
 #[macro_use]
 mod providers_support;
@@ -219,6 +221,130 @@ mod service_accounts {
             matches!(err, ProviderError::Rejected { status: 400, .. }),
             "{err:?}"
         );
+    }
+    fn account(id: &str, name: &str) -> Value {
+        json!({"object": "organization.project.service_account", "id": id, "name": name,
+            "role": "member", "created_at": NOW})
+    }
+
+    /// The first page of the project's service accounts: `limit=100`, no cursor.
+    async fn first_page(server: &MockServer, data: &[Value], has_more: bool) {
+        Mock::given(method("GET"))
+            .and(path(format!("{PROJECT}/service_accounts")))
+            .and(header("authorization", format!("Bearer {ADMIN}").as_str()))
+            .and(query_param("limit", "100"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"object": "list",
+                "data": data, "first_id": data.first().map(|a| a["id"].clone()),
+                "last_id": data.last().map(|a| a["id"].clone()), "has_more": has_more})),
+            )
+            .with_priority(10)
+            .expect(1)
+            .mount(server)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn accounts_are_listed_page_by_page_and_deleted_with_their_key() {
+        let server = MockServer::start().await;
+        first_page(
+            &server,
+            &[
+                account("svc_acct_1", "keyrotd/i/c/r1"),
+                account("svc_acct_2", "ops (by hand)"),
+            ],
+            true,
+        )
+        .await;
+        Mock::given(method("GET"))
+            .and(path(format!("{PROJECT}/service_accounts")))
+            .and(query_param("limit", "100"))
+            .and(query_param("after", "svc_acct_2"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"object": "list",
+                "data": [account("svc_acct_3", "keyrotd/i/c/r2")],
+                "first_id": "svc_acct_3", "last_id": "svc_acct_3", "has_more": false})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("DELETE"))
+            .and(path(format!("{PROJECT}/service_accounts/svc_acct_3")))
+            .and(header("authorization", format!("Bearer {ADMIN}").as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "object": "organization.project.service_account.deleted",
+                "id": "svc_acct_3", "deleted": true})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("DELETE"))
+            .and(path(format!("{PROJECT}/service_accounts/svc_acct_gone")))
+            .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": {
+                "message": "No such service account: svc_acct_gone",
+                "type": "invalid_request_error", "param": null, "code": null}})))
+            .expect(1)
+            .mount(&server)
+            .await;
+
+        let file = admin_file(ADMIN);
+        let issuer = issuer_with(TOML, &server, file.path());
+        let found: Vec<(String, String)> = issuer
+            .list("keyrotd/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.remote_id, k.name))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("svc_acct_1".to_string(), "keyrotd/i/c/r1".to_string()),
+                ("svc_acct_3".to_string(), "keyrotd/i/c/r2".to_string()),
+            ],
+            "keyrotd's accounts of both pages, by account id"
+        );
+        issuer.revoke("svc_acct_3").await.unwrap();
+        issuer
+            .revoke("svc_acct_gone")
+            .await
+            .expect("an account already gone is success");
+        let keys_touched = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path().contains("/api_keys"))
+            .count();
+        assert_eq!(
+            keys_touched, 0,
+            "the account is deleted, not its key on its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_error_on_a_later_page_fails_the_whole_listing_as_transient() {
+        let server = MockServer::start().await;
+        first_page(&server, &[account("svc_acct_1", "keyrotd/i/c/r1")], true).await;
+        Mock::given(method("GET"))
+            .and(path(format!("{PROJECT}/service_accounts")))
+            .and(query_param("after", "svc_acct_1"))
+            .respond_with(ResponseTemplate::new(500).set_body_json(json!({"error": {
+                "message": format!("The server had an error while processing your request. Sorry about that! {ADMIN}"),
+                "type": "server_error", "param": null, "code": null}})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let file = admin_file(ADMIN);
+        let err = issuer_with(TOML, &server, file.path())
+            .list("keyrotd/")
+            .await
+            .expect_err("half a listing is no listing");
+        assert!(
+            matches!(err, ProviderError::Rejected { status: 500, .. }),
+            "{err:?}"
+        );
+        assert!(err.is_transient(), "{err:?}");
+        no_admin_in(&err);
     }
 }
 
@@ -511,17 +637,98 @@ management_key = { file = "/etc/keyrotd/openai-admin-key" }
     }
 }
 
-/// A stateful OpenAI organisation: admin keys, one project with one service account and
-/// its keys, and the model listing that answers for live project keys. Every request's
-/// method, path and bearer token is logged.
+/// A stateful OpenAI organisation: admin keys, one project with its service accounts (the
+/// `svc_acct_app` account's keys, and accounts created with their first key), and the model
+/// listing that answers for live project keys. Every request's method, path and bearer
+/// token is logged.
 #[derive(Default)]
 struct Org {
     /// value → (id, name)
     admin_keys: BTreeMap<String, (String, String)>,
-    /// value → (id, name, expires_at)
+    /// value → (id, name, expires_at): the keys of `svc_acct_app`.
     project_keys: BTreeMap<String, (String, String, Option<i64>)>,
+    /// The project's other service accounts, in creation order (the listing's order).
+    accounts: Vec<Account>,
+    /// While set, every page of the service-account listing after the first answers 500.
+    fail_later_account_pages: bool,
+    /// The query of every service-account listing request.
+    account_listings: Vec<String>,
     log: Vec<(String, String, String)>,
     next: u32,
+}
+
+/// A project service account and the key OpenAI creates with it (`None` once that key has
+/// expired: the account stays, empty).
+struct Account {
+    id: String,
+    name: String,
+    /// (value, id, expires_at)
+    key: Option<(String, String, Option<i64>)>,
+}
+
+impl Org {
+    fn account(&self, id: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+
+    /// A service account made by hand in the OpenAI console, with a live key.
+    fn add_account(&mut self, id: &str, name: &str, value: &str) {
+        self.accounts.push(Account {
+            id: id.into(),
+            name: name.into(),
+            key: Some((value.into(), format!("key_of_{id}"), None)),
+        });
+    }
+
+    fn key_is_live(&self, value: &str) -> bool {
+        self.project_keys.contains_key(value)
+            || self
+                .accounts
+                .iter()
+                .any(|a| a.key.as_ref().is_some_and(|(v, _, _)| v == value))
+    }
+
+    /// `GET …/service_accounts`: `limit` (1 to 100, default 20) items after the account
+    /// `after`, as OpenAI's reference documents the listing.
+    fn account_page(&mut self, url: &reqwest::Url) -> ResponseTemplate {
+        self.account_listings
+            .push(url.query().unwrap_or_default().to_string());
+        let query: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+        let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+            None => 20,
+            Some(Ok(limit)) if (1..=100).contains(&limit) => limit,
+            Some(_) => {
+                return ResponseTemplate::new(400).set_body_json(json!({"error": {
+                    "message": "Invalid 'limit': must be between 1 and 100.",
+                    "type": "invalid_request_error", "param": "limit", "code": null}}))
+            }
+        };
+        let start = match query.get("after") {
+            None => 0,
+            Some(_) if self.fail_later_account_pages => return server_error(),
+            Some(after) => match self.accounts.iter().position(|a| a.id == *after) {
+                Some(at) => at + 1,
+                None => {
+                    return ResponseTemplate::new(400).set_body_json(json!({"error": {
+                        "message": format!("Invalid 'after': no service account {after}."),
+                        "type": "invalid_request_error", "param": "after", "code": null}}))
+                }
+            },
+        };
+        let page: Vec<Value> = self.accounts[start.min(self.accounts.len())..]
+            .iter()
+            .take(limit)
+            .map(|a| {
+                json!({"object": "organization.project.service_account", "id": a.id,
+                    "name": a.name, "role": "member", "created_at": NOW})
+            })
+            .collect();
+        let has_more = start + page.len() < self.accounts.len();
+        ResponseTemplate::new(200).set_body_json(json!({"object": "list",
+            "first_id": page.first().map(|a| a["id"].clone()),
+            "last_id": page.last().map(|a| a["id"].clone()),
+            "data": page, "has_more": has_more}))
+    }
 }
 
 #[derive(Clone, Default)]
@@ -530,6 +737,13 @@ struct FakeOpenAi(Arc<Mutex<Org>>);
 fn error(status: u16, message: &str, code: &str) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_json(json!({"error": {
         "message": message, "type": "invalid_request_error", "param": null, "code": code}}))
+}
+
+/// OpenAI's answer to a request its servers failed.
+fn server_error() -> ResponseTemplate {
+    ResponseTemplate::new(500).set_body_json(json!({"error": {
+        "message": "The server had an error while processing your request. Sorry about that!",
+        "type": "server_error", "param": null, "code": null}}))
 }
 
 impl Respond for FakeOpenAi {
@@ -546,7 +760,7 @@ impl Respond for FakeOpenAi {
         let verb = request.method.to_string();
         org.log.push((verb.clone(), path.clone(), bearer.clone()));
         if path == "/v1/models" {
-            return if org.project_keys.contains_key(&bearer) {
+            return if org.key_is_live(&bearer) {
                 ResponseTemplate::new(200).set_body_json(json!({"object": "list", "data": []}))
             } else {
                 error(401, "Incorrect API key provided", "invalid_api_key")
@@ -599,9 +813,16 @@ impl Respond for FakeOpenAi {
                     "id": id, "name": name, "value": value, "created_at": NOW, "expires_at": expires_at}))
             }
             ("GET", "/v1/organization/projects/proj_abc/api_keys") => {
-                let data: Vec<Value> = org.project_keys.values().map(|(id, name, _)| json!({
+                let mut data: Vec<Value> = org.project_keys.values().map(|(id, name, _)| json!({
                     "object": "organization.project.api_key", "id": id, "name": name,
                     "owner": {"type": "service_account", "service_account": {"id": "svc_acct_app"}}})).collect();
+                data.extend(org.accounts.iter().filter_map(|a| {
+                    a.key.as_ref().map(|(_, id, _)| {
+                        json!({
+                    "object": "organization.project.api_key", "id": id, "name": "Secret Key",
+                    "owner": {"type": "service_account", "service_account": {"id": a.id}}})
+                    })
+                }));
                 ResponseTemplate::new(200)
                     .set_body_json(json!({"object": "list", "data": data, "has_more": false}))
             }
@@ -613,6 +834,39 @@ impl Respond for FakeOpenAi {
                     return error(404, "No such API key", "not_found");
                 }
                 ResponseTemplate::new(200).set_body_json(json!({"id": id, "deleted": true}))
+            }
+            ("GET", "/v1/organization/projects/proj_abc/service_accounts") => {
+                org.account_page(&request.url)
+            }
+            ("POST", "/v1/organization/projects/proj_abc/service_accounts") => {
+                let id = format!("svc_acct_{n}");
+                let value = format!("sk-svcacct-{n}");
+                let key_id = format!("key_{n}");
+                org.accounts.push(Account {
+                    id: id.clone(),
+                    name: name.clone(),
+                    key: Some((value.clone(), key_id.clone(), expires_at)),
+                });
+                ResponseTemplate::new(200).set_body_json(
+                    json!({"object": "organization.project.service_account",
+                    "id": id, "name": name, "role": "member", "created_at": NOW,
+                    "api_key": {"object": "organization.project.service_account.api_key",
+                        "value": value, "name": "Secret Key", "created_at": NOW, "id": key_id,
+                        "expires_at": expires_at}}),
+                )
+            }
+            ("DELETE", p)
+                if p.starts_with("/v1/organization/projects/proj_abc/service_accounts/") =>
+            {
+                let id = p.rsplit('/').next().unwrap().to_string();
+                let before = org.accounts.len();
+                // The account's key goes with it.
+                org.accounts.retain(|a| a.id != id);
+                if before == org.accounts.len() {
+                    return error(404, &format!("No such service account: {id}"), "not_found");
+                }
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "object": "organization.project.service_account.deleted", "id": id, "deleted": true}))
             }
             _ => error(404, "Unknown endpoint", "not_found"),
         }
@@ -914,4 +1168,341 @@ path = {app_out:?}
         .map(|(_, _, bearer)| bearer.clone())
         .collect();
     assert_eq!(deleted_with, [second]);
+}
+
+/// A service account per key: orphan accounts, accounts in use, revocation after grace.
+mod account_per_key {
+    use super::*;
+    use keyrotd::rotation::RotationError;
+    use keyrotd::store::{AuditStore, Claim, InstallationStore, RotationStore};
+
+    /// Another installation's id, of the shape keyrotd gives installations.
+    const OTHER_INSTALLATION: &str = "ba9876543210";
+    /// Hand-made accounts listed before keyrotd's, enough to push those to a second page.
+    const FILLERS: usize = 120;
+
+    /// The claim of a process that planned a rotation and died: its lease ended at once.
+    fn dead_owner() -> Claim {
+        Claim {
+            owner: "cli:host:1:dead".into(),
+            lease_seconds: 0,
+            leader: None,
+        }
+    }
+
+    /// Credential `app`, issued as a service account per key, seeded with the operator's
+    /// hand-made account `svc_acct_seed`.
+    async fn setup() -> (FakeOpenAi, MockServer, Engined) {
+        let (fake, server) = FakeOpenAi::start().await;
+        fake.org()
+            .admin_keys
+            .insert(ADMIN.into(), ("key_adm0".into(), "ops".into()));
+        fake.org()
+            .add_account("svc_acct_seed", "app (by hand)", "sk-svcacct-seed");
+        let dir = tempfile::tempdir().unwrap();
+        let admin = dir.path().join("admin");
+        std::fs::write(&admin, ADMIN).unwrap();
+        let out = dir.path().join("app-key");
+        let text = format!(
+            r#"[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "{base}/v1"
+timeout = "30s"
+project = "proj_abc"
+management_key = {{ file = {admin:?} }}
+
+[[credential]]
+name = "app"
+provider = "openai"
+[credential.rotation]
+max_age = "30d"
+grace = "1h"
+[[credential.deliver]]
+kind = "file"
+path = {out:?}
+"#,
+            base = server.uri(),
+            admin = admin.display().to_string(),
+            out = out.display().to_string(),
+        );
+        let e = engined(
+            dir,
+            &text,
+            &[("app", "sk-svcacct-seed", Some("svc_acct_seed"))],
+        )
+        .await;
+        (fake, server, e)
+    }
+
+    fn add_fillers(fake: &FakeOpenAi) {
+        for i in 0..FILLERS {
+            fake.org().add_account(
+                &format!("svc_acct_fill{i:03}"),
+                &format!("batch job {i}"),
+                &format!("sk-svcacct-fill{i}"),
+            );
+        }
+    }
+
+    fn exists(fake: &FakeOpenAi, id: &str) -> bool {
+        fake.org().account(id).is_some()
+    }
+
+    fn deletes(fake: &FakeOpenAi) -> Vec<String> {
+        fake.org()
+            .log
+            .iter()
+            .filter(|(verb, _, _)| verb == "DELETE")
+            .map(|(_, path, _)| path.rsplit('/').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// The accounts of the versions the store holds as current or previous.
+    async fn accounts_in_use(e: &Engined) -> Vec<String> {
+        e.store
+            .versions("app")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|v| matches!(v.stage, Stage::Current | Stage::Previous))
+            .map(|v| v.provider_key_id.expect("issued with an account id"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_account_a_killed_rotation_created_is_deleted_and_lookalikes_are_kept() {
+        let (fake, _server, e) = setup().await;
+        let installation = e.store.installation_id().await.unwrap();
+        let rotation = "20270115T080000-dead0001";
+        e.store
+            .plan_rotation("app", rotation, "cli:dead", &dead_owner(), NOW)
+            .await
+            .unwrap();
+        // Named like the orphan but not this installation's and credential's: never touched.
+        let lookalikes = [
+            (
+                "svc_acct_other_installation",
+                format!("keyrotd/{OTHER_INSTALLATION}/app/{rotation}"),
+            ),
+            (
+                "svc_acct_other_credential",
+                format!("keyrotd/{installation}/app-eu/{rotation}"),
+            ),
+            (
+                "svc_acct_nested_credential",
+                format!("keyrotd/{installation}/team/app/{rotation}"),
+            ),
+            (
+                "svc_acct_suffixed",
+                format!("keyrotd/{installation}/app/{rotation}/x"),
+            ),
+        ];
+        fake.org().add_account(
+            lookalikes[0].0,
+            &lookalikes[0].1,
+            "sk-svcacct-other-installation",
+        );
+        add_fillers(&fake);
+        // The process that planned the rotation died after OpenAI created the account and
+        // before the store recorded it; on the second page of the listing.
+        fake.org().add_account(
+            "svc_acct_orphan",
+            &format!("keyrotd/{installation}/app/{rotation}"),
+            "sk-svcacct-orphan",
+        );
+        for (id, name) in &lookalikes[1..] {
+            fake.org().add_account(id, name, &format!("sk-{id}"));
+        }
+
+        let done = e.engine.rotate(&e.runtimes["app"], "test").await.unwrap();
+        assert_eq!(
+            done.rotation_id, rotation,
+            "the dead owner's rotation is finished"
+        );
+
+        assert!(
+            !exists(&fake, "svc_acct_orphan"),
+            "the orphan account is left"
+        );
+        assert!(
+            !fake.org().key_is_live("sk-svcacct-orphan"),
+            "its key went with it"
+        );
+        for (id, name) in &lookalikes {
+            assert!(exists(&fake, id), "{name} was deleted");
+        }
+        assert_eq!(
+            deletes(&fake),
+            ["svc_acct_orphan"],
+            "nothing else is deleted"
+        );
+        let (new, current) = e.current("app").await;
+        let new_account = current.provider_key_id.clone().unwrap();
+        assert_ne!(new_account, "svc_acct_orphan");
+        assert!(fake.org().key_is_live(&new), "the new key works");
+        assert!(
+            exists(&fake, "svc_acct_seed"),
+            "the previous key stays for its grace"
+        );
+        assert_eq!(
+            fake.org().accounts.len(),
+            FILLERS + lookalikes.len() + 2,
+            "the fillers, the lookalikes, the seed and the new account"
+        );
+        let listings = fake.org().account_listings.clone();
+        assert_eq!(
+            listings,
+            ["limit=100", "limit=100&after=svc_acct_fill097"],
+            "one sweep, over both pages"
+        );
+        let events = e.store.events("app").await.unwrap();
+        let deleted: Vec<_> = events
+            .iter()
+            .filter(|ev| ev.kind == "orphan_deleted")
+            .collect();
+        assert_eq!(deleted.len(), 1, "{events:?}");
+        assert!(
+            deleted[0].detail.contains("svc_acct_orphan"),
+            "{:?}",
+            deleted[0]
+        );
+        // Another installation's account of this credential is reported and left alone;
+        // another credential's is that credential's sweep's to judge.
+        let unplaced: Vec<_> = events
+            .iter()
+            .filter(|ev| ev.kind == "orphan_unplaced")
+            .collect();
+        assert_eq!(unplaced.len(), 1, "{events:?}");
+        assert!(
+            unplaced[0].detail.contains("svc_acct_other_installation"),
+            "{:?}",
+            unplaced[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn accounts_in_use_are_kept_and_deleted_with_their_key_after_grace() {
+        let (fake, _server, e) = setup().await;
+        let rt = e.runtimes["app"].clone();
+        e.engine.rotate(&rt, "test").await.unwrap();
+        e.clock.advance(60);
+        e.engine.rotate(&rt, "test").await.unwrap();
+        // Both keyrotd accounts are now in use: one current, one previous in its grace. The
+        // previous one's key expired on its own at OpenAI: still the store's, still kept.
+        let in_use = accounts_in_use(&e).await;
+        assert_eq!(
+            in_use.len(),
+            3,
+            "the seed, the first and the second: {in_use:?}"
+        );
+        let first_issued = e
+            .store
+            .versions("app")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|v| v.stage == Stage::Previous && v.rotation_id.is_some())
+            .unwrap();
+        let first_account = first_issued.provider_key_id.unwrap();
+        fake.org()
+            .accounts
+            .iter_mut()
+            .find(|a| a.id == first_account)
+            .unwrap()
+            .key = None;
+
+        e.clock.advance(60);
+        e.engine.rotate(&rt, "test").await.unwrap();
+        for id in &in_use {
+            assert!(exists(&fake, id), "{id} was in use and is gone");
+        }
+        assert_eq!(
+            deletes(&fake),
+            Vec::<String>::new(),
+            "the sweep deleted an account in use"
+        );
+        let listings = fake.org().account_listings.len();
+        assert_eq!(listings, 3, "every rotation swept");
+
+        // After grace the old keys go, each with its account.
+        e.clock.advance(GRACE);
+        e.engine.revoke_due(&rt).await.unwrap();
+        let (new, current) = e.current("app").await;
+        let left: Vec<String> = fake.org().accounts.iter().map(|a| a.id.clone()).collect();
+        assert_eq!(left, [current.provider_key_id.unwrap()]);
+        assert!(fake.org().key_is_live(&new));
+        let mut deleted = deletes(&fake);
+        deleted.sort();
+        let mut expected = in_use.clone();
+        expected.sort();
+        assert_eq!(deleted, expected, "each old account is deleted once");
+        let revoked = e
+            .store
+            .versions("app")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.stage == Stage::Revoked)
+            .count();
+        assert_eq!(revoked, 3);
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_fails_half_way_deletes_nothing_and_fails_the_issue_as_transient() {
+        let (fake, _server, e) = setup().await;
+        let installation = e.store.installation_id().await.unwrap();
+        let rotation = "20270115T080000-dead0002";
+        e.store
+            .plan_rotation("app", rotation, "cli:dead", &dead_owner(), NOW)
+            .await
+            .unwrap();
+        // On the first page: classified before the listing fails, and still not deleted.
+        fake.org().add_account(
+            "svc_acct_orphan",
+            &format!("keyrotd/{installation}/app/{rotation}"),
+            "sk-svcacct-orphan",
+        );
+        add_fillers(&fake);
+        fake.org().fail_later_account_pages = true;
+        let rt = e.runtimes["app"].clone();
+
+        let error = e.engine.rotate(&rt, "test").await.unwrap_err();
+        let RotationError::Failed {
+            step: "issue",
+            reason,
+            ..
+        } = &error
+        else {
+            panic!("expected an issue failure, got {error}");
+        };
+        assert!(
+            reason.contains("listing keys for orphans failed") && reason.contains("HTTP 500"),
+            "{reason}"
+        );
+        assert!(!reason.contains(ADMIN), "{reason}");
+        assert!(
+            exists(&fake, "svc_acct_orphan"),
+            "deleted on half a listing"
+        );
+        assert_eq!(deletes(&fake), Vec::<String>::new());
+        let created = fake
+            .org()
+            .log
+            .iter()
+            .filter(|(verb, _, _)| verb == "POST")
+            .count();
+        assert_eq!(created, 0, "nothing is issued before the sweep succeeds");
+        let (current, _) = e.current("app").await;
+        assert_eq!(current, "sk-svcacct-seed", "the old key stays current");
+        let credential = e.store.credential("app").await.unwrap().unwrap();
+        assert_eq!(credential.consecutive_failures, 1);
+
+        // OpenAI recovers: the retry sweeps the orphan and rotates.
+        fake.org().fail_later_account_pages = false;
+        e.clock.advance(3600);
+        e.engine.rotate(&rt, "test").await.unwrap();
+        assert!(!exists(&fake, "svc_acct_orphan"));
+        assert_eq!(deletes(&fake), ["svc_acct_orphan"]);
+    }
 }

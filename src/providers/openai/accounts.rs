@@ -1,8 +1,12 @@
 //! OpenAI project keys issued with an admin key, in one of two shapes the config chooses:
 //!
 //! - **a service account per key** (the default): `POST …/projects/{project}/service_accounts
-//!   {name, expires_in_seconds?}` returns the account and its first key; deleting the account
-//!   kills the key; listing the project's accounts finds orphans.
+//!   {name, expires_in_seconds?}` returns the account and its first key, and the account's id
+//!   is the key's provider id. Revoking deletes the account, which kills the key. OpenAI
+//!   expires the key, never the account: the account goes when its version is revoked
+//!   (after grace, or discarded), whether or not its key has expired by then.
+//!   Listing the project's accounts (every page) is what the orphan sweep reads: an account
+//!   a rotation created but never stored is found by its keyrotd name and deleted whole.
 //! - **keys of one service account** (`service_account = "svc_acct_…"`):
 //!   `POST …/service_accounts/{sa}/api_keys {name, scopes?, expires_in_seconds?}` →
 //!   `{value, id, expires_at}`; `DELETE …/projects/{project}/api_keys/{key id}` revokes one;
