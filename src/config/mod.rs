@@ -29,7 +29,9 @@ pub(crate) use delivery::{DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia};
 pub use duration::{format_duration, parse_duration, DurationError, DurationOrOff, HumanDuration};
 pub(crate) use issues::{span_of, Issues, LazyPositions, Position, ProviderPositions};
 pub use issues::{ConfigError, ConfigIssue};
-pub(crate) use provider::DEFAULT_RELAY_ROTATION_POLICY;
+pub(crate) use provider::{
+    expiry_uses, ExpiryPlaceholder, Standing, DEFAULT_RELAY_ROTATION_POLICY,
+};
 pub use provider::{
     ExecAdapterConfig, ExecKeyVia, GoogleConfig, HttpAdapterConfig, HttpCheckConfig,
     HttpIssueConfig, HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
