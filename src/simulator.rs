@@ -4,7 +4,8 @@
 //! revoke) with no network and no vendor account, and the integration and fault-injection
 //! tests need a provider they control: one that runs inside the test process while the real
 //! daemon binary talks to it over HTTP, and that can be told to fail in exactly the ways real
-//! vendors fail (5xx, hangs, HTML error pages, a freshly issued key that does not work).
+//! vendors fail (5xx, hangs, HTML error pages, a freshly issued key that does not work, or
+//! works only after a delay).
 //!
 //! The API is a small OpenRouter-like JSON API with Bearer auth:
 //!
@@ -111,11 +112,13 @@ struct KeyRecord {
     expires_at: Option<UnixTime>,
     /// Issued under [`Fault::RejectNewKey`]: it exists, but never works.
     refused: bool,
+    /// It works from then on (see [`Simulator::activate_after`]).
+    active_from: UnixTime,
 }
 
 impl KeyRecord {
     fn is_live(&self, now: UnixTime) -> bool {
-        !self.refused && self.expires_at.is_none_or(|at| now < at)
+        !self.refused && now >= self.active_from && self.expires_at.is_none_or(|at| now < at)
     }
 }
 
@@ -126,6 +129,8 @@ struct Accounts {
     next_seq: u64,
     /// Lifetime given to keys created from now on.
     ttl: Option<Duration>,
+    /// How long keys created from now on take to start working.
+    activation: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +204,10 @@ impl Shared {
             .flatten()
             .min(),
             refused,
+            active_from: now
+                + accounts
+                    .activation
+                    .map_or(0, |delay| delay.as_secs() as i64),
         };
         accounts.keys.insert(digest(secret), record.clone());
         record
@@ -391,6 +400,13 @@ impl Simulator {
         self.shared.accounts().ttl = ttl;
     }
 
+    /// Keys issued or seeded from now on answer 401 ("key not active yet") until `delay`
+    /// after their creation, like a vendor whose key store is eventually consistent
+    /// (`None`: they work at once).
+    pub fn activate_after(&self, delay: Option<Duration>) {
+        self.shared.accounts().activation = delay;
+    }
+
     /// Stops accepting, cuts hanging requests short and waits (bounded) for the server task.
     pub async fn shutdown(&self) {
         self.guard.stop.send_replace(true);
@@ -548,6 +564,8 @@ fn check(shared: &Shared, secret: Option<&str>) -> Reply {
             tracing::debug!(key_id = %record.id, "simulator: check of a dead key");
             let why = if record.refused {
                 "key refused"
+            } else if now < record.active_from {
+                "key not active yet"
             } else {
                 "key expired"
             };
@@ -693,7 +711,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_and_refused_keys_are_not_live() {
+    fn expired_refused_and_not_yet_active_keys_are_not_live() {
         let mut record = KeyRecord {
             seq: 1,
             id: "k_1".into(),
@@ -701,13 +719,17 @@ mod tests {
             created_at: 100,
             expires_at: Some(200),
             refused: false,
+            active_from: 100,
         };
         assert!(record.is_live(199));
         assert!(!record.is_live(200));
         record.expires_at = None;
         assert!(record.is_live(i64::MAX));
+        record.active_from = 130;
+        assert!(!record.is_live(129));
+        assert!(record.is_live(130));
         record.refused = true;
-        assert!(!record.is_live(0));
+        assert!(!record.is_live(i64::MAX));
     }
 
     #[test]

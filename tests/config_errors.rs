@@ -57,6 +57,24 @@ fn cases() -> Vec<(&'static str, String, usize, usize, &'static str)> {
             "or \"off\"",
         ),
         (
+            "bad verify_timeout",
+            with_provider(
+                "\n[[credential]]\nname = \"a\"\nprovider = \"or\"\n[credential.rotation]\nverify_timeout = \"30\"\n",
+            ),
+            9,
+            18,
+            "invalid duration \"30\"",
+        ),
+        (
+            "verify_timeout too long",
+            with_provider(
+                "\n[[credential]]\nname = \"a\"\nprovider = \"or\"\n[credential.rotation]\nverify_timeout = \"1h\"\n",
+            ),
+            9,
+            18,
+            "must be at most 10m",
+        ),
+        (
             "bad listen_address",
             "[daemon]\nlisten_address = \"localhost\"\n".into(),
             2,

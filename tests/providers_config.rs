@@ -114,6 +114,37 @@ headers = { Accept = "application/json" }
 }
 
 #[test]
+fn expiry_placeholders_only_as_whole_values_of_the_issue_body() {
+    let text = r#"[[provider]]
+name = "h"
+kind = "http"
+base_url = "https://h"
+[provider.http.check]
+path = "/c?until={expires_at}"
+headers = { Authorization = "Bearer {key}" }
+[provider.http.issue]
+path = "/k"
+headers = { Authorization = "Bearer {management_key}", X-Ttl = "{expires_in_seconds}" }
+body = '{"name": "{name}", "note": "valid until {expires_at}", "ttl": {expires_in_seconds}}'
+key_pointer = "/key"
+[provider.http.revoke]
+path = "/k/{id}"
+body = '{"at": "{expires_at_unix}"}'
+"#;
+    let err = errors(text);
+    for expected in [
+        "t.toml:6:8: [provider.http.check] `path` must not contain {expires_at}",
+        "t.toml:10:11: [provider.http.issue] header \"X-Ttl\" uses {expires_in_seconds}",
+        "t.toml:11:8: [provider.http.issue] `body` has {expires_at} inside a longer string",
+        "t.toml:15:8: [provider.http.revoke] `body` must not contain {expires_at_unix}",
+    ] {
+        assert!(err.contains(expected), "no {expected:?} in:\n{err}");
+    }
+    // The bare `ttl` is a whole JSON value: nothing is said about it.
+    assert_eq!(err.matches("t.toml:").count(), 4, "{err}");
+}
+
+#[test]
 fn misplaced_and_missing_kind_fields_are_reported() {
     let text = r#"[[provider]]
 name = "x"

@@ -477,6 +477,63 @@ success_status = [200]"#;
         assert_admin_only_in_header(&server, ADMIN).await;
     }
 
+    /// An in-house service told the expiry keyrotd computed, in the body only.
+    const WITH_EXPIRY: &str = r#"kind = "http"
+base_url = "{base}/api"
+[provider.http.check]
+path = "/self"
+headers = { Authorization = "Bearer {key}" }
+[provider.http.issue]
+path = "/keys"
+headers = { X-Admin-Token = "{management_key}" }
+body = '{"name": "{name}", "expires_at": "{expires_at}", "expires_unix": {expires_at_unix}, "ttl": {expires_in_seconds}}'
+key_pointer = "/secret"
+[provider.http.revoke]
+path = "/keys/{id}"
+headers = { X-Admin-Token = "{management_key}" }"#;
+
+    #[tokio::test]
+    async fn the_issue_body_carries_the_provider_side_expiry_and_null_without_one() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/api/keys"))
+            .and(body_json(json!({
+                "name": "with", "expires_at": "2026-12-01T00:00:00Z",
+                "expires_unix": 1_796_083_200, "ttl": 2_592_000,
+            })))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({"secret": "k1"})))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/api/keys"))
+            .and(body_json(json!({
+                "name": "without", "expires_at": null, "expires_unix": null, "ttl": null,
+            })))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({"secret": "k2"})))
+            .mount(&server)
+            .await;
+        let issuer = issuer(WITH_EXPIRY, &server);
+        let request = IssueRequest {
+            expires_at: Some(1_796_083_200),
+            now: 1_796_083_200 - 2_592_000,
+            ..IssueRequest::named("with")
+        };
+        let key = issuer.issue(&request).await.expect("the expiry is sent");
+        assert_eq!(key.secret.expose_secret(), "k1");
+        assert_eq!(
+            key.expires_at,
+            Some(1_796_083_200),
+            "the expiry sent is the key's when the answer names none"
+        );
+        let key = issuer
+            .issue(&IssueRequest::named("without"))
+            .await
+            .expect("null is sent");
+        assert_eq!(key.secret.expose_secret(), "k2");
+        assert_eq!(key.expires_at, None);
+        assert_admin_only_in_header(&server, ADMIN).await;
+    }
+
     #[tokio::test]
     async fn without_issue_section_there_is_no_issuer() {
         let config = provider_config("kind = \"http\"\nbase_url = \"https://x\"\n[provider.http.check]\npath = \"/c\"\nheaders = { Authorization = \"Bearer {key}\" }");

@@ -535,8 +535,9 @@ fn rotations(daemon: &Daemon, result: &str) -> f64 {
 async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
     let rig = Rig::new(Options {
         timeout: PROVIDER_TIMEOUT,
-        // Due a few seconds after each rotation, so the daemon keeps rotating by itself.
-        rotation: "schedule = \"*/3 * * * * *\"\ngrace = \"1h\"",
+        // Due a few seconds after each rotation, so the daemon keeps rotating by itself; a
+        // key the provider refuses is given up on after seconds, not the default half minute.
+        rotation: "schedule = \"*/3 * * * * *\"\ngrace = \"1h\"\nverify_timeout = \"2s\"",
         targets: "",
     })
     .await;
@@ -547,7 +548,7 @@ async fn with_the_daemon_alive_failures_at_each_step_are_retried() {
     );
     rig.configure(&Options {
         timeout: PROVIDER_TIMEOUT,
-        rotation: "schedule = \"*/3 * * * * *\"\ngrace = \"1h\"",
+        rotation: "schedule = \"*/3 * * * * *\"\ngrace = \"1h\"\nverify_timeout = \"2s\"",
         targets: &hook,
     });
     let daemon = rig.env.start();

@@ -1000,7 +1000,12 @@ async fn a_new_key_the_provider_refuses_is_discarded_and_revoked() {
 
 #[tokio::test]
 async fn a_check_outage_during_verify_discards_the_new_key() {
-    let f = fixture(Setup::default()).await;
+    // Three checks fill a window of 3s (at 0s, 1s and 3s): the outage outlasts it.
+    let f = fixture(Setup {
+        rotation: "verify_timeout = \"3s\"",
+        ..Setup::default()
+    })
+    .await;
     f.sim.fail_next(Op::Check, Fault::ServerError, 3);
     let error = f.engine.rotate(&f.rt, "test").await.unwrap_err();
     assert!(
@@ -1010,6 +1015,96 @@ async fn a_check_outage_during_verify_discards_the_new_key() {
     f.assert_failed_cleanly(1, "").await;
     assert_eq!(f.sim.live_keys().len(), 1, "only the seed is live");
     f.assert_retry_succeeds().await;
+}
+
+#[tokio::test]
+async fn a_check_outage_shorter_than_the_verify_timeout_does_not_fail_the_rotation() {
+    let f = fixture(Setup::default()).await;
+    f.sim.fail_next(Op::Check, Fault::ServerError, 3);
+    f.engine
+        .rotate(&f.rt, "test")
+        .await
+        .expect("the fourth check answers valid");
+    assert_eq!(f.sim.request_count(Op::Check), 4);
+    let secret = f.current_secret().await;
+    assert_ne!(secret, f.old);
+    assert_eq!(f.delivered(), secret);
+    let credential = f.store.credential(CRED).await.unwrap().unwrap();
+    assert_eq!(credential.consecutive_failures, 0);
+}
+
+/// Checks of the new key a rotation made, and how far it moved the engine's clock.
+async fn rotate_counting_checks(
+    f: &Fixture,
+) -> (Result<rotation::Rotated, RotationError>, u64, i64) {
+    let (checks, started) = (f.sim.request_count(Op::Check), f.clock.now());
+    let outcome = f.engine.rotate(&f.rt, "test").await;
+    (
+        outcome,
+        f.sim.request_count(Op::Check) - checks,
+        f.clock.now() - started,
+    )
+}
+
+#[tokio::test]
+async fn a_new_key_that_starts_working_within_the_verify_timeout_is_taken() {
+    // The vendor's key store catches up 28s after the key is issued: inside the default
+    // window of 30s, far beyond a few quick retries.
+    let f = fixture(Setup::default()).await;
+    f.sim
+        .activate_after(Some(std::time::Duration::from_secs(28)));
+    let (outcome, checks, elapsed) = rotate_counting_checks(&f).await;
+    let rotated = outcome.expect("the key is verified once it works");
+    assert_eq!(f.current().await.id, rotated.version_id);
+    let secret = f.current_secret().await;
+    assert_ne!(secret, f.old);
+    assert_eq!(f.delivered(), secret);
+    assert!(f.sim.is_live(&secret));
+    assert_eq!(
+        f.store
+            .credential(CRED)
+            .await
+            .unwrap()
+            .unwrap()
+            .consecutive_failures,
+        0
+    );
+    // Asked again with growing pauses, not every second; the last check at the window's end.
+    assert!((28..=30).contains(&elapsed), "verified after {elapsed}s");
+    assert!(checks <= 8, "{checks} checks in {elapsed}s");
+    f.assert_no_orphans().await;
+}
+
+#[tokio::test]
+async fn a_new_key_that_never_works_is_discarded_once_the_verify_timeout_is_over() {
+    let f = fixture(Setup {
+        rotation: "verify_timeout = \"20s\"",
+        ..Setup::default()
+    })
+    .await;
+    f.sim
+        .activate_after(Some(std::time::Duration::from_secs(3600)));
+    let (outcome, checks, elapsed) = rotate_counting_checks(&f).await;
+    let error = outcome.unwrap_err();
+    let RotationError::Failed { step, reason, .. } = &error else {
+        panic!("not a failed rotation: {error}");
+    };
+    assert_eq!(*step, "verify");
+    assert_eq!(elapsed, 20, "the whole window is used, and no more");
+    assert!(checks > 3 && checks < 10, "{checks} checks in {elapsed}s");
+    assert!(
+        reason.contains(&format!(
+            "after {checks} checks over 20s (`verify_timeout`)"
+        )) && reason.contains("invalid"),
+        "{reason}"
+    );
+    f.assert_failed_cleanly(1, "").await;
+    // Discarded and deleted at the provider: it never comes to life there later.
+    let discarded = f.in_stage(Stage::Revoked).await;
+    assert_eq!(discarded.len(), 1, "{discarded:#?}");
+    assert!(!discarded[0].has_secret);
+    f.clock.advance(3600);
+    assert_eq!(f.sim.live_keys().len(), 1, "only the seed is live");
 }
 
 #[tokio::test]

@@ -235,5 +235,6 @@ fn timed(rt: &CredentialRuntime, times: &Arc<StepTimes>) -> Arc<CredentialRuntim
         revoker: rt.revoker.clone(),
         policy: rt.policy.clone(),
         retry: rt.retry,
+        verify_timeout: rt.verify_timeout,
     })
 }

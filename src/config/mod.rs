@@ -29,7 +29,9 @@ pub(crate) use delivery::{DeliveryConfig, DeliveryKind, FileFormat, HookKeyVia};
 pub use duration::{format_duration, parse_duration, DurationError, DurationOrOff, HumanDuration};
 pub(crate) use issues::{span_of, Issues, LazyPositions, Position, ProviderPositions};
 pub use issues::{ConfigError, ConfigIssue};
-pub(crate) use provider::DEFAULT_RELAY_ROTATION_POLICY;
+pub(crate) use provider::{
+    expiry_uses, ExpiryPlaceholder, Standing, DEFAULT_RELAY_ROTATION_POLICY,
+};
 pub use provider::{
     ExecAdapterConfig, ExecKeyVia, GoogleConfig, HttpAdapterConfig, HttpCheckConfig,
     HttpIssueConfig, HttpListConfig, HttpRevokeConfig, ProviderConfig, ProviderKind,
@@ -263,6 +265,10 @@ pub struct RotationPolicyConfig {
     /// at the provider, where the vendor can set an expiry (default 7d; `"off"`: never).
     #[serde(default)]
     pub provider_expiry_margin: Option<Spanned<DurationOrOff>>,
+    /// How long a new key may take to answer valid at the provider before the rotation
+    /// gives up on it (default 30s); it is asked again with a growing pause meanwhile.
+    #[serde(default)]
+    pub verify_timeout: Option<Spanned<HumanDuration>>,
 }
 
 impl RotationPolicyConfig {
@@ -298,6 +304,24 @@ impl RotationPolicyConfig {
             Some(margin) => margin.get_ref().get(),
             None => Some(Self::DEFAULT_PROVIDER_EXPIRY_MARGIN),
         }
+    }
+
+    /// A key a vendor has just issued can take a while to be accepted everywhere behind its
+    /// API (key stores replicated with eventual consistency): half a minute allows for a
+    /// propagation of tens of seconds, yet keeps a key that will never work from holding
+    /// its rotation for long.
+    pub(crate) const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Longest `verify_timeout`: while it waits, a rotation holds its credential (no other
+    /// rotation of it, by the daemon or `keyrotd key rotate`) and one of the daemon's
+    /// rotation passes.
+    pub(crate) const MAX_VERIFY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+    /// How long the verify step keeps asking a new key before giving up on it.
+    pub(crate) fn verify_timeout(&self) -> Duration {
+        self.verify_timeout
+            .as_ref()
+            .map(|t| t.get_ref().0)
+            .unwrap_or(Self::DEFAULT_VERIFY_TIMEOUT)
     }
 
     /// The longest default `min_age`.
@@ -605,6 +629,18 @@ impl RotationPolicyConfig {
                 );
             }
         }
+        if let Some(timeout) = &self.verify_timeout {
+            if timeout.get_ref().0 > Self::MAX_VERIFY_TIMEOUT {
+                issues.push(
+                    Some(timeout.span()),
+                    format!(
+                        "`verify_timeout` ({}) must be at most {}: the rotation holds its credential while it waits",
+                        timeout.get_ref(),
+                        format_duration(Self::MAX_VERIFY_TIMEOUT)
+                    ),
+                );
+            }
+        }
         if let (Some(before), Some(max_age)) = (&self.rotate_before_expiry, &self.max_age) {
             if before.get_ref() >= max_age.get_ref() {
                 issues.push(
@@ -712,6 +748,42 @@ mod tests {
             .to_string();
         assert!(
             rendered.contains("test.toml:2:18: `daemon.rotation_lease` must be at least 3s"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn the_verify_timeout_defaults_to_half_a_minute_and_has_a_ceiling() {
+        let credential = |rotation: &str| {
+            format!("[[provider]]\nname = \"or\"\nkind = \"openrouter\"\n\n[[credential]]\nname = \"a\"\nprovider = \"or\"\n[credential.rotation]\n{rotation}\n")
+        };
+        let config = parse(&credential("")).unwrap();
+        assert_eq!(
+            config.credentials[0].rotation.verify_timeout(),
+            Duration::from_secs(30)
+        );
+        let config = parse(&credential("verify_timeout = \"2m\"")).unwrap();
+        assert_eq!(
+            config.credentials[0].rotation.verify_timeout(),
+            Duration::from_secs(120)
+        );
+        let config = parse(&credential("verify_timeout = \"0s\"")).unwrap();
+        assert_eq!(
+            config.credentials[0].rotation.verify_timeout(),
+            Duration::ZERO
+        );
+        let rendered = parse(&credential("verify_timeout = \"1h\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            rendered.contains("test.toml:9:18: `verify_timeout` (1h) must be at most 10m"),
+            "{rendered}"
+        );
+        let rendered = parse(&credential("verify_timeout = \"soon\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            rendered.contains("test.toml:9:18: invalid duration \"soon\""),
             "{rendered}"
         );
     }

@@ -376,6 +376,13 @@ pub(crate) fn expiry(value: Option<&Value>) -> Result<Option<UnixTime>, ()> {
     }
 }
 
+/// An expiry as RFC 3339 in UTC, to the second: `2027-01-15T08:00:00Z`.
+pub(crate) fn iso_utc(at: UnixTime) -> Result<String, ProviderError> {
+    chrono::DateTime::from_timestamp(at, 0)
+        .map(|at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .ok_or_else(|| ProviderError::Config(format!("expiry {at} is not a representable time")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,16 +3,20 @@
 //! It serves in-house key services, LiteLLM, and HolySheep-style relay APIs (whose preset
 //! lives in `relay.rs`). Placeholders are filled per request: `{key}` / `{management_key}`
 //! only ever into header values (config validation refuses them elsewhere), `{name}`, `{id}`
-//! and `{prefix}` percent-encoded into paths and JSON-escaped into bodies.
+//! and `{prefix}` percent-encoded into paths and JSON-escaped into bodies. The issue body
+//! also takes the provider-side expiry the engine computed for the new key
+//! (`{expires_at}`, `{expires_at_unix}`, `{expires_in_seconds}`), each as a whole JSON value
+//! and `null` for a key issued without one ([`fill_expiry`]); an issuer that sends it records
+//! it as the key's expiry unless the answer says otherwise.
 //!
 //! A success status must come with a JSON body (an empty body only with 204): an HTML page
 //! behind a 200 is a broken proxy, not a valid key.
 
-use super::classify::take_secret_json;
 use super::classify::{amount, check_flow, error_detail, expiry, unexpected_body, unsendable_key};
+use super::classify::{iso_utc, take_secret_json};
 use super::client::{encode_component, join_url, HttpClient, Response};
 use super::{base_url, CheckReport, Credit, Provider, ProviderError, ProviderTelemetry};
-use crate::config::{HttpCheckConfig, ProviderConfig};
+use crate::config::{expiry_uses, ExpiryPlaceholder, HttpCheckConfig, ProviderConfig, Standing};
 use crate::model::CheckStatus;
 use async_trait::async_trait;
 use reqwest::header::{HeaderName, HeaderValue};
@@ -95,6 +99,56 @@ impl RequestTemplate {
         }
         Some(request)
     }
+}
+
+/// Fills the expiry placeholders of an issue body template with `request`'s provider-side
+/// expiry. Each stands for a whole JSON value: bare, `{expires_at}` becomes a string and the
+/// others numbers; in quotes of its own, a string; `null` either way when the key gets no
+/// expiry (a rotation only by hand, or `provider_expiry_margin = "off"`), which JSON APIs
+/// read as "none" where an empty string would be a malformed date. `{expires_in_seconds}`
+/// counts from `request.now`, at least a second.
+pub(crate) fn fill_expiry(
+    body: &str,
+    request: &super::IssueRequest<'_>,
+) -> Result<String, ProviderError> {
+    let uses = expiry_uses(body);
+    if uses.is_empty() {
+        return Ok(body.to_string());
+    }
+    let expiry = match request.expires_at {
+        Some(at) => Some((iso_utc(at)?, at, at.saturating_sub(request.now).max(1))),
+        None => None,
+    };
+    let mut filled = String::with_capacity(body.len() + 32);
+    let mut from = 0;
+    for found in uses {
+        filled.push_str(&body[from..found.range.start]);
+        from = found.range.end;
+        let Some((text, unix, lifetime)) = &expiry else {
+            // Config refuses a placeholder inside a longer string, where null has no place.
+            if found.standing != Standing::InsideString {
+                filled.push_str("null");
+            }
+            continue;
+        };
+        let value = match found.placeholder {
+            ExpiryPlaceholder::At => text.clone(),
+            ExpiryPlaceholder::AtUnix => unix.to_string(),
+            ExpiryPlaceholder::InSeconds => lifetime.to_string(),
+        };
+        let as_json_string = match found.standing {
+            Standing::WholeString => true,
+            Standing::Bare => found.placeholder == ExpiryPlaceholder::At,
+            Standing::InsideString => false,
+        };
+        if as_json_string {
+            filled.push_str(&Value::from(value).to_string());
+        } else {
+            filled.push_str(&value);
+        }
+    }
+    filled.push_str(&body[from..]);
+    Ok(filled)
 }
 
 /// How check responses are judged.
@@ -255,6 +309,8 @@ pub(crate) struct HttpIssuer {
     ),
     list: Option<(RequestTemplate, String, String, String)>,
     revoke: (RequestTemplate, Vec<u16>),
+    /// The issue body carries the key's provider-side expiry.
+    sends_expiry: bool,
 }
 
 const MANAGEMENT: &str = "{management_key}";
@@ -300,6 +356,10 @@ impl HttpIssuer {
             )),
             None => None,
         };
+        let sends_expiry = issue_t
+            .body
+            .as_deref()
+            .is_some_and(|body| !expiry_uses(body).is_empty());
         let uses_management_key = [&issue_t, &revoke_t]
             .into_iter()
             .chain(list.as_ref().map(|l| &l.0))
@@ -325,6 +385,7 @@ impl HttpIssuer {
             ),
             list,
             revoke: (revoke_t, revoke.success_status.clone()),
+            sends_expiry,
         }))
     }
 
@@ -361,11 +422,20 @@ impl HttpIssuer {
 impl super::Issuer for HttpIssuer {
     async fn issue(
         &self,
-        request: &super::IssueRequest<'_>,
+        issue: &super::IssueRequest<'_>,
     ) -> Result<super::IssuedKey, ProviderError> {
-        let name = request.name;
+        let name = issue.name;
         let (template, ok, key_pointer, id_pointer, expires_pointer) = &self.issue;
-        let request = self.build(template, &[("name", name)])?;
+        let request = match &template.body {
+            Some(body) if self.sends_expiry => self.build(
+                &RequestTemplate {
+                    body: Some(fill_expiry(body, issue)?),
+                    ..template.clone()
+                },
+                &[("name", name)],
+            )?,
+            _ => self.build(template, &[("name", name)])?,
+        };
         let mut response = super::classify::call(
             &self.client,
             "issue",
@@ -381,10 +451,12 @@ impl super::Issuer for HttpIssuer {
             Some(pointer) => super::classify::string_at(&body, pointer, "issue")?,
             None => name.to_string(),
         };
-        let expires_at = match expires_pointer {
+        let answered = match expires_pointer {
             Some(pointer) => expiry(body.pointer(pointer)).unwrap_or(None),
             None => None,
         };
+        // The service was told the expiry: it is the key's unless the answer says otherwise.
+        let expires_at = answered.or(issue.expires_at.filter(|_| self.sends_expiry));
         Ok(super::IssuedKey {
             secret,
             remote_id,
@@ -446,5 +518,75 @@ impl super::Issuer for HttpIssuer {
             return Ok(());
         }
         self.check_status(&response, ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::IssueRequest;
+
+    /// 2026-12-01T00:00:00Z, asked for thirty days before.
+    const AT: i64 = 1_796_083_200;
+    const NOW: i64 = AT - 30 * 86_400;
+
+    fn with_expiry(at: Option<i64>) -> IssueRequest<'static> {
+        IssueRequest {
+            expires_at: at,
+            now: NOW,
+            ..IssueRequest::named("keyrotd/i/c/r")
+        }
+    }
+
+    fn filled(body: &str, at: Option<i64>) -> Value {
+        let text = fill_expiry(body, &with_expiry(at)).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    const BODY: &str = r#"{"at": "{expires_at}", "bare_at": {expires_at}, "unix": {expires_at_unix}, "unix_text": "{expires_at_unix}", "ttl": {expires_in_seconds}}"#;
+
+    #[test]
+    fn an_expiry_fills_each_placeholder_as_a_json_value() {
+        assert_eq!(
+            filled(BODY, Some(AT)),
+            serde_json::json!({
+                "at": "2026-12-01T00:00:00Z",
+                "bare_at": "2026-12-01T00:00:00Z",
+                "unix": AT,
+                "unix_text": AT.to_string(),
+                "ttl": 30 * 86_400,
+            })
+        );
+    }
+
+    #[test]
+    fn no_expiry_is_null_never_an_empty_string() {
+        assert_eq!(
+            filled(BODY, None),
+            serde_json::json!({
+                "at": null, "bare_at": null, "unix": null, "unix_text": null, "ttl": null,
+            })
+        );
+    }
+
+    #[test]
+    fn other_placeholders_and_text_are_left_as_they_are() {
+        let body = r#"{"name": "{name}", "note": "{expires}", "ttl": {expires_in_seconds}}"#;
+        assert_eq!(
+            fill_expiry(body, &with_expiry(Some(AT))).unwrap(),
+            r#"{"name": "{name}", "note": "{expires}", "ttl": 2592000}"#
+        );
+        let plain = r#"{"name": "{name}"}"#;
+        assert_eq!(fill_expiry(plain, &with_expiry(None)).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_lifetime_is_never_zero_or_negative() {
+        let request = IssueRequest {
+            expires_at: Some(NOW - 5),
+            now: NOW,
+            ..IssueRequest::named("n")
+        };
+        assert_eq!(fill_expiry("{expires_in_seconds}", &request).unwrap(), "1");
     }
 }

@@ -6,7 +6,7 @@
 //! (ISO-8601 or null). 401 means invalid or disabled; 402 is out of credits (account or key
 //! limit).
 
-use super::classify::{amount, call, error_report, expiry, string_at, unexpected_body};
+use super::classify::{amount, call, error_report, expiry, iso_utc, string_at, unexpected_body};
 use super::classify::{bearer_get_check, list_page, take_secret_json};
 use super::client::{encode_component, join_url, parse_url, secret_header, HttpClient, Response};
 use super::{
@@ -154,13 +154,6 @@ impl SpendingCap {
     }
 }
 
-/// `expires_at` as OpenRouter takes it: ISO-8601, UTC only ("2027-01-15T08:00:00Z").
-fn iso_utc(at: crate::model::UnixTime) -> Result<String, ProviderError> {
-    chrono::DateTime::from_timestamp(at, 0)
-        .map(|at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .ok_or_else(|| ProviderError::Config(format!("expiry {at} is not a representable time")))
-}
-
 impl OpenRouterIssuer {
     pub fn new(
         config: &ProviderConfig,
@@ -286,6 +279,7 @@ impl Issuer for OpenRouterIssuer {
             }
         }
         if let Some(at) = issue.expires_at {
+            // ISO-8601, UTC only, as OpenRouter takes it.
             body.insert("expires_at".into(), Value::from(iso_utc(at)?));
         }
         if let Some(workspace) = &self.workspace_id {

@@ -78,6 +78,8 @@ pub struct CredentialRuntime {
     pub targets: Vec<Arc<dyn Target>>,
     pub policy: Policy,
     pub retry: Backoff,
+    /// How long the verify step keeps asking a new key (`verify_timeout`).
+    pub verify_timeout: Duration,
 }
 
 /// Builds the runtime of every credential; fails on the first provider or target that
@@ -116,6 +118,7 @@ pub fn runtimes_from(
                 targets,
                 policy: Policy::from_config(credential),
                 retry: credential.rotation.retry_backoff(),
+                verify_timeout: credential.rotation.verify_timeout(),
             }),
         );
     }

@@ -1,16 +1,25 @@
 //! The verify step: the new key must answer valid at the provider before anyone is given it.
-//! Providers may take a moment to accept a key they have just issued, so it is asked a few
-//! times.
+//!
+//! A vendor can take a while to accept a key it has just issued (its key store catches up
+//! behind the API that created it), so a new key that does not answer valid is asked again,
+//! after a pause that doubles from a second up to [`MAX_PAUSE`], until the credential's
+//! `verify_timeout` has passed on the engine's clock. Every answer but valid is asked again
+//! within that window: "invalid" from a key seconds old may only mean "not active yet", and
+//! a failed check says nothing about the key. Once the window is over, the last answer
+//! decides: a verdict on the key (invalid, exhausted) rejects it, a check that could not be
+//! made is a transient failure. Either way the new key is discarded.
 
 use super::{CredentialRuntime, Engine, StepError};
-use crate::model::CheckStatus;
+use crate::model::{CheckStatus, UnixTime};
+use crate::providers::CheckReport;
 use crate::store::{Lease, Rotation, RotationKind, RotationStep};
 use secrecy::SecretString;
 use std::time::Duration;
 
-/// Attempts at verifying a new key before giving up on it.
-const VERIFY_ATTEMPTS: u32 = 3;
-const VERIFY_SPACING: Duration = Duration::from_secs(1);
+/// The pause before the second check of a new key; it doubles after every further answer.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between two checks: a key that turns valid is taken within this.
+const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 impl Engine {
     pub(super) async fn new_secret(
@@ -37,38 +46,66 @@ impl Engine {
     ) -> Result<(), StepError> {
         let (_, secret) = self.new_secret(rotation, "verify").await?;
         // A rollback's key has been in use for long: one answer is enough.
-        let attempts = match rotation.kind {
-            RotationKind::Rotate => VERIFY_ATTEMPTS,
-            RotationKind::Rollback => 1,
+        let window = match rotation.kind {
+            RotationKind::Rotate => rt.verify_timeout,
+            RotationKind::Rollback => Duration::ZERO,
         };
-        let mut last = None;
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(VERIFY_SPACING * attempt).await;
-            }
+        let started = self.clock.now();
+        let deadline = started.saturating_add(whole_seconds(window));
+        let mut pause = FIRST_PAUSE;
+        let mut checks = 0u32;
+        loop {
             self.renew(lease, "verify").await?;
             let report = rt.provider.check(&secret).await;
+            checks += 1;
+            let now = self.clock.now();
             if report.status == CheckStatus::Valid {
-                self.store
-                    .advance_rotation(
-                        lease,
-                        rotation.step,
-                        RotationStep::Verified,
-                        &format!("new key valid: {}", report.detail),
-                        self.clock.now(),
+                let detail = if checks == 1 {
+                    format!("new key valid: {}", report.detail)
+                } else {
+                    format!(
+                        "new key valid at check {checks}, after {}s: {}",
+                        now - started,
+                        report.detail
                     )
+                };
+                self.store
+                    .advance_rotation(lease, rotation.step, RotationStep::Verified, &detail, now)
                     .await
                     .map_err(|e| StepError::store("verify", e))?;
                 return Ok(());
             }
-            last = Some(report);
+            let left = deadline.saturating_sub(now);
+            if left <= 0 {
+                return Err(verify_failed(&report, checks, now - started));
+            }
+            let wait = pause.min(Duration::from_secs(left as u64));
+            tracing::info!(credential = %rt.name, rotation = %rotation.id, status = %report.status, check = checks, retry_in_seconds = wait.as_secs(), "the new key does not answer valid yet; asking again");
+            self.clock.sleep(wait).await;
+            pause = (pause * 2).min(MAX_PAUSE);
         }
-        let report = last.expect("at least one attempt");
-        let reason = format!("new key answered {}: {}", report.status, report.detail);
-        if report.status.is_conclusive() {
-            Err(StepError::rejected("verify", reason))
-        } else {
-            Err(StepError::transient("verify", reason))
-        }
+    }
+}
+
+/// Whole seconds of a window on the engine's clock, a started second counting as a whole.
+fn whole_seconds(window: Duration) -> UnixTime {
+    let seconds = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+    UnixTime::try_from(seconds).unwrap_or(UnixTime::MAX)
+}
+
+/// The verdict once the window is over, from the last answer.
+fn verify_failed(last: &CheckReport, checks: u32, elapsed: i64) -> StepError {
+    let reason = if checks == 1 {
+        format!("new key answered {}: {}", last.status, last.detail)
+    } else {
+        format!(
+            "new key still answered {} after {checks} checks over {elapsed}s (`verify_timeout`): {}",
+            last.status, last.detail
+        )
+    };
+    if last.status.is_conclusive() {
+        StepError::rejected("verify", reason)
+    } else {
+        StepError::transient("verify", reason)
     }
 }

@@ -12,6 +12,11 @@ use toml::Spanned;
 /// (issue/list/revoke header values only), `{name}` (issue path and body), `{id}` (revoke
 /// path and body), `{prefix}` (list path). Values are percent-encoded in paths and
 /// JSON-escaped in bodies, so a body template reads `{"name": "{name}"}`.
+///
+/// The provider-side expiry of the key being issued fills [`EXPIRY_PLACEHOLDERS`] in the
+/// issue `body` only, each standing for a whole JSON value (see [`expiry_uses`]): a key
+/// issued without an expiry is sent `null`, which JSON APIs read as "none"; a URL or a
+/// longer string has no such spelling, so config refuses them there.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpAdapterConfig {
@@ -151,6 +156,154 @@ fn default_credit_unit() -> String {
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
+/// The one request that issues a key, and so the one that knows its expiry.
+const ISSUE_TABLE: &str = "provider.http.issue";
+
+/// The placeholders of the provider-side expiry of the key being issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExpiryPlaceholder {
+    /// `{expires_at}`: RFC 3339 in UTC, `"2026-12-01T00:00:00Z"`.
+    At,
+    /// `{expires_at_unix}`: Unix seconds.
+    AtUnix,
+    /// `{expires_in_seconds}`: seconds from the moment the key is asked for.
+    InSeconds,
+}
+
+/// Every expiry placeholder.
+pub(crate) const EXPIRY_PLACEHOLDERS: [ExpiryPlaceholder; 3] = [
+    ExpiryPlaceholder::At,
+    ExpiryPlaceholder::AtUnix,
+    ExpiryPlaceholder::InSeconds,
+];
+
+impl ExpiryPlaceholder {
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            ExpiryPlaceholder::At => "{expires_at}",
+            ExpiryPlaceholder::AtUnix => "{expires_at_unix}",
+            ExpiryPlaceholder::InSeconds => "{expires_in_seconds}",
+        }
+    }
+}
+
+/// How an expiry placeholder stands in a JSON body template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Outside any string, a JSON value of its own: `"ttl": {expires_in_seconds}`.
+    Bare,
+    /// A whole string of its own: `"expires_at": "{expires_at}"`.
+    WholeString,
+    /// Part of a longer string, where "no expiry" cannot be written: refused by config.
+    InsideString,
+}
+
+/// One expiry placeholder in a body template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExpiryUse {
+    pub placeholder: ExpiryPlaceholder,
+    pub standing: Standing,
+    /// The bytes its value replaces: the placeholder, with its quotes for a whole string.
+    pub range: std::ops::Range<usize>,
+}
+
+/// Every expiry placeholder of a JSON body template, in order. A lexical scan that follows
+/// strings through their escapes: it needs no valid JSON (other placeholders are still in
+/// the template), only to know whether each placeholder is inside a string.
+pub(crate) fn expiry_uses(body: &str) -> Vec<ExpiryUse> {
+    let bytes = body.as_bytes();
+    let mut uses = Vec::new();
+    // The opening quote of the string the scan is in.
+    let mut string_from: Option<usize> = None;
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' if string_from.is_some() => {
+                at += 2;
+                continue;
+            }
+            b'"' => {
+                string_from = match string_from {
+                    Some(_) => None,
+                    None => Some(at),
+                };
+            }
+            b'{' => {
+                if let Some(placeholder) = EXPIRY_PLACEHOLDERS
+                    .into_iter()
+                    .find(|p| body[at..].starts_with(p.text()))
+                {
+                    let end = at + placeholder.text().len();
+                    let (standing, range) = match string_from {
+                        None => (Standing::Bare, at..end),
+                        Some(quote) if quote + 1 == at && bytes.get(end) == Some(&b'"') => {
+                            string_from = None;
+                            (Standing::WholeString, quote..end + 1)
+                        }
+                        Some(_) => (Standing::InsideString, at..end),
+                    };
+                    at = range.end;
+                    uses.push(ExpiryUse {
+                        placeholder,
+                        standing,
+                        range,
+                    });
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    uses
+}
+
+/// Expiry placeholders only where a key's expiry is known and "none" can be written: as
+/// whole JSON values in the issue body.
+fn validate_expiry_placeholders(
+    issues: &mut Issues,
+    table: &str,
+    path: &Spanned<String>,
+    headers: &Spanned<BTreeMap<String, String>>,
+    body: Option<&Spanned<String>>,
+) {
+    for placeholder in EXPIRY_PLACEHOLDERS.map(ExpiryPlaceholder::text) {
+        if path.get_ref().contains(placeholder) {
+            issues.push(
+                Some(path.span()),
+                format!("[{table}] `path` must not contain {placeholder}: a URL cannot say \"no expiry\"; put it in the `body` of [{ISSUE_TABLE}], where a key without an expiry is sent as null"),
+            );
+        }
+        if let Some((name, _)) = headers
+            .get_ref()
+            .iter()
+            .find(|(_, value)| value.contains(placeholder))
+        {
+            issues.push(
+                Some(headers.span()),
+                format!("[{table}] header {name:?} uses {placeholder}, which is filled only in the `body` of [{ISSUE_TABLE}]"),
+            );
+        }
+    }
+    let Some(body) = body else {
+        return;
+    };
+    for found in expiry_uses(body.get_ref()) {
+        let placeholder = found.placeholder.text();
+        if table != ISSUE_TABLE {
+            issues.push(
+                Some(body.span()),
+                format!("[{table}] `body` must not contain {placeholder}: only [{ISSUE_TABLE}] issues a key with an expiry"),
+            );
+        } else if found.standing == Standing::InsideString {
+            issues.push(
+                Some(body.span()),
+                format!("[{table}] `body` has {placeholder} inside a longer string: it must stand for a whole JSON value, e.g. \"expires_at\": \"{{expires_at}}\" or \"ttl\": {{expires_in_seconds}}, so that a key without an expiry is sent as null"),
+            );
+        }
+    }
+}
+
 /// Checks one request description: method, path, where placeholders may appear.
 fn validate_request(
     issues: &mut Issues,
@@ -192,6 +345,7 @@ fn validate_request(
             }
         }
     }
+    validate_expiry_placeholders(issues, table, path, headers, body);
     for (name, value) in headers.get_ref() {
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             issues.push(
@@ -282,7 +436,7 @@ impl HttpCheckConfig {
 
 impl HttpIssueConfig {
     fn validate(&self, issues: &mut Issues) {
-        let table = "provider.http.issue";
+        let table = ISSUE_TABLE;
         validate_request(
             issues,
             table,
@@ -344,5 +498,53 @@ impl HttpRevokeConfig {
                 "[provider.http.revoke] `path` or `body` must contain {id}".into(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standings(body: &str) -> Vec<(&'static str, Standing, &str)> {
+        expiry_uses(body)
+            .into_iter()
+            .map(|u| (u.placeholder.text(), u.standing, &body[u.range]))
+            .collect()
+    }
+
+    #[test]
+    fn expiry_placeholders_are_told_apart_by_where_they_stand() {
+        let body = r#"{"name": "{name}", "at": "{expires_at}", "unix": {expires_at_unix}, "ttl": "{expires_in_seconds}", "note": "until {expires_at}", "bare": {expires_at}}"#;
+        assert_eq!(
+            standings(body),
+            vec![
+                ("{expires_at}", Standing::WholeString, "\"{expires_at}\""),
+                ("{expires_at_unix}", Standing::Bare, "{expires_at_unix}"),
+                (
+                    "{expires_in_seconds}",
+                    Standing::WholeString,
+                    "\"{expires_in_seconds}\""
+                ),
+                ("{expires_at}", Standing::InsideString, "{expires_at}"),
+                ("{expires_at}", Standing::Bare, "{expires_at}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn escaped_quotes_do_not_end_a_string() {
+        let body = r#"{"a": "say \"{expires_at}\" here", "b": {expires_in_seconds}}"#;
+        assert_eq!(
+            standings(body),
+            vec![
+                ("{expires_at}", Standing::InsideString, "{expires_at}"),
+                (
+                    "{expires_in_seconds}",
+                    Standing::Bare,
+                    "{expires_in_seconds}"
+                ),
+            ]
+        );
+        assert!(expiry_uses(r#"{"name": "{name}", "x": "{expires}"}"#).is_empty());
     }
 }

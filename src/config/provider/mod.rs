@@ -10,6 +10,7 @@ mod http;
 
 pub use exec::{ExecAdapterConfig, ExecKeyVia};
 pub use google::GoogleConfig;
+pub(crate) use http::{expiry_uses, ExpiryPlaceholder, Standing};
 pub use http::{
     HttpAdapterConfig, HttpCheckConfig, HttpIssueConfig, HttpListConfig, HttpRevokeConfig,
 };
