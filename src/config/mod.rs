@@ -12,7 +12,9 @@
 //! - `provider/`: `[[provider]]`, with `[provider.http]` and `[provider.exec]` apart;
 //! - `delivery`: `[[credential.deliver]]` and the words delivery targets are built from;
 //! - `issues`: problems by position, rendered as `file:line:column: message`;
-//! - `cron`, `duration`, `secret_ref`: the value types a section is made of.
+//! - `cron`, `duration`, `secret_ref`: the value types a section is made of;
+//! - `systemd_credential`: where a `{ credential = NAME }` secret is read from, under the
+//!   unit and outside it.
 
 mod cron;
 mod delivery;
@@ -22,6 +24,7 @@ mod provider;
 mod relay;
 mod secret_ref;
 mod store;
+mod systemd_credential;
 
 pub use cron::CronSchedule;
 pub(crate) use delivery::DEFAULT_KEY_ENV_VAR;

@@ -1,10 +1,12 @@
 //! References to secrets held outside the config file: a file, an environment variable, or a
-//! systemd credential (`LoadCredential=` → `$CREDENTIALS_DIRECTORY/<name>`).
+//! systemd credential (`LoadCredential=` → `$CREDENTIALS_DIRECTORY/<name>`; outside the unit,
+//! the credential stores: see [`super::systemd_credential`]).
 //!
 //! Secrets are never inline in the config: the config file is world-readable in many set-ups
 //! and its raw text outlives parsing in memory.
 
-use secrecy::SecretString;
+use super::systemd_credential::{self, CredentialError, CredentialSource};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -31,8 +33,10 @@ pub(crate) enum SecretRefError {
     },
     #[error("environment variable {0} is not set or not valid UTF-8")]
     Env(String),
-    #[error("systemd credential {0:?} requested but $CREDENTIALS_DIRECTORY is not set")]
-    NoCredentialsDirectory(String),
+    #[error("systemd credential name {0:?} must be a file name (no `/`, not `.` or `..`)")]
+    CredentialName(String),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     #[error("secret from {0} is empty")]
     Empty(String),
 }
@@ -47,6 +51,11 @@ impl SecretRef {
         ];
         if set.iter().filter(|x| **x).count() != 1 {
             return Err(SecretRefError::Ambiguous);
+        }
+        if let Some(name) = &self.credential {
+            if !systemd_credential::valid_name(name) {
+                return Err(SecretRefError::CredentialName(name.clone()));
+            }
         }
         Ok(())
     }
@@ -63,38 +72,47 @@ impl SecretRef {
 
     /// Reads the secret. Surrounding whitespace (a trailing newline in a file) is trimmed.
     pub(crate) fn resolve(&self) -> Result<SecretString, SecretRefError> {
+        self.resolve_from(&CredentialSource::from_environment())
+    }
+
+    /// [`resolve`](Self::resolve), with a `credential` looked for in `credentials`.
+    pub(crate) fn resolve_from(
+        &self,
+        credentials: &CredentialSource,
+    ) -> Result<SecretString, SecretRefError> {
         self.validate()?;
         let raw = if let Some(path) = &self.file {
             read_file(path)?
         } else if let Some(var) = &self.env {
-            std::env::var(var).map_err(|_| SecretRefError::Env(var.clone()))?
+            SecretString::from(std::env::var(var).map_err(|_| SecretRefError::Env(var.clone()))?)
         } else {
             let name = self.credential.as_deref().unwrap_or_default();
-            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
-                .ok_or_else(|| SecretRefError::NoCredentialsDirectory(name.to_string()))?;
-            read_file(&Path::new(&dir).join(name))?
+            match credentials {
+                // The unit's copy or nothing: a daemon under systemd never looks elsewhere.
+                CredentialSource::ServiceDirectory(directory) => read_file(&directory.join(name))?,
+                CredentialSource::Stores(stores) => stores.read(name)?,
+            }
         };
-        let trimmed = raw.trim();
+        let trimmed = raw.expose_secret().trim();
         if trimmed.is_empty() {
             return Err(SecretRefError::Empty(self.describe()));
         }
-        let secret = SecretString::from(trimmed.to_string());
-        zeroize::Zeroize::zeroize(&mut { raw });
-        Ok(secret)
+        Ok(SecretString::from(trimmed.to_string()))
     }
 }
 
-fn read_file(path: &Path) -> Result<String, SecretRefError> {
-    std::fs::read_to_string(path).map_err(|source| SecretRefError::File {
-        path: path.to_path_buf(),
-        source,
-    })
+fn read_file(path: &Path) -> Result<SecretString, SecretRefError> {
+    std::fs::read_to_string(path)
+        .map(SecretString::from)
+        .map_err(|source| SecretRefError::File {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     #[test]
     fn exactly_one_source_is_required() {
@@ -133,5 +151,55 @@ mod tests {
         };
         let err = missing.resolve().unwrap_err().to_string();
         assert!(err.contains("absent"));
+    }
+
+    fn credential(name: &str) -> SecretRef {
+        SecretRef {
+            file: None,
+            env: None,
+            credential: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn credential_names_that_leave_their_directory_are_refused() {
+        for name in ["../master.key", "a/b", "..", ""] {
+            let err = credential(name).validate().unwrap_err().to_string();
+            assert!(err.contains("must be a file name"), "{name:?}: {err}");
+        }
+        assert!(credential("openrouter-mgmt").validate().is_ok());
+    }
+
+    #[test]
+    fn under_the_unit_only_its_credentials_directory_is_read() {
+        let unit = tempfile::tempdir().unwrap();
+        let under_unit = CredentialSource::ServiceDirectory(unit.path().to_path_buf());
+        let err = credential("mgmt")
+            .resolve_from(&under_unit)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&*unit.path().join("mgmt").to_string_lossy()),
+            "{err}"
+        );
+        std::fs::write(unit.path().join("mgmt"), "sk-unit-copy\n").unwrap();
+        let secret = credential("mgmt").resolve_from(&under_unit).unwrap();
+        assert_eq!(secret.expose_secret(), "sk-unit-copy");
+    }
+
+    #[test]
+    fn outside_the_unit_a_credential_comes_from_the_stores_trimmed() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("credstore")).unwrap();
+        std::fs::write(root.path().join("credstore/mgmt"), "  sk-stored\n").unwrap();
+        let outside = CredentialSource::Stores(systemd_credential::CredentialStores {
+            plain: vec![root.path().join("credstore")],
+            decrypt_with: "/nonexistent/systemd-creds".into(),
+        });
+        let secret = credential("mgmt").resolve_from(&outside).unwrap();
+        assert_eq!(secret.expose_secret(), "sk-stored");
+        std::fs::write(root.path().join("credstore/mgmt"), "\n").unwrap();
+        let err = credential("mgmt").resolve_from(&outside).unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
     }
 }

@@ -173,6 +173,8 @@ pub fn bare_command() -> Command {
         "WATCHDOG_PID",
         "STATE_DIRECTORY",
         "CREDENTIALS_DIRECTORY",
+        "KEYROTD_CREDSTORE_PATH",
+        "SYSTEMD_CREDENTIAL_SECRET",
         "RUST_LOG",
     ] {
         command.env_remove(var);
