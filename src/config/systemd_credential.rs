@@ -205,6 +205,27 @@ fn read_plain(path: &Path) -> Result<SecretString, std::io::Error> {
     std::fs::read_to_string(path).map(SecretString::from)
 }
 
+/// Spawns `command`, trying again a few times on ETXTBSY: a program being replaced (a
+/// package upgrade rewriting `systemd-creds`), or just written while another thread forked
+/// and its child still holds the file open for writing until it execs, refuses to run for
+/// a moment.
+fn spawn_retrying_busy_text(command: &mut Command) -> std::io::Result<std::process::Child> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match command.spawn() {
+            Err(error)
+                if error.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32)
+                    && attempt < ATTEMPTS =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10 << attempt));
+                attempt += 1;
+            }
+            spawned => return spawned,
+        }
+    }
+}
+
 /// `systemd-creds decrypt --name=NAME PATH -`: the plaintext on its stdout, read into a
 /// buffer that is zeroed when dropped and handed over as a [`SecretString`] without a copy.
 fn decrypt(program: &OsStr, name: &str, path: &Path) -> Result<SecretString, CredentialError> {
@@ -213,21 +234,21 @@ fn decrypt(program: &OsStr, name: &str, path: &Path) -> Result<SecretString, Cre
         path: path.to_path_buf(),
         reason,
     };
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .arg("decrypt")
         .arg(format!("--name={name}"))
         .arg(path)
         .arg("-")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| {
-            failed(format!(
-                "cannot run {}: {error}",
-                Path::new(program).display()
-            ))
-        })?;
+        .stderr(Stdio::piped());
+    let mut child = spawn_retrying_busy_text(&mut command).map_err(|error| {
+        failed(format!(
+            "cannot run {}: {error}",
+            Path::new(program).display()
+        ))
+    })?;
     let mut plaintext = Zeroizing::new(Vec::with_capacity(PLAINTEXT_CAPACITY));
     // stdout is read to its end before stderr: systemd-creds writes a line or two to stderr
     // only when it fails, and then exits, closing stdout too.
@@ -297,6 +318,32 @@ mod tests {
         std::fs::write(&path, script).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    #[test]
+    fn a_program_open_for_writing_is_tried_again_and_then_reported_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("busy");
+        std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Held open for writing throughout: every attempt meets ETXTBSY, and the last one's
+        // error is what the caller sees.
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&program)
+            .unwrap();
+        let error = spawn_retrying_busy_text(&mut Command::new(&program)).unwrap_err();
+        assert_eq!(
+            error.raw_os_error(),
+            Some(nix::errno::Errno::ETXTBSY as i32),
+            "{error}"
+        );
+        drop(writer);
+        let status = spawn_retrying_busy_text(&mut Command::new(&program))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(status.success());
     }
 
     #[test]
