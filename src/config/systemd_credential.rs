@@ -164,7 +164,7 @@ impl CredentialStores {
                 Encryption::Encrypted => match std::fs::File::open(path) {
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(error) => return Err(unreadable(error)),
-                    Ok(_) => return decrypt(&self.decrypt_with, name, path),
+                    Ok(_) => return decrypt_once(&self.decrypt_with, name, path),
                 },
             }
         }
@@ -205,6 +205,31 @@ fn read_plain(path: &Path) -> Result<SecretString, std::io::Error> {
     std::fs::read_to_string(path).map(SecretString::from)
 }
 
+/// What this process has decrypted, by program, name and path: a provider resolves its
+/// management key at every call, and a command run from a shell would otherwise fork
+/// `systemd-creds` (and block a runtime thread on it) for every request it makes. A process
+/// outside the unit is a short-lived command, so the plaintext it keeps lives no longer than
+/// the command; a credential rewritten meanwhile is read again by the next command.
+type Decrypted = std::collections::HashMap<(OsString, String, PathBuf), SecretString>;
+
+static DECRYPTED: std::sync::LazyLock<std::sync::Mutex<Decrypted>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// [`decrypt`], once per process for each credential; a failure is not kept.
+fn decrypt_once(program: &OsStr, name: &str, path: &Path) -> Result<SecretString, CredentialError> {
+    use secrecy::ExposeSecret;
+    let key = (program.to_os_string(), name.to_string(), path.to_path_buf());
+    // Held across the decrypt: two threads asking at once run `systemd-creds` once.
+    let mut decrypted = DECRYPTED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(secret) = decrypted.get(&key) {
+        return Ok(SecretString::from(secret.expose_secret()));
+    }
+    let secret = decrypt(program, name, path)?;
+    let copy = SecretString::from(secret.expose_secret());
+    decrypted.insert(key, secret);
+    Ok(copy)
+}
+
 /// Spawns `command`, trying again a few times on ETXTBSY: a program being replaced (a
 /// package upgrade rewriting `systemd-creds`), or just written while another thread forked
 /// and its child still holds the file open for writing until it execs, refuses to run for
@@ -226,9 +251,23 @@ fn spawn_retrying_busy_text(command: &mut Command) -> std::io::Result<std::proce
     }
 }
 
+/// How long `systemd-creds decrypt` may take before it is killed: it can wait on polkit or
+/// a TPM, and a command must fail rather than hang.
+const DECRYPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `systemd-creds decrypt --name=NAME PATH -`: the plaintext on its stdout, read into a
-/// buffer that is zeroed when dropped and handed over as a [`SecretString`] without a copy.
+/// buffer that is zeroed when dropped, then copied once into a [`SecretString`]. Killed
+/// after [`DECRYPT_TIMEOUT`].
 fn decrypt(program: &OsStr, name: &str, path: &Path) -> Result<SecretString, CredentialError> {
+    decrypt_within(program, name, path, DECRYPT_TIMEOUT)
+}
+
+fn decrypt_within(
+    program: &OsStr,
+    name: &str,
+    path: &Path,
+    timeout: std::time::Duration,
+) -> Result<SecretString, CredentialError> {
     let failed = |reason: String| CredentialError::Decrypt {
         name: name.to_string(),
         path: path.to_path_buf(),
@@ -249,6 +288,16 @@ fn decrypt(program: &OsStr, name: &str, path: &Path) -> Result<SecretString, Cre
             Path::new(program).display()
         ))
     })?;
+    // A watchdog kills the child at the deadline unless told first that it was waited for
+    // (the sender dropped): until it is reaped, its pid cannot name another process.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (waited, deadline) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = deadline.recv_timeout(timeout) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    let started = std::time::Instant::now();
     let mut plaintext = Zeroizing::new(Vec::with_capacity(PLAINTEXT_CAPACITY));
     // stdout is read to its end before stderr: systemd-creds writes a line or two to stderr
     // only when it fails, and then exits, closing stdout too.
@@ -257,7 +306,15 @@ fn decrypt(program: &OsStr, name: &str, path: &Path) -> Result<SecretString, Cre
         .take()
         .map(|mut stdout| stdout.read_to_end(&mut plaintext));
     let finished = child.wait_with_output();
+    drop(waited);
     let finished = finished.map_err(|error| failed(format!("waiting for it failed: {error}")))?;
+    if !finished.status.success() && started.elapsed() >= timeout {
+        return Err(failed(format!(
+            "{} decrypt did not finish within {} and was stopped",
+            Path::new(program).display(),
+            crate::config::format_duration(timeout)
+        )));
+    }
     if !finished.status.success() {
         let said = String::from_utf8_lossy(&finished.stderr);
         let said = said.trim();
@@ -280,12 +337,12 @@ fn decrypt(program: &OsStr, name: &str, path: &Path) -> Result<SecretString, Cre
     if let Some(Err(error)) = read {
         return Err(failed(format!("reading its output failed: {error}")));
     }
-    match String::from_utf8(std::mem::take(&mut *plaintext)) {
+    // Copied into an exact-size allocation while `plaintext` is zeroed on drop: turning the
+    // buffer itself into the secret would shrink it, and an allocator that moves on shrink
+    // would leave the old bytes behind unzeroed.
+    match std::str::from_utf8(&plaintext) {
         Ok(text) => Ok(SecretString::from(text)),
-        Err(error) => {
-            drop(Zeroizing::new(error.into_bytes()));
-            Err(failed("the decrypted credential is not UTF-8 text".into()))
-        }
+        Err(_) => Err(failed("the decrypted credential is not UTF-8 text".into())),
     }
 }
 
@@ -318,6 +375,55 @@ mod tests {
         std::fs::write(&path, script).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    #[test]
+    fn a_decrypt_that_hangs_is_stopped_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = dir.path().join("argv");
+        let program = fake_systemd_creds(dir.path(), &argv, "exec sleep 30");
+        let started = std::time::Instant::now();
+        let error = decrypt_within(
+            program.as_os_str(),
+            "mgmt",
+            &dir.path().join("mgmt"),
+            std::time::Duration::from_millis(300),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("did not finish within 300ms and was stopped"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "waited for it"
+        );
+    }
+
+    #[test]
+    fn a_credential_is_decrypted_once_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = dir.path().join("argv");
+        let runs = dir.path().join("runs");
+        let program = fake_systemd_creds(
+            dir.path(),
+            &argv,
+            &format!("echo run >> '{}'\nprintf 'decrypted-once'", runs.display()),
+        );
+        let store = dir.path().join("credstore");
+        put(&dir.path().join("credstore.encrypted/mgmt"), "ciphertext");
+        let stores = CredentialStores {
+            plain: vec![store],
+            decrypt_with: program.into_os_string(),
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                stores.read("mgmt").unwrap().expose_secret(),
+                "decrypted-once"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
     }
 
     #[test]
