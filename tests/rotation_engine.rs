@@ -1046,6 +1046,53 @@ async fn rotate_counting_checks(
     )
 }
 
+/// A wall clock that NTP steps back by twice every pause the engine takes on it.
+struct SteppedBack(ManualClock);
+
+impl Clock for SteppedBack {
+    fn now(&self) -> i64 {
+        self.0.now()
+    }
+    fn sleep(
+        &self,
+        duration: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        self.0.advance(-2 * duration.as_secs().max(1) as i64);
+        Box::pin(tokio::task::yield_now())
+    }
+}
+
+#[tokio::test]
+async fn a_clock_stepped_back_does_not_stretch_the_verify_window() {
+    let f = fixture(Setup {
+        rotation: "verify_timeout = \"20s\"",
+        ..Setup::default()
+    })
+    .await;
+    f.sim
+        .activate_after(Some(std::time::Duration::from_secs(3600)));
+    let engine = Engine::new(
+        f.store.clone() as Arc<dyn keyrotd::store::Store>,
+        Arc::new(SteppedBack(f.clock.clone())),
+    );
+    let checks = f.sim.request_count(Op::Check);
+    // The clock never reaches the window's end: the pauses taken must end it.
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        engine.rotate(&f.rt, "test"),
+    )
+    .await
+    .expect("the verify step kept asking while the clock went back");
+    let checks = f.sim.request_count(Op::Check) - checks;
+    let error = outcome.unwrap_err();
+    assert!(
+        matches!(&error, RotationError::Failed { step, .. } if *step == "verify"),
+        "{error}"
+    );
+    // Pauses of 1, 2, 4, 8 and the 5 s left of 20: six checks.
+    assert_eq!(checks, 6, "{error}");
+}
+
 #[tokio::test]
 async fn a_new_key_that_starts_working_within_the_verify_timeout_is_taken() {
     // The vendor's key store catches up 28s after the key is issued: inside the default

@@ -51,7 +51,11 @@ impl Engine {
             RotationKind::Rollback => Duration::ZERO,
         };
         let started = self.clock.now();
-        let deadline = started.saturating_add(whole_seconds(window));
+        let window_seconds = whole_seconds(window);
+        let deadline = started.saturating_add(window_seconds);
+        // The pauses taken so far also bound the window: a wall clock stepped back during it
+        // (NTP) must not keep the rotation asking for as long as the step.
+        let mut paused: UnixTime = 0;
         let mut pause = FIRST_PAUSE;
         let mut checks = 0u32;
         loop {
@@ -75,13 +79,16 @@ impl Engine {
                     .map_err(|e| StepError::store("verify", e))?;
                 return Ok(());
             }
-            let left = deadline.saturating_sub(now);
+            let left = deadline
+                .saturating_sub(now)
+                .min(window_seconds.saturating_sub(paused));
             if left <= 0 {
                 return Err(verify_failed(&report, checks, now - started));
             }
             let wait = pause.min(Duration::from_secs(left as u64));
             tracing::info!(credential = %rt.name, rotation = %rotation.id, status = %report.status, check = checks, retry_in_seconds = wait.as_secs(), "the new key does not answer valid yet; asking again");
             self.clock.sleep(wait).await;
+            paused = paused.saturating_add(whole_seconds(wait));
             pause = (pause * 2).min(MAX_PAUSE);
         }
     }
