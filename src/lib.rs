@@ -43,6 +43,7 @@
 // `--document-private-items` (as CI does), so linking a private module is the point.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub(crate) mod accounts;
 pub(crate) mod backoff;
 pub mod checks;
 pub mod cli;

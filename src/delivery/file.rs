@@ -184,38 +184,29 @@ impl Drop for RemoveOnDrop {
 }
 
 fn resolve_user(target: &str, name: &str) -> Result<u32, DeliveryError> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(user)) => Ok(user.uid.as_raw()),
-        Ok(None) => Err(DeliveryError::UnknownAccount {
-            target: target.to_string(),
-            what: "user",
-            name: name.to_string(),
-        }),
-        Err(errno) => Err(DeliveryError::Io {
-            target: target.to_string(),
-            action: format!("looking up user {name:?}"),
-            source: errno.into(),
-        }),
-    }
+    resolve(target, "user", name, crate::accounts::user_id(name))
 }
 
 fn resolve_group(target: &str, name: &str) -> Result<u32, DeliveryError> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(group)) => Ok(group.gid.as_raw()),
+    resolve(target, "group", name, crate::accounts::group_id(name))
+}
+
+fn resolve(
+    target: &str,
+    what: &'static str,
+    name: &str,
+    found: nix::Result<Option<u32>>,
+) -> Result<u32, DeliveryError> {
+    match found {
+        Ok(Some(id)) => Ok(id),
         Ok(None) => Err(DeliveryError::UnknownAccount {
             target: target.to_string(),
-            what: "group",
+            what,
             name: name.to_string(),
         }),
         Err(errno) => Err(DeliveryError::Io {
             target: target.to_string(),
-            action: format!("looking up group {name:?}"),
+            action: format!("looking up {what} {name:?}"),
             source: errno.into(),
         }),
     }

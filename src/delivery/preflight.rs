@@ -159,22 +159,16 @@ fn cannot_chown(target: &DeliveryConfig, err: &std::io::Error) -> String {
 }
 
 fn lookup_user(name: &str) -> Result<u32, String> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(user)) => Ok(user.uid.as_raw()),
+    match crate::accounts::user_id(name) {
+        Ok(Some(id)) => Ok(id),
         Ok(None) => Err(format!("unknown user {name:?} (owner)")),
         Err(errno) => Err(format!("cannot look up user {name:?}: {errno}")),
     }
 }
 
 fn lookup_group(name: &str) -> Result<u32, String> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(group)) => Ok(group.gid.as_raw()),
+    match crate::accounts::group_id(name) {
+        Ok(Some(id)) => Ok(id),
         Ok(None) => Err(format!("unknown group {name:?} (group)")),
         Err(errno) => Err(format!("cannot look up group {name:?}: {errno}")),
     }

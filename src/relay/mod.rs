@@ -422,11 +422,8 @@ fn open_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<()
 
 /// `socket_group`: a numeric gid, or a group name looked up in the system's group database.
 fn socket_gid(name: &str) -> anyhow::Result<u32> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(group)) => Ok(group.gid.as_raw()),
+    match crate::accounts::group_id(name) {
+        Ok(Some(gid)) => Ok(gid),
         Ok(None) => anyhow::bail!("relay: `socket_group` {name:?}: no such group"),
         Err(errno) => Err(anyhow::Error::from(errno)
             .context(format!("relay: cannot look up `socket_group` {name:?}"))),

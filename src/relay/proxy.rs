@@ -5,8 +5,8 @@
 //!
 //! - 429: the key cools down (its `Retry-After`, capped, or a backoff) and the request goes
 //!   to another key;
-//! - 401/403: the key leaves the pool, the daemon is asked to check its credential now, and
-//!   the request goes to another key;
+//! - 401/403: the key leaves the pool, the daemon is asked (by the refusal that took it
+//!   out) to check its credential a second later, and the request goes to another key;
 //! - 5xx, a connection error or no response head in time: another attempt after a short
 //!   backoff, on another key when there is one.
 //!
