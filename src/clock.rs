@@ -19,6 +19,12 @@ pub trait Clock: Send + Sync {
     }
 }
 
+/// `duration` in whole seconds, a started second counting as a whole one: the clock's unit,
+/// for a wait or a window that must not end early.
+pub fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
 /// The wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
@@ -53,7 +59,7 @@ impl Clock for ManualClock {
     /// Moves the clock forward by `duration` (rounded up to whole seconds) at once: code
     /// that waits on this clock runs its waits without the test waiting for them.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+        let seconds = whole_seconds(duration);
         let clock = self.clone();
         Box::pin(async move {
             clock.advance(i64::try_from(seconds).unwrap_or(i64::MAX));

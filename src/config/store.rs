@@ -62,7 +62,7 @@ pub struct LeaderTiming {
 impl LeaderTiming {
     /// The lease in whole seconds, rounded up.
     pub fn lease_seconds(&self) -> i64 {
-        self.lease.as_secs() as i64 + i64::from(self.lease.subsec_nanos() > 0)
+        crate::clock::whole_seconds(self.lease) as i64
     }
 }
 

@@ -402,7 +402,7 @@ pub(crate) fn error(
 
 /// Sets `Retry-After` to `wait`, rounded up to whole seconds (at least 1).
 fn with_retry_after(mut response: Response<RelayBody>, wait: Duration) -> Response<RelayBody> {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = crate::clock::whole_seconds(wait);
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));

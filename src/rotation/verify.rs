@@ -94,10 +94,9 @@ impl Engine {
     }
 }
 
-/// Whole seconds of a window on the engine's clock, a started second counting as a whole.
+/// [`crate::clock::whole_seconds`] as a span of the engine's clock.
 fn whole_seconds(window: Duration) -> UnixTime {
-    let seconds = window.as_secs() + u64::from(window.subsec_nanos() > 0);
-    UnixTime::try_from(seconds).unwrap_or(UnixTime::MAX)
+    UnixTime::try_from(crate::clock::whole_seconds(window)).unwrap_or(UnixTime::MAX)
 }
 
 /// The verdict once the window is over, from the last answer.
