@@ -899,6 +899,40 @@ struct Engined {
 }
 
 /// Seeds are (credential, key, provider id): an imported key has no provider id.
+/// The config of one credential `app` of an `openai` provider in project `proj_abc`, its key
+/// delivered to `out`; `provider_extra` and `rotation_extra` are lines added to the provider
+/// and to `[credential.rotation]`.
+fn app_config(
+    base: &str,
+    admin: &Path,
+    out: &Path,
+    provider_extra: &str,
+    rotation_extra: &str,
+) -> String {
+    format!(
+        r#"[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "{base}/v1"
+timeout = "30s"
+project = "proj_abc"
+{provider_extra}management_key = {{ file = {admin:?} }}
+
+[[credential]]
+name = "app"
+provider = "openai"
+[credential.rotation]
+max_age = "30d"
+grace = "1h"
+{rotation_extra}[[credential.deliver]]
+kind = "file"
+path = {out:?}
+"#,
+        admin = admin.display().to_string(),
+        out = out.display().to_string(),
+    )
+}
+
 async fn engined(
     dir: tempfile::TempDir,
     text: &str,
@@ -970,30 +1004,12 @@ async fn a_rotation_in_service_account_keys_mode_overlaps_two_keys_of_one_accoun
     let admin = dir.path().join("admin");
     std::fs::write(&admin, ADMIN).unwrap();
     let out = dir.path().join("app-key");
-    let text = format!(
-        r#"[[provider]]
-name = "openai"
-kind = "openai"
-base_url = "{base}/v1"
-timeout = "30s"
-project = "proj_abc"
-service_account = "svc_acct_app"
-management_key = {{ file = {admin:?} }}
-
-[[credential]]
-name = "app"
-provider = "openai"
-[credential.rotation]
-max_age = "30d"
-grace = "1h"
-provider_expiry_margin = "3d"
-[[credential.deliver]]
-kind = "file"
-path = {out:?}
-"#,
-        base = server.uri(),
-        admin = admin.display().to_string(),
-        out = out.display().to_string(),
+    let text = app_config(
+        &server.uri(),
+        &admin,
+        &out,
+        "service_account = \"svc_acct_app\"\n",
+        "provider_expiry_margin = \"3d\"\n",
     );
     let e = engined(dir, &text, &[("app", "sk-svcacct-seed", Some("key_seed"))]).await;
     let rt = e.runtimes["app"].clone();
@@ -1203,29 +1219,7 @@ mod account_per_key {
         let admin = dir.path().join("admin");
         std::fs::write(&admin, ADMIN).unwrap();
         let out = dir.path().join("app-key");
-        let text = format!(
-            r#"[[provider]]
-name = "openai"
-kind = "openai"
-base_url = "{base}/v1"
-timeout = "30s"
-project = "proj_abc"
-management_key = {{ file = {admin:?} }}
-
-[[credential]]
-name = "app"
-provider = "openai"
-[credential.rotation]
-max_age = "30d"
-grace = "1h"
-[[credential.deliver]]
-kind = "file"
-path = {out:?}
-"#,
-            base = server.uri(),
-            admin = admin.display().to_string(),
-            out = out.display().to_string(),
-        );
+        let text = super::app_config(&server.uri(), &admin, &out, "", "");
         let e = engined(
             dir,
             &text,

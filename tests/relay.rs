@@ -280,6 +280,30 @@ struct Setup {
     keys: [String; 2],
 }
 
+impl Setup {
+    /// Waits until the start-up checks of both keys are recorded, so that a key's next
+    /// check is the one a test causes.
+    fn wait_for_start_up_checks(&self) {
+        self.daemon
+            .wait_for_metrics("start-up checks recorded", |m| {
+                ["k1", "k2"]
+                    .iter()
+                    .all(|c| sample(m, "keyrotd_key_valid", c) == Some(1.0))
+            });
+    }
+}
+
+/// An upstream that refuses every key in the returned list (a key revoked at the vendor).
+async fn refusing_upstream() -> (Upstream, Arc<Mutex<Vec<String>>>) {
+    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    let list = refused.clone();
+    let upstream = Upstream::start(Arc::new(move |key| {
+        !list.lock().unwrap().iter().any(|k| k == key)
+    }))
+    .await;
+    (upstream, refused)
+}
+
 fn setup(upstream: &Upstream, route_extra: &str) -> Setup {
     setup_with(upstream, "", route_extra)
 }
@@ -556,23 +580,12 @@ async fn a_429_cools_the_key_down_and_fails_over_until_every_key_cools() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_key_leaves_the_pool_is_checked_and_never_reaches_the_client() {
-    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
-    let list = refused.clone();
-    let upstream = Upstream::start(Arc::new(move |key| {
-        !list.lock().unwrap().iter().any(|k| k == key)
-    }))
-    .await;
+    let (upstream, refused) = refusing_upstream().await;
     let setup = setup(&upstream, "max_attempts = 1");
     let [k1, k2] = &setup.keys;
     // The start-up checks of both keys are done and recorded, so that k1's next check is
     // the one its refusal asks for.
-    setup
-        .daemon
-        .wait_for_metrics("start-up checks recorded", |m| {
-            ["k1", "k2"]
-                .iter()
-                .all(|c| sample(m, "keyrotd_key_valid", c) == Some(1.0))
-        });
+    setup.wait_for_start_up_checks();
     // k1 is revoked at the provider. With one attempt per request, the refusal itself is
     // forwarded, with the key the vendor echoed masked.
     refused.lock().unwrap().push(k1.clone());
@@ -617,13 +630,7 @@ async fn a_key_refused_once_is_back_in_the_pool_when_its_check_finds_it_valid() 
     let upstream = Upstream::start(accept_all()).await;
     let setup = setup(&upstream, "");
     let [k1, k2] = &setup.keys;
-    setup
-        .daemon
-        .wait_for_metrics("start-up checks recorded", |m| {
-            ["k1", "k2"]
-                .iter()
-                .all(|c| sample(m, "keyrotd_key_valid", c) == Some(1.0))
-        });
+    setup.wait_for_start_up_checks();
     let checks_before = upstream.checks_of(k1);
     upstream.script(k1, &[Script::Status(401, None)]);
     // Failover: k1 first, refused, then k2.
@@ -1467,22 +1474,11 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_at_the_provider_under_load_fails_no_request_while_another_key_is_healthy() {
-    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
-    let list = refused.clone();
-    let upstream = Upstream::start(Arc::new(move |key| {
-        !list.lock().unwrap().iter().any(|k| k == key)
-    }))
-    .await;
+    let (upstream, refused) = refusing_upstream().await;
     // Round robin, so that k1 carries half the load when it is revoked.
     let setup = setup(&upstream, "strategy = \"round_robin\"");
     let [k1, k2] = &setup.keys;
-    setup
-        .daemon
-        .wait_for_metrics("start-up checks recorded", |m| {
-            ["k1", "k2"]
-                .iter()
-                .all(|c| sample(m, "keyrotd_key_valid", c) == Some(1.0))
-        });
+    setup.wait_for_start_up_checks();
     let load = Load::start(&setup.relay, &setup.token, 4);
     load.serve_more(40);
     assert!(
